@@ -1,0 +1,142 @@
+"""Command line: `taskd run`, `taskd check`, `taskd next`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from taskd import __version__
+from taskd import schedule as schedules
+from taskd.config import Config, load_config
+from taskd.errors import ConfigError, ScheduleError
+
+DEFAULT_CONFIG = os.environ.get("TASKD_CONFIG", "taskd.yml")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskd",
+        description="A task daemon: cron schedules, pipelines of processors, retries, history and a REST API.",
+    )
+    parser.add_argument("--version", action="version", version=f"taskd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    config_help = f"configuration file (default: $TASKD_CONFIG or {DEFAULT_CONFIG!r})"
+    run = sub.add_parser("run", help="run the daemon", description="Load the configuration and run the daemon.")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
+
+    check = sub.add_parser(
+        "check",
+        help="validate the configuration and show upcoming fires",
+        description="Load and validate the configuration; print every task with its schedule, "
+        "time zone and next 3 fire times. Exit 0 when valid, 2 with all errors on stderr when not.",
+    )
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
+    check.add_argument("--count", type=_positive_int, default=3, help="fire times shown per task (default 3)")
+
+    nxt = sub.add_parser(
+        "next",
+        help="print the next fire instants of a schedule expression",
+        description="Print the next N fire instants of EXPR strictly after --after, as ISO-8601 with "
+        "UTC offset, one per line. Exit 2 with a message when EXPR is invalid.",
+    )
+    nxt.add_argument("expression", metavar="EXPR", help='cron expression, macro or "@every <duration>"')
+    nxt.add_argument("--tz", default="UTC", help="IANA time zone the expression is evaluated in (default UTC)")
+    nxt.add_argument("--after", type=_instant, default=None, help="ISO-8601 instant (default: now); naive = in --tz")
+    nxt.add_argument("--count", "-n", type=_positive_int, default=5, help="how many instants (default 5)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100000, got {value}")
+    return value
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 date-time: {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "next":
+        return cmd_next(args)
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "run":
+        return cmd_run(args)
+    raise AssertionError(args.command)
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    try:
+        schedule = schedules.parse(args.expression, args.tz)
+    except ScheduleError as exc:
+        print(f"taskd next: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    after: datetime = args.after or datetime.now(UTC)
+    if after.tzinfo is None:
+        after = after.replace(tzinfo=schedule.tz)
+    for instant in schedule.next_n(after, args.count):
+        print(instant.isoformat())
+    return EXIT_OK
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path, os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        count = len(exc.problems)
+        print(f"{path}: {count} error{'s' if count != 1 else ''}; configuration rejected", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    now = datetime.now(UTC)
+    print(
+        f"{args.config}: OK: {len(config.tasks)} task(s), {len(config.pipelines)} pipeline(s), "
+        f"{len(config.files)} file(s); max_concurrent_tasks={config.task.max_concurrent_tasks}"
+    )
+    for task in config.tasks:
+        status = "enabled" if task.enabled else "disabled"
+        schedule = config.schedule_for(task)
+        print(f"\n{task.id}  ({task.display_name})")
+        print(f"  status:    {status}")
+        print(f"  schedule:  {task.schedule or 'manual only'}")
+        print(f"  time zone: {config.zone_for(task)}")
+        print(f"  pipeline:  {task.pipeline} ({len(config.pipelines[task.pipeline].processors)} processors)")
+        if schedule is not None:
+            fires = schedule.next_n(now, args.count)
+            print("  next:      " + ("\n             ".join(f.isoformat() for f in fires) or "never"))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    print(
+        f"taskd {__version__}: loaded {args.config} ({len(config.tasks)} tasks); "
+        "the engine that runs them is not part of this build yet, so taskd stops here.",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE

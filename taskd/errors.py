@@ -1,0 +1,25 @@
+"""The exception hierarchy: every error taskd raises on purpose is a TaskdError."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TaskdError(Exception):
+    """Base class of taskd's own errors."""
+
+
+class ScheduleError(TaskdError, ValueError):
+    """A schedule expression that cannot be parsed or can never fire."""
+
+
+class DurationError(TaskdError, ValueError):
+    """A duration that is not a non-negative number of seconds or a `1h30m`-style string."""
+
+
+class ConfigError(TaskdError):
+    """One or more problems in the configuration; `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))

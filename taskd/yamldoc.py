@@ -1,0 +1,132 @@
+"""YAML text -> plain data plus the line of every key path, with ${VAR} expansion. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass
+class Document:
+    """One parsed YAML file: its data, the line of every key path, and its problems so far."""
+
+    file: str
+    data: Any
+    lines: dict[KeyPath, int]
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    def line_of(self, path: Sequence[str | int]) -> int:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        key = tuple(path)
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return self.lines.get((), 1)
+
+    def problem(self, path: Sequence[str | int], message: str) -> None:
+        where = format_path(path)
+        self.problems.append((self.line_of(path), f"{where}: {message}" if where else message))
+
+    def messages(self) -> list[str]:
+        return [f"{self.file}:{line}: {text}" for line, text in sorted(self.problems, key=lambda p: p[0])]
+
+
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\{)")
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """('tasks', 2, 'schedule') -> 'tasks[2].schedule'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_document(file: str, text: str, env: Mapping[str, str]) -> Document:
+    """Parse YAML text into plain data, recording the line of every key path; never raises."""
+    doc = Document(file, None, {})
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        column = f" (column {mark.column + 1})" if mark else ""
+        what = "; ".join(p for p in (exc.context, exc.problem) if p)
+        if exc.context_mark is not None and mark is not None and exc.context_mark.line != mark.line:
+            what += f" (the construct began at line {exc.context_mark.line + 1})"
+        doc.problems.append((line, f"YAML syntax error{column}: {what}"))
+        return doc
+    except yaml.YAMLError as exc:
+        doc.problems.append((1, f"YAML error: {exc}"))
+        return doc
+    if node is None:
+        doc.problems.append((1, "the file is empty; expected a mapping such as 'tasks:' and 'pipelines:'"))
+        return doc
+    loader = yaml.SafeLoader("")
+    doc.data = _convert(node, (), doc, loader, env)
+    return doc
+
+
+def _convert(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoader, env: Mapping[str, str]) -> Any:
+    doc.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                doc.problems.append((line, f"{format_path(path) or 'top level'}: key {key!r} must be a string"))
+                continue
+            if key in out:
+                first = doc.lines.get((*path, key))
+                where = format_path((*path, key))
+                doc.problems.append((line, f"{where}: duplicate key (first given at line {first})"))
+                continue
+            doc.lines[(*path, key)] = line
+            out[key] = _convert(value_node, (*path, key), doc, loader, env)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, (*path, i), doc, loader, env) for i, item in enumerate(node.value)]
+    value = loader.construct_object(node, deep=True)
+    if isinstance(value, str) and "$" in value:
+        expanded = _expand(value, path, doc, env)
+        if expanded != value and node.style is None:
+            # An unquoted scalar gets the type its expanded text would have had if written out.
+            tag = loader.resolve(yaml.ScalarNode, expanded, (True, False))
+            return loader.construct_object(yaml.ScalarNode(tag, expanded), deep=True)
+        return expanded
+    return value
+
+
+def _expand(text: str, path: KeyPath, doc: Document, env: Mapping[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        whole = match.group(0)
+        if whole == "$$":
+            return "$"
+        if whole == "${":
+            doc.problem(path, f"unterminated or malformed ${{...}} in {text!r}; write ${{VAR}} or ${{VAR:-default}}")
+            return whole
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        doc.problem(
+            path,
+            f"environment variable {name} is not set; write ${{{name}:-default}} to allow that, "
+            f"or $${{{name}}} for a literal ${{{name}}}",
+        )
+        return ""
+
+    return _VAR.sub(replace, text)
