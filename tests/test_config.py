@@ -214,7 +214,8 @@ def test_unknown_processor_type(tmp_path: Path) -> None:
 
 def test_unknown_processor_option(tmp_path: Path) -> None:
     found = problems(
-        tmp_path, "pipelines:\n  - name: p\n    processors:\n      - shell:\n          command: x\n          comand: y\n"
+        tmp_path,
+        "pipelines:\n  - name: p\n    processors:\n      - shell:\n          command: x\n          comand: y\n",
     )
     message = only(found)
     assert message.startswith("taskd.yml:6: pipelines[0].processors[0].shell.comand: unknown key 'comand'")
@@ -283,7 +284,9 @@ def test_required_key_missing(tmp_path: Path) -> None:
 
 
 def test_conflicting_retry_count(tmp_path: Path) -> None:
-    found = problems(tmp_path, "tasks:\n  - id: t\n    pipeline: p\n    retry_count: 3\n    retry: {count: 2}\n" + PIPELINE)
+    found = problems(
+        tmp_path, "tasks:\n  - id: t\n    pipeline: p\n    retry_count: 3\n    retry: {count: 2}\n" + PIPELINE
+    )
     assert only(found).startswith("taskd.yml:2: tasks[0]: retry_count (3) and retry.count (2) disagree")
 
 
