@@ -29,7 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     config_help = f"configuration file (default: $TASKD_CONFIG or {DEFAULT_CONFIG!r})"
-    run = sub.add_parser("run", help="run the daemon", description="Load the configuration and run the daemon.")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon",
+        description="Load the configuration and run the daemon: schedule tasks, run their pipelines, "
+        "serve the REST API. SIGTERM/SIGINT stop it gracefully, SIGHUP reloads the configuration. "
+        "Exit 0 after a clean stop, 1 when it cannot start, 2 on configuration errors.",
+    )
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
 
     check = sub.add_parser(
@@ -131,12 +137,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    from taskd.daemon import run_daemon
+
+    if _load(args.config) is None:
         return EXIT_USAGE
-    print(
-        f"taskd {__version__}: loaded {args.config} ({len(config.tasks)} tasks); "
-        "the engine that runs them is not part of this build yet, so taskd stops here.",
-        file=sys.stderr,
-    )
-    return EXIT_FAILURE
+    try:
+        return run_daemon(args.config, os.environ)
+    except ConfigError as exc:  # the file changed between the check above and the start
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE

@@ -27,6 +27,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -194,6 +195,10 @@ class TaskConfig(_Section):
         if isinstance(retry, dict):
             return {**data, "retry": {**retry, "count": count}}
         return data
+
+    @field_serializer("params")
+    def _plain_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return thaw(params)  # type: ignore[no-any-return]
 
     @property
     def display_name(self) -> str:

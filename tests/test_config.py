@@ -112,6 +112,19 @@ def test_config_objects_are_immutable(tmp_path: Path) -> None:
         config.pipelines["q"] = config.pipelines["p"]  # type: ignore[index]
 
 
+def test_definition_hash_follows_the_task_and_its_pipeline(tmp_path: Path) -> None:
+    """The hash that tombstones compare changes when the task or its pipeline changes, not otherwise."""
+    base = "tasks:\n  - {id: t, pipeline: p, params: {a: [1]}}\n"
+    first = load(tmp_path, base + PIPELINE)
+    same = load(tmp_path, "# a comment\n" + base + PIPELINE)
+    edited = load(tmp_path, base.replace("[1]", "[2]") + PIPELINE)
+    other_pipeline = load(tmp_path, base + PIPELINE.replace('"true"', '"false"'))
+    digest = first.definition_hash(first.tasks[0])
+    assert digest == same.definition_hash(same.tasks[0])
+    assert digest != edited.definition_hash(edited.tasks[0])
+    assert digest != other_pipeline.definition_hash(other_pipeline.tasks[0])
+
+
 def test_environment_variables_expand_with_defaults_and_types(tmp_path: Path) -> None:
     config = load(
         tmp_path,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
+import aiohttp
 from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
 
-from taskd.pipeline import Duration, ProcessorOptions, ProcessorType
+from taskd.pipeline import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -48,4 +51,40 @@ class HttpOptions(ProcessorOptions):
         return self
 
 
-TYPE = ProcessorType("http", HttpOptions, "send an HTTP request; fails unless the status is expected")
+class HttpProcessor:
+    def __init__(self, options: HttpOptions) -> None:
+        self.options = options
+
+    async def run(self, ctx: Context) -> Mapping[str, Any]:
+        o = self.options
+        started = time.perf_counter()
+        timeout = aiohttp.ClientTimeout(total=o.timeout)
+        kwargs: dict[str, Any] = {"headers": o.headers}
+        if o.json_body is not None:
+            kwargs["json"] = o.json_body
+        elif o.body is not None:
+            kwargs["data"] = o.body.encode()
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.request(o.method, o.url, **kwargs) as response,
+            ):
+                raw = await response.content.read(o.max_body) if o.max_body else b""
+                status = response.status
+        except TimeoutError:
+            raise StepFailed(f"{o.method} {o.url}: no complete answer within {o.timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise StepFailed(f"{o.method} {o.url}: {type(exc).__name__}: {exc}") from None
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        excerpt = raw.decode("utf-8", errors="replace")
+        ctx.info(f"{o.method} {o.url} -> {status} in {elapsed_ms} ms")
+        if status not in o.expect:
+            short = excerpt[:300].replace("\n", " ")
+            raise StepFailed(
+                f"{o.method} {o.url}: status {status}, expected {', '.join(map(str, o.expect))}"
+                + (f"; body: {short}" if short else "")
+            )
+        return {"http": {"url": o.url, "status": status, "body": excerpt, "elapsed_ms": elapsed_ms}}
+
+
+TYPE = ProcessorType("http", HttpOptions, "send an HTTP request; fails unless the status is expected", HttpProcessor)

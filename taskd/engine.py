@@ -1,0 +1,377 @@
+"""The live registry of tasks: APScheduler fires, the slot pool, concurrency and misfire policies,
+manual starts and stops, deletion with tombstones, reload, and draining on shutdown.
+
+APScheduler only decides *when* a task is due. A small executor hands each fire (with its scheduled
+instants) to the engine synchronously; the engine creates and owns the runs, because APScheduler 3
+can neither cancel nor drain running coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from taskd.config import Config, PipelineConfig, Source, TaskConfig, thaw
+from taskd.errors import TaskdError
+from taskd.models import RunRecord, RunState, Trigger, new_run_id
+from taskd.pipeline import Processor, ProcessorType, builtin_types
+from taskd.runner import Run, RunPlan
+from taskd.schedule import Schedule
+from taskd.slots import SlotPool
+from taskd.store import Fire, Store
+from taskd.trigger import ScheduleTrigger
+
+log = structlog.get_logger("taskd.engine")
+
+MAX_QUEUED_PER_TASK = 100
+
+
+class UnknownTask(TaskdError):
+    """No task with that id (never defined, removed, or deleted)."""
+
+
+class Conflict(TaskdError):
+    """The request contradicts the task's state or policy (e.g. `forbid` with a run active)."""
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A task as the engine runs it: its config plus what was built from it."""
+
+    config: TaskConfig
+    pipeline: PipelineConfig
+    steps: tuple[tuple[str, Processor], ...]
+    schedule: Schedule | None
+    time_zone: str
+    definition_hash: str
+    source: Source | None
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+
+class _FireExecutor(BaseExecutor):
+    """Hands due jobs straight to the engine, with every instant they were due at."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self._engine = engine
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        try:
+            self._engine.on_fire(job.id, run_times)
+        finally:
+            self._run_job_success(job.id, [])
+
+
+class Engine:
+    """Owns the scheduler, the registry of tasks and every active run."""
+
+    def __init__(self, config: Config, store: Store, kinds: Mapping[str, ProcessorType] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.kinds = kinds if kinds is not None else builtin_types()
+        self.slots = SlotPool(config.task.max_concurrent_tasks)
+        self.tasks: dict[str, TaskEntry] = {}
+        self.held_back: dict[str, str] = {}
+        self.runs: dict[str, Run] = {}
+        self.by_task: dict[str, list[Run]] = {}
+        self.last_runs: dict[str, RunRecord] = {}
+        self._tombstones: dict[str, str] = {}
+        self._accepting = False
+        self.started_at = time.time()
+        self.scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            executors={"default": _FireExecutor(self)},
+            job_defaults={"coalesce": False, "misfire_grace_time": None, "max_instances": 1_000_000},
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register the configured tasks, start firing, and catch up on missed fires."""
+        self._tombstones = await self.store.tombstones()
+        self.last_runs = await self.store.last_runs()
+        self._apply(self.config)
+        self._accepting = True
+        self.scheduler.start()
+        await self._catch_up()
+
+    @property
+    def scheduler_running(self) -> bool:
+        return bool(self.scheduler.running) and self._accepting
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop firing; let active runs finish for up to `grace_s`, then stop them."""
+        self._accepting = False
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        active = [run for run in self.runs.values() if not run.done.is_set()]
+        if active:
+            log.info("draining_runs", count=len(active), grace_s=grace_s)
+            await _wait_runs(active, grace_s)
+        left = [run for run in self.runs.values() if not run.done.is_set()]
+        for run in left:
+            run.stop(f"daemon shutdown after the {grace_s:g}s grace period")
+        if left:
+            await _wait_runs(left, 30)
+        await self.store.flush()
+
+    # -- configuration -----------------------------------------------------------------------------
+    def _build(self, config: Config, task: TaskConfig) -> TaskEntry:
+        pipeline = config.pipelines[task.pipeline]
+        steps = tuple((p.type, self.kinds[p.type].build(p.options)) for p in pipeline.processors)
+        return TaskEntry(
+            config=task,
+            pipeline=pipeline,
+            steps=steps,
+            schedule=config.schedule_for(task),
+            time_zone=config.zone_for(task),
+            definition_hash=config.definition_hash(task),
+            source=config.task_sources.get(task.id),
+        )
+
+    def _apply(self, config: Config) -> dict[str, list[str]]:
+        """Make the registry match `config`; return what changed. Active runs are not touched."""
+        wanted: dict[str, TaskEntry] = {}
+        held: dict[str, str] = {}
+        for task in config.tasks:
+            entry = self._build(config, task)
+            tombstone = self._tombstones.get(task.id)
+            if tombstone is not None:
+                if tombstone == entry.definition_hash:
+                    held[task.id] = tombstone
+                    continue
+                # The YAML definition changed since the task was deleted: it comes back.
+                self.store.remove_tombstone(task.id)
+                del self._tombstones[task.id]
+                log.info("task_restored", task_id=task.id, reason="definition changed since it was deleted")
+            wanted[task.id] = entry
+        changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "held_back": sorted(held)}
+        for task_id in list(self.tasks):
+            if task_id not in wanted:
+                self._unschedule(task_id)
+                del self.tasks[task_id]
+                changes["removed"].append(task_id)
+        for task_id, entry in wanted.items():
+            old = self.tasks.get(task_id)
+            if old is not None and old.definition_hash == entry.definition_hash:
+                continue
+            self.tasks[task_id] = entry
+            self._schedule(entry)
+            changes["changed" if old is not None else "added"].append(task_id)
+        self.held_back = held
+        self.config = config
+        self.slots.set_limit(config.task.max_concurrent_tasks)
+        if held:
+            log.warning(
+                "tasks_held_back",
+                task_ids=sorted(held),
+                reason="deleted through the API; edit their YAML definition to bring them back",
+            )
+        return changes
+
+    def reload(self, config: Config) -> dict[str, list[str]]:
+        """Switch to a new, already validated config. Runs in progress keep their definition."""
+        changes = self._apply(config)
+        log.info("config_reloaded", **{k: v for k, v in changes.items() if v})
+        return changes
+
+    def _schedule(self, entry: TaskEntry) -> None:
+        self._unschedule(entry.id)
+        if entry.schedule is None or not entry.config.enabled:
+            return
+        self.scheduler.add_job(
+            _never_called, ScheduleTrigger(entry.schedule), id=entry.id, name=entry.id, replace_existing=True
+        )
+
+    def _unschedule(self, task_id: str) -> None:
+        if self.scheduler.get_job(task_id) is not None:
+            self.scheduler.remove_job(task_id)
+
+    # -- fires -----------------------------------------------------------------------------------
+    def on_fire(self, task_id: str, run_times: list[datetime]) -> None:
+        """Called by APScheduler (through the executor) when `task_id` is due."""
+        entry = self.tasks.get(task_id)
+        if entry is None or not self._accepting or not run_times:
+            return
+        now = time.time()
+        instants = [t.timestamp() for t in run_times]
+        self.store.set_last_fire(task_id, instants[-1])
+        for missed in instants[:-1]:
+            # More than one instant came due at once: the loop was blocked. One run, the rest recorded.
+            self.store.record_fire(Fire(task_id, missed, "skipped", "coalesced: the event loop was late", now))
+        try:
+            self.start_run(task_id, Trigger.SCHEDULE, scheduled_at=instants[-1])
+        except Conflict as exc:
+            self.store.record_fire(Fire(task_id, instants[-1], "skipped", str(exc), now))
+            log.info("fire_skipped", task_id=task_id, reason=str(exc))
+
+    async def _catch_up(self) -> None:
+        """At start-up, deal with fires missed while the daemon was down (misfire policy)."""
+        last_fires = await self.store.last_fires()
+        now = datetime.now(UTC)
+        for entry in list(self.tasks.values()):
+            last = last_fires.get(entry.id)
+            if entry.schedule is None or not entry.config.enabled or last is None:
+                continue
+            missed = _missed_instants(entry.schedule, datetime.fromtimestamp(last, UTC), now, limit=1000)
+            if not missed:
+                continue
+            latest = missed[-1].timestamp()
+            self.store.set_last_fire(entry.id, latest)
+            count = "1000+" if len(missed) >= 1000 else str(len(missed))
+            if entry.config.misfire == "run_once":
+                log.info("catch_up_run", task_id=entry.id, missed=count)
+                try:
+                    self.start_run(entry.id, Trigger.CATCH_UP, scheduled_at=latest)
+                except Conflict as exc:
+                    self.store.record_fire(Fire(entry.id, latest, "skipped", str(exc), time.time()))
+            else:
+                reason = f"missed while the daemon was down ({count} fire(s)); misfire policy is skip"
+                self.store.record_fire(Fire(entry.id, latest, "missed", reason, time.time()))
+                log.info("fires_missed", task_id=entry.id, missed=count)
+
+    # -- runs ------------------------------------------------------------------------------------
+    def active_runs(self, task_id: str) -> list[Run]:
+        return [run for run in self.by_task.get(task_id, []) if not run.done.is_set()]
+
+    def entry(self, task_id: str) -> TaskEntry:
+        entry = self.tasks.get(task_id)
+        if entry is None:
+            raise UnknownTask(f"task {task_id!r} does not exist")
+        return entry
+
+    def start_run(
+        self,
+        task_id: str,
+        trigger: Trigger,
+        params: Mapping[str, Any] | None = None,
+        scheduled_at: float | None = None,
+    ) -> Run:
+        """Create a run and start it, applying the task's concurrency policy."""
+        if not self._accepting:
+            raise Conflict("taskd is shutting down")
+        entry = self.entry(task_id)
+        task = entry.config
+        active = self.active_runs(task_id)
+        after: list[Run] = []
+        if active:
+            if task.concurrency == "forbid":
+                raise Conflict(f"task {task_id!r} already has an active run ({active[0].id}); concurrency is forbid")
+            if task.concurrency == "replace":
+                for run in active:
+                    run.stop("replaced by a newer run")
+                after = active
+            elif task.concurrency == "queue":
+                waiting = sum(1 for run in active if run.state is RunState.QUEUED)
+                if waiting >= MAX_QUEUED_PER_TASK:
+                    raise Conflict(f"task {task_id!r} already has {waiting} queued runs; concurrency is queue")
+                after = active
+        merged = {**thaw(task.params), **(dict(params) if params else {})}
+        record = RunRecord(
+            id=new_run_id(),
+            task_id=task_id,
+            trigger=trigger,
+            queued_at=time.time(),
+            scheduled_at=scheduled_at,
+            params=merged,
+            priority=task.priority,
+        )
+        plan = RunPlan(task=task, steps=entry.steps, base_dir=self.config.base_dir, time_zone=entry.time_zone)
+        run = Run(record, plan, self.store, self.slots)
+        self.store.save_run(record)
+        self.runs[run.id] = run
+        self.by_task.setdefault(task_id, []).append(run)
+        self.last_runs[task_id] = record
+        run.start(after)
+        assert run.task is not None
+        run.task.add_done_callback(lambda _: self._forget(run))
+        log.info("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
+        return run
+
+    def _forget(self, run: Run) -> None:
+        self.runs.pop(run.id, None)
+        runs = self.by_task.get(run.record.task_id)
+        if runs is not None:
+            if run in runs:
+                runs.remove(run)
+            if not runs:
+                del self.by_task[run.record.task_id]
+
+    async def stop_task(self, task_id: str, reason: str, wait_s: float = 10.0) -> list[str]:
+        """Stop every active run of the task; wait (bounded) until they have ended."""
+        self.entry(task_id)
+        active = self.active_runs(task_id)
+        if not active:
+            raise Conflict(f"task {task_id!r} has no active run")
+        for run in active:
+            run.stop(reason)
+        await _wait_runs(active, wait_s)
+        return [run.id for run in active]
+
+    async def delete_task(self, task_id: str) -> list[str]:
+        """Stop active runs, remove the task, and keep a tombstone so it stays deleted."""
+        entry = self.entry(task_id)
+        active = self.active_runs(task_id)
+        for run in active:
+            run.stop("task deleted")
+        self._unschedule(task_id)
+        del self.tasks[task_id]
+        self._tombstones[task_id] = entry.definition_hash
+        self.held_back[task_id] = entry.definition_hash
+        self.store.add_tombstone(task_id, entry.definition_hash, time.time())
+        await _wait_runs(active, 10)
+        await self.store.flush()
+        log.info("task_deleted", task_id=task_id, stopped=[r.id for r in active])
+        return [run.id for run in active]
+
+    # -- views -----------------------------------------------------------------------------------
+    def status(self, task_id: str) -> str:
+        entry = self.tasks[task_id]
+        if not entry.config.enabled:
+            return "disabled"
+        states = {run.state for run in self.active_runs(task_id)}
+        for state in (RunState.RUNNING, RunState.RETRYING, RunState.QUEUED):
+            if state in states:
+                return str(state)
+        last = self.last_runs.get(task_id)
+        if last is not None and not last.state.active:
+            return str(last.state)
+        return "scheduled"
+
+    def next_fire(self, task_id: str, now: datetime | None = None) -> datetime | None:
+        entry = self.tasks[task_id]
+        if entry.schedule is None or not entry.config.enabled:
+            return None
+        return entry.schedule.next_after(now or datetime.now(UTC))
+
+
+def _never_called() -> None:  # the fire executor never calls job functions
+    raise AssertionError("taskd's fire executor does not call job functions")
+
+
+def _missed_instants(schedule: Schedule, last: datetime, now: datetime, limit: int) -> list[datetime]:
+    out: list[datetime] = []
+    current = schedule.next_after(last)
+    while current is not None and current <= now and len(out) < limit:
+        out.append(current)
+        current = schedule.next_after(current)
+    return out
+
+
+async def _wait_runs(runs: Iterable[Run], timeout: float) -> None:
+    waits = [asyncio.ensure_future(run.done.wait()) for run in runs]
+    if not waits:
+        return
+    _, pending = await asyncio.wait(waits, timeout=timeout)
+    for future in pending:
+        future.cancel()

@@ -1,0 +1,130 @@
+"""The run vocabulary shared by the runner, the engine, the store and the API."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    """States of a run (see DESIGN.md for the transitions)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def active(self) -> bool:
+        return self in ACTIVE_STATES
+
+
+ACTIVE_STATES = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.RETRYING})
+FINAL_STATES = frozenset(set(RunState) - ACTIVE_STATES)
+
+
+class Trigger(StrEnum):
+    """What started a run."""
+
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    CATCH_UP = "catch_up"
+
+
+class StepState(StrEnum):
+    """States of an attempt or of one step inside it."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    STOPPED = "stopped"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
+
+
+def new_run_id() -> str:
+    """A time-ordered, unguessable run id: 12 hex digits of milliseconds, then 8 random."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ISO-8601 UTC with milliseconds (None stays None)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class RunRecord:
+    """A run as stored; the runner mutates it and hands it to the store after each change."""
+
+    id: str
+    task_id: str
+    trigger: Trigger
+    queued_at: float
+    state: RunState = RunState.QUEUED
+    scheduled_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return end - self.started_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task_id": self.task_id,
+            "trigger": str(self.trigger),
+            "state": str(self.state),
+            "scheduled_at": iso(self.scheduled_at),
+            "queued_at": iso(self.queued_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration": None if self.duration is None else round(self.duration, 3),
+            "attempts": self.attempts,
+            "error": self.error,
+            "params": self.params,
+            "priority": self.priority,
+        }
+
+
+@dataclass
+class AttemptRecord:
+    """One pass through the pipeline inside a run."""
+
+    run_id: str
+    number: int
+    started_at: float
+    state: StepState = StepState.RUNNING
+    finished_at: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class StepRecord:
+    """One processor's execution inside an attempt."""
+
+    run_id: str
+    attempt: int
+    index: int
+    type: str
+    started_at: float
+    state: StepState = StepState.RUNNING
+    finished_at: float | None = None
+    error: str | None = None

@@ -1,0 +1,220 @@
+"""One run: waiting for a slot, attempts under a timeout, backoff between them, stop, and the
+state transitions of DESIGN.md, each reported to the store as it happens."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from taskd.config import RetryPolicy, TaskConfig
+from taskd.durations import format_duration
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
+from taskd.pipeline import Context, Processor, StepFailed, run_chain
+from taskd.slots import SlotPool
+from taskd.store import LogLine, Store
+
+MAX_LOG_LINES = 10_000
+MAX_LINE_CHARS = 8_192
+
+
+def backoff_delay(policy: RetryPolicy, retry: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry number `retry` (1-based): backoff * 2**(retry-1), capped,
+    and with full jitter (uniform between 0 and that) when the policy asks for it."""
+    delay = min(policy.max_backoff, policy.backoff * (2 ** (retry - 1)))
+    if policy.jitter:
+        delay = (rng or random).uniform(0, delay)
+    return delay
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run needs, frozen when it is created: later reloads do not change it."""
+
+    task: TaskConfig
+    steps: tuple[tuple[str, Processor], ...]
+    base_dir: Path
+    time_zone: str
+
+
+class Run:
+    """A live run. The engine creates it; `execute()` drives it to a final state."""
+
+    def __init__(self, record: RunRecord, plan: RunPlan, store: Store, slots: SlotPool) -> None:
+        self.record = record
+        self.plan = plan
+        self._store = store
+        self._slots = slots
+        self.done = asyncio.Event()
+        self.stop_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._log_seq = 0
+        self._log = structlog.get_logger("taskd.run").bind(task_id=record.task_id, run_id=record.id)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> RunState:
+        return self.record.state
+
+    def start(self, after: Sequence[Run] = ()) -> None:
+        """Schedule execute() on the loop; with `after`, wait for those runs to end first."""
+        self.task = asyncio.create_task(self.execute(after), name=f"run-{self.record.task_id}-{self.id}")
+
+    def stop(self, reason: str) -> bool:
+        """Ask the run to stop; the pipeline is cancelled and child processes killed."""
+        if self.done.is_set() or self.task is None:
+            return False
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.task.cancel(reason)
+        return True
+
+    # -- the run ---------------------------------------------------------------------------------
+    async def execute(self, after: Sequence[Run] = ()) -> None:
+        record, task = self.record, self.plan.task
+        total = 1 + task.retry.count
+        try:
+            for previous in after:
+                await previous.done.wait()
+            for attempt in range(1, total + 1):
+                await self._slots.acquire(task.priority)
+                try:
+                    state, error = await self._attempt(attempt)
+                finally:
+                    self._slots.release()
+                if state is StepState.COMPLETED:
+                    self._finish(RunState.COMPLETED, None)
+                    return
+                if attempt == total:
+                    self._finish(RunState.FAILED, error)
+                    return
+                delay = backoff_delay(task.retry, attempt)
+                record.state = RunState.RETRYING
+                record.error = error
+                self._store.save_run(record)
+                self.write("log", f"attempt {attempt} of {total} failed; retrying in {format_duration(delay)}")
+                self._log.info("run_retrying", attempt=attempt, delay_s=round(delay, 3), error=error)
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            reason = self.stop_reason or "cancelled"
+            self.write("log", f"stopped: {reason}")
+            self._finish(RunState.STOPPED, f"stopped: {reason}")
+            if self.stop_reason is None:
+                raise
+        except Exception as exc:  # a bug in taskd itself: never leave the run active
+            self._log.exception("run_crashed")
+            self._finish(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _attempt(self, number: int) -> tuple[StepState, str | None]:
+        record, plan = self.record, self.plan
+        now = time.time()
+        if record.started_at is None:
+            record.started_at = now
+        record.state = RunState.RUNNING
+        record.attempts = number
+        self._store.save_run(record)
+        attempt = AttemptRecord(record.id, number, now)
+        self._store.save_attempt(attempt)
+        self._log.info("attempt_started", attempt=number)
+        ctx = Context(
+            task_id=plan.task.id,
+            task_name=plan.task.display_name,
+            run_id=record.id,
+            attempt=number,
+            trigger=str(record.trigger),
+            params=record.params,
+            log=self,
+            base_dir=plan.base_dir,
+            time_zone=plan.time_zone,
+            scheduled_at=record.scheduled_at,
+        )
+        steps: dict[int, StepRecord] = {}
+
+        def on_start(index: int, name: str) -> None:
+            steps[index] = StepRecord(record.id, number, index, name, time.time())
+            self._store.save_step(steps[index])
+
+        def on_end(index: int, name: str, exc: BaseException | None) -> None:
+            step = steps[index]
+            step.finished_at = time.time()
+            if exc is None:
+                step.state = StepState.COMPLETED
+            elif isinstance(exc, asyncio.CancelledError):
+                step.state = StepState.STOPPED
+                step.error = "stopped"
+            else:
+                step.state = StepState.FAILED
+                step.error = _describe(exc)
+            self._store.save_step(step)
+
+        timeout = plan.task.timeout
+        state, error = StepState.COMPLETED, None
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                await run_chain(plan.steps, ctx, on_start, on_end)
+        except TimeoutError:
+            if deadline.expired():
+                state, error = StepState.TIMED_OUT, f"attempt {number} timed out after {format_duration(timeout or 0)}"
+                for step in steps.values():
+                    if step.state is StepState.STOPPED:
+                        step.state, step.error = StepState.TIMED_OUT, "timed out"
+                        self._store.save_step(step)
+            else:
+                state, error = StepState.FAILED, "a processor raised TimeoutError"
+        except asyncio.CancelledError:
+            attempt.state, attempt.finished_at, attempt.error = StepState.STOPPED, time.time(), "stopped"
+            self._store.save_attempt(attempt)
+            raise
+        except StepFailed as exc:
+            state, error = StepState.FAILED, str(exc)
+        except Exception as exc:
+            state, error = StepState.FAILED, _describe(exc)
+            self.write("stderr", "".join(traceback.format_exception(exc)).rstrip())
+        if error is not None:
+            failed = next((s for s in steps.values() if s.state in (StepState.FAILED, StepState.TIMED_OUT)), None)
+            if failed is not None and state is StepState.FAILED:
+                error = f"step {failed.index + 1} ({failed.type}): {error}"
+            self.write("log", f"attempt {number} {state.replace('_', ' ')}: {error}")
+        attempt.state, attempt.finished_at, attempt.error = state, time.time(), error
+        self._store.save_attempt(attempt)
+        self._log.info("attempt_finished", attempt=number, state=str(state), error=error)
+        return state, error
+
+    def _finish(self, state: RunState, error: str | None) -> None:
+        record = self.record
+        record.state = state
+        record.finished_at = time.time()
+        if error is not None or state is RunState.COMPLETED:
+            record.error = error
+        self._store.save_run(record)
+        self._log.info("run_finished", state=str(state), error=error, duration_s=round(record.duration or 0, 3))
+        self.done.set()
+
+    # -- RunLog ----------------------------------------------------------------------------------
+    def write(self, stream: str, text: str) -> None:
+        """Append a line to the run's log (capped, so a chatty child cannot fill the disk)."""
+        if self._log_seq > MAX_LOG_LINES:
+            return
+        self._log_seq += 1
+        if self._log_seq > MAX_LOG_LINES:
+            stream, text = "log", f"log truncated after {MAX_LOG_LINES} lines"
+        if len(text) > MAX_LINE_CHARS:
+            text = text[:MAX_LINE_CHARS] + " [line truncated]"
+        self._store.append_log(LogLine(self.record.id, self._log_seq, time.time(), stream, text))
+        self._log.debug("run_output", stream=stream, line=text)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, StepFailed):
+        return str(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
