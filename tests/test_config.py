@@ -177,6 +177,11 @@ def test_wrong_type(tmp_path: Path) -> None:
     assert only(found) == "taskd.yml:4: tasks[0].enabled: expected true or false, got string 'yes'"
 
 
+def test_yaml_booleans_where_a_string_belongs_get_a_hint(tmp_path: Path) -> None:
+    found = problems(tmp_path, "tasks:\n  - id: off\n    pipeline: p\n" + PIPELINE)
+    assert only(found).startswith("taskd.yml:2: tasks[0].id: expected a string, got boolean false (YAML reads")
+
+
 def test_wrong_type_for_a_section(tmp_path: Path) -> None:
     found = problems(tmp_path, "task: [1, 2]\n")
     assert only(found) == "taskd.yml:1: task: expected a mapping (key: value), got a list"

@@ -1,0 +1,237 @@
+"""Shared fixtures: a real `taskd run` subprocess on a free loopback port, with a temp SQLite file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T = predicate()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+        last = predicate()
+    return last
+
+
+def ts(value: str | None) -> float:
+    """An ISO instant from the API as epoch seconds."""
+    assert value is not None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class Response:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Daemon:
+    """A `taskd run` process in its own directory."""
+
+    def __init__(self, directory: Path, config: str, env: dict[str, str] | None = None) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.env = env or {}
+        self.token: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / "daemon.log"
+        self.write_config(config)
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "taskd.yml"
+
+    def write_config(self, config: str) -> None:
+        text = textwrap.dedent(config).replace("{port}", str(self.port))
+        self.config_path.write_text(text)
+
+    def start(self, ready: bool = True, extra_env: dict[str, str] | None = None) -> Daemon:
+        env = {**os.environ, **self.env}
+        env.pop("NOTIFY_SOCKET", None)  # only a test that asks for sd_notify gets one
+        env.update(extra_env or {})
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "taskd", "run", "-c", str(self.config_path)],
+            cwd=self.dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        if ready:
+            wait_for(self._healthy, timeout=20, what=f"taskd to answer /health; log:\n{self.output()[-3000:]}")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"taskd exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+        try:
+            return self.request("GET", "/health").status == 200
+        except OSError:
+            return False
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.output().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> Response:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        all_headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        all_headers.update(headers or {})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=all_headers
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return Response(resp.status, resp.read(), dict(resp.headers))
+        except urllib.error.HTTPError as err:
+            return Response(err.code, err.read(), dict(err.headers))
+
+    # -- conveniences ----------------------------------------------------------------------------
+    def start_task(self, task_id: str, params: dict[str, Any] | None = None) -> str:
+        resp = self.request("POST", f"/task/{task_id}/_start", {"params": params} if params is not None else None)
+        assert resp.status == 202, resp.text
+        return str(resp.json()["run_id"])
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        resp = self.request("GET", f"/run/{run_id}")
+        assert resp.status == 200, resp.text
+        return dict(resp.json())
+
+    def wait_run(
+        self, run_id: str, states: tuple[str, ...] = ("completed", "failed", "stopped"), timeout: float = 15
+    ) -> dict[str, Any]:
+        return wait_for(
+            lambda: (r := self.run(run_id))["state"] in states and r, timeout=timeout, what=f"run {run_id} in {states}"
+        )
+
+    def runs(self, task_id: str, **query: Any) -> list[dict[str, Any]]:
+        qs = "&".join(f"{k}={v}" for k, v in {"limit": 1000, **query}.items())
+        resp = self.request("GET", f"/task/{task_id}/runs?{qs}")
+        assert resp.status == 200, resp.text
+        return list(resp.json()["runs"])
+
+    def send(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"taskd did not exit within {timeout}s:\n{self.output()[-3000:]}") from None
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Make Daemon objects in tmp_path; whatever is still running at the end is killed."""
+    made: list[Daemon] = []
+
+    def make(config: str, env: dict[str, str] | None = None, subdir: str = "d") -> Daemon:
+        directory = tmp_path / subdir
+        directory.mkdir(exist_ok=True)
+        daemon = Daemon(directory, config, env)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.send_signal(signal.SIGKILL)
+            daemon.proc.wait()
+
+
+def processes_matching(marker: str) -> list[int]:
+    """PIDs whose command line contains `marker` (read from /proc, no pgrep needed)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and "pytest" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_matching(marker: str) -> None:
+    for pid in processes_matching(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def base_config(tasks: str, pipelines: str, slots: int = 10, extra: str = "") -> str:
+    """A taskd.yml on {port} with a store under ./var; `tasks` and `pipelines` are YAML list bodies."""
+    return (
+        "task: {max_concurrent_tasks: %d, shutdown_timeout: 5s}\n"
+        "api: {listen: '127.0.0.1:{port}'}\n"
+        "store: {path: ./var/taskd.db}\n"
+        "log: {level: info, format: json}\n"
+        % slots
+        + textwrap.dedent(extra)
+        + "tasks:\n"
+        + textwrap.indent(textwrap.dedent(tasks).strip("\n"), "  ")
+        + "\npipelines:\n"
+        + textwrap.indent(textwrap.dedent(pipelines).strip("\n"), "  ")
+        + "\n"
+    )
