@@ -348,7 +348,9 @@ def describe_error(error: Mapping[str, Any], model: type[BaseModel], loc: KeyPat
     if kind in ("bool_type", "bool_parsing"):
         return f"expected true or false, got {got}"
     if kind in ("string_type",):
-        hint = " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)" if isinstance(value, bool) else ""
+        hint = (
+            " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)" if isinstance(value, bool) else ""
+        )
         return f"expected a string, got {got}{hint}"
     if kind in ("list_type", "tuple_type"):
         return f"expected a list, got {got}"
