@@ -50,6 +50,15 @@ def check_listen_safety(config: Config) -> None:
         )
 
 
+def _prepare_socket_path(target: str) -> Path:
+    """Create the socket's directory and remove a socket file left behind by a previous process."""
+    path = Path(target)
+    if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class Daemon:
     """One taskd process. `run()` returns the exit code."""
 
@@ -109,10 +118,7 @@ class Daemon:
         target = parse_listen(config.api.listen)
         try:
             if isinstance(target, str):
-                path = Path(target)
-                if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
-                    path.unlink()  # left behind by a previous process
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path = _prepare_socket_path(target)
                 site: web.BaseSite = web.UnixSite(runner, str(path))
                 await site.start()
                 os.chmod(path, 0o660)

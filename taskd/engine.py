@@ -368,10 +368,11 @@ def _missed_instants(schedule: Schedule, last: datetime, now: datetime, limit: i
     return out
 
 
-async def _wait_runs(runs: Iterable[Run], timeout: float) -> None:
+async def _wait_runs(runs: Iterable[Run], limit_s: float) -> None:
+    """Wait until every run has ended, or `limit_s` seconds have passed."""
     waits = [asyncio.ensure_future(run.done.wait()) for run in runs]
     if not waits:
         return
-    _, pending = await asyncio.wait(waits, timeout=timeout)
+    _, pending = await asyncio.wait(waits, timeout=limit_s)
     for future in pending:
         future.cancel()

@@ -57,6 +57,8 @@ class Context:
     time_zone: str
     scheduled_at: float | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    logger: Any = None
+    """A structlog logger bound to task_id, run_id and attempt, for the daemon's own log."""
 
     def info(self, message: str) -> None:
         self.log.write("log", message)

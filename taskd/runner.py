@@ -54,6 +54,7 @@ class Run:
         self.done = asyncio.Event()
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self._begun = False
         self._log_seq = 0
         self._log = structlog.get_logger("taskd.run").bind(task_id=record.task_id, run_id=record.id)
 
@@ -75,11 +76,18 @@ class Run:
             return False
         if self.stop_reason is None:
             self.stop_reason = reason
+        if not self._begun:
+            # Cancelling a task whose coroutine has not started yet never runs its body,
+            # so the final state is recorded here.
+            self._finish(RunState.STOPPED, f"stopped: {reason}")
         self.task.cancel(reason)
         return True
 
     # -- the run ---------------------------------------------------------------------------------
     async def execute(self, after: Sequence[Run] = ()) -> None:
+        self._begun = True
+        if self.done.is_set():
+            return
         record, task = self.record, self.plan.task
         total = 1 + task.retry.count
         try:
@@ -136,6 +144,7 @@ class Run:
             base_dir=plan.base_dir,
             time_zone=plan.time_zone,
             scheduled_at=record.scheduled_at,
+            logger=self._log.bind(attempt=number),
         )
         steps: dict[int, StepRecord] = {}
 

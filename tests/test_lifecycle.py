@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import Daemon, base_config, kill_matching, processes_matching, ts, wait_for
 
 

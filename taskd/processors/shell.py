@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +55,55 @@ def _env_value(value: Any) -> str:
     return json.dumps(value, default=list)
 
 
+class _Child(asyncio.SubprocessProtocol):
+    """Turns the child's stdout/stderr into log lines as they arrive, and notes its exit.
+
+    The exit is reported on its own: asyncio's Process.wait() also waits for the pipes to close,
+    which a backgrounded grandchild could hold open for as long as it lives.
+    """
+
+    def __init__(self, ctx: Context, exited: asyncio.Future[int]) -> None:
+        self._ctx = ctx
+        self._exited = exited
+        self._buffers = {1: bytearray(), 2: bytearray()}
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.closed = asyncio.Event()
+        self._open_pipes = 2
+        self.transport: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        buffer = self._buffers[fd]
+        buffer += data
+        while (end := buffer.find(b"\n")) >= 0:
+            self._emit(fd, bytes(buffer[:end]))
+            del buffer[: end + 1]
+        if len(buffer) > MAX_LINE_BYTES:
+            self._emit(fd, bytes(buffer))
+            buffer.clear()
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if self._buffers.get(fd):
+            self._emit(fd, bytes(self._buffers[fd]))
+            self._buffers[fd].clear()
+        self._open_pipes -= 1
+        if self._open_pipes <= 0:
+            self.closed.set()
+
+    def process_exited(self) -> None:
+        assert self.transport is not None
+        if not self._exited.done():
+            self._exited.set_result(self.transport.get_returncode() or 0)
+
+    def _emit(self, fd: int, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        self._ctx.log.write("stdout" if fd == 1 else "stderr", line)
+        if fd == 2 and line.strip():
+            self.stderr_tail.append(line.strip()[:500])
+
+
 class ShellProcessor:
     def __init__(self, options: ShellOptions) -> None:
         self.options = options
@@ -74,57 +124,39 @@ class ShellProcessor:
         options = self.options
         args = ["/bin/sh", "-c", options.command] if options.command is not None else list(options.argv or ())
         cwd = ctx.resolve(options.cwd) if options.cwd else ctx.base_dir
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[int] = loop.create_future()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            transport, child = await loop.subprocess_exec(
+                lambda: _Child(ctx, exited),
                 *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 cwd=cwd,
                 env=self._environment(ctx),
                 start_new_session=True,
-                limit=MAX_LINE_BYTES,
             )
         except (OSError, ValueError) as exc:
             raise StepFailed(f"cannot start {args[0]!r} in {cwd}: {exc}") from None
-        stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        assert proc.stdout is not None and proc.stderr is not None
-        readers = [
-            asyncio.create_task(_pump(proc.stdout, "stdout", ctx, None), name=f"shell-stdout-{proc.pid}"),
-            asyncio.create_task(_pump(proc.stderr, "stderr", ctx, stderr_tail), name=f"shell-stderr-{proc.pid}"),
-        ]
+        pid = transport.get_pid()
         try:
-            code = await proc.wait()
+            code = await asyncio.shield(exited)
         except BaseException:
-            await _terminate(proc, options.kill_grace)
+            await _terminate(pid, exited, options.kill_grace)
             raise
         finally:
             # Whatever the main process left running in its group goes with it.
-            _signal_group(proc.pid, signal.SIGKILL)
-            _, pending = await asyncio.wait(readers, timeout=2)
-            for reader in pending:
-                reader.cancel()
+            _signal_group(pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.closed.wait(), timeout=1)
+            transport.close()
         if code != 0:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            tail = " | ".join(stderr_tail)
-            raise StepFailed(
-                f"{args[0] if options.argv else 'command'} failed: {how}" + (f"; stderr: {tail}" if tail else "")
-            )
+            tail = " | ".join(child.stderr_tail)
+            what = args[0] if options.argv else "command"
+            raise StepFailed(f"{what} failed: {how}" + (f"; stderr: {tail}" if tail else ""))
         return {"exit_code": code}
-
-
-async def _pump(stream: asyncio.StreamReader, name: str, ctx: Context, tail: collections.deque[str] | None) -> None:
-    while True:
-        try:
-            raw = await stream.readline()
-        except (ValueError, asyncio.LimitOverrunError):
-            raw = await stream.read(MAX_LINE_BYTES)
-        if not raw:
-            return
-        line = raw.decode("utf-8", errors="replace").rstrip("\n")
-        ctx.log.write(name, line)
-        if tail is not None and line.strip():
-            tail.append(line.strip()[:500])
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:
@@ -135,15 +167,15 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
         return False
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _terminate(pgid: int, exited: asyncio.Future[int], grace: float) -> None:
     """SIGTERM the process group, then SIGKILL it if the leader has not exited within `grace`."""
-    _signal_group(proc.pid, signal.SIGTERM)
+    _signal_group(pgid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+        await asyncio.wait_for(asyncio.shield(exited), timeout=grace)
     except BaseException:  # the grace ran out, or we were cancelled again while waiting
-        _signal_group(proc.pid, signal.SIGKILL)
+        _signal_group(pgid, signal.SIGKILL)
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=5)
+            await asyncio.wait_for(asyncio.shield(exited), timeout=5)
 
 
 TYPE = ProcessorType(

@@ -120,7 +120,9 @@ SQL = {
     "remove_tombstone": "DELETE FROM tombstones WHERE task_id = ?",
     "active_runs": "SELECT * FROM runs WHERE state IN ('queued', 'running', 'retrying')",
     "interrupt_run": "UPDATE runs SET state = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
-    "interrupt_attempts": "UPDATE attempts SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'",
+    "interrupt_attempts": """
+        UPDATE attempts SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'
+    """,
     "interrupt_steps": "UPDATE steps SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'",
     "get_run": "SELECT * FROM runs WHERE id = ?",
     "attempts": "SELECT * FROM attempts WHERE run_id = ? ORDER BY number",
@@ -176,6 +178,7 @@ class SQLiteStore(Store):
         self._barriers: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._committing = False
         self._writer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.commits = 0
@@ -196,8 +199,11 @@ class SQLiteStore(Store):
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA busy_timeout = 5000")
             await self._migrate()
-        except aiosqlite.Error as exc:
+        except (aiosqlite.Error, StoreError) as exc:
             await db.close()
+            self._db = None
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot prepare the store at {self.path}: {exc}") from exc
         self._writer = asyncio.create_task(self._write_loop(), name="taskd-store-writer")
 
@@ -279,7 +285,7 @@ class SQLiteStore(Store):
     async def flush(self) -> None:
         if self._db is None:
             return
-        if not self._pending() and not self._barriers:
+        if not self._pending() and not self._barriers and not self._committing:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._barriers.append(future)
@@ -323,6 +329,7 @@ class SQLiteStore(Store):
             ("save_step", [_step_params(s) for s in steps.values()]),
             ("append_log", [(x.run_id, x.seq, x.ts, x.stream, x.line) for x in logs]),
         ]
+        self._committing = True
         async with self._lock:
             try:
                 await db.execute("BEGIN")
@@ -340,6 +347,8 @@ class SQLiteStore(Store):
                     if not barrier.done():
                         barrier.set_exception(StoreError("the store could not commit; see the daemon log"))
                 raise
+            finally:
+                self._committing = False
         for barrier in barriers:
             if not barrier.done():
                 barrier.set_result(None)

@@ -1,0 +1,110 @@
+"""The runner and slot pool in-process, against a real SQLite store in a temp dir."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from taskd.config import RetryPolicy, TaskConfig
+from taskd.models import RunRecord, RunState, Trigger, new_run_id
+from taskd.pipeline import Context
+from taskd.runner import Run, RunPlan, backoff_delay
+from taskd.slots import SlotPool
+from taskd.store.sqlite import SQLiteStore
+
+
+class Nap:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def run(self, ctx: Context) -> dict[str, int]:
+        await asyncio.sleep(self.seconds)
+        return {"napped": 1}
+
+
+def _run(store: SQLiteStore, slots: SlotPool, tmp_path: Path, seconds: float = 0.05) -> Run:
+    task = TaskConfig(id="t", pipeline="p")
+    record = RunRecord(id=new_run_id(), task_id="t", trigger=Trigger.MANUAL, queued_at=time.time())
+    store.save_run(record)
+    return Run(record, RunPlan(task, (("nap", Nap(seconds)),), tmp_path, "UTC"), store, slots)
+
+
+async def test_a_run_stopped_before_it_ever_ran_is_recorded_stopped(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        run = _run(store, SlotPool(1), tmp_path)
+        run.start()
+        assert run.stop("changed my mind")  # before the loop has run the task even once
+        await asyncio.wait_for(run.done.wait(), 2)
+        await asyncio.sleep(0)
+        stored = await store.get_run(run.id)
+        assert stored is not None and stored.state is RunState.STOPPED and stored.started_at is None
+        assert "changed my mind" in (stored.error or "")
+    finally:
+        await store.close()
+
+
+async def test_slot_pool_orders_by_priority_then_fifo_and_survives_cancelled_waiters() -> None:
+    pool = SlotPool(1)
+    await pool.acquire()
+    order: list[str] = []
+
+    async def waiter(name: str, priority: int) -> None:
+        await pool.acquire(priority)
+        order.append(name)
+        pool.release()
+
+    tasks = {name: asyncio.create_task(waiter(name, prio)) for name, prio in [("a", 0), ("b", 5), ("c", 5), ("d", 9)]}
+    gone = asyncio.create_task(waiter("cancelled", 100))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    assert pool.waiting == 4
+    pool.release()
+    await asyncio.gather(*tasks.values())
+    assert order == ["d", "b", "c", "a"]
+    assert pool.held == 0
+    # Only cancelled waiters left in the heap must not block a new acquirer.
+    await pool.acquire()
+    blocked = asyncio.create_task(pool.acquire(1))
+    await asyncio.sleep(0.01)
+    blocked.cancel()
+    pool.release()
+    await asyncio.wait_for(pool.acquire(), 1)
+    assert pool.held == 1
+
+
+async def test_raising_the_limit_releases_waiters() -> None:
+    pool = SlotPool(1)
+    await pool.acquire()
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    pool.set_limit(2)
+    await asyncio.wait_for(waiting, 1)
+    assert pool.held == 2
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (RetryPolicy(count=5, backoff=1, max_backoff=100), [1, 2, 4, 8, 16]),
+        (RetryPolicy(count=5, backoff=10, max_backoff=25), [10, 20, 25, 25, 25]),
+        (RetryPolicy(count=2, backoff=0, max_backoff=10), [0, 0]),
+    ],
+)
+def test_backoff_doubles_and_caps(policy: RetryPolicy, expected: list[float]) -> None:
+    assert [backoff_delay(policy, k) for k in range(1, len(expected) + 1)] == expected
+
+
+def test_full_jitter_stays_within_the_computed_backoff() -> None:
+    policy = RetryPolicy(count=3, backoff=4, max_backoff=100, jitter=True)
+    rng = random.Random(7)
+    samples = [backoff_delay(policy, 2, rng) for _ in range(2000)]
+    assert all(0 <= s <= 8 for s in samples)
+    assert min(samples) < 1 and max(samples) > 7  # spread over the whole range
