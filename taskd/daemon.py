@@ -20,6 +20,7 @@ from taskd.api import create_app
 from taskd.config import Config, load_config, parse_listen
 from taskd.engine import Engine
 from taskd.errors import ConfigError, TaskdError
+from taskd.processors.shell import kill_orphans
 from taskd.sdnotify import Notifier
 from taskd.store.sqlite import SQLiteStore, StoreError
 
@@ -80,6 +81,9 @@ class Daemon:
             interrupted = await store.recover_interrupted(time.time())
             for run in interrupted:
                 log.warning("run_interrupted", task_id=run.task_id, run_id=run.id, reason=run.error)
+            killed = await asyncio.to_thread(kill_orphans, [run.id for run in interrupted])
+            if killed:
+                log.warning("orphans_killed", process_groups=killed, reason="left running by interrupted runs")
             engine = self.engine = Engine(config, store)
             await engine.start()
             runner = web.AppRunner(create_app(engine, store, config.api.token, config.api.max_body_bytes))

@@ -223,11 +223,10 @@ def kill_matching(marker: str) -> None:
 def base_config(tasks: str, pipelines: str, slots: int = 10, extra: str = "") -> str:
     """A taskd.yml on {port} with a store under ./var; `tasks` and `pipelines` are YAML list bodies."""
     return (
-        "task: {max_concurrent_tasks: %d, shutdown_timeout: 5s}\n"
+        f"task: {{max_concurrent_tasks: {slots}, shutdown_timeout: 5s}}\n"
         "api: {listen: '127.0.0.1:{port}'}\n"
         "store: {path: ./var/taskd.db}\n"
         "log: {level: info, format: json}\n"
-        % slots
         + textwrap.dedent(extra)
         + "tasks:\n"
         + textwrap.indent(textwrap.dedent(tasks).strip("\n"), "  ")

@@ -44,7 +44,8 @@ def test_a_command_ignoring_sigterm_is_killed_after_the_grace(
     daemon = daemon_factory(
         base_config(
             "- {id: stubborn, pipeline: p, timeout: 0.5s}",
-            f"""- {{name: p, processors: [{{shell: {{command: "trap '' TERM; sleep {marker}", kill_grace: 0.5s}}}}]}}""",
+            f"""- {{name: p, processors: [{{shell: {{command: "trap '' TERM; sleep {marker}",
+                                                kill_grace: 0.5s}}}}]}}""",
         )
     ).start()
     run = daemon.wait_run(daemon.start_task("stubborn"), timeout=10)
@@ -156,8 +157,11 @@ def test_kill_9_mid_run_leaves_the_run_interrupted_after_restart(
     wait_for(lambda: daemon.run(run_id)["state"] == "running", what="running")
     time.sleep(0.2)  # let the writer commit the running state
     daemon.stop(signal.SIGKILL)
-    kill_matching(f"sleep {marker}")
+    assert processes_matching(f"sleep {marker}"), "the child outlives a SIGKILLed daemon..."
     daemon.start()
+    assert not processes_matching(f"sleep {marker}"), "...until the next start kills it"
+    killed = [e for e in daemon.events() if e.get("event") == "orphans_killed"]
+    assert killed and len(killed[-1]["process_groups"]) == 1
     run = daemon.run(run_id)
     assert run["state"] == "interrupted"
     assert "taskd exited while this run was running" in run["error"]

@@ -15,7 +15,8 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, StrictStr, model_validator
@@ -157,6 +158,31 @@ class ShellProcessor:
             what = args[0] if options.argv else "command"
             raise StepFailed(f"{what} failed: {how}" + (f"; stderr: {tail}" if tail else ""))
         return {"exit_code": code}
+
+
+def kill_orphans(run_ids: Iterable[str], proc_root: Path = Path("/proc")) -> list[int]:
+    """Kill the process groups of children left running by runs of a process that died.
+
+    A child is recognised by TASKD_RUN_ID in its environment, so a reused pid is never hit.
+    Returns the process groups that were killed.
+    """
+    wanted = {f"TASKD_RUN_ID={run_id}".encode() for run_id in run_ids}
+    if not wanted:
+        return []
+    groups: set[int] = set()
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = set((entry / "environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if environ & wanted:
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(int(entry.name)))
+    own = os.getpgid(0)
+    killed = [pgid for pgid in sorted(groups) if pgid != own and _signal_group(pgid, signal.SIGKILL)]
+    return killed
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:
