@@ -378,6 +378,9 @@ async def get_run(request: web.Request) -> web.Response:
         }
         for a in await store.attempts(run.id)
     ]
+    view["transitions"] = [
+        {"state": t.state, "at": iso(t.at), "detail": t.detail} for t in await store.transitions(run.id)
+    ]
     return _json(view)
 
 

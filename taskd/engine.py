@@ -288,7 +288,7 @@ class Engine:
         )
         plan = RunPlan(task=task, steps=entry.steps, base_dir=self.config.base_dir, time_zone=entry.time_zone)
         run = Run(record, plan, self.store, self.slots)
-        self.store.save_run(record)
+        run.queue()
         self.runs[run.id] = run
         self.by_task.setdefault(task_id, []).append(run)
         self.last_runs[task_id] = record

@@ -18,7 +18,7 @@ from taskd.durations import format_duration
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
 from taskd.pipeline import Context, Processor, StepFailed, run_chain
 from taskd.slots import SlotPool
-from taskd.store import LogLine, Store
+from taskd.store import LogLine, Store, Transition
 
 MAX_LOG_LINES = 10_000
 MAX_LINE_CHARS = 8_192
@@ -55,6 +55,7 @@ class Run:
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._begun = False
+        self._transitions = 0
         self._log_seq = 0
         self._log = structlog.get_logger("taskd.run").bind(task_id=record.task_id, run_id=record.id)
 
@@ -65,6 +66,10 @@ class Run:
     @property
     def state(self) -> RunState:
         return self.record.state
+
+    def queue(self) -> None:
+        """Record the run as queued (its first state)."""
+        self._enter(RunState.QUEUED, f"trigger {self.record.trigger}", self.record.queued_at)
 
     def start(self, after: Sequence[Run] = ()) -> None:
         """Schedule execute() on the loop; with `after`, wait for those runs to end first."""
@@ -106,9 +111,8 @@ class Run:
                     self._finish(RunState.FAILED, error)
                     return
                 delay = backoff_delay(task.retry, attempt)
-                record.state = RunState.RETRYING
                 record.error = error
-                self._store.save_run(record)
+                self._enter(RunState.RETRYING, f"retry {attempt} of {task.retry.count} in {format_duration(delay)}")
                 self.write("log", f"attempt {attempt} of {total} failed; retrying in {format_duration(delay)}")
                 self._log.info("run_retrying", attempt=attempt, delay_s=round(delay, 3), error=error)
                 await asyncio.sleep(delay)
@@ -127,9 +131,8 @@ class Run:
         now = time.time()
         if record.started_at is None:
             record.started_at = now
-        record.state = RunState.RUNNING
         record.attempts = number
-        self._store.save_run(record)
+        self._enter(RunState.RUNNING, f"attempt {number}", now)
         attempt = AttemptRecord(record.id, number, now)
         self._store.save_attempt(attempt)
         self._log.info("attempt_started", attempt=number)
@@ -198,13 +201,20 @@ class Run:
         self._log.info("attempt_finished", attempt=number, state=str(state), error=error)
         return state, error
 
+    def _enter(self, state: RunState, detail: str | None = None, at: float | None = None) -> None:
+        """Move the run to `state`, recording the transition with its time."""
+        at = time.time() if at is None else at
+        self.record.state = state
+        self._transitions += 1
+        self._store.record_transition(Transition(self.record.id, self._transitions, at, str(state), detail))
+        self._store.save_run(self.record)
+
     def _finish(self, state: RunState, error: str | None) -> None:
         record = self.record
-        record.state = state
         record.finished_at = time.time()
         if error is not None or state is RunState.COMPLETED:
             record.error = error
-        self._store.save_run(record)
+        self._enter(state, error, record.finished_at)
         self._log.info("run_finished", state=str(state), error=error, duration_s=round(record.duration or 0, 3))
         self.done.set()
 

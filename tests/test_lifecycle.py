@@ -167,6 +167,7 @@ def test_kill_9_mid_run_leaves_the_run_interrupted_after_restart(
     assert "taskd exited while this run was running" in run["error"]
     assert run["finished_at"] is not None
     assert run["attempt_list"][0]["state"] == "interrupted"
+    assert [t["state"] for t in run["transitions"]] == ["queued", "running", "interrupted"]
     warnings = [e for e in daemon.events() if e.get("event") == "run_interrupted"]
     assert warnings and warnings[-1]["run_id"] == run_id
     assert daemon.request("GET", "/task/long").json()["status"] == "interrupted"

@@ -184,6 +184,10 @@ def test_retries_with_exponential_backoff_then_fail(daemon_factory: Callable[...
         assert expected - 0.02 <= gap <= expected + 0.4, gaps
     log = daemon.request("GET", f"/run/{run_id}/log").text
     assert log.count("[stderr] boom") == 4 and "retrying in" in log
+    transitions = run["transitions"]
+    assert [t["state"] for t in transitions] == ["queued"] + ["running", "retrying"] * 3 + ["running", "failed"]
+    assert [ts(t["at"]) for t in transitions] == sorted(ts(t["at"]) for t in transitions)
+    assert transitions[2]["detail"] == "retry 1 of 3 in 200ms"
 
 
 def test_retry_count_shorthand_and_success_on_retry(daemon_factory: Callable[..., Daemon], tmp_path) -> None:

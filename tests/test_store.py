@@ -32,6 +32,26 @@ async def test_creates_the_file_and_directory_in_wal_mode_with_a_schema_version(
     await again.close()
 
 
+async def test_a_version_1_store_is_migrated_forward_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+        db.execute(
+            "INSERT INTO runs (id, task_id, trigger, state, queued_at, finished_at, error) "
+            "VALUES ('r1', 't', 'manual', 'failed', 10.0, 12.0, 'boom')"
+        )
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        run = await store.get_run("r1")
+        assert run is not None and run.error == "boom"
+        assert [(t.state, t.at) for t in await store.transitions("r1")] == [("queued", 10.0), ("failed", 12.0)]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     with sqlite3.connect(path) as db:

@@ -24,6 +24,17 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class Transition:
+    """A run entering a state, with when and why."""
+
+    run_id: str
+    seq: int
+    at: float
+    state: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
 class Fire:
     """A fire that did not become a run."""
 
@@ -74,6 +85,9 @@ class Store(ABC):
     def append_log(self, line: LogLine) -> None: ...
 
     @abstractmethod
+    def record_transition(self, transition: Transition) -> None: ...
+
+    @abstractmethod
     def record_fire(self, fire: Fire) -> None: ...
 
     @abstractmethod
@@ -107,6 +121,9 @@ class Store(ABC):
 
     @abstractmethod
     async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]: ...
+
+    @abstractmethod
+    async def transitions(self, run_id: str) -> list[Transition]: ...
 
     @abstractmethod
     async def fires(self, task_id: str, limit: int = 50) -> list[Fire]: ...

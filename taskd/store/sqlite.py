@@ -21,7 +21,7 @@ from taskd.models import (
     StepState,
     Trigger,
 )
-from taskd.store import Fire, LogLine, RunQuery, Store
+from taskd.store import Fire, LogLine, RunQuery, Store, Transition
 
 log = structlog.get_logger("taskd.store")
 
@@ -92,6 +92,20 @@ MIGRATIONS: list[str] = [
         last_fire REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE run_transitions (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO run_transitions (run_id, seq, at, state, detail)
+        SELECT id, 1, queued_at, 'queued', NULL FROM runs;
+    INSERT INTO run_transitions (run_id, seq, at, state, detail)
+        SELECT id, 2, finished_at, state, error FROM runs WHERE finished_at IS NOT NULL;
+    """,
 ]
 
 SQL = {
@@ -111,6 +125,11 @@ SQL = {
         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     """,
     "append_log": "INSERT OR IGNORE INTO run_logs (run_id, seq, ts, stream, line) VALUES (?, ?, ?, ?, ?)",
+    "record_transition": """
+        INSERT OR IGNORE INTO run_transitions (run_id, seq, at, state, detail) VALUES (?, ?, ?, ?, ?)
+    """,
+    "transitions": "SELECT * FROM run_transitions WHERE run_id = ? ORDER BY seq",
+    "delete_transitions": "DELETE FROM run_transitions WHERE run_id = ?",
     "record_fire": "INSERT INTO fires (task_id, instant, kind, reason, recorded_at) VALUES (?, ?, ?, ?, ?)",
     "set_last_fire": """
         INSERT INTO task_state (task_id, last_fire) VALUES (?, ?)
@@ -174,6 +193,7 @@ class SQLiteStore(Store):
         self._attempts: dict[tuple[str, int], AttemptRecord] = {}
         self._steps: dict[tuple[str, int, int], StepRecord] = {}
         self._logs: list[LogLine] = []
+        self._transitions: list[Transition] = []
         self._ordered: list[tuple[str, tuple[Any, ...]]] = []
         self._barriers: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
@@ -244,6 +264,11 @@ class SQLiteStore(Store):
                 run.state = RunState.INTERRUPTED
                 run.finished_at = now
                 await db.execute(SQL["interrupt_run"], (now, run.error, run.id))
+                await db.execute(
+                    "INSERT INTO run_transitions (run_id, seq, at, state, detail) "
+                    "SELECT ?, coalesce(max(seq), 0) + 1, ?, 'interrupted', ? FROM run_transitions WHERE run_id = ?",
+                    (run.id, now, reason, run.id),
+                )
                 await db.execute(SQL["interrupt_attempts"], (now, run.id))
                 await db.execute(SQL["interrupt_steps"], (now, run.id))
             await db.execute("COMMIT")
@@ -264,6 +289,10 @@ class SQLiteStore(Store):
 
     def append_log(self, line: LogLine) -> None:
         self._logs.append(line)
+        self._wakeup.set()
+
+    def record_transition(self, transition: Transition) -> None:
+        self._transitions.append(transition)
         self._wakeup.set()
 
     def record_fire(self, fire: Fire) -> None:
@@ -293,7 +322,7 @@ class SQLiteStore(Store):
         await future
 
     def _pending(self) -> bool:
-        return bool(self._runs or self._attempts or self._steps or self._logs or self._ordered)
+        return bool(self._runs or self._attempts or self._steps or self._logs or self._transitions or self._ordered)
 
     async def _write_loop(self) -> None:
         while True:
@@ -322,12 +351,14 @@ class SQLiteStore(Store):
         attempts, self._attempts = self._attempts, {}
         steps, self._steps = self._steps, {}
         logs, self._logs = self._logs, []
+        transitions, self._transitions = self._transitions, []
         ordered, self._ordered = self._ordered, []
         batches: list[tuple[str, list[tuple[Any, ...]]]] = [
             ("save_run", [_run_params(r) for r in runs.values()]),
             ("save_attempt", [_attempt_params(a) for a in attempts.values()]),
             ("save_step", [_step_params(s) for s in steps.values()]),
             ("append_log", [(x.run_id, x.seq, x.ts, x.stream, x.line) for x in logs]),
+            ("record_transition", [(t.run_id, t.seq, t.at, t.state, t.detail) for t in transitions]),
         ]
         self._committing = True
         async with self._lock:
@@ -428,6 +459,12 @@ class SQLiteStore(Store):
             for r in await self._fetch("run_log", (run_id, after_seq))
         ]
 
+    async def transitions(self, run_id: str) -> list[Transition]:
+        return [
+            Transition(r["run_id"], r["seq"], r["at"], r["state"], r["detail"])
+            for r in await self._fetch("transitions", (run_id,))
+        ]
+
     async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
         return [
             Fire(r["task_id"], r["instant"], r["kind"], r["reason"], r["recorded_at"])
@@ -470,7 +507,7 @@ class SQLiteStore(Store):
         async with self._lock:
             await db.execute("BEGIN")
             ids = [(run_id,) for run_id in doomed]
-            for name in ("delete_runs", "delete_attempts", "delete_steps", "delete_logs"):
+            for name in ("delete_runs", "delete_attempts", "delete_steps", "delete_logs", "delete_transitions"):
                 await db.executemany(SQL[name], ids)
             if days > 0:
                 await db.execute(SQL["delete_fires"], (now - days * 86400,))
