@@ -34,7 +34,15 @@ from pydantic import (
 
 from taskd import schedule as schedules
 from taskd.errors import ConfigError, ScheduleError
-from taskd.pipeline import Duration, ProcessorOptions, ProcessorType, builtin_types
+from taskd.pipeline import (
+    COMMON_OPTIONS,
+    Duration,
+    ProcessorOptions,
+    ProcessorType,
+    StepPolicy,
+    builtin_types,
+    plugin_errors,
+)
 from taskd.yamldoc import Document, KeyPath, parse_document
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -243,20 +251,23 @@ class Source:
 
 @dataclass(frozen=True)
 class ProcessorConfig:
-    """One validated pipeline step."""
+    """One validated pipeline step: its type's options and the options every step has."""
 
     type: str
     options: ProcessorOptions
     source: Source
+    policy: StepPolicy = field(default_factory=StepPolicy)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """A validated pipeline."""
+    """A validated pipeline. Relative paths in its options resolve against `base_dir`, the
+    directory of the file that defines it."""
 
     name: str
     processors: tuple[ProcessorConfig, ...]
     source: Source
+    base_dir: Path
     description: str | None = None
 
 
@@ -304,7 +315,11 @@ class Config:
         payload = {
             "task": thaw(task.model_dump(mode="json")),
             "pipeline": [
-                {"type": p.type, "options": p.options.model_dump(mode="json", by_alias=True)}
+                {
+                    "type": p.type,
+                    "options": p.options.model_dump(mode="json", by_alias=True),
+                    "policy": p.policy.model_dump(mode="json"),
+                }
                 for p in pipeline.processors
             ],
             "time_zone": self.zone_for(task),
@@ -454,25 +469,65 @@ def _build_pipeline(
         kind = kinds.get(name)
         if kind is None:
             available = sorted(kinds)
+            broken = plugin_errors().get(name)
             doc.problem(
                 (*path, name),
                 _with_suggestion(f"unknown processor type {name!r}", name, available)
-                + f"; available: {', '.join(available)}",
+                + f"; available: {', '.join(available)}"
+                + (f" (the plugin {name!r} failed to load: {broken})" if broken else ""),
             )
             ok = False
             continue
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            doc.problem((*path, name), f"options of {name!r} must be a mapping, got {_describe_value(options)}")
+            ok = False
+            continue
+        own = set(kind.options.model_fields) | {f.alias for f in kind.options.model_fields.values() if f.alias}
+        common = {k: v for k, v in options.items() if k in COMMON_OPTIONS and k not in own}
+        specific = {k: v for k, v in options.items() if k not in common}
+        parsed = policy = None
         try:
-            parsed = kind.options.model_validate({} if options is None else options)
+            parsed = kind.options.model_validate(specific)
         except ValidationError as exc:
             for error in exc.errors():
                 loc = (*path, name, *error["loc"])
-                doc.problem(loc, describe_error(error, kind.options, tuple(error["loc"])))
+                allowed_model = kind.options
+                message = describe_error(error, allowed_model, tuple(error["loc"]))
+                if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+                    message += f"; every processor also takes: {', '.join(sorted(COMMON_OPTIONS))}"
+                doc.problem(loc, message)
+        try:
+            policy = StepPolicy.model_validate(common)
+        except ValidationError as exc:
+            for error in exc.errors():
+                doc.problem((*path, name, *error["loc"]), describe_error(error, StepPolicy, tuple(error["loc"])))
+        if parsed is None or policy is None:
             ok = False
             continue
-        steps.append(ProcessorConfig(name, parsed, Source(doc.file, doc.line_of(path))))
+        if kind.when_option is not None:
+            alias = getattr(parsed, kind.when_option, None)
+            if alias is not None and policy.when is not None and alias != policy.when:
+                doc.problem(
+                    (*path, name, "when"), f"when ({policy.when}) and {kind.when_option} ({alias}) disagree; give one"
+                )
+                ok = False
+                continue
+            when = policy.when or alias or kind.default_when
+            policy = policy.model_copy(update={"when": when})
+        elif policy.when is None and kind.default_when is not None:
+            policy = policy.model_copy(update={"when": kind.default_when})
+        steps.append(ProcessorConfig(name, parsed, Source(doc.file, doc.line_of(path)), policy))
     if not ok:
         return None
-    return PipelineConfig(spec.name, tuple(steps), Source(doc.file, doc.line_of(base[:2])), spec.description)
+    return PipelineConfig(
+        spec.name,
+        tuple(steps),
+        Source(doc.file, doc.line_of(base[:2])),
+        Path(doc.file).absolute().parent,
+        spec.description,
+    )
 
 
 def _items(doc: Document, key: str) -> list[Any]:

@@ -22,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from taskd.config import Config, PipelineConfig, Source, TaskConfig, thaw
 from taskd.errors import TaskdError
 from taskd.models import RunRecord, RunState, Trigger, new_run_id
-from taskd.pipeline import Processor, ProcessorType, builtin_types
+from taskd.pipeline import ProcessorType, Step, builtin_types
 from taskd.runner import Run, RunPlan
 from taskd.schedule import Schedule
 from taskd.slots import SlotPool
@@ -48,7 +48,7 @@ class TaskEntry:
 
     config: TaskConfig
     pipeline: PipelineConfig
-    steps: tuple[tuple[str, Processor], ...]
+    steps: tuple[Step, ...]
     schedule: Schedule | None
     time_zone: str
     definition_hash: str
@@ -128,7 +128,15 @@ class Engine:
     # -- configuration -----------------------------------------------------------------------------
     def _build(self, config: Config, task: TaskConfig) -> TaskEntry:
         pipeline = config.pipelines[task.pipeline]
-        steps = tuple((p.type, self.kinds[p.type].build(p.options)) for p in pipeline.processors)
+        steps = tuple(
+            Step(
+                index=i,
+                type=p.type,
+                processor=self.kinds[p.type].build(p.options),
+                policy=p.policy,
+            )
+            for i, p in enumerate(pipeline.processors)
+        )
         return TaskEntry(
             config=task,
             pipeline=pipeline,
@@ -286,7 +294,7 @@ class Engine:
             params=merged,
             priority=task.priority,
         )
-        plan = RunPlan(task=task, steps=entry.steps, base_dir=self.config.base_dir, time_zone=entry.time_zone)
+        plan = RunPlan(task=task, steps=entry.steps, base_dir=entry.pipeline.base_dir, time_zone=entry.time_zone)
         run = Run(record, plan, self.store, self.slots)
         run.queue()
         self.runs[run.id] = run

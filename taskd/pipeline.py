@@ -1,18 +1,21 @@
 """Processors and pipelines: the options models, the registry, the run context and chain execution.
 
-Pure: nothing here does I/O. Processors (in taskd.processors) do their I/O when the runner calls
+Pure: nothing here does I/OptionsT. Processors (in taskd.processors) do their I/OptionsT when the runner calls
 them; the chain reports each step through callbacks so the runner can record it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import string
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from taskd.durations import parse_duration
 from taskd.errors import TaskdError
@@ -29,7 +32,31 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 class ProcessorOptions(BaseModel):
     """Base of every processor's options: immutable, unknown keys rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+OptionsT = TypeVar("OptionsT", bound=ProcessorOptions)
+
+
+class StepRetry(ProcessorOptions):
+    """Retries of one step inside an attempt (on top of the task's attempt-level retries)."""
+
+    count: int = Field(0, ge=0, le=100, description="retries of this step before it fails")
+    backoff: Duration = Field(1.0, description="wait before the first retry, doubling after each")
+
+
+class StepPolicy(ProcessorOptions):
+    """Options every processor accepts beside its own."""
+
+    when: Literal["success", "failure", "always"] | None = Field(
+        None, description="run in the final phase, after the chain, on this outcome"
+    )
+    on_error: Literal["fail", "continue"] = Field("fail", description="continue: a failure does not end the chain")
+    timeout: Duration | None = Field(None, description="limit for this step (each try)")
+    retry: StepRetry = StepRetry()
+
+
+COMMON_OPTIONS = frozenset(StepPolicy.model_fields)
 
 
 class StepFailed(TaskdError):
@@ -59,6 +86,11 @@ class Context:
     data: dict[str, Any] = field(default_factory=dict)
     logger: Any = None
     """A structlog logger bound to task_id, run_id and attempt, for the daemon's own log."""
+    outcome: dict[str, Any] | None = None
+    """In the final phase: {state, error, attempts, duration} of the run."""
+    recent_log: Callable[[], list[str]] = lambda: []
+    """The run's last log lines (for alerts)."""
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def info(self, message: str) -> None:
         self.log.write("log", message)
@@ -68,8 +100,37 @@ class Context:
         return (self.base_dir / Path(path).expanduser()).resolve()
 
     def format(self, template: str, option: str) -> str:
-        """Fill `{params.x}`, `{data.x}`, `{task.id}`, `{run.id}`, `{attempt}` fields of a template."""
+        """Fill `{params.x}`, `{data.x}`, `{task.id}`, `{run.id}`, `{attempt}`, `{now:%Y%m%d}` fields."""
+        if "{" not in template and "}" not in template:
+            return template
         return SafeFormatter(self).format_option(template, option)
+
+    def render(self, options: OptionsT, exempt: frozenset[str] = frozenset()) -> OptionsT:
+        """A copy of `options` with every string option (and strings in lists and string maps)
+        filled in by `format`; options named in `exempt` are left as written."""
+        updates: dict[str, Any] = {}
+        for name, info in type(options).model_fields.items():
+            if name in exempt:
+                continue
+            label = info.alias or name
+            value = getattr(options, name)
+            if isinstance(value, str):
+                updates[name] = self.format(value, label)
+            elif isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+                updates[name] = tuple(self.format(v, label) for v in value)
+            elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+                updates[name] = {k: self.format(v, f"{label}.{k}") for k, v in value.items()}
+        changed = {k: v for k, v in updates.items() if v != getattr(options, k)}
+        return options.model_copy(update=changed) if changed else options
+
+    def input_path(self, explicit: str | None, option: str) -> Path:
+        """The path a file processor works on: its own option, else what the step before produced."""
+        if explicit:
+            return self.resolve(explicit)
+        produced = self.data.get("output")
+        if not produced:
+            raise StepFailed(f"no {option!r} given and no earlier step produced an output path")
+        return Path(str(produced))
 
 
 class Processor(Protocol):
@@ -80,19 +141,46 @@ class Processor(Protocol):
 
 @dataclass(frozen=True)
 class ProcessorType:
-    """A registered processor type: its name, its options model, a summary and a factory."""
+    """A registered processor type: its name, its options model, a summary and a factory.
+
+    `when_option` names an option of the type that doubles as `when` (send_alert's `condition`);
+    `default_when` puts the type in the final phase unless the config says otherwise.
+    """
 
     name: str
     options: type[ProcessorOptions]
     summary: str
     build: Callable[[Any], Processor]
+    when_option: str | None = None
+    default_when: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One built step of a pipeline."""
+
+    index: int
+    type: str
+    processor: Processor
+    policy: StepPolicy = field(default_factory=StepPolicy)
+
+    @property
+    def label(self) -> str:
+        return f"step {self.index + 1} ({self.type})"
 
 
 def builtin_types() -> Mapping[str, ProcessorType]:
-    """The processor types that ship with taskd, by name."""
-    from taskd.processors import BUILTINS
+    """Every available processor type by name: built-ins and `taskd.processors` plugins."""
+    from taskd.processors import registry
 
-    return BUILTINS
+    return registry().types
+
+
+def plugin_errors() -> Mapping[str, str]:
+    """Plugins (entry point name -> reason) that could not be loaded."""
+    from taskd.processors import registry
+
+    return registry().errors
 
 
 def describe_options(kind: ProcessorType) -> list[dict[str, Any]]:
@@ -128,7 +216,10 @@ class SafeFormatter(string.Formatter):
             "task": {"id": ctx.task_id, "name": ctx.task_name},
             "run": {"id": ctx.run_id, "trigger": ctx.trigger},
             "attempt": ctx.attempt,
+            "now": _local_now(ctx),
         }
+        if ctx.outcome is not None:
+            self._values["outcome"] = ctx.outcome
 
     def format_option(self, template: str, option: str) -> str:
         try:
@@ -143,7 +234,8 @@ class SafeFormatter(string.Formatter):
             raise StepFailed(f"field {{{field_name}}}: item access is not allowed; use {{params.name}}")
         head, *rest = field_name.split(".")
         if head not in self._values:
-            raise StepFailed(f"unknown field {{{field_name}}}; use params.*, data.*, task.id, run.id or attempt")
+            known = ", ".join(f"{name}.*" if isinstance(v, Mapping) else name for name, v in self._values.items())
+            raise StepFailed(f"unknown field {{{field_name}}}; known fields: {known}")
         value = self._values[head]
         for part in rest:
             if not isinstance(value, Mapping) or part not in value:
@@ -152,29 +244,107 @@ class SafeFormatter(string.Formatter):
         return value, head
 
 
-StepHook = Callable[[int, str], None]
-StepEndHook = Callable[[int, str, BaseException | None], None]
+def _local_now(ctx: Context) -> datetime:
+    moment = ctx.now()
+    try:
+        return moment.astimezone(ZoneInfo(ctx.time_zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        return moment
 
 
-async def run_chain(
-    steps: Sequence[tuple[str, Processor]],
-    ctx: Context,
-    on_start: StepHook,
-    on_end: StepEndHook,
-) -> None:
-    """Run processors in order; each returned mapping is merged into ctx.data for the next.
+StepStarted = Callable[[Step], None]
+StepEnded = Callable[[Step, str, "BaseException | None"], None]
 
-    The first exception ends the chain and propagates (cancellation included), after on_end
-    has recorded it.
+
+@dataclass(frozen=True)
+class Hooks:
+    """How the chain reports steps: started, and ended in a state ('completed', 'failed',
+    'skipped', ...) with the exception if there was one."""
+
+    started: StepStarted
+    ended: StepEnded
+
+
+async def run_main(steps: Sequence[Step], ctx: Context, hooks: Hooks) -> None:
+    """The chain: steps without `when`, in order; returned mappings merge into ctx.data.
+
+    A failing step ends the chain (the rest are recorded as skipped) and its exception
+    propagates, unless the step says `on_error: continue`.
     """
-    for index, (name, processor) in enumerate(steps):
-        on_start(index, name)
+    chain = [s for s in steps if s.policy.when is None]
+    for position, step in enumerate(chain):
+        hooks.started(step)
         try:
-            result: Awaitable[Mapping[str, Any] | None] = processor.run(ctx)
-            produced = await result
-        except BaseException as exc:
-            on_end(index, name, exc)
+            produced = await call_step(step, ctx)
+        except asyncio.CancelledError as exc:
+            hooks.ended(step, "stopped", exc)
+            raise
+        except Exception as exc:
+            hooks.ended(step, "failed", exc)
+            if step.policy.on_error == "continue":
+                ctx.info(f"{step.label} failed ({describe(exc)}); on_error: continue, so the chain goes on")
+                continue
+            for later in chain[position + 1 :]:
+                hooks.ended(later, "skipped", None)
             raise
         if produced:
             ctx.data.update(produced)
-        on_end(index, name, None)
+        hooks.ended(step, "completed", None)
+
+
+async def run_final(steps: Sequence[Step], ctx: Context, outcome: dict[str, Any], hooks: Hooks) -> None:
+    """The final phase: steps with `when` matching the outcome. Their failures are recorded and
+    logged but never change the outcome, which was decided before they ran."""
+    ctx.outcome = outcome
+    succeeded = outcome["state"] == "completed"
+    for step in steps:
+        when = step.policy.when
+        if when is None:
+            continue
+        if when != "always" and (when == "success") != succeeded:
+            hooks.ended(step, "skipped", None)
+            continue
+        hooks.started(step)
+        try:
+            produced = await call_step(step, ctx)
+        except asyncio.CancelledError as exc:
+            hooks.ended(step, "stopped", exc)
+            raise
+        except Exception as exc:
+            hooks.ended(step, "failed", exc)
+            ctx.info(f"{step.label} failed in the final phase ({describe(exc)}); the run's outcome stands")
+            continue
+        if produced:
+            ctx.data.update(produced)
+        hooks.ended(step, "completed", None)
+
+
+async def call_step(step: Step, ctx: Context) -> Mapping[str, Any] | None:
+    """One step with its own timeout and retries."""
+    policy = step.policy
+    tries = 1 + policy.retry.count
+    for attempt in range(1, tries + 1):
+        try:
+            async with asyncio.timeout(policy.timeout) as deadline:
+                return await step.processor.run(ctx)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            error: Exception = StepFailed(f"timed out after {policy.timeout:g}s")
+            error.__cause__ = exc
+        except Exception as exc:
+            error = exc
+        if attempt == tries:
+            raise error
+        delay = policy.retry.backoff * 2 ** (attempt - 1)
+        ctx.info(f"{step.label} failed ({describe(error)}); try {attempt + 1} of {tries} in {delay:g}s")
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a step error: StepFailed's message, else `Type: message`."""
+    if isinstance(exc, StepFailed):
+        return str(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

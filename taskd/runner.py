@@ -4,6 +4,7 @@ state transitions of DESIGN.md, each reported to the store as it happens."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 import traceback
@@ -16,12 +17,13 @@ import structlog
 from taskd.config import RetryPolicy, TaskConfig
 from taskd.durations import format_duration
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
-from taskd.pipeline import Context, Processor, StepFailed, run_chain
+from taskd.pipeline import Context, Hooks, Step, StepFailed, describe, run_final, run_main
 from taskd.slots import SlotPool
 from taskd.store import LogLine, Store, Transition
 
 MAX_LOG_LINES = 10_000
 MAX_LINE_CHARS = 8_192
+RECENT_LINES = 20
 
 
 def backoff_delay(policy: RetryPolicy, retry: int, rng: random.Random | None = None) -> float:
@@ -38,7 +40,7 @@ class RunPlan:
     """Everything a run needs, frozen when it is created: later reloads do not change it."""
 
     task: TaskConfig
-    steps: tuple[tuple[str, Processor], ...]
+    steps: tuple[Step, ...]
     base_dir: Path
     time_zone: str
 
@@ -55,6 +57,8 @@ class Run:
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._begun = False
+        self._step_records: dict[tuple[int, int], StepRecord] = {}
+        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_LINES)
         self._transitions = 0
         self._log_seq = 0
         self._log = structlog.get_logger("taskd.run").bind(task_id=record.task_id, run_id=record.id)
@@ -101,14 +105,15 @@ class Run:
             for attempt in range(1, total + 1):
                 await self._slots.acquire(task.priority)
                 try:
-                    state, error = await self._attempt(attempt)
+                    state, error, ctx = await self._attempt(attempt)
+                    last = state is StepState.COMPLETED or attempt == total
+                    final = RunState.COMPLETED if state is StepState.COMPLETED else RunState.FAILED
+                    if last and self._has_final_phase:
+                        await self._final_phase(ctx, final, error)
                 finally:
                     self._slots.release()
-                if state is StepState.COMPLETED:
-                    self._finish(RunState.COMPLETED, None)
-                    return
-                if attempt == total:
-                    self._finish(RunState.FAILED, error)
+                if last:
+                    self._finish(final, error)
                     return
                 delay = backoff_delay(task.retry, attempt)
                 record.error = error
@@ -126,7 +131,7 @@ class Run:
             self._log.exception("run_crashed")
             self._finish(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
-    async def _attempt(self, number: int) -> tuple[StepState, str | None]:
+    async def _attempt(self, number: int) -> tuple[StepState, str | None, Context]:
         record, plan = self.record, self.plan
         now = time.time()
         if record.started_at is None:
@@ -148,36 +153,19 @@ class Run:
             time_zone=plan.time_zone,
             scheduled_at=record.scheduled_at,
             logger=self._log.bind(attempt=number),
+            recent_log=lambda: list(self._recent),
         )
-        steps: dict[int, StepRecord] = {}
-
-        def on_start(index: int, name: str) -> None:
-            steps[index] = StepRecord(record.id, number, index, name, time.time())
-            self._store.save_step(steps[index])
-
-        def on_end(index: int, name: str, exc: BaseException | None) -> None:
-            step = steps[index]
-            step.finished_at = time.time()
-            if exc is None:
-                step.state = StepState.COMPLETED
-            elif isinstance(exc, asyncio.CancelledError):
-                step.state = StepState.STOPPED
-                step.error = "stopped"
-            else:
-                step.state = StepState.FAILED
-                step.error = _describe(exc)
-            self._store.save_step(step)
-
+        steps = self._hooks(number)
         timeout = plan.task.timeout
         state, error = StepState.COMPLETED, None
         try:
             async with asyncio.timeout(timeout) as deadline:
-                await run_chain(plan.steps, ctx, on_start, on_end)
+                await run_main(plan.steps, ctx, steps)
         except TimeoutError:
             if deadline.expired():
                 state, error = StepState.TIMED_OUT, f"attempt {number} timed out after {format_duration(timeout or 0)}"
-                for step in steps.values():
-                    if step.state is StepState.STOPPED:
+                for step in self._step_records.values():
+                    if step.attempt == number and step.state is StepState.STOPPED:
                         step.state, step.error = StepState.TIMED_OUT, "timed out"
                         self._store.save_step(step)
             else:
@@ -189,17 +177,62 @@ class Run:
         except StepFailed as exc:
             state, error = StepState.FAILED, str(exc)
         except Exception as exc:
-            state, error = StepState.FAILED, _describe(exc)
-            self.write("stderr", "".join(traceback.format_exception(exc)).rstrip())
+            state, error = StepState.FAILED, describe(exc)
+            if not isinstance(exc, StepFailed):
+                self.write("stderr", "".join(traceback.format_exception(exc)).rstrip())
         if error is not None:
-            failed = next((s for s in steps.values() if s.state in (StepState.FAILED, StepState.TIMED_OUT)), None)
+            # The step that ended the chain is the last failure (earlier ones said on_error: continue).
+            failed = max(
+                (
+                    r
+                    for r in self._step_records.values()
+                    if r.attempt == number and r.state in (StepState.FAILED, StepState.TIMED_OUT)
+                ),
+                key=lambda r: r.index,
+                default=None,
+            )
             if failed is not None and state is StepState.FAILED:
                 error = f"step {failed.index + 1} ({failed.type}): {error}"
             self.write("log", f"attempt {number} {state.replace('_', ' ')}: {error}")
         attempt.state, attempt.finished_at, attempt.error = state, time.time(), error
         self._store.save_attempt(attempt)
         self._log.info("attempt_finished", attempt=number, state=str(state), error=error)
-        return state, error
+        return state, error, ctx
+
+    @property
+    def _has_final_phase(self) -> bool:
+        return any(step.policy.when is not None for step in self.plan.steps)
+
+    async def _final_phase(self, ctx: Context, state: RunState, error: str | None) -> None:
+        """Run the `when:` steps once, after the last attempt, with the outcome in the context."""
+        outcome = {
+            "state": str(state),
+            "error": error,
+            "attempts": self.record.attempts,
+            "duration": round(self.record.duration or 0.0, 3),
+        }
+        await run_final(self.plan.steps, ctx, outcome, self._hooks(ctx.attempt))
+
+    def _hooks(self, attempt: int) -> Hooks:
+        """Step hooks that record each step of `attempt` in the store."""
+
+        def started(step: Step) -> None:
+            record = StepRecord(self.record.id, attempt, step.index, step.type, time.time())
+            self._step_records[(attempt, step.index)] = record
+            self._store.save_step(record)
+
+        def ended(step: Step, state: str, exc: BaseException | None) -> None:
+            record = self._step_records.get((attempt, step.index))
+            now = time.time()
+            if record is None:  # skipped without starting
+                record = StepRecord(self.record.id, attempt, step.index, step.type, now)
+                self._step_records[(attempt, step.index)] = record
+            record.finished_at = now
+            record.state = StepState(state)
+            record.error = None if exc is None else ("stopped" if state == "stopped" else describe(exc))
+            self._store.save_step(record)
+
+        return Hooks(started, ended)
 
     def _enter(self, state: RunState, detail: str | None = None, at: float | None = None) -> None:
         """Move the run to `state`, recording the transition with its time."""
@@ -229,11 +262,5 @@ class Run:
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + " [line truncated]"
         self._store.append_log(LogLine(self.record.id, self._log_seq, time.time(), stream, text))
+        self._recent.append(f"[{stream}] {text}")
         self._log.debug("run_output", stream=stream, line=text)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, StepFailed):
-        return str(exc)
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

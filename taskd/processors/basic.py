@@ -37,8 +37,8 @@ class LogProcessor:
         self.options = options
 
     async def run(self, ctx: Context) -> None:
-        text = ctx.format(self.options.message, "message")
-        ctx.log.write("log" if self.options.level == "info" else self.options.level, text)
+        options = ctx.render(self.options)
+        ctx.log.write("log" if options.level == "info" else options.level, options.message)
 
 
 _FUNCTION = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")

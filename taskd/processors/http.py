@@ -56,7 +56,7 @@ class HttpProcessor:
         self.options = options
 
     async def run(self, ctx: Context) -> Mapping[str, Any]:
-        o = self.options
+        o = ctx.render(self.options)
         started = time.perf_counter()
         timeout = aiohttp.ClientTimeout(total=o.timeout)
         kwargs: dict[str, Any] = {"headers": o.headers}

@@ -109,7 +109,7 @@ class ShellProcessor:
     def __init__(self, options: ShellOptions) -> None:
         self.options = options
 
-    def _environment(self, ctx: Context) -> dict[str, str]:
+    def _environment(self, ctx: Context, options: ShellOptions) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             TASKD_TASK_ID=ctx.task_id,
@@ -118,11 +118,12 @@ class ShellProcessor:
             TASKD_TRIGGER=ctx.trigger,
         )
         env.update({param_env_name(k): _env_value(v) for k, v in ctx.params.items()})
-        env.update(self.options.env)
+        env.update(options.env)
         return env
 
     async def run(self, ctx: Context) -> Mapping[str, Any]:
-        options = self.options
+        # `command` is shell text: it is never templated. argv, env and cwd are data.
+        options = ctx.render(self.options, exempt=frozenset({"command"}))
         args = ["/bin/sh", "-c", options.command] if options.command is not None else list(options.argv or ())
         cwd = ctx.resolve(options.cwd) if options.cwd else ctx.base_dir
         loop = asyncio.get_running_loop()
@@ -135,7 +136,7 @@ class ShellProcessor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
-                env=self._environment(ctx),
+                env=self._environment(ctx, options),
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:

@@ -1,0 +1,321 @@
+"""copy, compress, rotate and upload against real files, a real tmpfs and a real S3-compatible server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import filecmp
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port
+
+from taskd.pipeline import Context, StepFailed, builtin_types
+from taskd.processors.files import select_for_deletion
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def write(self, stream: str, text: str) -> None:
+        self.lines.append((stream, text))
+
+
+def ctx(base: Path, **data: Any) -> Context:
+    c = Context(
+        task_id="backup", task_name="Backup", run_id="r1", attempt=1, trigger="manual", params={"dest": "out"},
+        log=Lines(), base_dir=base, time_zone="Europe/Berlin",
+    )  # fmt: skip
+    c.data.update(data)
+    return c
+
+
+def build(kind: str, **options: Any) -> Any:
+    spec = builtin_types()[kind]
+    return spec.build(spec.options.model_validate(options))
+
+
+def make_tree(root: Path) -> Path:
+    data = root / "data"
+    (data / "sub" / "deeper").mkdir(parents=True)
+    (data / "a.txt").write_text("alpha\n" * 100)
+    (data / "sub" / "b.bin").write_bytes(os.urandom(70_000))
+    (data / "sub" / "deeper" / "c.txt").write_text("gamma")
+    (data / "link").symlink_to("a.txt")
+    old = time.time() - 86400 * 3
+    os.utime(data / "a.txt", (old, old))
+    return data
+
+
+def same_tree(left: Path, right: Path) -> bool:
+    compared = filecmp.dircmp(left, right)
+    if compared.left_only or compared.right_only or compared.diff_files or compared.funny_files:
+        return False
+    return all(same_tree(left / d, right / d) for d in compared.common_dirs)
+
+
+# -- copy ----------------------------------------------------------------------------------------
+
+
+async def test_copy_a_tree_keeping_mtimes_and_links(tmp_path: Path) -> None:
+    data = make_tree(tmp_path)
+    c = ctx(tmp_path)
+    out = await build("copy", source="data", destination="backup/{params.dest}").run(c)
+    target = tmp_path / "backup" / "out"
+    assert out["output"] == str(target) and out["copy"]["files"] == 4
+    assert out["copy"]["bytes"] == 600 + 70_000 + 5
+    assert same_tree(data, target)
+    assert (target / "a.txt").stat().st_mtime == pytest.approx((data / "a.txt").stat().st_mtime)
+    assert os.readlink(target / "link") == "a.txt"
+    assert not list(tmp_path.glob("backup/.*partial*"))
+
+
+async def test_copy_a_file_into_an_existing_directory_and_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("one")
+    (tmp_path / "dir").mkdir()
+    await build("copy", source="f.txt", destination="dir").run(ctx(tmp_path))
+    assert (tmp_path / "dir" / "f.txt").read_text() == "one"
+    (tmp_path / "f.txt").write_text("two")
+    with pytest.raises(StepFailed, match="already exists; set overwrite: true"):
+        await build("copy", source="f.txt", destination="dir").run(ctx(tmp_path))
+    await build("copy", source="f.txt", destination="dir", overwrite=True).run(ctx(tmp_path))
+    assert (tmp_path / "dir" / "f.txt").read_text() == "two"
+
+
+async def test_copy_refuses_a_directory_into_itself_and_a_missing_source(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    with pytest.raises(StepFailed, match="refusing to copy directory .* into itself"):
+        await build("copy", source="data", destination="data/sub/again").run(ctx(tmp_path))
+    with pytest.raises(StepFailed, match="source .*nope does not exist"):
+        await build("copy", source="nope", destination="x").run(ctx(tmp_path))
+    with pytest.raises(StepFailed, match="no 'source' given and no earlier step produced an output"):
+        await build("copy", destination="x").run(ctx(tmp_path))
+
+
+async def test_stop_during_a_long_copy_removes_the_partial_output(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(3 * 1024**3)  # sparse: 3 GiB to copy, nothing on disk yet
+    task = asyncio.create_task(build("copy", source="big.bin", destination="copy.bin").run(ctx(tmp_path)))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if list(tmp_path.glob(".copy.bin.partial-*")):
+            break
+    else:
+        pytest.fail("the copy never started")
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, to fill up for real."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_full_disk_fails_the_step_and_leaves_nothing_behind(tmp_path: Path, tiny_disk: Path) -> None:
+    (tmp_path / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    with pytest.raises(StepFailed, match="no space left on device"):
+        await build("copy", source="big.bin", destination=str(tiny_disk / "big.bin")).run(ctx(tmp_path))
+    assert list(tiny_disk.iterdir()) == []
+    with pytest.raises(StepFailed, match="no space left on device"):
+        await build("compress", path="big.bin", algorithm="gzip", destination=str(tiny_disk / "b.gz"), level=0).run(
+            ctx(tmp_path)
+        )
+    assert list(tiny_disk.iterdir()) == []
+
+
+def test_permission_denied_is_a_clear_step_failure(tmp_path: Path) -> None:
+    """Run as `nobody` (root reads everything): the child imports all it needs, then drops privileges."""
+    base = Path("/tmp") / f"taskd-perm-{os.getpid()}"
+    base.mkdir(mode=0o755, exist_ok=True)
+    try:
+        secret = base / "secret.txt"
+        secret.write_text("root only")
+        secret.chmod(0o600)
+        script = textwrap.dedent(
+            f"""
+            import asyncio, os, sys
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            from test_file_processors import build, ctx
+            from taskd.pipeline import StepFailed
+            import taskd.processors.files, concurrent.futures.thread, pathlib
+            os.setgid(65534); os.setuid(65534)
+            async def main():
+                try:
+                    await build("copy", source={str(secret)!r}, destination="/tmp/never-{os.getpid()}").run(ctx(pathlib.Path("/tmp")))
+                except StepFailed as exc:
+                    print("FAILED:", exc)
+            asyncio.run(main())
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert "FAILED:" in result.stdout, result.stderr
+        assert "permission denied" in result.stdout and "secret.txt" in result.stdout
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# -- compress ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("algorithm", "suffix"), [("gzip", ".tar.gz"), ("bzip2", ".tar.bz2"), ("xz", ".tar.xz")])
+async def test_compress_a_directory_from_the_previous_step(tmp_path: Path, algorithm: str, suffix: str) -> None:
+    data = make_tree(tmp_path)
+    c = ctx(tmp_path, output=str(data))
+    out = await build("compress", algorithm=algorithm).run(c)
+    archive = Path(out["output"])
+    assert archive == tmp_path / f"data{suffix}" and out["compress"]["files"] == 3
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="tar")
+    assert same_tree(data, unpacked / "data")
+
+
+@pytest.mark.parametrize(("algorithm", "opener"), [("gzip", "gzip"), ("bzip2", "bz2"), ("xz", "lzma")])
+async def test_compress_a_file_and_remove_the_source(tmp_path: Path, algorithm: str, opener: str) -> None:
+    import importlib
+
+    source = tmp_path / "log.txt"
+    source.write_text("line\n" * 10_000)
+    out = await build("compress", path="log.txt", algorithm=algorithm, remove_source=True).run(ctx(tmp_path))
+    assert not source.exists() and out["compress"]["bytes_in"] == 50_000
+    with importlib.import_module(opener).open(out["output"], "rt") as f:
+        assert f.read() == "line\n" * 10_000
+
+
+async def test_compress_failures(tmp_path: Path) -> None:
+    with pytest.raises(StepFailed, match="does not exist"):
+        await build("compress", path="missing").run(ctx(tmp_path))
+    make_tree(tmp_path)
+    with pytest.raises(StepFailed, match="inside the directory it archives"):
+        await build("compress", path="data", destination="data/x.tar.gz").run(ctx(tmp_path))
+
+
+# -- rotate --------------------------------------------------------------------------------------
+
+
+def test_selection_keeps_the_newest_and_the_young() -> None:
+    now = 1000.0
+    files = [(Path(f"f{i}"), now - i * 10) for i in range(6)]  # f0 newest
+    assert select_for_deletion(files, keep=2, max_age=None, now=now) == (
+        [Path("f0"), Path("f1")],
+        [Path("f2"), Path("f3"), Path("f4"), Path("f5")],
+    )
+    kept, deleted = select_for_deletion(files, keep=None, max_age=25, now=now)
+    assert kept == [Path("f0"), Path("f1"), Path("f2")]
+    kept, deleted = select_for_deletion(files, keep=4, max_age=15, now=now)
+    assert kept == [Path("f0"), Path("f1")]
+
+
+async def test_rotate_deletes_exactly_what_it_should(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    now = time.time()
+    for i in range(6):
+        path = logs / f"app.{i}.log"
+        path.write_text(str(i))
+        os.utime(path, (now - i * 3600, now - i * 3600))
+    (logs / "keep.txt").write_text("not matched")
+    dry = await build("rotate", pattern="logs/*.log", keep=3, dry_run=True).run(ctx(tmp_path))
+    assert len(dry["rotate"]["deleted"]) == 3 and len(list(logs.iterdir())) == 7
+    out = await build("rotate", pattern="logs/*.log", keep=4, max_age="2h30m").run(ctx(tmp_path))
+    assert sorted(p.name for p in logs.iterdir()) == ["app.0.log", "app.1.log", "app.2.log", "keep.txt"]
+    assert len(out["rotate"]["deleted"]) == 3
+
+
+# -- upload --------------------------------------------------------------------------------------
+
+
+async def test_upload_to_a_local_directory(tmp_path: Path) -> None:
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(b"archive bytes")
+    c = ctx(tmp_path, output=str(archive))
+    out = await build("upload", destination=f"file://{tmp_path}/store/").run(c)
+    assert (tmp_path / "store" / "data.tar.gz").read_bytes() == b"archive bytes"
+    assert out["output"] == (tmp_path / "store" / "data.tar.gz").as_uri()
+    with pytest.raises(StepFailed, match="already exists"):
+        await build("upload", destination="store/").run(c)
+    renamed = await build("upload", destination="store/{task.id}-{now:%Y}.tgz").run(c)
+    assert renamed["output"].endswith(f"/store/backup-{time.strftime('%Y')}.tgz")
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A real S3-compatible server (moto in server mode) on loopback."""
+    boto3 = pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    port = free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="backups")
+        yield {"endpoint": endpoint}
+    with contextlib.suppress(Exception):
+        server.stop()
+
+
+async def test_upload_to_s3_with_multipart(tmp_path: Path, s3: dict[str, str]) -> None:
+    import boto3
+
+    payload = os.urandom(12 * 1024 * 1024)
+    (tmp_path / "big.bin").write_bytes(payload)
+    options = {
+        "endpoint_url": s3["endpoint"],
+        "multipart_threshold": 5 * 1024 * 1024,
+        "multipart_chunksize": 5 * 1024 * 1024,
+    }
+    out = await build("upload", source="big.bin", destination="s3://backups/nightly/", **options).run(ctx(tmp_path))
+    assert out["output"] == "s3://backups/nightly/big.bin" and out["upload"]["bytes"] == len(payload)
+    client = boto3.client("s3", endpoint_url=s3["endpoint"])
+    head = client.head_object(Bucket="backups", Key="nightly/big.bin")
+    assert head["ETag"].strip('"').endswith("-3"), "12 MiB in 5 MiB parts is a 3-part upload"
+    body = client.get_object(Bucket="backups", Key="nightly/big.bin")["Body"].read()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
+    with pytest.raises(StepFailed, match="already exists"):
+        await build("upload", source="big.bin", destination="s3://backups/nightly/", **options).run(ctx(tmp_path))
+
+
+async def test_upload_a_directory_to_s3_and_an_unreachable_endpoint(tmp_path: Path, s3: dict[str, str]) -> None:
+    import boto3
+
+    make_tree(tmp_path)
+    await build("upload", source="data", destination="s3://backups/trees/", endpoint_url=s3["endpoint"]).run(
+        ctx(tmp_path)
+    )
+    keys = {
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3["endpoint"]).list_objects_v2(Bucket="backups", Prefix="trees/")[
+            "Contents"
+        ]
+    }
+    assert keys == {"trees/data/a.txt", "trees/data/link", "trees/data/sub/b.bin", "trees/data/sub/deeper/c.txt"}
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(StepFailed, match="upload to s3://backups/x failed"):
+        await build("upload", source="data/a.txt", destination="s3://backups/x", endpoint_url=closed).run(ctx(tmp_path))
