@@ -94,9 +94,9 @@ async def test_copy_a_file_into_an_existing_directory_and_overwrite(tmp_path: Pa
 
 async def test_copy_refuses_a_directory_into_itself_and_a_missing_source(tmp_path: Path) -> None:
     make_tree(tmp_path)
-    with pytest.raises(StepFailed, match="refusing to copy directory .* into itself"):
+    with pytest.raises(StepFailed, match=r"refusing to copy directory .* into itself"):
         await build("copy", source="data", destination="data/sub/again").run(ctx(tmp_path))
-    with pytest.raises(StepFailed, match="source .*nope does not exist"):
+    with pytest.raises(StepFailed, match=r"source .*nope does not exist"):
         await build("copy", source="nope", destination="x").run(ctx(tmp_path))
     with pytest.raises(StepFailed, match="no 'source' given and no earlier step produced an output"):
         await build("copy", destination="x").run(ctx(tmp_path))
@@ -163,9 +163,10 @@ def test_permission_denied_is_a_clear_step_failure(tmp_path: Path) -> None:
             from taskd.pipeline import StepFailed
             import taskd.processors.files, concurrent.futures.thread, pathlib
             os.setgid(65534); os.setuid(65534)
+            copy = build("copy", source={str(secret)!r}, destination="/tmp/never-{os.getpid()}")
             async def main():
                 try:
-                    await build("copy", source={str(secret)!r}, destination="/tmp/never-{os.getpid()}").run(ctx(pathlib.Path("/tmp")))
+                    await copy.run(ctx(pathlib.Path("/tmp")))
                 except StepFailed as exc:
                     print("FAILED:", exc)
             asyncio.run(main())
@@ -225,9 +226,9 @@ def test_selection_keeps_the_newest_and_the_young() -> None:
         [Path("f2"), Path("f3"), Path("f4"), Path("f5")],
     )
     kept, deleted = select_for_deletion(files, keep=None, max_age=25, now=now)
-    assert kept == [Path("f0"), Path("f1"), Path("f2")]
+    assert kept == [Path("f0"), Path("f1"), Path("f2")] and len(deleted) == 3
     kept, deleted = select_for_deletion(files, keep=4, max_age=15, now=now)
-    assert kept == [Path("f0"), Path("f1")]
+    assert kept == [Path("f0"), Path("f1")] and len(deleted) == 4
 
 
 async def test_rotate_deletes_exactly_what_it_should(tmp_path: Path) -> None:
