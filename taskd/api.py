@@ -16,7 +16,7 @@ from taskd import __version__
 from taskd.config import thaw
 from taskd.engine import Conflict, Engine, TaskEntry, UnknownTask
 from taskd.models import RunRecord, RunState, Trigger, iso
-from taskd.pipeline import describe_options
+from taskd.pipeline import COMMON_OPTIONS, describe_options
 from taskd.store import RunQuery, Store
 
 log = structlog.get_logger("taskd.api")
@@ -416,6 +416,7 @@ async def processors(request: web.Request) -> web.Response:
             "processors": [
                 {"type": name, "summary": kind.summary, "options": describe_options(kind)}
                 for name, kind in sorted(kinds.items())
-            ]
+            ],
+            "common_options": sorted(COMMON_OPTIONS),
         }
     )

@@ -1,8 +1,9 @@
-"""Command line: `taskd run`, `taskd check`, `taskd next`."""
+"""Command line: `taskd run`, `taskd check`, `taskd next`, `taskd processors`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -57,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     nxt.add_argument("--tz", default="UTC", help="IANA time zone the expression is evaluated in (default UTC)")
     nxt.add_argument("--after", type=_instant, default=None, help="ISO-8601 instant (default: now); naive = in --tz")
     nxt.add_argument("--count", "-n", type=_positive_int, default=5, help="how many instants (default 5)")
+    procs = sub.add_parser(
+        "processors",
+        help="list processor types and their options",
+        description="List every processor type (built-in and plugins from the taskd.processors entry point "
+        "group) with its options: name, type, default and description. Same data as GET /processors.",
+    )
+    procs.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
 
 
@@ -78,13 +86,22 @@ def _instant(text: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(build_parser().parse_args(argv))
+    except BrokenPipeError:  # `taskd check | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "next":
         return cmd_next(args)
     if args.command == "check":
         return cmd_check(args)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "processors":
+        return cmd_processors(args)
     raise AssertionError(args.command)
 
 
@@ -147,3 +164,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
+
+
+def cmd_processors(args: argparse.Namespace) -> int:
+    from taskd.pipeline import COMMON_OPTIONS, describe_options
+    from taskd.processors import registry
+
+    found = registry()
+    listing = [
+        {"type": name, "summary": kind.summary, "options": describe_options(kind)}
+        for name, kind in sorted(found.types.items())
+    ]
+    if args.json:
+        print(json.dumps({"processors": listing, "plugin_errors": dict(found.errors)}, indent=2, default=str))
+    else:
+        for item in listing:
+            print(f"{item['type']}: {item['summary']}")
+            for option in item["options"]:
+                default = "required" if option["required"] else f"default {json.dumps(option['default'], default=str)}"
+                print(f"    {option['name']:<22} {option['type']:<28} {default:<24} {option['description']}")
+            print()
+        print(f"every processor also takes: {', '.join(sorted(COMMON_OPTIONS))}")
+    for name, error in found.errors.items():
+        print(f"taskd processors: plugin {name!r} was not loaded: {error}", file=sys.stderr)
+    return EXIT_OK

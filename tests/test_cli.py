@@ -128,7 +128,7 @@ def test_check_reads_taskd_config_from_the_environment(tmp_path: Path) -> None:
 def test_check_on_the_bundled_config() -> None:
     result = taskd("check")
     assert result.returncode == 0, result.stderr
-    for task_id in ("health_check", "self_ping", "log_tidy"):
+    for task_id in ("health_check", "self_ping", "data_backup", "log_rotation"):
         assert f"\n{task_id}" in result.stdout
 
 

@@ -61,5 +61,8 @@ def registry() -> Registry:
         if kind.name in BUILTINS:
             errors[point.name] = f"cannot replace the built-in processor {kind.name!r}"
             continue
+        if kind.name in types:
+            errors[point.name] = f"another plugin already provides {kind.name!r}"
+            continue
         types[kind.name] = kind
     return Registry(types, errors)

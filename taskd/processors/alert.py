@@ -80,8 +80,8 @@ class AlertOptions(ProcessorOptions):
         for holder in (self, *self.channels):
             for name in ("webhook", "email", "log"):
                 value = getattr(holder, name)
-                if value is None or value is False:
-                    continue
+                if value is None or value is False or value == "":
+                    continue  # an empty webhook (say, from an unset ${VAR:-}) means none
                 if name == "webhook" and isinstance(value, str):
                     value = WebhookChannel(url=value)
                 if name == "log" and value is True:

@@ -5,14 +5,25 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import BeforeValidator, Field, StrictInt, StrictStr
 
 from taskd.pipeline import Context, ProcessorOptions, ProcessorType, StepFailed
 from taskd.processors.http import HttpOptions, HttpProcessor
 
-Percent = float
+
+def _number(value: object) -> object:
+    """Accept "95" (e.g. from ${VAR:-95} in quotes) as well as 95."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Percent = Annotated[float, BeforeValidator(_number)]
 
 
 class DiskOptions(ProcessorOptions):
