@@ -320,3 +320,30 @@ async def test_upload_a_directory_to_s3_and_an_unreachable_endpoint(tmp_path: Pa
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(StepFailed, match="upload to s3://backups/x failed"):
         await build("upload", source="data/a.txt", destination="s3://backups/x", endpoint_url=closed).run(ctx(tmp_path))
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+async def test_check_disk_space_passes_and_fails_on_the_threshold(tmp_path: Path) -> None:
+    out = await build("check_disk_space", path=".", threshold=100).run(ctx(tmp_path))
+    disk = out["disk"]
+    assert disk["path"] == str(tmp_path) and 0 < disk["percent"] <= 100 and disk["total"] > 0
+    with pytest.raises(StepFailed, match=r"disk usage of .* is .*%, above the threshold of 0%"):
+        await build("check_disk_space", threshold=0).run(ctx(tmp_path))
+    with pytest.raises(StepFailed, match="cannot check disk space"):
+        await build("check_disk_space", path="no/such/dir").run(ctx(tmp_path))
+
+
+async def test_check_memory_reads_meminfo(tmp_path: Path) -> None:
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    250 kB\n")
+    out = await build("check_memory", threshold=80, meminfo=str(fake)).run(ctx(tmp_path))
+    assert out["memory"] == {"total": 1024000, "available": 256000, "percent": 75.0}
+    with pytest.raises(StepFailed, match="memory usage is 75.0%, above the threshold of 70%"):
+        await build("check_memory", threshold=70, meminfo=str(fake)).run(ctx(tmp_path))
+    fake.write_text("MemTotal: 1000 kB\n")
+    with pytest.raises(StepFailed, match="cannot read memory figures"):
+        await build("check_memory", meminfo=str(fake)).run(ctx(tmp_path))
+    real = await build("check_memory", threshold=100).run(ctx(tmp_path))
+    assert 0 < real["memory"]["percent"] < 100

@@ -96,6 +96,8 @@ def test_health_check_alerts_only_when_a_threshold_is_crossed(
     assert "above the threshold" in alert["error"]
     states = [s["state"] for s in run["attempt_list"][0]["steps"]]
     assert states == ["failed", "skipped", "skipped", "completed"]
+    logged = [e for e in loud.events() if e.get("event") == "alert"]
+    assert logged and logged[0]["level"] == "warning" and logged[0]["run_id"] == run["id"]
 
 
 def test_log_rotation_keeps_exactly_what_it_should(daemon_factory: Callable[..., Daemon]) -> None:
