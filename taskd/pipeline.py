@@ -273,23 +273,15 @@ async def run_main(steps: Sequence[Step], ctx: Context, hooks: Hooks) -> None:
     """
     chain = [s for s in steps if s.policy.when is None]
     for position, step in enumerate(chain):
-        hooks.started(step)
-        try:
-            produced = await call_step(step, ctx)
-        except asyncio.CancelledError as exc:
-            hooks.ended(step, "stopped", exc)
-            raise
-        except Exception as exc:
-            hooks.ended(step, "failed", exc)
-            if step.policy.on_error == "continue":
-                ctx.info(f"{step.label} failed ({describe(exc)}); on_error: continue, so the chain goes on")
-                continue
-            for later in chain[position + 1 :]:
-                hooks.ended(later, "skipped", None)
-            raise
-        if produced:
-            ctx.data.update(produced)
-        hooks.ended(step, "completed", None)
+        error = await _execute(step, ctx, hooks)
+        if error is None:
+            continue
+        if step.policy.on_error == "continue":
+            ctx.info(f"{step.label} failed ({describe(error)}); on_error: continue, so the chain goes on")
+            continue
+        for later in chain[position + 1 :]:
+            hooks.ended(later, "skipped", None)
+        raise error
 
 
 async def run_final(steps: Sequence[Step], ctx: Context, outcome: dict[str, Any], hooks: Hooks) -> None:
@@ -304,19 +296,27 @@ async def run_final(steps: Sequence[Step], ctx: Context, outcome: dict[str, Any]
         if when != "always" and (when == "success") != succeeded:
             hooks.ended(step, "skipped", None)
             continue
-        hooks.started(step)
-        try:
-            produced = await call_step(step, ctx)
-        except asyncio.CancelledError as exc:
-            hooks.ended(step, "stopped", exc)
-            raise
-        except Exception as exc:
-            hooks.ended(step, "failed", exc)
-            ctx.info(f"{step.label} failed in the final phase ({describe(exc)}); the run's outcome stands")
-            continue
-        if produced:
-            ctx.data.update(produced)
-        hooks.ended(step, "completed", None)
+        error = await _execute(step, ctx, hooks)
+        if error is not None:
+            ctx.info(f"{step.label} failed in the final phase ({describe(error)}); the run's outcome stands")
+
+
+async def _execute(step: Step, ctx: Context, hooks: Hooks) -> Exception | None:
+    """Run one step, record it and merge what it returns; return its failure, if any.
+    Cancellation is recorded and propagates."""
+    hooks.started(step)
+    try:
+        produced = await call_step(step, ctx)
+    except asyncio.CancelledError as exc:
+        hooks.ended(step, "stopped", exc)
+        raise
+    except Exception as exc:
+        hooks.ended(step, "failed", exc)
+        return exc
+    if produced:
+        ctx.data.update(produced)
+    hooks.ended(step, "completed", None)
+    return None
 
 
 async def call_step(step: Step, ctx: Context) -> Mapping[str, Any] | None:

@@ -340,7 +340,7 @@ async def test_check_memory_reads_meminfo(tmp_path: Path) -> None:
     fake.write_text("MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    250 kB\n")
     out = await build("check_memory", threshold=80, meminfo=str(fake)).run(ctx(tmp_path))
     assert out["memory"] == {"total": 1024000, "available": 256000, "percent": 75.0}
-    with pytest.raises(StepFailed, match="memory usage is 75.0%, above the threshold of 70%"):
+    with pytest.raises(StepFailed, match=r"memory usage is 75\.0%, above the threshold of 70%"):
         await build("check_memory", threshold=70, meminfo=str(fake)).run(ctx(tmp_path))
     fake.write_text("MemTotal: 1000 kB\n")
     with pytest.raises(StepFailed, match="cannot read memory figures"):
