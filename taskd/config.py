@@ -7,6 +7,7 @@ The pure part (`parse_document`, `build_config`) takes texts and an environment 
 from __future__ import annotations
 
 import difflib
+import functools
 import glob
 import hashlib
 import json
@@ -46,6 +47,12 @@ from taskd.pipeline import (
 from taskd.yamldoc import Document, KeyPath, parse_document
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_schedule(expression: str, zone: str) -> schedules.Schedule:
+    """Schedules are immutable: tasks with the same expression and zone share one."""
+    return schedules.parse(expression, zone)
 
 
 def _zone_name(value: str) -> str:
@@ -307,7 +314,7 @@ class Config:
         """The parsed schedule of `task` in its effective time zone (None for manual-only tasks)."""
         if task.schedule is None:
             return None
-        return schedules.parse(task.schedule, self.zone_for(task))
+        return _parse_schedule(task.schedule, self.zone_for(task))
 
     def definition_hash(self, task: TaskConfig) -> str:
         """A digest of the task's definition and its pipeline's, to tell when YAML changed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import os
 import signal
@@ -51,6 +52,23 @@ def check_listen_safety(config: Config) -> None:
         )
 
 
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    Every run allocates a few dozen tracked objects, so with CPython's default threshold (700) a
+    busy daemon collects young objects thousands of times a second, and each full collection walks
+    the whole heap: measured, that halves run throughput. Freezing what start-up (or a reload)
+    built moves the modules and the configuration out of every future collection, and a larger
+    first-generation threshold makes collections rarer; garbage cycles still get collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _prepare_socket_path(target: str) -> Path:
     """Create the socket's directory and remove a socket file left behind by a previous process."""
     path = Path(target)
@@ -86,6 +104,7 @@ class Daemon:
                 log.warning("orphans_killed", process_groups=killed, reason="left running by interrupted runs")
             engine = self.engine = Engine(config, store)
             await engine.start()
+            tune_gc()
             runner = web.AppRunner(create_app(engine, store, config.api.token, config.api.max_body_bytes))
             await runner.setup()
             try:
@@ -165,6 +184,7 @@ class Daemon:
             logs.set_level(config.log.level)
             self.engine.reload(config)
             self.config = config
+            tune_gc()
             return True
         finally:
             self.notifier.notify("READY=1")

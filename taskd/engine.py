@@ -9,6 +9,7 @@ can neither cancel nor drain running coroutines.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from taskd.store import Fire, Store
 from taskd.trigger import ScheduleTrigger
 
 log = structlog.get_logger("taskd.engine")
+_DEBUG = logging.getLogger("taskd.engine")
 
 MAX_QUEUED_PER_TASK = 100
 
@@ -53,10 +55,19 @@ class TaskEntry:
     time_zone: str
     definition_hash: str
     source: Source | None
+    plan: RunPlan
+    params: Mapping[str, Any]
 
     @property
     def id(self) -> str:
         return self.config.id
+
+    @property
+    def group(self) -> tuple[str, str] | None:
+        """Tasks firing on the same schedule in the same zone share one scheduler job."""
+        if self.schedule is None or not self.config.enabled:
+            return None
+        return (self.schedule.expression, self.time_zone)
 
 
 class _FireExecutor(BaseExecutor):
@@ -68,7 +79,7 @@ class _FireExecutor(BaseExecutor):
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         try:
-            self._engine.on_fire(job.id, run_times)
+            self._engine.on_group_fire(job.id, run_times)
         finally:
             self._run_job_success(job.id, [])
 
@@ -84,9 +95,10 @@ class Engine:
         self.tasks: dict[str, TaskEntry] = {}
         self.held_back: dict[str, str] = {}
         self.runs: dict[str, Run] = {}
-        self.by_task: dict[str, list[Run]] = {}
+        self.by_task: dict[str, dict[str, Run]] = {}  # task id -> its unfinished runs, oldest first
         self.last_runs: dict[str, RunRecord] = {}
         self._tombstones: dict[str, str] = {}
+        self._groups: dict[str, dict[str, None]] = {}  # scheduler job id -> task ids, in order
         self._accepting = False
         self.started_at = time.time()
         self.scheduler = AsyncIOScheduler(
@@ -129,22 +141,20 @@ class Engine:
     def _build(self, config: Config, task: TaskConfig) -> TaskEntry:
         pipeline = config.pipelines[task.pipeline]
         steps = tuple(
-            Step(
-                index=i,
-                type=p.type,
-                processor=self.kinds[p.type].build(p.options),
-                policy=p.policy,
-            )
+            Step(index=i, type=p.type, processor=self.kinds[p.type].build(p.options), policy=p.policy)
             for i, p in enumerate(pipeline.processors)
         )
+        zone = config.zone_for(task)
         return TaskEntry(
             config=task,
             pipeline=pipeline,
             steps=steps,
             schedule=config.schedule_for(task),
-            time_zone=config.zone_for(task),
+            time_zone=zone,
             definition_hash=config.definition_hash(task),
             source=config.task_sources.get(task.id),
+            plan=RunPlan(task=task, steps=steps, base_dir=pipeline.base_dir, time_zone=zone),
+            params=thaw(task.params),
         )
 
     def _apply(self, config: Config) -> dict[str, list[str]]:
@@ -195,17 +205,39 @@ class Engine:
 
     def _schedule(self, entry: TaskEntry) -> None:
         self._unschedule(entry.id)
-        if entry.schedule is None or not entry.config.enabled:
+        group = entry.group
+        if group is None or entry.schedule is None:
             return
-        self.scheduler.add_job(
-            _never_called, ScheduleTrigger(entry.schedule), id=entry.id, name=entry.id, replace_existing=True
-        )
+        job_id = f"{group[1]} {group[0]}"
+        members = self._groups.get(job_id)
+        if members is None:
+            members = self._groups[job_id] = {}
+            self.scheduler.add_job(
+                _never_called, ScheduleTrigger(entry.schedule), id=job_id, name=job_id, replace_existing=True
+            )
+        members[entry.id] = None
 
     def _unschedule(self, task_id: str) -> None:
-        if self.scheduler.get_job(task_id) is not None:
-            self.scheduler.remove_job(task_id)
+        for job_id, members in list(self._groups.items()):
+            if task_id in members:
+                del members[task_id]
+                if not members:
+                    del self._groups[job_id]
+                    if self.scheduler.get_job(job_id) is not None:
+                        self.scheduler.remove_job(job_id)
+                return
 
     # -- fires -----------------------------------------------------------------------------------
+    def on_group_fire(self, job_id: str, run_times: list[datetime]) -> None:
+        """Called by APScheduler (through the executor) when a schedule is due: fire its tasks,
+        higher priority first."""
+        members = self._groups.get(job_id)
+        if not members:
+            return
+        ordered = sorted(members, key=lambda task_id: -self.tasks[task_id].config.priority)
+        for task_id in ordered:
+            self.on_fire(task_id, run_times)
+
     def on_fire(self, task_id: str, run_times: list[datetime]) -> None:
         """Called by APScheduler (through the executor) when `task_id` is due."""
         entry = self.tasks.get(task_id)
@@ -250,7 +282,8 @@ class Engine:
 
     # -- runs ------------------------------------------------------------------------------------
     def active_runs(self, task_id: str) -> list[Run]:
-        return [run for run in self.by_task.get(task_id, []) if not run.done.is_set()]
+        runs = self.by_task.get(task_id)
+        return [run for run in runs.values() if not run.done.is_set()] if runs else []
 
     def entry(self, task_id: str) -> TaskEntry:
         entry = self.tasks.get(task_id)
@@ -270,7 +303,8 @@ class Engine:
             raise Conflict("taskd is shutting down")
         entry = self.entry(task_id)
         task = entry.config
-        active = self.active_runs(task_id)
+        # `allow` never needs the list of active runs; with thousands of them, building it costs.
+        active = self.active_runs(task_id) if task.concurrency != "allow" else []
         after: list[Run] = []
         if active:
             if task.concurrency == "forbid":
@@ -284,7 +318,7 @@ class Engine:
                 if waiting >= MAX_QUEUED_PER_TASK:
                     raise Conflict(f"task {task_id!r} already has {waiting} queued runs; concurrency is queue")
                 after = active
-        merged = {**thaw(task.params), **(dict(params) if params else {})}
+        merged = {**entry.params, **params} if params else dict(entry.params)
         record = RunRecord(
             id=new_run_id(),
             task_id=task_id,
@@ -294,24 +328,23 @@ class Engine:
             params=merged,
             priority=task.priority,
         )
-        plan = RunPlan(task=task, steps=entry.steps, base_dir=entry.pipeline.base_dir, time_zone=entry.time_zone)
-        run = Run(record, plan, self.store, self.slots)
+        run = Run(record, entry.plan, self.store, self.slots)
         run.queue()
         self.runs[run.id] = run
-        self.by_task.setdefault(task_id, []).append(run)
+        self.by_task.setdefault(task_id, {})[run.id] = run
         self.last_runs[task_id] = record
         run.start(after)
         assert run.task is not None
         run.task.add_done_callback(lambda _: self._forget(run))
-        log.info("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
+        if _DEBUG.isEnabledFor(logging.DEBUG):
+            log.debug("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
         return run
 
     def _forget(self, run: Run) -> None:
         self.runs.pop(run.id, None)
         runs = self.by_task.get(run.record.task_id)
         if runs is not None:
-            if run in runs:
-                runs.remove(run)
+            runs.pop(run.id, None)
             if not runs:
                 del self.by_task[run.record.task_id]
 

@@ -84,13 +84,17 @@ class Context:
     time_zone: str
     scheduled_at: float | None = None
     data: dict[str, Any] = field(default_factory=dict)
-    logger: Any = None
-    """A structlog logger bound to task_id, run_id and attempt, for the daemon's own log."""
+    make_logger: Callable[[], Any] = lambda: None
     outcome: dict[str, Any] | None = None
     """In the final phase: {state, error, attempts, duration} of the run."""
     recent_log: Callable[[], list[str]] = lambda: []
     """The run's last log lines (for alerts)."""
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    @property
+    def logger(self) -> Any:
+        """A structlog logger bound to task_id, run_id and attempt, for the daemon's own log."""
+        return self.make_logger()
 
     def info(self, message: str) -> None:
         self.log.write("log", message)
@@ -252,17 +256,13 @@ def _local_now(ctx: Context) -> datetime:
         return moment
 
 
-StepStarted = Callable[[Step], None]
-StepEnded = Callable[[Step, str, "BaseException | None"], None]
-
-
-@dataclass(frozen=True)
-class Hooks:
+class Hooks(Protocol):
     """How the chain reports steps: started, and ended in a state ('completed', 'failed',
-    'skipped', ...) with the exception if there was one."""
+    'skipped', 'stopped') with the exception if there was one."""
 
-    started: StepStarted
-    ended: StepEnded
+    def started(self, step: Step) -> None: ...
+
+    def ended(self, step: Step, state: str, exc: BaseException | None) -> None: ...
 
 
 async def run_main(steps: Sequence[Step], ctx: Context, hooks: Hooks) -> None:
@@ -323,6 +323,8 @@ async def call_step(step: Step, ctx: Context) -> Mapping[str, Any] | None:
     """One step with its own timeout and retries."""
     policy = step.policy
     tries = 1 + policy.retry.count
+    if tries == 1 and policy.timeout is None:  # the common case, kept cheap
+        return await step.processor.run(ctx)
     for attempt in range(1, tries + 1):
         try:
             async with asyncio.timeout(policy.timeout) as deadline:

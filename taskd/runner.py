@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import logging
 import random
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from taskd.config import RetryPolicy, TaskConfig
 from taskd.durations import format_duration
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
-from taskd.pipeline import Context, Hooks, Step, StepFailed, describe, run_final, run_main
+from taskd.pipeline import Context, Step, StepFailed, describe, run_final, run_main
 from taskd.slots import SlotPool
 from taskd.store import LogLine, Store, Transition
 
+_STDLIB = logging.getLogger("taskd.run")  # isEnabledFor is cached: a cheap check before structlog
 MAX_LOG_LINES = 10_000
 MAX_LINE_CHARS = 8_192
 RECENT_LINES = 20
@@ -44,6 +48,10 @@ class RunPlan:
     base_dir: Path
     time_zone: str
 
+    @functools.cached_property
+    def has_final_phase(self) -> bool:
+        return any(step.policy.when is not None for step in self.steps)
+
 
 class Run:
     """A live run. The engine creates it; `execute()` drives it to a final state."""
@@ -61,11 +69,19 @@ class Run:
         self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_LINES)
         self._transitions = 0
         self._log_seq = 0
-        self._log = structlog.get_logger("taskd.run").bind(task_id=record.task_id, run_id=record.id)
+        self._bound: Any = None
+        self._attempt_no = 0
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    @property
+    def log(self) -> Any:
+        """The daemon logger bound to this run (bound on first use: most runs never log)."""
+        if self._bound is None:
+            self._bound = structlog.get_logger("taskd.run").bind(task_id=self.record.task_id, run_id=self.record.id)
+        return self._bound
 
     @property
     def state(self) -> RunState:
@@ -108,7 +124,7 @@ class Run:
                     state, error, ctx = await self._attempt(attempt)
                     last = state is StepState.COMPLETED or attempt == total
                     final = RunState.COMPLETED if state is StepState.COMPLETED else RunState.FAILED
-                    if last and self._has_final_phase:
+                    if last and self.plan.has_final_phase:
                         await self._final_phase(ctx, final, error)
                 finally:
                     self._slots.release()
@@ -119,7 +135,7 @@ class Run:
                 record.error = error
                 self._enter(RunState.RETRYING, f"retry {attempt} of {task.retry.count} in {format_duration(delay)}")
                 self.write("log", f"attempt {attempt} of {total} failed; retrying in {format_duration(delay)}")
-                self._log.info("run_retrying", attempt=attempt, delay_s=round(delay, 3), error=error)
+                self.log.info("run_retrying", attempt=attempt, delay_s=round(delay, 3), error=error)
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
             reason = self.stop_reason or "cancelled"
@@ -128,7 +144,7 @@ class Run:
             if self.stop_reason is None:
                 raise
         except Exception as exc:  # a bug in taskd itself: never leave the run active
-            self._log.exception("run_crashed")
+            self.log.exception("run_crashed")
             self._finish(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
     async def _attempt(self, number: int) -> tuple[StepState, str | None, Context]:
@@ -140,7 +156,9 @@ class Run:
         self._enter(RunState.RUNNING, f"attempt {number}", now)
         attempt = AttemptRecord(record.id, number, now)
         self._store.save_attempt(attempt)
-        self._log.info("attempt_started", attempt=number)
+        self._attempt_no = number
+        if _STDLIB.isEnabledFor(logging.DEBUG):
+            self.log.debug("attempt_started", attempt=number)
         ctx = Context(
             task_id=plan.task.id,
             task_name=plan.task.display_name,
@@ -152,17 +170,20 @@ class Run:
             base_dir=plan.base_dir,
             time_zone=plan.time_zone,
             scheduled_at=record.scheduled_at,
-            logger=self._log.bind(attempt=number),
+            make_logger=lambda: self.log.bind(attempt=number),
             recent_log=lambda: list(self._recent),
         )
-        steps = self._hooks(number)
         timeout = plan.task.timeout
         state, error = StepState.COMPLETED, None
+        deadline = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            async with asyncio.timeout(timeout) as deadline:
-                await run_main(plan.steps, ctx, steps)
+            if deadline is None:
+                await run_main(plan.steps, ctx, self)
+            else:
+                async with deadline:
+                    await run_main(plan.steps, ctx, self)
         except TimeoutError:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 state, error = StepState.TIMED_OUT, f"attempt {number} timed out after {format_duration(timeout or 0)}"
                 for step in self._step_records.values():
                     if step.attempt == number and step.state is StepState.STOPPED:
@@ -196,12 +217,15 @@ class Run:
             self.write("log", f"attempt {number} {state.replace('_', ' ')}: {error}")
         attempt.state, attempt.finished_at, attempt.error = state, time.time(), error
         self._store.save_attempt(attempt)
-        self._log.info("attempt_finished", attempt=number, state=str(state), error=error)
+        if error is not None or _STDLIB.isEnabledFor(logging.DEBUG):
+            self.log.log(
+                logging.INFO if error else logging.DEBUG,
+                "attempt_finished",
+                attempt=number,
+                state=str(state),
+                error=error,
+            )
         return state, error, ctx
-
-    @property
-    def _has_final_phase(self) -> bool:
-        return any(step.policy.when is not None for step in self.plan.steps)
 
     async def _final_phase(self, ctx: Context, state: RunState, error: str | None) -> None:
         """Run the `when:` steps once, after the last attempt, with the outcome in the context."""
@@ -211,28 +235,25 @@ class Run:
             "attempts": self.record.attempts,
             "duration": round(self.record.duration or 0.0, 3),
         }
-        await run_final(self.plan.steps, ctx, outcome, self._hooks(ctx.attempt))
+        await run_final(self.plan.steps, ctx, outcome, self)
 
-    def _hooks(self, attempt: int) -> Hooks:
-        """Step hooks that record each step of `attempt` in the store."""
+    # -- StepHooks: how the pipeline reports the steps of the current attempt --------------------
+    def started(self, step: Step) -> None:
+        record = StepRecord(self.record.id, self._attempt_no, step.index, step.type, time.time())
+        self._step_records[(self._attempt_no, step.index)] = record
+        self._store.save_step(record)
 
-        def started(step: Step) -> None:
-            record = StepRecord(self.record.id, attempt, step.index, step.type, time.time())
-            self._step_records[(attempt, step.index)] = record
-            self._store.save_step(record)
-
-        def ended(step: Step, state: str, exc: BaseException | None) -> None:
-            record = self._step_records.get((attempt, step.index))
-            now = time.time()
-            if record is None:  # skipped without starting
-                record = StepRecord(self.record.id, attempt, step.index, step.type, now)
-                self._step_records[(attempt, step.index)] = record
-            record.finished_at = now
-            record.state = StepState(state)
-            record.error = None if exc is None else ("stopped" if state == "stopped" else describe(exc))
-            self._store.save_step(record)
-
-        return Hooks(started, ended)
+    def ended(self, step: Step, state: str, exc: BaseException | None) -> None:
+        key = (self._attempt_no, step.index)
+        record = self._step_records.get(key)
+        now = time.time()
+        if record is None:  # skipped without starting
+            record = StepRecord(self.record.id, self._attempt_no, step.index, step.type, now)
+            self._step_records[key] = record
+        record.finished_at = now
+        record.state = StepState(state)
+        record.error = None if exc is None else ("stopped" if state == "stopped" else describe(exc))
+        self._store.save_step(record)
 
     def _enter(self, state: RunState, detail: str | None = None, at: float | None = None) -> None:
         """Move the run to `state`, recording the transition with its time."""
@@ -248,7 +269,8 @@ class Run:
         if error is not None or state is RunState.COMPLETED:
             record.error = error
         self._enter(state, error, record.finished_at)
-        self._log.info("run_finished", state=str(state), error=error, duration_s=round(record.duration or 0, 3))
+        if _STDLIB.isEnabledFor(logging.INFO):
+            self.log.info("run_finished", state=str(state), error=error, duration_s=round(record.duration or 0, 3))
         self.done.set()
 
     # -- RunLog ----------------------------------------------------------------------------------
@@ -263,4 +285,5 @@ class Run:
             text = text[:MAX_LINE_CHARS] + " [line truncated]"
         self._store.append_log(LogLine(self.record.id, self._log_seq, time.time(), stream, text))
         self._recent.append(f"[{stream}] {text}")
-        self._log.debug("run_output", stream=stream, line=text)
+        if _STDLIB.isEnabledFor(logging.DEBUG):
+            self.log.debug("run_output", stream=stream, line=text)

@@ -11,6 +11,9 @@ import yaml
 
 KeyPath = tuple[str | int, ...]
 
+# libyaml's parser when PyYAML was built with it (the wheels are): ten times faster on big files.
+_COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @dataclass
 class Document:
@@ -56,7 +59,7 @@ def parse_document(file: str, text: str, env: Mapping[str, str]) -> Document:
     """Parse YAML text into plain data, recording the line of every key path; never raises."""
     doc = Document(file, None, {})
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_COMPOSER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -101,7 +104,7 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoa
     value = loader.construct_object(node, deep=True)
     if isinstance(value, str) and "$" in value:
         expanded = _expand(value, path, doc, env)
-        if expanded != value and node.style is None:
+        if expanded != value and not node.style:  # plain: None from PyYAML's parser, "" from libyaml's
             # An unquoted scalar gets the type its expanded text would have had if written out.
             tag = loader.resolve(yaml.ScalarNode, expanded, (True, False))
             return loader.construct_object(yaml.ScalarNode(tag, expanded), deep=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskd.models import AttemptRecord, RunRecord, StepRecord
 
 
-@dataclass(frozen=True)
-class LogLine:
+class LogLine(NamedTuple):
+    """One line of a run's log. A tuple in column order: it goes to the database as it is."""
+
     run_id: str
     seq: int
     ts: float
@@ -23,9 +24,8 @@ class LogLine:
     line: str
 
 
-@dataclass(frozen=True)
-class Transition:
-    """A run entering a state, with when and why."""
+class Transition(NamedTuple):
+    """A run entering a state, with when and why. A tuple in column order, like LogLine."""
 
     run_id: str
     seq: int

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +186,14 @@ class StoreError(TaskdError):
 class SQLiteStore(Store):
     """Run history in one SQLite file. Writes are staged and committed by a single writer task."""
 
-    def __init__(self, path: Path | str, batch_limit: int = 20_000) -> None:
+    def __init__(self, path: Path | str, batch_window_s: float = 0.025) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
-        self._batch_limit = batch_limit
+        # After the first write of a burst the writer waits this long for more, so a burst of runs
+        # shares one commit and the commit's work does not interleave with the burst. A flush (a
+        # read, shutdown) cuts the wait short. kill -9 loses at most this window of writes.
+        self._batch_window_s = batch_window_s
+        self._urgent = asyncio.Event()
         self._runs: dict[str, RunRecord] = {}
         self._attempts: dict[tuple[str, int], AttemptRecord] = {}
         self._steps: dict[tuple[str, int, int], StepRecord] = {}
@@ -245,6 +250,7 @@ class SQLiteStore(Store):
             return
         self._closing = True
         self._wakeup.set()
+        self._urgent.set()
         if self._writer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
@@ -319,6 +325,7 @@ class SQLiteStore(Store):
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._barriers.append(future)
         self._wakeup.set()
+        self._urgent.set()
         await future
 
     def _pending(self) -> bool:
@@ -327,6 +334,10 @@ class SQLiteStore(Store):
     async def _write_loop(self) -> None:
         while True:
             await self._wakeup.wait()
+            if not self._barriers and not self._closing and self._batch_window_s > 0:
+                self._urgent.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self._batch_window_s)
             self._wakeup.clear()
             try:
                 await self._commit_pending()
@@ -353,12 +364,12 @@ class SQLiteStore(Store):
         logs, self._logs = self._logs, []
         transitions, self._transitions = self._transitions, []
         ordered, self._ordered = self._ordered, []
-        batches: list[tuple[str, list[tuple[Any, ...]]]] = [
+        batches: list[tuple[str, Sequence[tuple[Any, ...]]]] = [
             ("save_run", [_run_params(r) for r in runs.values()]),
             ("save_attempt", [_attempt_params(a) for a in attempts.values()]),
             ("save_step", [_step_params(s) for s in steps.values()]),
-            ("append_log", [(x.run_id, x.seq, x.ts, x.stream, x.line) for x in logs]),
-            ("record_transition", [(t.run_id, t.seq, t.at, t.state, t.detail) for t in transitions]),
+            ("append_log", logs),
+            ("record_transition", transitions),
         ]
         self._committing = True
         async with self._lock:
