@@ -156,14 +156,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from taskd.daemon import run_daemon
 
-    if _load(args.config) is None:
+    config = _load(args.config)
+    if config is None:
         return EXIT_USAGE
-    try:
-        return run_daemon(args.config, os.environ)
-    except ConfigError as exc:  # the file changed between the check above and the start
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_USAGE
+    return run_daemon(args.config, config, os.environ)
 
 
 def cmd_processors(args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ def _zone_name(value: str) -> str:
 
 def _cron(value: str) -> str:
     try:
-        schedules.parse(value, "UTC")
+        _parse_schedule(value, "UTC")
     except ScheduleError as exc:
         raise ValueError(str(exc)) from None
     return value
@@ -277,6 +277,19 @@ class PipelineConfig:
     base_dir: Path
     description: str | None = None
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A digest of the steps, part of every using task's definition hash."""
+        steps = [
+            {
+                "type": p.type,
+                "options": p.options.model_dump(mode="json", by_alias=True),
+                "policy": p.policy.model_dump(mode="json"),
+            }
+            for p in self.processors
+        ]
+        return hashlib.sha256(json.dumps(steps, sort_keys=True, default=str).encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class Config:
@@ -318,21 +331,10 @@ class Config:
 
     def definition_hash(self, task: TaskConfig) -> str:
         """A digest of the task's definition and its pipeline's, to tell when YAML changed."""
-        pipeline = self.pipelines[task.pipeline]
-        payload = {
-            "task": thaw(task.model_dump(mode="json")),
-            "pipeline": [
-                {
-                    "type": p.type,
-                    "options": p.options.model_dump(mode="json", by_alias=True),
-                    "policy": p.policy.model_dump(mode="json"),
-                }
-                for p in pipeline.processors
-            ],
-            "time_zone": self.zone_for(task),
-        }
-        text = json.dumps(payload, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(task.model_dump_json().encode())  # fields in their declared order
+        digest.update(self.pipelines[task.pipeline].digest.encode())
+        digest.update(self.zone_for(task).encode())
+        return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

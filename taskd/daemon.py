@@ -239,9 +239,8 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
-def run_daemon(config_path: str, env: Mapping[str, str]) -> int:
-    """Load the config, set up logging and run the daemon until it is told to stop."""
-    config = load_config(config_path, env)
+def run_daemon(config_path: str, config: Config, env: Mapping[str, str]) -> int:
+    """Set up logging and run the daemon on an already loaded config until it is told to stop."""
     logs.configure(config.log.level, config.log.format)
     try:
         return asyncio.run(Daemon(config_path, config, env).run())

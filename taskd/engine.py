@@ -99,6 +99,7 @@ class Engine:
         self.last_runs: dict[str, RunRecord] = {}
         self._tombstones: dict[str, str] = {}
         self._groups: dict[str, dict[str, None]] = {}  # scheduler job id -> task ids, in order
+        self._built: dict[str, tuple[str, tuple[Step, ...]]] = {}  # pipeline -> (digest, steps)
         self._accepting = False
         self.started_at = time.time()
         self.scheduler = AsyncIOScheduler(
@@ -138,12 +139,22 @@ class Engine:
         await self.store.flush()
 
     # -- configuration -----------------------------------------------------------------------------
-    def _build(self, config: Config, task: TaskConfig) -> TaskEntry:
-        pipeline = config.pipelines[task.pipeline]
+    def _steps(self, pipeline: PipelineConfig) -> tuple[Step, ...]:
+        """The built steps of a pipeline, shared by every task that uses it (processors hold no
+        per-run state); rebuilt when the pipeline's definition changes."""
+        cached = self._built.get(pipeline.name)
+        if cached is not None and cached[0] == pipeline.digest:
+            return cached[1]
         steps = tuple(
             Step(index=i, type=p.type, processor=self.kinds[p.type].build(p.options), policy=p.policy)
             for i, p in enumerate(pipeline.processors)
         )
+        self._built[pipeline.name] = (pipeline.digest, steps)
+        return steps
+
+    def _build(self, config: Config, task: TaskConfig) -> TaskEntry:
+        pipeline = config.pipelines[task.pipeline]
+        steps = self._steps(pipeline)
         zone = config.zone_for(task)
         return TaskEntry(
             config=task,

@@ -71,6 +71,8 @@ class Run:
         self._log_seq = 0
         self._bound: Any = None
         self._attempt_no = 0
+        self._opened: AttemptRecord | None = None
+        self._slot_held = False
 
     @property
     def id(self) -> str:
@@ -92,7 +94,14 @@ class Run:
         self._enter(RunState.QUEUED, f"trigger {self.record.trigger}", self.record.queued_at)
 
     def start(self, after: Sequence[Run] = ()) -> None:
-        """Schedule execute() on the loop; with `after`, wait for those runs to end first."""
+        """Schedule execute() on the loop; with `after`, wait for those runs to end first.
+
+        A run with nothing to wait for that finds a free slot takes it and begins its first
+        attempt right here; its pipeline runs when the loop gets to its task.
+        """
+        if not after and self._slots.try_acquire():
+            self._slot_held = True
+            self._open_attempt(1)
         self.task = asyncio.create_task(self.execute(after), name=f"run-{self.record.task_id}-{self.id}")
 
     def stop(self, reason: str) -> bool:
@@ -104,6 +113,13 @@ class Run:
         if not self._begun:
             # Cancelling a task whose coroutine has not started yet never runs its body,
             # so the final state is recorded here.
+            if self._slot_held:
+                self._slot_held = False
+                self._slots.release()
+                attempt = self._opened
+                if attempt is not None:
+                    attempt.state, attempt.finished_at, attempt.error = StepState.STOPPED, time.time(), "stopped"
+                    self._store.save_attempt(attempt)
             self._finish(RunState.STOPPED, f"stopped: {reason}")
         self.task.cancel(reason)
         return True
@@ -119,7 +135,10 @@ class Run:
             for previous in after:
                 await previous.done.wait()
             for attempt in range(1, total + 1):
-                await self._slots.acquire(task.priority)
+                if self._slot_held:  # taken when the run was started
+                    self._slot_held = False
+                else:
+                    await self._slots.acquire(task.priority)
                 try:
                     state, error, ctx = await self._attempt(attempt)
                     last = state is StepState.COMPLETED or attempt == total
@@ -147,18 +166,25 @@ class Run:
             self.log.exception("run_crashed")
             self._finish(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
-    async def _attempt(self, number: int) -> tuple[StepState, str | None, Context]:
-        record, plan = self.record, self.plan
+    def _open_attempt(self, number: int) -> AttemptRecord:
+        """Enter `running` and record the attempt as begun."""
+        record = self.record
         now = time.time()
         if record.started_at is None:
             record.started_at = now
         record.attempts = number
         self._enter(RunState.RUNNING, f"attempt {number}", now)
-        attempt = AttemptRecord(record.id, number, now)
+        attempt = self._opened = AttemptRecord(record.id, number, now)
         self._store.save_attempt(attempt)
         self._attempt_no = number
         if _STDLIB.isEnabledFor(logging.DEBUG):
             self.log.debug("attempt_started", attempt=number)
+        return attempt
+
+    async def _attempt(self, number: int) -> tuple[StepState, str | None, Context]:
+        record, plan = self.record, self.plan
+        opened = self._opened
+        attempt = opened if opened is not None and opened.number == number else self._open_attempt(number)
         ctx = Context(
             task_id=plan.task.id,
             task_name=plan.task.display_name,

@@ -37,6 +37,15 @@ class SlotPool:
         self._limit = limit
         self._wake()
 
+    def try_acquire(self) -> bool:
+        """Take a slot at once if one is free and nobody is waiting; never waits."""
+        while self._waiters and self._waiters[0][2].done():
+            heapq.heappop(self._waiters)  # cancelled waiters at the front hold nothing
+        if self._held < self._limit and not self._waiters:
+            self._held += 1
+            return True
+        return False
+
     async def acquire(self, priority: int = 0) -> None:
         """Wait for a slot. Cancelling the wait gives up the place in line (or the slot, if granted)."""
         if self._held < self._limit and not self._waiters:

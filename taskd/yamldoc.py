@@ -13,6 +13,7 @@ KeyPath = tuple[str | int, ...]
 
 # libyaml's parser when PyYAML was built with it (the wheels are): ten times faster on big files.
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR = "tag:yaml.org,2002:str"
 
 
 @dataclass
@@ -101,7 +102,8 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoa
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*path, i), doc, loader, env) for i, item in enumerate(node.value)]
-    value = loader.construct_object(node, deep=True)
+    # Strings are by far the most common scalars and need no constructor.
+    value = node.value if node.tag == _STR else loader.construct_object(node, deep=True)
     if isinstance(value, str) and "$" in value:
         expanded = _expand(value, path, doc, env)
         if expanded != value and not node.style:  # plain: None from PyYAML's parser, "" from libyaml's

@@ -33,18 +33,28 @@ def _run(store: SQLiteStore, slots: SlotPool, tmp_path: Path, seconds: float = 0
     return Run(record, RunPlan(task, (("nap", Nap(seconds)),), tmp_path, "UTC"), store, slots)
 
 
-async def test_a_run_stopped_before_it_ever_ran_is_recorded_stopped(tmp_path: Path) -> None:
+async def test_a_run_stopped_before_its_task_ran_is_recorded_stopped(tmp_path: Path) -> None:
+    """Stopped before the loop ever ran its task: once while queued for a slot, once after it had
+    taken a free slot at start. Either way it ends `stopped` and gives back what it held."""
     store = SQLiteStore(tmp_path / "t.db")
     await store.open()
     try:
-        run = _run(store, SlotPool(1), tmp_path)
-        run.start()
-        assert run.stop("changed my mind")  # before the loop has run the task even once
-        await asyncio.wait_for(run.done.wait(), 2)
+        slots = SlotPool(1)
+        began = _run(store, slots, tmp_path)
+        began.start()  # takes the free slot and opens attempt 1 right away
+        queued = _run(store, slots, tmp_path)
+        queued.start()  # no slot left: waits
+        assert slots.held == 1 and began.state is RunState.RUNNING and queued.state is RunState.QUEUED
+        assert queued.stop("changed my mind") and began.stop("changed my mind")
+        await asyncio.wait_for(asyncio.gather(began.done.wait(), queued.done.wait()), 2)
         await asyncio.sleep(0)
-        stored = await store.get_run(run.id)
-        assert stored is not None and stored.state is RunState.STOPPED and stored.started_at is None
-        assert "changed my mind" in (stored.error or "")
+        assert slots.held == 0
+        stored_queued = await store.get_run(queued.id)
+        assert stored_queued is not None and stored_queued.state is RunState.STOPPED
+        assert stored_queued.started_at is None and "changed my mind" in (stored_queued.error or "")
+        stored_began = await store.get_run(began.id)
+        assert stored_began is not None and stored_began.state is RunState.STOPPED
+        assert [a.state.value for a in await store.attempts(began.id)] == ["stopped"]
     finally:
         await store.close()
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import smtplib
-import ssl
 from collections.abc import Mapping
-from email.message import EmailMessage
 from typing import Any, Literal
 
 import aiohttp
@@ -136,6 +133,10 @@ async def _webhook(channel: WebhookChannel, alert: dict[str, Any]) -> str:
 
 
 def _send_email(channel: EmailChannel, subject: str, alert: dict[str, Any]) -> str:
+    import smtplib  # only deployments that send e-mail pay for these imports
+    import ssl
+    from email.message import EmailMessage
+
     message = EmailMessage()
     message["From"] = channel.sender
     message["To"] = ", ".join(channel.to)
