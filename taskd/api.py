@@ -199,15 +199,23 @@ async def list_tasks(request: web.Request) -> web.Response:
     descending = sort.startswith("-")
     if sort.lstrip("-") not in SORT_KEYS:
         raise ApiError(400, "bad_request", f"sort must be one of {', '.join(sorted(SORT_KEYS))} (prefix - to reverse)")
-    entries = [
-        e
-        for e in engine.tasks.values()
-        if (not needle or needle in e.id.lower() or needle in e.config.display_name.lower())
-        and (status is None or engine.status(e.id) == status)
-    ]
+    entries = engine.sorted_entries()
+    if needle or status is not None:
+        entries = [
+            e
+            for e in entries
+            if (not needle or needle in e.id.lower() or needle in e.config.display_name.lower())
+            and (status is None or engine.status(e.id) == status)
+        ]
+    else:
+        entries = list(entries)
     now = datetime.now(UTC)
     key = sort.lstrip("-")
-    if key in ("id", "name", "priority"):
+    if key == "id":
+        if descending:
+            entries.reverse()
+        views = [_task_view(engine, e, now) for e in entries[offset : offset + limit]]
+    elif key in ("name", "priority"):
         attribute = {
             "id": lambda e: e.id,
             "name": lambda e: e.config.display_name,
@@ -245,7 +253,7 @@ async def get_task(request: web.Request) -> web.Response:
     )
     view["active_runs"] = [run.record.to_json() for run in engine.active_runs(entry.id)]
     view["stats"] = await store.task_stats(entry.id)
-    recent, _ = await store.list_runs(RunQuery(task_id=entry.id, limit=10))
+    recent, _ = await store.list_runs(RunQuery(task_id=entry.id, limit=10, fresh=False))
     view["recent_runs"] = [run.to_json() for run in recent]
     view["skipped_fires"] = [
         {"instant": iso(f.instant), "kind": f.kind, "reason": f.reason, "recorded_at": iso(f.recorded_at)}

@@ -100,6 +100,8 @@ class Engine:
         self._tombstones: dict[str, str] = {}
         self._groups: dict[str, dict[str, None]] = {}  # scheduler job id -> task ids, in order
         self._built: dict[str, tuple[str, tuple[Step, ...]]] = {}  # pipeline -> (digest, steps)
+        self._sorted: tuple[TaskEntry, ...] | None = None
+        self._next: dict[int, tuple[Schedule, datetime, datetime | None]] = {}
         self._accepting = False
         self.started_at = time.time()
         self.scheduler = AsyncIOScheduler(
@@ -199,6 +201,7 @@ class Engine:
             changes["changed" if old is not None else "added"].append(task_id)
         self.held_back = held
         self.config = config
+        self._sorted = None
         self.slots.set_limit(config.task.max_concurrent_tasks)
         if held:
             log.warning(
@@ -378,6 +381,7 @@ class Engine:
             run.stop("task deleted")
         self._unschedule(task_id)
         del self.tasks[task_id]
+        self._sorted = None
         self._tombstones[task_id] = entry.definition_hash
         self.held_back[task_id] = entry.definition_hash
         self.store.add_tombstone(task_id, entry.definition_hash, time.time())
@@ -387,6 +391,12 @@ class Engine:
         return [run.id for run in active]
 
     # -- views -----------------------------------------------------------------------------------
+    def sorted_entries(self) -> tuple[TaskEntry, ...]:
+        """Every task, by id; cached until the registry changes."""
+        if self._sorted is None:
+            self._sorted = tuple(self.tasks[k] for k in sorted(self.tasks))
+        return self._sorted
+
     def status(self, task_id: str) -> str:
         entry = self.tasks[task_id]
         if not entry.config.enabled:
@@ -402,9 +412,18 @@ class Engine:
 
     def next_fire(self, task_id: str, now: datetime | None = None) -> datetime | None:
         entry = self.tasks[task_id]
-        if entry.schedule is None or not entry.config.enabled:
+        schedule = entry.schedule
+        if schedule is None or not entry.config.enabled:
             return None
-        return entry.schedule.next_after(now or datetime.now(UTC))
+        now = now or datetime.now(UTC)
+        # Tasks share parsed schedules, so one answer serves a whole group while it holds:
+        # the next fire after `now` is the same for every `now` in [asked_at, answer).
+        cached = self._next.get(id(schedule))
+        if cached is not None and cached[0] is schedule and cached[1] <= now and (cached[2] is None or now < cached[2]):
+            return cached[2]
+        answer = schedule.next_after(now)
+        self._next[id(schedule)] = (schedule, now, answer)
+        return answer
 
 
 def _never_called() -> None:  # the fire executor never calls job functions

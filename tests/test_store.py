@@ -167,6 +167,7 @@ async def test_stats(tmp_path: Path) -> None:
             run = _record("a", queued_at=1000 + i, state=state)
             run.started_at, run.finished_at = 1000.0 + i, 1000.0 + i + (i + 1)
             store.save_run(run)
+        await store.flush()  # stats may lag the last batch of writes
         stats = await store.task_stats("a")
         assert stats["runs"] == 4 and stats["success_rate"] == 0.75
         assert stats["mean_duration"] == 2.5 and stats["p95_duration"] == 4

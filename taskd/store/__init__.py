@@ -54,6 +54,7 @@ class RunQuery:
     until: float | None = None
     limit: int = 50
     offset: int = 0
+    fresh: bool = True  # False: may miss the last ~25 ms of writes, never waits for a commit
 
 
 class Store(ABC):
@@ -126,7 +127,8 @@ class Store(ABC):
     async def transitions(self, run_id: str) -> list[Transition]: ...
 
     @abstractmethod
-    async def fires(self, task_id: str, limit: int = 50) -> list[Fire]: ...
+    async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
+        """The task's latest skipped or missed fires (may lag the last batch of writes)."""
 
     @abstractmethod
     async def last_runs(self) -> dict[str, RunRecord]:
@@ -134,7 +136,8 @@ class Store(ABC):
 
     @abstractmethod
     async def task_stats(self, task_id: str) -> dict[str, Any]:
-        """Run count, success rate, mean and p95 duration of finished runs."""
+        """Run count, success rate, mean and p95 duration of finished runs (may lag the last
+        batch of writes)."""
 
     @abstractmethod
     async def tombstones(self) -> dict[str, str]:

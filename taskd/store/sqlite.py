@@ -189,6 +189,7 @@ class SQLiteStore(Store):
     def __init__(self, path: Path | str, batch_window_s: float = 0.025) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         # After the first write of a burst the writer waits this long for more, so a burst of runs
         # shares one commit and the commit's work does not interleave with the burst. A flush (a
         # read, shutdown) cuts the wait short. kill -9 loses at most this window of writes.
@@ -230,6 +231,15 @@ class SQLiteStore(Store):
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot prepare the store at {self.path}: {exc}") from exc
+        try:
+            # Queries get their own connection: in WAL mode a reader never waits for the writer.
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = aiosqlite.Row
+            await self._reader.execute("PRAGMA query_only = 1")
+        except aiosqlite.Error as exc:
+            await db.close()
+            self._db = None
+            raise StoreError(f"cannot open the store at {self.path} for reading: {exc}") from exc
         self._writer = asyncio.create_task(self._write_loop(), name="taskd-store-writer")
 
     async def _migrate(self) -> None:
@@ -255,6 +265,9 @@ class SQLiteStore(Store):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
         await self._commit_pending()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         await self._db.close()
         self._db = None
 
@@ -401,10 +414,16 @@ class SQLiteStore(Store):
             raise StoreError("the store is not open")
         return self._db
 
-    async def _fetch(self, name: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
-        await self.flush()
-        db = self._require()
-        async with db.execute(SQL[name], params) as cursor:
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        return self._reader
+
+    async def _fetch(self, name: str, params: tuple[Any, ...] = (), fresh: bool = True) -> list[aiosqlite.Row]:
+        """Run a named query; `fresh` first waits for what was written before (read-your-writes)."""
+        if fresh:
+            await self.flush()
+        async with self._read().execute(SQL[name], params) as cursor:
             return list(await cursor.fetchall())
 
     async def ping(self) -> bool:
@@ -420,8 +439,9 @@ class SQLiteStore(Store):
         return _run_from_row(rows[0]) if rows else None
 
     async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
-        await self.flush()
-        db = self._require()
+        if query.fresh:
+            await self.flush()
+        db = self._read()
         where, params = [], []
         for column, value in (("task_id", query.task_id), ("state", query.state), ("trigger", query.trigger)):
             if value is not None:
@@ -479,15 +499,15 @@ class SQLiteStore(Store):
     async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
         return [
             Fire(r["task_id"], r["instant"], r["kind"], r["reason"], r["recorded_at"])
-            for r in await self._fetch("fires", (task_id, limit))
+            for r in await self._fetch("fires", (task_id, limit), fresh=False)
         ]
 
     async def last_runs(self) -> dict[str, RunRecord]:
         return {run.task_id: run for run in map(_run_from_row, await self._fetch("last_runs"))}
 
     async def task_stats(self, task_id: str) -> dict[str, Any]:
-        total = (await self._fetch("task_run_count", (task_id,)))[0][0]
-        rows = await self._fetch("task_durations", (task_id,))
+        total = (await self._fetch("task_run_count", (task_id,), fresh=False))[0][0]
+        rows = await self._fetch("task_durations", (task_id,), fresh=False)
         durations = sorted(r["duration"] for r in rows if r["duration"] is not None)
         finished = len(rows)
         completed = sum(1 for r in rows if r["state"] == RunState.COMPLETED)
