@@ -128,17 +128,55 @@ def celery_runs(count: int = 20_000) -> dict[str, Any]:
     return {"runs": count, "seconds": elapsed, "runs_per_s": count / elapsed}
 
 
-async def leak_check(runs: int = 100_000, slots: int = 100) -> dict[str, Any]:
-    """RSS growth of the engine over `runs` runs, after a warm-up of 10,000."""
-    await taskd_runs(10_000, slots)
-    gc.collect()
-    before = rss_mb(os.getpid())
+async def leak_check(runs: int = 100_000, batch: int = 1_000, slots: int = 100) -> dict[str, Any]:
+    """RSS of one engine in steady state: batches of `batch` runs, measured after a warm-up of
+    10,000 runs and again after `runs` more."""
+    from taskd import logs
+    from taskd.config import load_config
+    from taskd.engine import Engine
+    from taskd.models import Trigger
+    from taskd.store.sqlite import SQLiteStore
+
+    logs.configure("warning", "json")
     tmp = Path(tempfile.mkdtemp(prefix="taskd-leak-"))
-    result = await taskd_runs(runs, slots, directory=tmp)
-    gc.collect()
-    after = rss_mb(os.getpid())
-    shutil.rmtree(tmp, ignore_errors=True)
-    return {"runs": runs, "rss_before_mb": before, "rss_after_mb": after, "growth_mb": after - before, **result}
+    (tmp / "taskd.yml").write_text(
+        f"task: {{max_concurrent_tasks: {slots}}}\nstore: {{path: ./t.db}}\n"
+        "tasks: [{id: noop, pipeline: p, concurrency: allow}]\n"
+        "pipelines: [{name: p, processors: [{sleep: {duration: 0}}]}]\n"
+    )
+    config = load_config(tmp / "taskd.yml", {})
+    store = SQLiteStore(config.store_path)
+    await store.open()
+    engine = Engine(config, store)
+    await engine.start()
+
+    async def run_batches(total: int) -> None:
+        for _ in range(total // batch):
+            started = [engine.start_run("noop", Trigger.MANUAL) for _ in range(batch)]
+            for run in started:
+                await run.done.wait()
+            await store.flush()
+
+    try:
+        await run_batches(10_000)
+        gc.collect()
+        before = rss_mb(os.getpid())
+        began = time.perf_counter()
+        await run_batches(runs)
+        elapsed = time.perf_counter() - began
+        gc.collect()
+        after = rss_mb(os.getpid())
+    finally:
+        await engine.shutdown(5)
+        await store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "runs": runs,
+        "rss_before_mb": before,
+        "rss_after_mb": after,
+        "growth_mb": after - before,
+        "runs_per_s": runs / elapsed,
+    }
 
 
 if __name__ == "__main__":

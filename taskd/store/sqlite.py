@@ -200,6 +200,8 @@ class SQLiteStore(Store):
         self._steps: dict[tuple[str, int, int], StepRecord] = {}
         self._logs: list[LogLine] = []
         self._transitions: list[Transition] = []
+        self._fires: list[tuple[Any, ...]] = []
+        self._last_fires: dict[str, float] = {}
         self._ordered: list[tuple[str, tuple[Any, ...]]] = []
         self._barriers: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
@@ -315,10 +317,13 @@ class SQLiteStore(Store):
         self._wakeup.set()
 
     def record_fire(self, fire: Fire) -> None:
-        self._stage("record_fire", (fire.task_id, fire.instant, fire.kind, fire.reason, fire.recorded_at))
+        self._fires.append((fire.task_id, fire.instant, fire.kind, fire.reason, fire.recorded_at))
+        self._wakeup.set()
 
     def set_last_fire(self, task_id: str, instant: float) -> None:
-        self._stage("set_last_fire", (task_id, instant))
+        if instant > self._last_fires.get(task_id, -math.inf):
+            self._last_fires[task_id] = instant
+        self._wakeup.set()
 
     def add_tombstone(self, task_id: str, definition_hash: str, deleted_at: float) -> None:
         self._stage("add_tombstone", (task_id, definition_hash, deleted_at))
@@ -342,7 +347,16 @@ class SQLiteStore(Store):
         await future
 
     def _pending(self) -> bool:
-        return bool(self._runs or self._attempts or self._steps or self._logs or self._transitions or self._ordered)
+        return bool(
+            self._runs
+            or self._attempts
+            or self._steps
+            or self._logs
+            or self._transitions
+            or self._fires
+            or self._last_fires
+            or self._ordered
+        )
 
     async def _write_loop(self) -> None:
         while True:
@@ -376,6 +390,8 @@ class SQLiteStore(Store):
         steps, self._steps = self._steps, {}
         logs, self._logs = self._logs, []
         transitions, self._transitions = self._transitions, []
+        fires, self._fires = self._fires, []
+        last_fires, self._last_fires = self._last_fires, {}
         ordered, self._ordered = self._ordered, []
         batches: list[tuple[str, Sequence[tuple[Any, ...]]]] = [
             ("save_run", [_run_params(r) for r in runs.values()]),
@@ -383,6 +399,8 @@ class SQLiteStore(Store):
             ("save_step", [_step_params(s) for s in steps.values()]),
             ("append_log", logs),
             ("record_transition", transitions),
+            ("record_fire", fires),
+            ("set_last_fire", list(last_fires.items())),
         ]
         self._committing = True
         async with self._lock:

@@ -1,0 +1,45 @@
+"""Memory and start-up: idle RSS and time to ready (/health 200) with N tasks; RSS growth over
+many runs (a leak check), in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Daemon, rss_mb, spread, tasks_config
+
+
+def idle(count: int, repeats: int = 3) -> dict[str, Any]:
+    ready, rss = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp:
+            daemon = Daemon(Path(tmp), "")
+            daemon.config = tasks_config(daemon.port, count, "@hourly", slots=100)
+            daemon.start()
+            try:
+                time.sleep(1.0)
+                ready.append(daemon.ready_after)
+                rss.append(rss_mb(daemon.pid))
+            finally:
+                daemon.stop()
+    return {"tasks": count, "ready_s": spread(ready), "rss_mb": spread(rss)}
+
+
+def leak(runs: int = 100_000) -> dict[str, Any]:
+    """In a fresh interpreter: 10,000 warm-up runs, then RSS before and after `runs` more."""
+    code = (
+        "import asyncio, json; from bench.throughput import leak_check; "
+        f"print(json.dumps(asyncio.run(leak_check({runs}))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    print(idle(1000, 1))
+    print(leak(20_000))
