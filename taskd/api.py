@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import time
@@ -15,7 +16,7 @@ from aiohttp import web
 from taskd import __version__
 from taskd.config import thaw
 from taskd.engine import Conflict, Engine, TaskEntry, UnknownTask
-from taskd.models import RunRecord, RunState, Trigger, iso
+from taskd.models import RunRecord, RunState, RunSummary, Trigger, iso
 from taskd.pipeline import COMMON_OPTIONS, describe_options
 from taskd.store import RunQuery, Store
 
@@ -152,7 +153,7 @@ def _entry(request: web.Request) -> TaskEntry:
         raise ApiError(404, "not_found", str(exc)) from None
 
 
-def _last_run_view(run: RunRecord | None) -> dict[str, Any] | None:
+def _last_run_view(run: RunRecord | RunSummary | None) -> dict[str, Any] | None:
     if run is None:
         return None
     return {
@@ -165,21 +166,20 @@ def _last_run_view(run: RunRecord | None) -> dict[str, Any] | None:
     }
 
 
+@functools.lru_cache(maxsize=65536)
+def _finished_view(summary: RunSummary) -> dict[str, Any] | None:
+    """A finished run never changes: its view is built once (callers must not mutate it)."""
+    return _last_run_view(summary)
+
+
 def _task_view(engine: Engine, entry: TaskEntry, now: datetime) -> dict[str, Any]:
     last = engine.last_runs.get(entry.id)
-    next_fire = engine.next_fire(entry.id, now)
+    last_view = _finished_view(last) if isinstance(last, RunSummary) else _last_run_view(last)
     return {
-        "id": entry.id,
-        "name": entry.config.display_name,
-        "enabled": entry.config.enabled,
+        **entry.static_view,
         "status": engine.status(entry.id),
-        "schedule": entry.config.schedule,
-        "time_zone": entry.time_zone,
-        "pipeline": entry.pipeline.name,
-        "priority": entry.config.priority,
-        "concurrency": entry.config.concurrency,
-        "last_run": _last_run_view(last),
-        "next_run": next_fire.isoformat() if next_fire else None,
+        "last_run": last_view,
+        "next_run": engine.next_fire_iso(entry.id, now),
         "duration": None if last is None or last.duration is None else round(last.duration, 3),
     }
 

@@ -9,6 +9,7 @@ can neither cancel nor drain running coroutines.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -22,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from taskd.config import Config, PipelineConfig, Source, TaskConfig, thaw
 from taskd.errors import TaskdError
-from taskd.models import RunRecord, RunState, Trigger, new_run_id
+from taskd.models import ACTIVE_STATES, RunRecord, RunState, RunSummary, Trigger, new_run_id
 from taskd.pipeline import ProcessorType, Step, builtin_types
 from taskd.runner import Run, RunPlan
 from taskd.schedule import Schedule
@@ -62,6 +63,20 @@ class TaskEntry:
     def id(self) -> str:
         return self.config.id
 
+    @functools.cached_property
+    def static_view(self) -> dict[str, Any]:
+        """The part of the task's API view that only a config change can change."""
+        return {
+            "id": self.id,
+            "name": self.config.display_name,
+            "enabled": self.config.enabled,
+            "schedule": self.config.schedule,
+            "time_zone": self.time_zone,
+            "pipeline": self.pipeline.name,
+            "priority": self.config.priority,
+            "concurrency": self.config.concurrency,
+        }
+
     @property
     def group(self) -> tuple[str, str] | None:
         """Tasks firing on the same schedule in the same zone share one scheduler job."""
@@ -96,12 +111,12 @@ class Engine:
         self.held_back: dict[str, str] = {}
         self.runs: dict[str, Run] = {}
         self.by_task: dict[str, dict[str, Run]] = {}  # task id -> its unfinished runs, oldest first
-        self.last_runs: dict[str, RunRecord] = {}
+        self.last_runs: dict[str, RunRecord | RunSummary] = {}  # the live record while it runs
         self._tombstones: dict[str, str] = {}
         self._groups: dict[str, dict[str, None]] = {}  # scheduler job id -> task ids, in order
         self._built: dict[str, tuple[str, tuple[Step, ...]]] = {}  # pipeline -> (digest, steps)
         self._sorted: tuple[TaskEntry, ...] | None = None
-        self._next: dict[int, tuple[Schedule, datetime, datetime | None]] = {}
+        self._next: dict[int, tuple[Schedule, datetime, datetime | None, str | None]] = {}
         self._accepting = False
         self.started_at = time.time()
         self.scheduler = AsyncIOScheduler(
@@ -114,7 +129,7 @@ class Engine:
     async def start(self) -> None:
         """Register the configured tasks, start firing, and catch up on missed fires."""
         self._tombstones = await self.store.tombstones()
-        self.last_runs = await self.store.last_runs()
+        self.last_runs = {k: RunSummary.of(v) for k, v in (await self.store.last_runs()).items()}
         self._apply(self.config)
         self._accepting = True
         self.scheduler.start()
@@ -356,6 +371,9 @@ class Engine:
 
     def _forget(self, run: Run) -> None:
         self.runs.pop(run.id, None)
+        task_id = run.record.task_id
+        if self.last_runs.get(task_id) is run.record:
+            self.last_runs[task_id] = RunSummary.of(run.record)
         runs = self.by_task.get(run.record.task_id)
         if runs is not None:
             runs.pop(run.id, None)
@@ -406,7 +424,7 @@ class Engine:
             if state in states:
                 return str(state)
         last = self.last_runs.get(task_id)
-        if last is not None and not last.state.active:
+        if last is not None and last.state not in ACTIVE_STATES:
             return str(last.state)
         return "scheduled"
 
@@ -418,12 +436,23 @@ class Engine:
         now = now or datetime.now(UTC)
         # Tasks share parsed schedules, so one answer serves a whole group while it holds:
         # the next fire after `now` is the same for every `now` in [asked_at, answer).
+        return self._next_cached(schedule, now)[0]
+
+    def next_fire_iso(self, task_id: str, now: datetime | None = None) -> str | None:
+        """next_fire() as ISO-8601, formatted once per schedule and answer."""
+        entry = self.tasks[task_id]
+        if entry.schedule is None or not entry.config.enabled:
+            return None
+        return self._next_cached(entry.schedule, now or datetime.now(UTC))[1]
+
+    def _next_cached(self, schedule: Schedule, now: datetime) -> tuple[datetime | None, str | None]:
         cached = self._next.get(id(schedule))
         if cached is not None and cached[0] is schedule and cached[1] <= now and (cached[2] is None or now < cached[2]):
-            return cached[2]
+            return cached[2], cached[3]
         answer = schedule.next_after(now)
-        self._next[id(schedule)] = (schedule, now, answer)
-        return answer
+        text = answer.isoformat() if answer is not None else None
+        self._next[id(schedule)] = (schedule, now, answer, text)
+        return answer, text
 
 
 def _never_called() -> None:  # the fire executor never calls job functions

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class RunState(StrEnum):
@@ -129,3 +129,24 @@ class StepRecord:
     state: StepState = StepState.RUNNING
     finished_at: float | None = None
     error: str | None = None
+
+
+class RunSummary(NamedTuple):
+    """What the task list shows of a task's last finished run. A tuple of strings and floats:
+    the garbage collector stops tracking it, so 10,000 of them cost no collection time."""
+
+    id: str
+    state: str
+    trigger: str
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @classmethod
+    def of(cls, run: RunRecord) -> RunSummary:
+        return cls(run.id, str(run.state), str(run.trigger), run.started_at, run.finished_at)

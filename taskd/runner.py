@@ -66,7 +66,7 @@ class Run:
         self.task: asyncio.Task[None] | None = None
         self._begun = False
         self._step_records: dict[tuple[int, int], StepRecord] = {}
-        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_LINES)
+        self._recent: collections.deque[str] | None = None  # made on the first log line
         self._transitions = 0
         self._log_seq = 0
         self._bound: Any = None
@@ -197,7 +197,7 @@ class Run:
             time_zone=plan.time_zone,
             scheduled_at=record.scheduled_at,
             make_logger=lambda: self.log.bind(attempt=number),
-            recent_log=lambda: list(self._recent),
+            recent_log=lambda: list(self._recent or ()),
         )
         timeout = plan.task.timeout
         state, error = StepState.COMPLETED, None
@@ -310,6 +310,8 @@ class Run:
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + " [line truncated]"
         self._store.append_log(LogLine(self.record.id, self._log_seq, time.time(), stream, text))
+        if self._recent is None:
+            self._recent = collections.deque(maxlen=RECENT_LINES)
         self._recent.append(f"[{stream}] {text}")
         if _STDLIB.isEnabledFor(logging.DEBUG):
             self.log.debug("run_output", stream=stream, line=text)
