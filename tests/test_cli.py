@@ -34,7 +34,7 @@ def test_version() -> None:
     assert result.stdout.strip().startswith("taskd ")
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["next"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["next"], ["processors"]])
 def test_help_on_every_subcommand(command: list[str]) -> None:
     result = taskd(*command, "--help")
     assert result.returncode == 0

@@ -214,13 +214,14 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(daemon_factory: Callable[
     assert daemon.wait_run(daemon.start_task("a"))["state"] == "completed"
 
 
-def test_sigterm_lets_running_runs_finish(daemon_factory: Callable[..., Daemon]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_let_running_runs_finish(daemon_factory: Callable[..., Daemon], sig: signal.Signals) -> None:
     daemon = daemon_factory(
         base_config("- {id: short, pipeline: p}", "- {name: p, processors: [{sleep: {duration: 1s}}]}")
     ).start()
     run_id = daemon.start_task("short")
     wait_for(lambda: daemon.run(run_id)["state"] == "running")
-    assert daemon.stop(signal.SIGTERM) == 0
+    assert daemon.stop(sig) == 0
     daemon.start()
     assert daemon.run(run_id)["state"] == "completed"
 
