@@ -8,27 +8,30 @@ Celery with the Redis broker on 127.0.0.1:6379 and one worker, if celery is inst
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from bench.common import rss_mb
 
 
-async def taskd_runs(count: int = 20_000, slots: int = 100, directory: Path | None = None) -> dict[str, Any]:
-    """Drive the real engine and SQLite store in-process (no HTTP): start `count` runs, wait until
-    every one is finished and committed."""
+@contextlib.asynccontextmanager
+async def bench_engine(slots: int, directory: Path | None = None) -> AsyncIterator[tuple[Any, Any, Path]]:
+    """The real engine and SQLite store in-process, on one task with `concurrency: allow` and a
+    no-op pipeline; yields (engine, store, store path)."""
     from taskd import logs
     from taskd.config import load_config
     from taskd.engine import Engine
-    from taskd.models import Trigger
     from taskd.store.sqlite import SQLiteStore
 
     logs.configure("warning", "json")
@@ -44,19 +47,29 @@ async def taskd_runs(count: int = 20_000, slots: int = 100, directory: Path | No
     engine = Engine(config, store)
     await engine.start()
     try:
-        started = time.perf_counter()
-        runs = [engine.start_run("noop", Trigger.MANUAL) for _ in range(count)]
-        for run in runs:
-            await run.done.wait()
-        await store.flush()
-        elapsed = time.perf_counter() - started
+        yield engine, store, config.store_path
     finally:
         await engine.shutdown(5)
         await store.close()
-    with __import__("sqlite3").connect(config.store_path) as db:
-        stored = db.execute("SELECT count(*) FROM runs WHERE state = 'completed'").fetchone()[0]
-    if directory is None:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if directory is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def taskd_runs(count: int = 20_000, slots: int = 100) -> dict[str, Any]:
+    """Start `count` runs at once through the real engine (no HTTP); wait until every one is
+    finished and committed."""
+    from taskd.models import Trigger
+
+    with tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp:
+        async with bench_engine(slots, Path(tmp)) as (engine, store, path):
+            started = time.perf_counter()
+            runs = [engine.start_run("noop", Trigger.MANUAL) for _ in range(count)]
+            for run in runs:
+                await run.done.wait()
+            await store.flush()
+            elapsed = time.perf_counter() - started
+        with sqlite3.connect(path) as db:
+            stored = db.execute("SELECT count(*) FROM runs WHERE state = 'completed'").fetchone()[0]
     return {"runs": count, "stored_completed": stored, "seconds": elapsed, "runs_per_s": count / elapsed}
 
 
@@ -131,33 +144,17 @@ def celery_runs(count: int = 20_000) -> dict[str, Any]:
 async def leak_check(runs: int = 100_000, batch: int = 1_000, slots: int = 100) -> dict[str, Any]:
     """RSS of one engine in steady state: batches of `batch` runs, measured after a warm-up of
     10,000 runs and again after `runs` more."""
-    from taskd import logs
-    from taskd.config import load_config
-    from taskd.engine import Engine
     from taskd.models import Trigger
-    from taskd.store.sqlite import SQLiteStore
 
-    logs.configure("warning", "json")
-    tmp = Path(tempfile.mkdtemp(prefix="taskd-leak-"))
-    (tmp / "taskd.yml").write_text(
-        f"task: {{max_concurrent_tasks: {slots}}}\nstore: {{path: ./t.db}}\n"
-        "tasks: [{id: noop, pipeline: p, concurrency: allow}]\n"
-        "pipelines: [{name: p, processors: [{sleep: {duration: 0}}]}]\n"
-    )
-    config = load_config(tmp / "taskd.yml", {})
-    store = SQLiteStore(config.store_path)
-    await store.open()
-    engine = Engine(config, store)
-    await engine.start()
+    async with bench_engine(slots) as (engine, store, _):
 
-    async def run_batches(total: int) -> None:
-        for _ in range(total // batch):
-            started = [engine.start_run("noop", Trigger.MANUAL) for _ in range(batch)]
-            for run in started:
-                await run.done.wait()
-            await store.flush()
+        async def run_batches(total: int) -> None:
+            for _ in range(total // batch):
+                started = [engine.start_run("noop", Trigger.MANUAL) for _ in range(batch)]
+                for run in started:
+                    await run.done.wait()
+                await store.flush()
 
-    try:
         await run_batches(10_000)
         gc.collect()
         before = rss_mb(os.getpid())
@@ -166,10 +163,6 @@ async def leak_check(runs: int = 100_000, batch: int = 1_000, slots: int = 100) 
         elapsed = time.perf_counter() - began
         gc.collect()
         after = rss_mb(os.getpid())
-    finally:
-        await engine.shutdown(5)
-        await store.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return {
         "runs": runs,
         "rss_before_mb": before,
