@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -292,12 +292,11 @@ class Engine:
             last = last_fires.get(entry.id)
             if entry.schedule is None or not entry.config.enabled or last is None:
                 continue
-            missed = _missed_instants(entry.schedule, datetime.fromtimestamp(last, UTC), now, limit=1000)
-            if not missed:
+            count, latest_fire = missed_fires(entry.schedule, datetime.fromtimestamp(last, UTC), now)
+            if latest_fire is None:
                 continue
-            latest = missed[-1].timestamp()
+            latest = latest_fire.timestamp()
             self.store.set_last_fire(entry.id, latest)
-            count = "1000+" if len(missed) >= 1000 else str(len(missed))
             if entry.config.misfire == "run_once":
                 log.info("catch_up_run", task_id=entry.id, missed=count)
                 try:
@@ -459,13 +458,34 @@ def _never_called() -> None:  # the fire executor never calls job functions
     raise AssertionError("taskd's fire executor does not call job functions")
 
 
-def _missed_instants(schedule: Schedule, last: datetime, now: datetime, limit: int) -> list[datetime]:
-    out: list[datetime] = []
+def missed_fires(schedule: Schedule, last: datetime, now: datetime, cap: int = 1000) -> tuple[str, datetime | None]:
+    """Fires after `last` and up to `now`: how many (counted up to `cap`, then "cap+") and the
+    latest one, found without walking a long outage instant by instant."""
+    count = 0
     current = schedule.next_after(last)
-    while current is not None and current <= now and len(out) < limit:
-        out.append(current)
+    latest = None
+    while current is not None and current <= now and count < cap:
+        latest, count = current, count + 1
         current = schedule.next_after(current)
-    return out
+    if current is None or current > now:
+        return str(count), latest
+    # More than `cap`: look for the latest fire in growing windows that end at `now`.
+    for window in (
+        timedelta(minutes=1),
+        timedelta(hours=1),
+        timedelta(days=1),
+        timedelta(days=32),
+        timedelta(days=400),
+    ):
+        start = max(last, now - window)
+        probe = schedule.next_after(start)
+        found = None
+        while probe is not None and probe <= now:
+            found = probe
+            probe = schedule.next_after(probe)
+        if found is not None:
+            return f"{cap}+", found
+    return f"{cap}+", latest
 
 
 async def _wait_runs(runs: Iterable[Run], limit_s: float) -> None:

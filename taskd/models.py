@@ -21,10 +21,6 @@ class RunState(StrEnum):
     STOPPED = "stopped"
     INTERRUPTED = "interrupted"
 
-    @property
-    def active(self) -> bool:
-        return self in ACTIVE_STATES
-
 
 ACTIVE_STATES = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.RETRYING})
 FINAL_STATES = frozenset(set(RunState) - ACTIVE_STATES)

@@ -118,3 +118,19 @@ def test_full_jitter_stays_within_the_computed_backoff() -> None:
     samples = [backoff_delay(policy, 2, rng) for _ in range(2000)]
     assert all(0 <= s <= 8 for s in samples)
     assert min(samples) < 1 and max(samples) > 7  # spread over the whole range
+
+
+def test_missed_fires_report_the_latest_instant_even_after_a_long_outage() -> None:
+    """A per-second task down for two hours missed 7,200 fires; the catch-up concerns the last one."""
+    from datetime import UTC, datetime, timedelta
+
+    from taskd.engine import missed_fires
+    from taskd.schedule import parse
+
+    now = datetime(2026, 11, 23, 12, 0, 0, 500000, tzinfo=UTC)
+    count, latest = missed_fires(parse("* * * * * *"), now - timedelta(hours=2), now)
+    assert latest == datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    assert count == "1000+"
+    count, latest = missed_fires(parse("0 * * * *"), now - timedelta(hours=3, minutes=30), now)
+    assert (count, latest) == ("4", datetime(2026, 11, 23, 12, 0, tzinfo=UTC))  # 9, 10, 11 and 12 o'clock
+    assert missed_fires(parse("0 0 1 1 *"), now - timedelta(hours=1), now) == ("0", None)

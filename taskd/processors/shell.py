@@ -31,7 +31,7 @@ class ShellOptions(ProcessorOptions):
     command: StrictStr | None = Field(None, description="command line run by /bin/sh -c")
     argv: tuple[StrictStr, ...] | None = Field(None, description="program and arguments, run without a shell")
     env: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="extra environment variables")
-    cwd: StrictStr | None = Field(None, description="working directory (relative to the config file)")
+    cwd: StrictStr | None = Field(None, description="working directory (relative to the file defining the pipeline)")
     kill_grace: Duration = Field(5.0, description="seconds between SIGTERM and SIGKILL on stop or timeout")
 
     @model_validator(mode="after")
