@@ -1,4 +1,5 @@
-"""Command line: `taskd run`, `taskd check`, `taskd next`, `taskd processors`."""
+"""Command line: the daemon's verbs (`run`, `check`, `next`, `processors`) and the client's
+(`tasks`, `task`, `start`, `stop`, `delete`, `runs`, `show`, `logs`, `status`; see taskd.client)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from taskd import __version__
+from taskd import __version__, client
 from taskd import schedule as schedules
 from taskd.config import Config, load_config
 from taskd.errors import ConfigError, ScheduleError
 
-DEFAULT_CONFIG = os.environ.get("TASKD_CONFIG", "taskd.yml")
+DEFAULT_CONFIG = "taskd.yml"
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"taskd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    default_config = os.environ.get("TASKD_CONFIG", DEFAULT_CONFIG)
     config_help = f"configuration file (default: $TASKD_CONFIG or {DEFAULT_CONFIG!r})"
     run = sub.add_parser(
         "run",
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve the REST API. SIGTERM/SIGINT stop it gracefully, SIGHUP reloads the configuration. "
         "Exit 0 after a clean stop, 1 when it cannot start, 2 on configuration errors.",
     )
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
+    run.add_argument("-c", "--config", default=default_config, help=config_help)
 
     check = sub.add_parser(
         "check",
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load and validate the configuration; print every task with its schedule, "
         "time zone and next 3 fire times. Exit 0 when valid, 2 with all errors on stderr when not.",
     )
-    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=config_help)
+    check.add_argument("-c", "--config", default=default_config, help=config_help)
     check.add_argument("--count", type=_positive_int, default=3, help="fire times shown per task (default 3)")
 
     nxt = sub.add_parser(
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "group) with its options: name, type, default and description. Same data as GET /processors.",
     )
     procs.add_argument("--json", action="store_true", help="print JSON instead of text")
+    client.add_commands(sub, config_help, default_config)
     return parser
 
 
@@ -102,6 +104,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if args.command == "processors":
         return cmd_processors(args)
+    if args.command in client.COMMANDS:
+        return client.run_command(args, os.environ)
     raise AssertionError(args.command)
 
 
@@ -146,10 +150,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  status:    {status}")
         print(f"  schedule:  {task.schedule or 'manual only'}")
         print(f"  time zone: {config.zone_for(task)}")
-        print(f"  pipeline:  {task.pipeline} ({len(config.pipelines[task.pipeline].processors)} processors)")
+        steps = len(config.pipelines[task.pipeline].processors)
+        print(f"  pipeline:  {task.pipeline} ({steps} processor{'s' if steps != 1 else ''})")
         if schedule is not None:
             fires = schedule.next_n(now, args.count)
             print("  next:      " + ("\n             ".join(f.isoformat() for f in fires) or "never"))
+    notes = [
+        f"{step.source}: pipeline {pipeline.name}, step {index + 1} ({step.type}): {note}"
+        for pipeline in config.pipelines.values()
+        for index, step in enumerate(pipeline.processors)
+        for note in step.options.notes()
+    ]
+    if notes:
+        print("\nnotes:")
+        for note in notes:
+            print(f"  {note}")
     return EXIT_OK
 
 
@@ -163,14 +178,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_processors(args: argparse.Namespace) -> int:
-    from taskd.pipeline import COMMON_OPTIONS, describe_options
+    from taskd.processor import COMMON_OPTIONS, describe_types
     from taskd.processors import registry
 
     found = registry()
-    listing = [
-        {"type": name, "summary": kind.summary, "options": describe_options(kind)}
-        for name, kind in sorted(found.types.items())
-    ]
+    listing = describe_types(found.types)
     if args.json:
         print(json.dumps({"processors": listing, "plugin_errors": dict(found.errors)}, indent=2, default=str))
     else:

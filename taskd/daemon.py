@@ -1,29 +1,33 @@
-"""Wiring and lifecycle: store, engine and API; signals, reload, sd_notify, watchdog, shutdown."""
+"""Wiring and lifecycle: store, engine and API on an exit stack; signals, reload, sd_notify,
+watchdog, retention and shutdown. The only module that installs signal handlers and opens sockets."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import os
 import signal
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from taskd import __version__, logs
-from taskd.api import create_app
+from taskd.clock import Clock, SystemClock
 from taskd.config import Config, load_config, parse_listen
 from taskd.engine import Engine
 from taskd.errors import ConfigError, TaskdError
-from taskd.processors.shell import kill_orphans
-from taskd.sdnotify import Notifier
-from taskd.store.sqlite import SQLiteStore, StoreError
+from taskd.http.app import create_app
+from taskd.metrics import Metrics
+from taskd.processor import describe
+from taskd.procgroup import kill_run_processes
+from taskd.store import Store, StoreError, open_store
+from taskd.systemd import Notifier
 
 log = structlog.get_logger("taskd.daemon")
 
@@ -31,25 +35,7 @@ RETENTION_INTERVAL_S = 3600.0
 
 
 class StartupError(TaskdError):
-    """The daemon cannot start (unsafe listen address, port in use, store unusable)."""
-
-
-def check_listen_safety(config: Config) -> None:
-    """Refuse a non-loopback TCP address without a token unless `api.insecure: true`."""
-    target = parse_listen(config.api.listen)
-    if isinstance(target, str) or config.api.token or config.api.insecure:
-        return
-    host = target[0]
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        raise StartupError(
-            f"refusing to listen on {config.api.listen} without api.token: anyone who can reach it could "
-            "start, stop and delete tasks. Set api.token (e.g. token: ${TASKD_TOKEN}), listen on 127.0.0.1, "
-            "or set api.insecure: true if the network is trusted."
-        )
+    """The daemon cannot start (port in use, socket path unusable)."""
 
 
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -81,10 +67,11 @@ def _prepare_socket_path(target: str) -> Path:
 class Daemon:
     """One taskd process. `run()` returns the exit code."""
 
-    def __init__(self, config_path: str, config: Config, env: Mapping[str, str]) -> None:
+    def __init__(self, config_path: str, config: Config, env: Mapping[str, str], clock: Clock | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.env = env
+        self.clock: Clock = clock or SystemClock()
         self.notifier = Notifier(env.get("NOTIFY_SOCKET"))
         self._stop = asyncio.Event()
         self._side_tasks: list[asyncio.Task[None]] = []
@@ -92,67 +79,76 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
-        check_listen_safety(config)
-        store = SQLiteStore(config.store_path)
-        await store.open()
-        try:
-            interrupted = await store.recover_interrupted(time.time())
-            for run in interrupted:
-                log.warning("run_interrupted", task_id=run.task_id, run_id=run.id, reason=run.error)
-            killed = await asyncio.to_thread(kill_orphans, [run.id for run in interrupted])
-            if killed:
-                log.warning("orphans_killed", process_groups=killed, reason="left running by interrupted runs")
-            engine = self.engine = Engine(config, store)
+        async with contextlib.AsyncExitStack() as stack:
+            metrics = Metrics(__version__, per_task=config.metrics.per_task)
+            store = open_store(config.store_location)
+            store.commit_observer = metrics.store_committed
+            await store.open()
+            stack.push_async_callback(store.close)
+            await self._recover(store)
+            engine = self.engine = Engine(config, store, clock=self.clock, metrics=metrics)
             await engine.start()
+            stack.push_async_callback(engine.shutdown, 0.0)  # if start-up fails from here on
             tune_gc()
-            runner = web.AppRunner(create_app(engine, store, config.api.token, config.api.max_body_bytes))
+            app = create_app(engine, store, config.api.token, config.api.max_body_bytes, metrics)
+            runner = web.AppRunner(app)
             await runner.setup()
-            try:
-                address = await self._listen(runner, config)
-                self._install_signals()
-                self._watch(store._writer, "store writer")
-                self._spawn(self._retention(store), "retention")
-                self._start_watchdog()
-                log.info(
-                    "taskd_ready",
-                    version=__version__,
-                    listen=address,
-                    tasks=len(engine.tasks),
-                    held_back=sorted(engine.held_back),
-                    store=str(config.store_path),
-                    max_concurrent_tasks=config.task.max_concurrent_tasks,
-                )
-                self.notifier.notify("READY=1", f"STATUS=taskd {__version__}: {len(engine.tasks)} tasks")
-                await self._stop.wait()
-                self.notifier.notify("STOPPING=1")
-                log.info("taskd_stopping", active_runs=len(engine.runs), grace_s=self.config.task.shutdown_timeout)
-                await engine.shutdown(self.config.task.shutdown_timeout)
-            finally:
-                await runner.cleanup()
-        finally:
-            for task in self._side_tasks:
-                task.cancel()
-            await asyncio.gather(*self._side_tasks, return_exceptions=True)
-            await store.close()
+            stack.push_async_callback(runner.cleanup)
+            address = await self._listen(runner, config)
+            stack.push_async_callback(self._cancel_side_tasks)
+            # Unwound first: runs drain while the API still answers, then the rest closes.
+            stack.push_async_callback(self._drain, engine)
+            self._install_signals()
+            self._watch(store.writer, "store writer")
+            self._spawn(self._retention(store), "retention")
+            self._start_watchdog()
+            log.info(
+                "taskd_ready",
+                version=__version__,
+                listen=address,
+                tasks=engine.task_count,
+                held_back=sorted(engine.held_back),
+                store=config.store_location,
+                max_concurrent_tasks=config.task.max_concurrent_tasks,
+            )
+            self.notifier.notify("READY=1", f"STATUS=taskd {__version__}: {engine.task_count} tasks")
+            await self._stop.wait()
+            self.notifier.notify("STOPPING=1")
         log.info("taskd_stopped")
         return 0
+
+    async def _recover(self, store: Store) -> None:
+        """Runs a dead process left active become interrupted; the children they left are killed."""
+        interrupted = await store.recover_interrupted(self.clock.time())
+        for run in interrupted:
+            log.warning("run_interrupted", task_id=run.task_id, run_id=run.id, reason=run.error)
+        killed = await asyncio.to_thread(kill_run_processes, [run.id for run in interrupted])
+        if killed:
+            log.warning("orphans_killed", process_groups=killed, reason="left running by interrupted runs")
+
+    async def _drain(self, engine: Engine) -> None:
+        grace_s = self.config.task.shutdown_timeout
+        log.info("taskd_stopping", active_runs=len(engine.runs), grace_s=grace_s)
+        await engine.shutdown(grace_s)
+
+    async def _cancel_side_tasks(self) -> None:
+        for task in self._side_tasks:
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
     async def _listen(self, runner: web.AppRunner, config: Config) -> str:
         target = parse_listen(config.api.listen)
         try:
             if isinstance(target, str):
                 path = _prepare_socket_path(target)
-                site: web.BaseSite = web.UnixSite(runner, str(path))
-                await site.start()
+                await web.UnixSite(runner, str(path)).start()
                 os.chmod(path, 0o660)
                 return f"unix:{path}"
             host, port = target
-            site = web.TCPSite(runner, host, port, reuse_address=True)
-            await site.start()
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.api.listen}: {exc.strerror or exc}") from None
-        sockets = getattr(site._server, "sockets", None) or []
-        bound = sockets[0].getsockname() if sockets else (host, port)
+        bound = runner.addresses[0] if runner.addresses else (host, port)
         return f"{bound[0]}:{bound[1]}"
 
     # -- signals and reload ----------------------------------------------------------------------
@@ -163,9 +159,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
 
     def request_stop(self, why: str = "requested") -> None:
+        """Stop gracefully; asked again while draining, stop the remaining runs at once."""
         if not self._stop.is_set():
-            log.info("stop_requested", signal=why)
+            log.info("stop_requested", signal=why, grace_s=self.config.task.shutdown_timeout)
             self._stop.set()
+        elif self.engine is not None and not self.engine.hurried:
+            log.warning("stop_hurried", signal=why, reason="asked again while draining: remaining runs stop now")
+            self.engine.hurry()
 
     async def reload(self) -> bool:
         """Re-read the configuration; keep the running one when the new one has errors."""
@@ -181,8 +181,15 @@ class Daemon:
                 return False
             if config.api != self.config.api or config.store != self.config.store:
                 log.warning("restart_needed", reason="api: and store: changes take effect at the next start")
-            logs.set_level(config.log.level)
-            self.engine.reload(config)
+            try:
+                self.engine.reload(config)
+            except Exception as exc:  # a bug, not a config error: still no reason to stop the daemon
+                log.exception(
+                    "config_reload_failed", path=self.config_path, errors=[describe(exc)], kept="previous config"
+                )
+                return False
+            logs.set_level(config.log.level, config.task.debug, config.task.log_task_execution)
+            logs.set_access(config.log.access)
             self.config = config
             tune_gc()
             return True
@@ -190,9 +197,8 @@ class Daemon:
             self.notifier.notify("READY=1")
 
     # -- side tasks ------------------------------------------------------------------------------
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(f"taskd-{name}")
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"taskd-{name}")
         self._watch(task, name)
         self._side_tasks.append(task)
 
@@ -211,11 +217,11 @@ class Daemon:
 
         task.add_done_callback(done)
 
-    async def _retention(self, store: SQLiteStore) -> None:
+    async def _retention(self, store: Store) -> None:
         while True:
             retention = self.config.store.retention
             try:
-                removed = await store.prune(time.time(), retention.days, retention.max_runs_per_task)
+                removed = await store.prune(self.clock.time(), retention.days, retention.max_runs_per_task)
                 if removed:
                     log.info("retention_pruned", runs=removed)
             except StoreError as exc:
@@ -241,7 +247,8 @@ class Daemon:
 
 def run_daemon(config_path: str, config: Config, env: Mapping[str, str]) -> int:
     """Set up logging and run the daemon on an already loaded config until it is told to stop."""
-    logs.configure(config.log.level, config.log.format)
+    task, log_section = config.task, config.log
+    logs.configure(log_section.level, log_section.format, None, task.debug, task.log_task_execution, log_section.access)
     try:
         return asyncio.run(Daemon(config_path, config, env).run())
     except (StartupError, StoreError) as exc:

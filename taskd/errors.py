@@ -23,3 +23,16 @@ class ConfigError(TaskdError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(self.problems))
+
+
+class UnknownTask(TaskdError):
+    """No task with that id (never defined, removed, or deleted)."""
+
+
+class Conflict(TaskdError):
+    """The request contradicts the task's state or policy (e.g. `forbid` with a run active);
+    `reason` is a short code for it (a fire skipped for it is counted under that reason)."""
+
+    def __init__(self, message: str, reason: str = "conflict") -> None:
+        super().__init__(message)
+        self.reason = reason

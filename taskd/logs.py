@@ -15,7 +15,14 @@ import structlog
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    debug: bool = False,
+    log_task_execution: bool = True,
+    access: bool = False,
+) -> None:
     """Set up structlog and stdlib logging once for the whole process (safe to call again)."""
     out = stream or sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
@@ -51,14 +58,30 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    set_level(level)
-    # Request lines from aiohttp are noise at info; APScheduler's per-job chatter too.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    set_level(level, debug, log_task_execution)
+    set_access(access)
+    # APScheduler's per-job chatter is noise at info.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def set_level(level: str) -> None:
+TASK_LOGGERS = ("taskd.engine", "taskd.run")
+"""The task machinery: fires, queued runs, attempts, retries, run output."""
+EXECUTION_LOGGER = "taskd.run.execution"
+"""The one line per run that ends (run_finished)."""
+
+
+def set_access(enabled: bool) -> None:
+    """Whether every API request is logged (`log.access`)."""
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO if enabled else logging.WARNING)
+
+
+def set_level(level: str, debug: bool = False, log_task_execution: bool = True) -> None:
+    """The daemon's log level; `debug` lowers the task machinery's to debug whatever the level,
+    and `log_task_execution` keeps or silences the line every ending run writes."""
     logging.getLogger().setLevel(LEVELS.get(level, logging.INFO))
+    for name in TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.NOTSET)
+    logging.getLogger(EXECUTION_LOGGER).setLevel(logging.NOTSET if log_task_execution else logging.WARNING)
 
 
 def _passthrough(_: Any, __: str, event: Any) -> Any:

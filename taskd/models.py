@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -23,7 +22,6 @@ class RunState(StrEnum):
 
 
 ACTIVE_STATES = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.RETRYING})
-FINAL_STATES = frozenset(set(RunState) - ACTIVE_STATES)
 
 
 class Trigger(StrEnum):
@@ -46,10 +44,10 @@ class StepState(StrEnum):
     INTERRUPTED = "interrupted"
 
 
-def new_run_id() -> str:
-    """A time-ordered run id: 12 hex digits of milliseconds, then 8 random ones. An identifier,
-    not a secret (the API's token is what guards access), so the fast random source will do."""
-    return f"{int(time.time() * 1000):012x}{random.getrandbits(32):08x}"
+def new_run_id(now: float) -> str:
+    """A time-ordered run id: 12 hex digits of `now` in milliseconds, then 8 random ones. An
+    identifier, not a secret (the API's token is what guards access): the fast random source will do."""
+    return f"{int(now * 1000):012x}{random.getrandbits(32):08x}"
 
 
 def iso(ts: float | None) -> str | None:
@@ -78,12 +76,20 @@ class RunRecord:
 
     @property
     def duration(self) -> float | None:
+        """Seconds from the first attempt's start to the end (None until the run has ended)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def elapsed(self, now: float) -> float | None:
+        """The duration, or for a run still going the time it has been running at `now`."""
         if self.started_at is None:
             return None
-        end = self.finished_at if self.finished_at is not None else time.time()
-        return end - self.started_at
+        return (self.finished_at if self.finished_at is not None else now) - self.started_at
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The run as the API shows it; `now` gives a running run's duration so far."""
+        elapsed = self.elapsed(now)
         return {
             "id": self.id,
             "task_id": self.task_id,
@@ -93,7 +99,7 @@ class RunRecord:
             "queued_at": iso(self.queued_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
-            "duration": None if self.duration is None else round(self.duration, 3),
+            "duration": None if elapsed is None else round(elapsed, 3),
             "attempts": self.attempts,
             "error": self.error,
             "params": self.params,

@@ -42,7 +42,7 @@ class Document:
         return [f"{self.file}:{line}: {text}" for line, text in sorted(self.problems, key=lambda p: p[0])]
 
 
-_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\{)")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def format_path(path: Sequence[str | int]) -> str:
@@ -106,32 +106,66 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoa
     value = node.value if node.tag == _STR else loader.construct_object(node, deep=True)
     if isinstance(value, str) and "$" in value:
         expanded = _expand(value, path, doc, env)
-        if expanded != value and not node.style:  # plain: None from PyYAML's parser, "" from libyaml's
+        style = node.style if isinstance(node, yaml.ScalarNode) else None
+        if expanded != value and not style:  # plain: None from PyYAML's parser, "" from libyaml's
             # An unquoted scalar gets the type its expanded text would have had if written out.
-            tag = loader.resolve(yaml.ScalarNode, expanded, (True, False))
+            tag = loader.resolve(yaml.ScalarNode, expanded, (True, False))  # type: ignore[no-untyped-call]
             return loader.construct_object(yaml.ScalarNode(tag, expanded), deep=True)
         return expanded
     return value
 
 
 def _expand(text: str, path: KeyPath, doc: Document, env: Mapping[str, str]) -> str:
-    def replace(match: re.Match[str]) -> str:
-        whole = match.group(0)
-        if whole == "$$":
-            return "$"
-        if whole == "${":
+    """`$$` -> `$`; `${VAR}` -> its value; `${VAR:-default}` -> its value, or `default` (itself
+    expanded, so defaults nest: `${A:-${B:-x}}`) when VAR is not set."""
+    out: list[str] = []
+    i = 0
+    while True:
+        j = text.find("$", i)
+        if j < 0:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:j])
+        if text.startswith("$$", j):
+            out.append("$")
+            i = j + 2
+            continue
+        if not text.startswith("${", j):
+            out.append("$")
+            i = j + 1
+            continue
+        found = _NAME.match(text, j + 2)
+        end = _closing_brace(text, found.end()) if found else -1
+        if found is None or end < 0 or (end > found.end() and not text.startswith(":-", found.end())):
             doc.problem(path, f"unterminated or malformed ${{...}} in {text!r}; write ${{VAR}} or ${{VAR:-default}}")
-            return whole
-        name, default = match.group(1), match.group(2)
+            out.append(text[j:])
+            return "".join(out)
+        name = found.group(0)
         if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        doc.problem(
-            path,
-            f"environment variable {name} is not set; write ${{{name}:-default}} to allow that, "
-            f"or $${{{name}}} for a literal ${{{name}}}",
-        )
-        return ""
+            out.append(env[name])
+        elif end > found.end():
+            out.append(_expand(text[found.end() + 2 : end], path, doc, env))
+        else:
+            doc.problem(
+                path,
+                f"environment variable {name} is not set; write ${{{name}:-default}} to allow that, "
+                f"or $${{{name}}} for a literal ${{{name}}}",
+            )
+        i = end + 1
 
-    return _VAR.sub(replace, text)
+
+def _closing_brace(text: str, start: int) -> int:
+    """The index of the `}` closing a `${` whose name ends at `start`, counting nested `${...}`."""
+    depth = 1
+    i = start
+    while i < len(text):
+        if text.startswith("${", i):
+            depth += 1
+            i += 2
+            continue
+        if text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1

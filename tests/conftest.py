@@ -1,7 +1,9 @@
-"""Shared fixtures: a real `taskd run` subprocess on a free loopback port, with a temp SQLite file."""
+"""Shared fixtures: a real `taskd run` subprocess on a free loopback port, with a temp SQLite file;
+and the real aiohttp app with the real engine and SQLite store in-process, on an ephemeral port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,12 +15,21 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+from taskd import __version__
+from taskd.config import load_config
+from taskd.engine import Engine
+from taskd.http.app import create_app
+from taskd.metrics import Metrics
+from taskd.store import Store, open_store
 
 T = TypeVar("T")
 
@@ -41,10 +52,32 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
     return last
 
 
+async def until(predicate: Callable[[], bool], what: str = "") -> None:
+    """Poll `predicate` on the event loop until it holds; fail after 10 seconds."""
+    try:
+        async with asyncio.timeout(10):
+            while not predicate():  # noqa: ASYNC110  # polled with a deadline
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out after 10s waiting for {what or predicate}") from None
+
+
 def ts(value: str | None) -> float:
     """An ISO instant from the API as epoch seconds."""
     assert value is not None
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def encode_request(
+    token: str | None, body: Any, raw: bytes | None, headers: dict[str, str] | None
+) -> tuple[bytes | None, dict[str, str]]:
+    """A request's body (JSON unless `raw`) and headers (content type, bearer token, extras)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    all_headers = {"Content-Type": "application/json"} if data is not None else {}
+    if token:
+        all_headers["Authorization"] = f"Bearer {token}"
+    all_headers.update(headers or {})
+    return data, all_headers
 
 
 class Response:
@@ -71,11 +104,8 @@ class Daemon:
         self.token: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "daemon.log"
+        self.config_path = directory / "taskd.yml"
         self.write_config(config)
-
-    @property
-    def config_path(self) -> Path:
-        return self.dir / "taskd.yml"
 
     def write_config(self, config: str) -> None:
         text = textwrap.dedent(config).replace("{port}", str(self.port))
@@ -126,11 +156,7 @@ class Daemon:
         headers: dict[str, str] | None = None,
         timeout: float = 30,
     ) -> Response:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        all_headers = {"Content-Type": "application/json"} if data is not None else {}
-        if self.token:
-            all_headers["Authorization"] = f"Bearer {self.token}"
-        all_headers.update(headers or {})
+        data, all_headers = encode_request(self.token, body, raw, headers)
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=all_headers
         )
@@ -234,3 +260,76 @@ def base_config(tasks: str, pipelines: str, slots: int = 10, extra: str = "") ->
         + textwrap.indent(textwrap.dedent(pipelines).strip("\n"), "  ")
         + "\n"
     )
+
+
+class Api:
+    """The real app (engine, SQLite store in a temp dir, routes) served in-process on a free port."""
+
+    def __init__(self, client: TestClient[Any, Any], engine: Engine, store: Store) -> None:
+        self.client = client
+        self.engine = engine
+        self.store = store
+        self.token: str | None = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        data, all_headers = encode_request(self.token, body, raw, headers)
+        resp: ClientResponse = await self.client.request(method, path, data=data, headers=all_headers)
+        async with resp:
+            return Response(resp.status, await resp.read(), dict(resp.headers))
+
+    async def start_task(self, task_id: str, params: dict[str, Any] | None = None) -> str:
+        resp = await self.request("POST", f"/task/{task_id}/_start", {"params": params} if params is not None else None)
+        assert resp.status == 202, resp.text
+        return str(resp.json()["run_id"])
+
+    async def run_state(self, run_id: str) -> str:
+        """The run's state as the API shows it now."""
+        resp = await self.request("GET", f"/run/{run_id}")
+        assert resp.status == 200, resp.text
+        return str(resp.json()["state"])
+
+    async def wait_run(self, run_id: str) -> dict[str, Any]:
+        """Wait (15 s at most) for the run to end, on the run itself, then read it through the API."""
+        run = self.engine.live_run(run_id)
+        if run is not None:
+            await asyncio.wait_for(run.done.wait(), 15)
+        resp = await self.request("GET", f"/run/{run_id}")
+        assert resp.status == 200, resp.text
+        return dict(resp.json())
+
+
+@pytest.fixture
+async def api_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
+    """Make an `Api` from a config text (`base_config(...)`); everything is closed at the end."""
+    made: list[tuple[Api, Store]] = []
+
+    async def make(config: str, env: dict[str, str] | None = None, heartbeat_s: float = 15.0) -> Api:
+        directory = tmp_path / f"api{len(made)}"
+        directory.mkdir()
+        (directory / "taskd.yml").write_text(textwrap.dedent(config).replace("{port}", "0"))
+        loaded = load_config(directory / "taskd.yml", env or {})
+        metrics = Metrics(__version__, per_task=loaded.metrics.per_task)
+        store = open_store(loaded.store_location)
+        store.commit_observer = metrics.store_committed
+        await store.open()
+        engine = Engine(loaded, store, metrics=metrics)
+        await engine.start()
+        app = create_app(engine, store, loaded.api.token, loaded.api.max_body_bytes, metrics, heartbeat_s)
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+        await client.start_server()
+        api = Api(client, engine, store)
+        made.append((api, store))
+        return api
+
+    yield make
+    for api, store in reversed(made):
+        await api.client.close()
+        await api.engine.shutdown(1)
+        await store.close()

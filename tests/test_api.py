@@ -1,15 +1,18 @@
-"""The REST API through a real daemon: listing, details, auth, and JSON errors for bad input."""
+"""The REST API: listing, details, auth, and JSON errors for bad input. The real app, engine and
+SQLite store serve on a loopback port in-process; the unix socket listener goes through `taskd run`."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Daemon, base_config, wait_for
+from conftest import Api, Daemon, base_config, ts, wait_for
 
 TASKS = """
 - {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok, time_zone: Europe/Berlin}
@@ -23,15 +26,17 @@ PIPELINES = """
 
 
 @pytest.fixture
-def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
-    return daemon_factory(base_config(TASKS, PIPELINES)).start()
+async def api(api_factory: Callable[..., Awaitable[Api]]) -> Api:
+    return await api_factory(base_config(TASKS, PIPELINES))
 
 
-def test_list_tasks_with_status_next_run_and_filters(daemon: Daemon) -> None:
-    daemon.wait_run(daemon.start_task("alpha"))
-    daemon.wait_run(daemon.start_task("beta"))
+async def test_list_tasks_with_status_next_run_and_filters(
+    api: Api, api_factory: Callable[..., Awaitable[Api]]
+) -> None:
+    await api.wait_run(await api.start_task("alpha"))
+    await api.wait_run(await api.start_task("beta"))
     for path in ("/tasks", "/tasks/"):
-        body = daemon.request("GET", path).json()
+        body = (await api.request("GET", path)).json()
         assert body["total"] == 3
         by_id = {t["id"]: t for t in body["tasks"]}
         assert set(by_id) == {"alpha", "beta", "gamma"}
@@ -40,19 +45,27 @@ def test_list_tasks_with_status_next_run_and_filters(daemon: Daemon) -> None:
     assert alpha["next_run"].endswith(("+01:00", "+02:00")) and "T03:00:00" in alpha["next_run"]
     assert alpha["last_run"]["state"] == "completed" and alpha["duration"] is not None
     assert beta["status"] == "failed" and beta["schedule"] is None and beta["next_run"] is None
+    # Before its first run, a task without a schedule is manual, not scheduled.
+    fresh = await api_factory(base_config(TASKS, PIPELINES))
+    statuses = {t["id"]: t["status"] for t in (await fresh.request("GET", "/tasks")).json()["tasks"]}
+    assert statuses == {"alpha": "scheduled", "beta": "manual", "gamma": "disabled"}
     assert gamma["status"] == "disabled" and gamma["enabled"] is False and gamma["last_run"] is None
     assert alpha["pipeline"] == "ok"
-    failed = daemon.request("GET", "/tasks?status=failed").json()
+    failed = (await api.request("GET", "/tasks?status=failed")).json()
     assert [t["id"] for t in failed["tasks"]] == ["beta"] and failed["total"] == 1
-    page = daemon.request("GET", "/tasks?limit=1&offset=1").json()
+    page = (await api.request("GET", "/tasks?limit=1&offset=1")).json()
     assert [t["id"] for t in page["tasks"]] == ["beta"] and page["total"] == 3
-    assert [t["id"] for t in daemon.request("GET", "/tasks?q=alp").json()["tasks"]] == ["alpha"]
-    assert [t["id"] for t in daemon.request("GET", "/tasks?sort=-id").json()["tasks"]] == ["gamma", "beta", "alpha"]
+    assert [t["id"] for t in (await api.request("GET", "/tasks?q=alp")).json()["tasks"]] == ["alpha"]
+    assert [t["id"] for t in (await api.request("GET", "/tasks?sort=-id")).json()["tasks"]] == [
+        "gamma",
+        "beta",
+        "alpha",
+    ]
 
 
-def test_task_details(daemon: Daemon) -> None:
-    run = daemon.wait_run(daemon.start_task("alpha"))
-    body = daemon.request("GET", "/task/alpha").json()
+async def test_task_details(api: Api) -> None:
+    run = await api.wait_run(await api.start_task("alpha"))
+    body = (await api.request("GET", "/task/alpha")).json()
     assert body["definition"]["pipeline"]["processors"] == [{"log": {"message": "fine"}}]
     assert body["definition"]["source"].endswith("taskd.yml:6")
     assert len(body["next_runs"]) == 5
@@ -60,17 +73,46 @@ def test_task_details(daemon: Daemon) -> None:
     assert body["recent_runs"][0]["id"] == run["id"]
 
 
-def test_runs_history_filters_and_run_details(daemon: Daemon) -> None:
-    ok = daemon.wait_run(daemon.start_task("alpha"))
-    bad = daemon.wait_run(daemon.start_task("beta"))
+async def test_runs_history_filters_and_run_details(api: Api) -> None:
+    ok = await api.wait_run(await api.start_task("alpha"))
+    bad = await api.wait_run(await api.start_task("beta"))
     assert bad["state"] == "failed" and "exit code 2" in bad["error"]
     assert bad["attempt_list"][0]["steps"][0]["type"] == "shell"
-    everything = daemon.request("GET", "/runs").json()
+    everything = (await api.request("GET", "/runs")).json()
     assert everything["total"] == 2 and [r["id"] for r in everything["runs"]] == [bad["id"], ok["id"]]
-    assert [r["id"] for r in daemon.request("GET", "/runs?state=failed").json()["runs"]] == [bad["id"]]
-    assert daemon.request("GET", "/task/alpha/runs?trigger=schedule").json()["total"] == 0
-    log = daemon.request("GET", f"/run/{ok['id']}/log")
+    assert [r["id"] for r in (await api.request("GET", "/runs?state=failed")).json()["runs"]] == [bad["id"]]
+    assert (await api.request("GET", "/task/alpha/runs?trigger=schedule")).json()["total"] == 0
+    log = await api.request("GET", f"/run/{ok['id']}/log")
     assert log.status == 200 and log.headers["Content-Type"].startswith("text/plain") and "[log] fine" in log.text
+
+
+async def test_run_search_lists_text_sort_and_time(api: Api) -> None:
+    ok = await api.wait_run(await api.start_task("alpha"))
+    bad = await api.wait_run(await api.start_task("beta"))
+    again = await api.wait_run(await api.start_task("alpha", {"note": "needle-in-params"}))
+
+    async def ids(query: str) -> list[str]:
+        body = (await api.request("GET", f"/runs?{query}")).json()
+        assert body["total"] == len(body["runs"])
+        return [r["id"] for r in body["runs"]]
+
+    assert await ids("state=completed,failed") == [again["id"], bad["id"], ok["id"]]
+    assert await ids("task_id=alpha,beta&state=failed") == [bad["id"]]
+    assert await ids("q=EXIT%20CODE") == [bad["id"]]  # the error, any case
+    assert await ids("q=needle-in") == [again["id"]]  # params
+    assert await ids("q=alpha%20job") == [again["id"], ok["id"]]  # the task's name
+    assert await ids("sort=queued_at") == [ok["id"], bad["id"], again["id"]]
+    assert await ids("sort=-task_id") == [bad["id"], again["id"], ok["id"]]
+    assert (await ids("sort=duration"))[-1] in {ok["id"], bad["id"], again["id"]}
+    since = ts(bad["queued_at"])
+    assert await ids(f"since={since}") == [again["id"], bad["id"]]  # epoch seconds
+    assert await ids(f"until={bad['queued_at']}") == [ok["id"]]  # or ISO-8601
+    paged = (await api.request("GET", "/task/alpha/runs?limit=1&offset=1&sort=queued_at")).json()
+    assert paged["total"] == 2 and [r["id"] for r in paged["runs"]] == [again["id"]]
+    error = (await api.request("GET", "/runs?sort=colour")).json()["error"]["message"]
+    assert "queued_at, started_at, finished_at, duration, state, task_id" in error
+    error = (await api.request("GET", "/runs?state=done")).json()["error"]["message"]
+    assert "'done' is not one of queued, running, retrying, completed, failed, stopped, interrupted" in error
 
 
 @pytest.mark.parametrize(
@@ -92,10 +134,16 @@ def test_runs_history_filters_and_run_details(daemon: Daemon) -> None:
         ("GET", "/tasks?sort=color", 400, "bad_request"),
         ("GET", "/runs?state=sleeping", 400, "bad_request"),
         ("GET", "/runs?since=yesterday", 400, "bad_request"),
+        ("GET", "/tasks?status=nonsense", 400, "bad_request"),
+        ("GET", "/runs?task_id=nope", 404, "not_found"),
+        ("GET", "/runs?state=completed,sleeping", 400, "bad_request"),
+        ("GET", "/runs?sort=colour", 400, "bad_request"),
+        ("GET", "/runs?stat=failed", 400, "bad_request"),
+        ("GET", "/task/alpha/runs?trigger=cron", 400, "bad_request"),
     ],
 )
-def test_errors_are_json_with_the_right_status(daemon: Daemon, method: str, path: str, status: int, code: str) -> None:
-    resp = daemon.request(method, path)
+async def test_errors_are_json_with_the_right_status(api: Api, method: str, path: str, status: int, code: str) -> None:
+    resp = await api.request(method, path)
     assert resp.status == status
     assert resp.headers["Content-Type"].startswith("application/json")
     error = resp.json()["error"]
@@ -112,58 +160,80 @@ def test_errors_are_json_with_the_right_status(daemon: Daemon, method: str, path
         (b'{"params": {}, "extra": 1}', "unknown field(s) 'extra'"),
     ],
 )
-def test_malformed_start_bodies_get_400(daemon: Daemon, raw: bytes, fragment: str) -> None:
-    resp = daemon.request("POST", "/task/alpha/_start", raw=raw)
+async def test_malformed_start_bodies_get_400(api: Api, raw: bytes, fragment: str) -> None:
+    resp = await api.request("POST", "/task/alpha/_start", raw=raw)
     assert resp.status == 400
     assert fragment in resp.json()["error"]["message"]
-    assert daemon.request("GET", "/task/alpha/runs").json()["total"] == 0
+    assert (await api.request("GET", "/task/alpha/runs")).json()["total"] == 0
 
 
-def test_oversized_bodies_get_413(daemon_factory: Callable[..., Daemon]) -> None:
+async def test_oversized_bodies_get_413(api_factory: Callable[..., Awaitable[Api]]) -> None:
     config = base_config(TASKS, PIPELINES).replace(
         "api: {listen: '127.0.0.1:{port}'}", "api: {listen: '127.0.0.1:{port}', max_body_bytes: 2048}"
     )
-    daemon = daemon_factory(config).start()
-    resp = daemon.request("POST", "/task/alpha/_start", {"params": {"blob": "x" * 5000}})
+    api = await api_factory(config)
+    resp = await api.request("POST", "/task/alpha/_start", {"params": {"blob": "x" * 5000}})
     assert resp.status == 413 and resp.json()["error"]["code"] == "payload_too_large"
-    small = daemon.request("POST", "/task/alpha/_start", {"params": {"blob": "x" * 100}})
+    small = await api.request("POST", "/task/alpha/_start", {"params": {"blob": "x" * 100}})
     assert small.status == 202
-    assert daemon.request("GET", "/health").status == 200
+    assert (await api.request("GET", "/health")).status == 200
 
 
-def test_garbage_on_the_socket_does_not_hurt_the_daemon(daemon: Daemon) -> None:
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
-        sock.sendall(b"\x00\x01\x02 NOT HTTP\r\n\r\n")
-        sock.recv(1024)
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
-        sock.sendall(b"GET /tasks HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
-        assert sock.recv(1024).split(b" ")[1] == b"400"  # answered by aiohttp's parser, before the app
-    assert daemon.request("GET", "/health").status == 200
+async def test_garbage_on_the_socket_does_not_hurt_the_daemon(api: Api) -> None:
+    port = api.client.port
+    assert port is not None
+
+    def poke() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"\x00\x01\x02 NOT HTTP\r\n\r\n")
+            sock.recv(1024)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /tasks HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+            return sock.recv(1024)
+
+    answer = await asyncio.to_thread(poke)
+    assert answer.split(b" ")[1] == b"400"  # answered by aiohttp's parser, before the app
+    assert (await api.request("GET", "/health")).status == 200
 
 
-def test_bearer_token_is_required_on_every_request(daemon_factory: Callable[..., Daemon]) -> None:
+async def test_bearer_token_is_required_on_every_request(api_factory: Callable[..., Awaitable[Api]]) -> None:
     config = base_config(TASKS, PIPELINES).replace(
         "api: {listen: '127.0.0.1:{port}'}", "api: {listen: '127.0.0.1:{port}', token: '${SECRET}'}"
     )
-    daemon = daemon_factory(config, env={"SECRET": "s3cret-value"}).start(ready=False)
-    wait_for(lambda: _status(daemon, "/health", None) == 401, timeout=20, what="the API to come up")
-    for path in ("/health", "/tasks", "/task/alpha", "/runs"):
-        resp = daemon.request("GET", path)
+    api = await api_factory(config, env={"SECRET": "s3cret-value"})
+    for path in ("/tasks", "/task/alpha", "/runs", "/processors", "/run/x/log"):
+        resp = await api.request("GET", path)
         assert resp.status == 401 and resp.json()["error"]["code"] == "unauthorized"
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-    assert _status(daemon, "/tasks", "Bearer wrong") == 401
-    assert _status(daemon, "/tasks", "Basic s3cret-value") == 401
-    assert _status(daemon, "/tasks", "Bearer s3cret-value") == 200
-    assert daemon.request("POST", "/task/alpha/_start").status == 401
-    daemon.token = "s3cret-value"
-    assert daemon.request("POST", "/task/alpha/_start").status == 202
+    # /health answers without the token, with the bare status only; a wrong token gets no more.
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        bare = await api.request("GET", "/health", headers=headers)
+        assert bare.status == 200 and bare.json() == {"status": "ok"}
+    full = await api.request("GET", "/health", headers={"Authorization": "Bearer s3cret-value"})
+    assert full.status == 200 and full.json()["scheduler"] == "running" and "slots" in full.json()
+
+    async def status(authorization: str) -> int:
+        return (await api.request("GET", "/tasks", headers={"Authorization": authorization})).status
+
+    assert await status("Bearer wrong") == 401
+    assert await status("Basic s3cret-value") == 401
+    assert await status("Bearer s3cret-value") == 200
+    assert (await api.request("POST", "/task/alpha/_start")).status == 401
+    api.token = "s3cret-value"
+    assert (await api.request("POST", "/task/alpha/_start")).status == 202
 
 
-def _status(daemon: Daemon, path: str, authorization: str | None) -> int:
-    try:
-        return daemon.request("GET", path, headers={"Authorization": authorization} if authorization else {}).status
-    except OSError:
-        return 0
+def test_the_access_log_is_off_by_default_and_on_with_log_access(daemon_factory: Callable[..., Daemon]) -> None:
+    config = base_config(TASKS, PIPELINES)
+    for name, text in (("off", config), ("on", config.replace("format: json}", "format: json, access: true}"))):
+        daemon = daemon_factory(text, subdir=name).start()
+        assert daemon.request("GET", "/tasks?q=access-probe").status == 200
+        assert daemon.stop() == 0
+        access = [e for e in daemon.events() if e.get("logger") == "aiohttp.access"]
+        if name == "off":
+            assert access == []
+        else:
+            assert any("GET /tasks?q=access-probe" in e["event"] for e in access), access
 
 
 def test_unix_socket_listener(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
@@ -185,10 +255,37 @@ def test_unix_socket_listener(daemon_factory: Callable[..., Daemon], tmp_path: P
     assert daemon.stop() == 0
 
 
-def test_processors_endpoint_lists_types_and_options(daemon: Daemon) -> None:
-    body = daemon.request("GET", "/processors").json()
+async def test_processors_endpoint_lists_types_and_options(api: Api) -> None:
+    body = (await api.request("GET", "/processors")).json()
     kinds = {p["type"]: p for p in body["processors"]}
     assert {"shell", "http", "sleep", "log", "python"} <= set(kinds)
     shell = {o["name"]: o for o in kinds["shell"]["options"]}
     assert shell["kill_grace"]["default"] == 5.0 and not shell["command"]["required"]
     assert {o["name"] for o in kinds["http"]["options"]} >= {"url", "method", "json", "expect", "timeout"}
+
+
+async def test_a_run_read_while_it_ends_is_shown_as_it_was_when_read(
+    api_factory: Callable[..., Awaitable[Api]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /run reads the store after looking at the live run; if the run ends in between, the
+    answer must not pair the new state with the older attempts and steps."""
+    api = await api_factory(
+        base_config("- {id: nap, pipeline: nap}", "- {name: nap, processors: [{shell: {command: 'sleep 0.3'}}]}")
+    )
+    run_id = await api.start_task("nap")
+    live = api.engine.live_run(run_id)
+    assert live is not None
+    read_attempts = api.store.attempts
+
+    async def attempts_then_the_run_ends(rid: str) -> Any:
+        found = await read_attempts(rid)
+        await live.done.wait()  # the run ends while the handler is still reading
+        return found
+
+    monkeypatch.setattr(api.store, "attempts", attempts_then_the_run_ends)
+    view = (await api.request("GET", f"/run/{run_id}")).json()
+    assert view["state"] == "running" and view["finished_at"] is None
+    assert [a["state"] for a in view["attempt_list"]] == ["running"]
+    monkeypatch.undo()
+    done = await api.wait_run(run_id)
+    assert done["state"] == "completed" and [a["state"] for a in done["attempt_list"]] == ["completed"]

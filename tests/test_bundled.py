@@ -1,30 +1,52 @@
-"""The bundled taskd.yml and pipelines/ run out of the box, and the systemd unit is well formed."""
+"""The bundled taskd.yml and pipelines/ run out of the box, and as the systemd unit installs them."""
 
 from __future__ import annotations
 
-import configparser
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import Daemon, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_every_bundled_task_succeeds_on_a_fresh_machine(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+def _tree(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*")}
+
+
+@pytest.mark.parametrize("layout", ["checkout", "installed"])
+def test_every_bundled_task_succeeds_on_a_fresh_machine(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path, layout: str
+) -> None:
+    """`checkout`: taskd.yml run where it lies, state under ./var. `installed`: as the systemd unit
+    runs it, the configuration in etc/taskd (left untouched), everything written in
+    $STATE_DIRECTORY (also the working directory), and an API token set."""
     daemon = daemon_factory("placeholder: true\n")
-    shutil.copy(ROOT / "taskd.yml", daemon.config_path)
-    shutil.copytree(ROOT / "pipelines", daemon.dir / "pipelines")
     port = free_port()
     daemon.port = port
     env = {"TASKD_LISTEN": f"127.0.0.1:{port}", "TASKD_URL": f"http://127.0.0.1:{port}"}
     # A nearly full disk on the test machine must not decide this test; thresholds get their own test.
     env |= {"TASKD_DISK_THRESHOLD": "100", "TASKD_MEMORY_THRESHOLD": "100"}
+    if layout == "installed":
+        etc, state = tmp_path / "etc" / "taskd", tmp_path / "var" / "lib" / "taskd"
+        state.mkdir(parents=True)
+        env["STATE_DIRECTORY"] = str(state)
+        env["TASKD_TOKEN"] = daemon.token = "a-token-the-bundled-health-checks-do-not-need"
+        daemon.dir = state
+        daemon.log_path = state.parent / "daemon.log"
+    else:
+        etc, state = daemon.dir, daemon.dir / "var"
+    etc.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "taskd.yml", etc / "taskd.yml")
+    shutil.copytree(ROOT / "pipelines", etc / "pipelines")
+    daemon.config_path = etc / "taskd.yml"
+    before = _tree(etc)
     daemon.start(extra_env=env)
-    (daemon.dir / "var" / "logs").mkdir(parents=True, exist_ok=True)
-    stale = daemon.dir / "var" / "logs" / "old.log"
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    stale = state / "logs" / "old.log"
     stale.write_text("x")
     os.utime(stale, (0, 0))
     tasks = [t["id"] for t in daemon.request("GET", "/tasks").json()["tasks"]]
@@ -34,16 +56,8 @@ def test_every_bundled_task_succeeds_on_a_fresh_machine(daemon_factory: Callable
         log = daemon.request("GET", f"/run/{run['id']}/log").text
         assert run["state"] == "completed", (task_id, run["error"], log)
     assert not stale.exists(), "log_rotation deletes *.log files older than 14 days"
+    assert len(list((state / "backups").glob("pipelines-*.tar.gz"))) == 1
+    assert (state / "taskd.db").exists()
     assert daemon.stop() == 0
-
-
-def test_systemd_unit_is_type_notify_with_reload_and_watchdog() -> None:
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(ROOT / "config" / "taskd.service")
-    service = parser["Service"]
-    assert service["Type"] == "notify"
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    assert service["ExecStart"].endswith("taskd run -c /etc/taskd/taskd.yml")
-    assert int(service["WatchdogSec"]) > 0
-    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    if layout == "installed":
+        assert _tree(etc) == before, "nothing is written next to the configuration"

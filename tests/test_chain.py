@@ -19,7 +19,8 @@ from conftest import free_port
 from taskd.config import Config, load_config
 from taskd.engine import Engine
 from taskd.models import RunState
-from taskd.pipeline import Context, StepFailed, builtin_types
+from taskd.processor import Context, StepFailed
+from taskd.processors import registry
 from taskd.store.sqlite import SQLiteStore
 
 
@@ -54,7 +55,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Any]:
         )
         (tmp_path / "taskd.yml").write_text(text)
         config: Config = load_config(tmp_path / "taskd.yml", {})
-        store = SQLiteStore(config.store_path)
+        store = SQLiteStore(Path(config.store_location))
         await store.open()
         engine = Engine(config, store)
         await engine.start()
@@ -129,6 +130,20 @@ async def test_per_step_timeout_and_retry(harness: Any, tmp_path: Path) -> None:
     assert len(marker.read_text().splitlines()) == 3
     assert result["steps"][1].state.value == "failed" and "timed out after 0.2s" in result["steps"][1].error
     assert time.monotonic() - started < 3
+
+
+async def test_step_retries_back_off_with_the_shared_backoff_capped_at_max_backoff(harness: Any) -> None:
+    h = await harness(
+        """
+  - name: p
+    processors:
+      - shell: {command: "exit 3", retry: {count: 3, backoff: 0.02s, max_backoff: 0.03s}}
+"""
+    )
+    result = await h.run("t")
+    assert result["record"].state is RunState.FAILED
+    waits = [line.rsplit(" in ", 1)[1] for line in result["log"] if "try " in line]
+    assert waits == ["0.02s", "0.03s", "0.03s"]  # 0.02, then 0.04 and 0.08 capped
 
 
 async def test_templating_in_options(harness: Any, tmp_path: Path) -> None:
@@ -352,13 +367,13 @@ def test_alert_options_are_checked_at_load_time(tmp_path: Path) -> None:
         load_config(tmp_path / "taskd.yml", {})
     text = "\n".join(info.value.problems)
     assert "processors[0].send_alert.condition: must be one of" in text and "got string 'sometimes'" in text
-    assert "processors[3].send_alert: give at least one channel" in text
+    assert "processors[3]" not in text  # no channel is allowed: it alerts to the daemon log
     assert "processors[1].send_alert.when: when (success) and condition (failure) disagree" in text
     assert "processors[2].copy.bogus: unknown key 'bogus'" in text and "every processor also takes" in text
 
 
 def test_every_builtin_type_is_registered() -> None:
-    assert set(builtin_types()) >= {
+    assert set(registry().types) >= {
         "shell", "http", "sleep", "log", "python", "copy", "compress", "rotate", "upload",
         "check_disk_space", "check_memory", "check_http", "send_alert",
     }  # fmt: skip

@@ -1,40 +1,69 @@
-"""The command line, through the real entry points (`taskd` and `python -m taskd`)."""
+"""The command line: `cli.main(argv)` in-process, and the real entry points (`taskd` and
+`python -m taskd`) once each."""
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from taskd import __version__, client
+from taskd.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def taskd(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "taskd", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=60
-    )
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def taskd(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Result:
+    """`taskd ARGS` in this process, in `cwd`, with `env` added to the environment."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit:  # argparse: --help, --version and usage errors
+                code = exit.code if isinstance(exit.code, int) else 1
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def test_console_script_is_installed() -> None:
-    script = shutil.which("taskd")
-    assert script, "pip install -e . should put a `taskd` script on PATH"
+    # Beside the interpreter (a venv's bin/), or on PATH for an installation into the system.
+    beside = Path(sys.executable).with_name("taskd")
+    script = str(beside) if beside.exists() else shutil.which("taskd")
+    assert script, "pip install -e . should put a `taskd` script beside python or on PATH"
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("taskd ")
 
 
-def test_version() -> None:
-    result = taskd("--version")
+def test_python_dash_m_taskd_runs_the_same_command_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "taskd", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0
-    assert result.stdout.strip().startswith("taskd ")
+    assert result.stdout.strip() == f"taskd {__version__}"
+    assert taskd("--version").stdout == result.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["next"], ["processors"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["run"], ["check"], ["next"], ["processors"], *([c] for c in client.COMMANDS)],
+)
 def test_help_on_every_subcommand(command: list[str]) -> None:
     result = taskd(*command, "--help")
     assert result.returncode == 0
@@ -101,6 +130,7 @@ def test_check_lists_tasks_with_status_schedule_zone_and_next_fires(tmp_path: Pa
     nightly, paused = out.split("\nnightly")[1].split("\npaused")
     assert "status:    enabled" in nightly and "Europe/Berlin" in nightly and "30 2 * * *" in nightly
     assert "status:    disabled" in paused and "America/New_York" in paused and "@hourly" in paused
+    assert "pipeline:  p (1 processor)\n" in nightly
     stamps = [line.split()[-1] for line in nightly.splitlines() if "T02:30:00" in line]
     assert len(stamps) == 3
     assert all(datetime.fromisoformat(s).utcoffset() is not None for s in stamps)
@@ -135,3 +165,33 @@ def test_check_on_the_bundled_config() -> None:
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     result = taskd("check", "-c", "absent.yml", cwd=tmp_path)
     assert result.returncode == 2 and "config file not found" in result.stderr
+    assert f"looked for absent.yml in {tmp_path}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("api", "code"),
+    [
+        ("{listen: '0.0.0.0:8080'}", 2),
+        ("{listen: '0.0.0.0:8080', token: secret}", 0),
+        ("{listen: '0.0.0.0:8080', insecure: true}", 0),
+        ("{listen: '[::1]:8080'}", 0),
+        ("{listen: 'localhost:8080'}", 0),
+        ("{listen: 'unix:/run/taskd/api.sock'}", 0),
+    ],
+)
+def test_check_refuses_what_run_refuses_an_open_listener_without_a_token(tmp_path: Path, api: str, code: int) -> None:
+    (tmp_path / "taskd.yml").write_text(f"api: {api}\n")
+    result = taskd("check", "-c", "taskd.yml", cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    if code:
+        assert "taskd.yml:1: api: refusing to listen on 0.0.0.0:8080 without api.token" in result.stderr
+
+
+def test_processors_lists_option_types_in_words() -> None:
+    result = taskd("processors")
+    assert result.returncode == 0
+    for python_spelling in ("Annotated", "Optional", "Literal[", "Strict(", "tuple[", "dict["):
+        assert python_spelling not in result.stdout
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("    ")}
+    assert "one of gzip|bzip2|xz" in lines["algorithm"] and "duration" in lines["kill_grace"]
+    assert "list of integers" in lines["expect"] and "string (optional)" in lines["cwd"]

@@ -88,7 +88,7 @@ def test_a_full_config_loads_with_defaults_and_overrides(tmp_path: Path) -> None
     assert config.task.max_concurrent_tasks == 3
     assert config.task.shutdown_timeout == 5400
     assert config.api.listen == "127.0.0.1:8080" and config.api.token is None
-    assert config.store_path == (tmp_path / "data" / "t.db").resolve()
+    assert Path(config.store_location) == (tmp_path / "data" / "t.db").resolve()
     backup, manual = config.tasks
     assert backup.timeout == 1800 and backup.retry.count == 3 and backup.retry.backoff == 10
     assert backup.concurrency == "queue" and backup.misfire == "run_once" and backup.priority == 5
@@ -148,6 +148,28 @@ def test_environment_variables_expand_with_defaults_and_types(tmp_path: Path) ->
     assert config.api.listen == "127.0.0.1:9999"
     assert config.tasks[0].params == {"price": "$5", "host": "db.local"}
     assert config.tasks[1].enabled is True and config.tasks[1].priority == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "expected"),
+    [
+        ("${A:-${B:-x}}/y", {}, "x/y"),
+        ("${A:-${B:-x}}/y", {"B": "b"}, "b/y"),
+        ("${A:-${B:-x}}/y", {"A": "a", "B": "b"}, "a/y"),
+        ("${A:-}", {}, ""),
+        ("cost $$${A:-5} and $", {}, "cost $5 and $"),
+        ("${A:-{braces}}", {}, "{braces}"),
+    ],
+)
+def test_defaults_nest_like_a_shell(tmp_path: Path, value: str, env: dict[str, str], expected: str) -> None:
+    config = load(tmp_path, f"tasks:\n  - {{id: t, pipeline: p, params: {{v: '{value}'}}}}\n" + PIPELINE, env=env)
+    assert config.tasks[0].params["v"] == expected
+
+
+@pytest.mark.parametrize("value", ["${A:-${B:-x}", "${A", "${A:x}", "${1A}"])
+def test_malformed_expansions_are_errors(tmp_path: Path, value: str) -> None:
+    found = problems(tmp_path, f"api:\n  token: '{value}'\n")
+    assert only(found).startswith("taskd.yml:2: api.token: unterminated or malformed ${...}")
 
 
 def test_quoted_expansion_stays_a_string(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-from taskd.pipeline import Context, StepFailed, builtin_types
+from taskd.processor import Context, StepFailed
+from taskd.processors import registry
 from taskd.processors.files import select_for_deletion
 
 
@@ -31,9 +32,9 @@ class Lines:
         self.lines.append((stream, text))
 
 
-def ctx(base: Path, **data: Any) -> Context:
+def ctx(base: Path, task_id: str = "backup", **data: Any) -> Context:
     c = Context(
-        task_id="backup", task_name="Backup", run_id="r1", attempt=1, trigger="manual", params={"dest": "out"},
+        task_id=task_id, task_name="Backup", run_id="r1", attempt=1, trigger="manual", params={"dest": "out"},
         log=Lines(), base_dir=base, time_zone="Europe/Berlin",
     )  # fmt: skip
     c.data.update(data)
@@ -41,7 +42,7 @@ def ctx(base: Path, **data: Any) -> Context:
 
 
 def build(kind: str, **options: Any) -> Any:
-    spec = builtin_types()[kind]
+    spec = registry().types[kind]
     return spec.build(spec.options.model_validate(options))
 
 
@@ -86,10 +87,21 @@ async def test_copy_a_file_into_an_existing_directory_and_overwrite(tmp_path: Pa
     await build("copy", source="f.txt", destination="dir").run(ctx(tmp_path))
     assert (tmp_path / "dir" / "f.txt").read_text() == "one"
     (tmp_path / "f.txt").write_text("two")
-    with pytest.raises(StepFailed, match="already exists; set overwrite: true"):
-        await build("copy", source="f.txt", destination="dir").run(ctx(tmp_path))
-    await build("copy", source="f.txt", destination="dir", overwrite=True).run(ctx(tmp_path))
+    # The same task replaces its own earlier product; another task does not, unless told to.
+    await build("copy", source="f.txt", destination="dir").run(ctx(tmp_path))
     assert (tmp_path / "dir" / "f.txt").read_text() == "two"
+    (tmp_path / "f.txt").write_text("three")
+    refused = "already exists and no earlier run of this task produced it; set overwrite: true"
+    with pytest.raises(StepFailed, match=refused):
+        await build("copy", source="f.txt", destination="dir").run(ctx(tmp_path, task_id="other"))
+    assert (tmp_path / "dir" / "f.txt").read_text() == "two"
+    await build("copy", source="f.txt", destination="dir", overwrite=True).run(ctx(tmp_path, task_id="other"))
+    assert (tmp_path / "dir" / "f.txt").read_text() == "three"
+    (tmp_path / "dir" / "mine.txt").write_text("an operator's file")  # not produced by taskd at all
+    (tmp_path / "mine.txt").write_text("x")
+    with pytest.raises(StepFailed, match=refused):
+        await build("copy", source="mine.txt", destination="dir").run(ctx(tmp_path))
+    assert (tmp_path / "dir" / "mine.txt").read_text() == "an operator's file"
 
 
 async def test_copy_refuses_a_directory_into_itself_and_a_missing_source(tmp_path: Path) -> None:
@@ -160,7 +172,7 @@ def test_permission_denied_is_a_clear_step_failure(tmp_path: Path) -> None:
             import asyncio, os, sys
             sys.path.insert(0, {str(Path(__file__).parent)!r})
             from test_file_processors import build, ctx
-            from taskd.pipeline import StepFailed
+            from taskd.processor import StepFailed
             import taskd.processors.files, concurrent.futures.thread, pathlib
             os.setgid(65534); os.setuid(65534)
             copy = build("copy", source={str(secret)!r}, destination="/tmp/never-{os.getpid()}")
@@ -257,8 +269,11 @@ async def test_upload_to_a_local_directory(tmp_path: Path) -> None:
     out = await build("upload", destination=f"file://{tmp_path}/store/").run(c)
     assert (tmp_path / "store" / "data.tar.gz").read_bytes() == b"archive bytes"
     assert out["output"] == (tmp_path / "store" / "data.tar.gz").as_uri()
-    with pytest.raises(StepFailed, match="already exists"):
-        await build("upload", destination="store/").run(c)
+    archive.write_bytes(b"newer bytes")
+    await build("upload", destination="store/").run(c)  # this task's own upload: replaced
+    assert (tmp_path / "store" / "data.tar.gz").read_bytes() == b"newer bytes"
+    with pytest.raises(StepFailed, match="no earlier run of this task produced it"):
+        await build("upload", destination="store/").run(ctx(tmp_path, task_id="other", output=str(archive)))
     renamed = await build("upload", destination="store/{task.id}-{now:%Y}.tgz").run(c)
     assert renamed["output"].endswith(f"/store/backup-{time.strftime('%Y')}.tgz")
 
@@ -299,11 +314,21 @@ async def test_upload_to_s3_with_multipart(tmp_path: Path, s3: dict[str, str]) -
     assert head["ETag"].strip('"').endswith("-3"), "12 MiB in 5 MiB parts is a 3-part upload"
     body = client.get_object(Bucket="backups", Key="nightly/big.bin")["Body"].read()
     assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
-    with pytest.raises(StepFailed, match="already exists"):
-        await build("upload", source="big.bin", destination="s3://backups/nightly/", **options).run(ctx(tmp_path))
+    again = await build("upload", source="big.bin", destination="s3://backups/nightly/", **options).run(ctx(tmp_path))
+    assert again["output"] == out["output"]  # the same task replaces its own object
+    with pytest.raises(StepFailed, match="no earlier run of this task produced it"):
+        await build("upload", source="big.bin", destination="s3://backups/nightly/", **options).run(
+            ctx(tmp_path, task_id="other")
+        )
+    client.put_object(Bucket="backups", Key="nightly/theirs.bin", Body=b"someone else's")
+    (tmp_path / "theirs.bin").write_bytes(b"ours")
+    with pytest.raises(StepFailed, match="no earlier run of this task produced it"):
+        await build("upload", source="theirs.bin", destination="s3://backups/nightly/", **options).run(ctx(tmp_path))
 
 
-async def test_upload_a_directory_to_s3_and_an_unreachable_endpoint(tmp_path: Path, s3: dict[str, str]) -> None:
+async def test_upload_a_directory_to_s3_and_an_unreachable_endpoint(
+    tmp_path: Path, s3: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import boto3
 
     make_tree(tmp_path)
@@ -318,6 +343,7 @@ async def test_upload_a_directory_to_s3_and_an_unreachable_endpoint(tmp_path: Pa
     }
     assert keys == {"trees/data/a.txt", "trees/data/link", "trees/data/sub/b.bin", "trees/data/sub/deeper/c.txt"}
     closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries would take seconds to give up
     with pytest.raises(StepFailed, match="upload to s3://backups/x failed"):
         await build("upload", source="data/a.txt", destination="s3://backups/x", endpoint_url=closed).run(ctx(tmp_path))
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, base_config, kill_matching, processes_matching, ts, wait_for
+from conftest import Daemon, base_config, kill_matching, processes_matching, wait_for
 
 
 @pytest.fixture
@@ -242,25 +242,26 @@ def test_sigterm_stops_runs_past_the_shutdown_timeout(daemon_factory: Callable[.
     assert run["state"] == "stopped" and "daemon shutdown" in run["error"]
 
 
-def test_misfire_run_once_catches_up_and_skip_records(daemon_factory: Callable[..., Daemon]) -> None:
-    daemon = daemon_factory(
-        base_config(
-            """
-            - {id: eager, schedule: '* * * * * *', pipeline: p, misfire: run_once}
-            - {id: lazy, schedule: '* * * * * *', pipeline: p}
-            """,
-            "- {name: p, processors: [{log: {message: hi}}]}",
-        )
-    ).start()
-    wait_for(lambda: daemon.runs("eager") and daemon.runs("lazy"), what="both tasks to fire once")
-    assert daemon.stop() == 0
-    time.sleep(2.5)
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_while_draining_stops_the_runs_at_once(
+    daemon_factory: Callable[..., Daemon], marker: str, second: signal.Signals
+) -> None:
+    config = base_config(
+        "- {id: long, pipeline: p}", f"- {{name: p, processors: [{{shell: {{command: 'sleep {marker}'}}}}]}}"
+    )
+    daemon = daemon_factory(config.replace("shutdown_timeout: 5s", "shutdown_timeout: 60s")).start()
+    run_id = daemon.start_task("long")
+    wait_for(lambda: processes_matching(f"sleep {marker}"))
+    daemon.send(signal.SIGTERM)
+    wait_for(lambda: any(e.get("event") == "draining_runs" for e in daemon.events()), what="the drain")
+    began = time.monotonic()
+    assert daemon.stop(second) == 0
+    assert time.monotonic() - began < 5  # not the 60 s grace
+    assert not processes_matching(f"sleep {marker}")
+    assert any(e.get("event") == "stop_hurried" for e in daemon.events())
     daemon.start()
-    catch_up = wait_for(lambda: daemon.runs("eager", trigger="catch_up"), what="a catch-up run")
-    assert len(catch_up) == 1 and ts(catch_up[0]["scheduled_at"]) < ts(catch_up[0]["queued_at"])
-    assert daemon.runs("lazy", trigger="catch_up") == []
-    missed = daemon.request("GET", "/task/lazy").json()["skipped_fires"]
-    assert missed[0]["kind"] == "missed" and "while the daemon was down" in missed[0]["reason"]
+    run = daemon.run(run_id)
+    assert run["state"] == "stopped" and "asked again while draining" in run["error"]
 
 
 def test_systemd_notifications(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
@@ -296,8 +297,8 @@ def test_non_loopback_listen_without_token_is_refused(daemon_factory: Callable[.
     config = base_config("- {id: a, pipeline: p}", "- {name: p, processors: [{log: {message: hi}}]}")
     daemon = daemon_factory(config.replace("'127.0.0.1:{port}'", "'0.0.0.0:{port}'"))
     daemon.start(ready=False)
-    assert daemon.proc is not None and daemon.proc.wait(20) == 1
-    assert "refusing to listen on 0.0.0.0" in daemon.output()
+    assert daemon.proc is not None and daemon.proc.wait(20) == 2  # a configuration error
+    assert "api: refusing to listen on 0.0.0.0" in daemon.output()
 
 
 def test_a_taken_port_is_a_clear_start_up_error(daemon_factory: Callable[..., Daemon]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, base_config
+from conftest import Daemon, base_config, wait_for
 
 PLUGIN = """
 from pydantic import Field
-from taskd.pipeline import ProcessorOptions, ProcessorType
+from taskd.processor import ProcessorOptions, ProcessorType
 
 class ShoutOptions(ProcessorOptions):
     text: str = Field(description="what to shout")
@@ -32,6 +33,12 @@ class Shout:
 TYPE = ProcessorType("shout", ShoutOptions, "shout a text into the run log", Shout)
 IMPOSTOR = ProcessorType("sleep", ShoutOptions, "not the real sleep", Shout)
 TWIN = ProcessorType("shout", ShoutOptions, "a second shout", Shout)
+
+class Boom:
+    def __init__(self, options):
+        raise RuntimeError("no credentials for " + options.text)
+
+EXPLODING = ProcessorType("explode", ShoutOptions, "a constructor that raises", Boom)
 """
 
 
@@ -46,7 +53,7 @@ def plugin_path(tmp_path: Path) -> str:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: taskd-shout\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
         "[taskd.processors]\nshout = taskd_shout:TYPE\nbroken = taskd_no_such_module:TYPE\n"
-        "sleep = taskd_shout:IMPOSTOR\nshout2 = taskd_shout:TWIN\n"
+        "sleep = taskd_shout:IMPOSTOR\nshout2 = taskd_shout:TWIN\nexplode = taskd_shout:EXPLODING\n"
     )
     return str(site)
 
@@ -112,3 +119,31 @@ def test_a_plugin_runs_in_the_daemon(plugin_path: str, daemon_factory: Callable[
     assert "[log] HEY HEY" in log and "[log] 2" in log
     kinds = {p["type"] for p in daemon.request("GET", "/processors").json()["processors"]}
     assert "shout" in kinds
+
+
+def test_a_processor_whose_constructor_raises_is_a_config_error_and_never_kills_a_reload(
+    plugin_path: str, daemon_factory: Callable[..., Daemon]
+) -> None:
+    good = base_config("- {id: t, pipeline: p}", "- {name: p, processors: [{shout: {text: hi}}]}")
+    bad = base_config("- {id: t, pipeline: p}", "- {name: p, processors: [{explode: {text: vault}}]}")
+    daemon = daemon_factory(good, env={"PYTHONPATH": plugin_path}).start()
+    (daemon.dir / "bad.yml").write_text(bad.replace("{port}", str(daemon.port)))
+    check = subprocess.run(
+        [sys.executable, "-m", "taskd", "check", "-c", "bad.yml"],
+        capture_output=True, text=True, cwd=daemon.dir, env=_env(plugin_path),
+    )  # fmt: skip
+    assert check.returncode == 2
+    assert "bad.yml:" in check.stderr
+    assert "pipelines[0].processors[0].explode: processor 'explode' cannot be built" in check.stderr
+    assert "RuntimeError: no credentials for vault" in check.stderr
+
+    daemon.write_config(bad)
+    daemon.send(signal.SIGHUP)
+    failed = wait_for(
+        lambda: [e for e in daemon.events() if e.get("event") == "config_reload_failed"], what="the failed reload"
+    )
+    assert any("no credentials for vault" in problem for problem in failed[-1]["errors"])
+    run = daemon.wait_run(daemon.start_task("t"))  # the old configuration still runs
+    assert run["state"] == "completed"
+    assert "[log] HI" in daemon.request("GET", f"/run/{run['id']}/log").text
+    assert daemon.stop() == 0

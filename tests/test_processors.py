@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from taskd.pipeline import Context, StepFailed, builtin_types
+from taskd.processor import Context, StepFailed
+from taskd.processors import registry
 
 
 class Lines:
@@ -31,7 +32,7 @@ def ctx(tmp_path: Path, **params: Any) -> Context:
 
 
 def build(kind: str, **options: Any) -> Any:
-    spec = builtin_types()[kind]
+    spec = registry().types[kind]
     return spec.build(spec.options.model_validate(options))
 
 

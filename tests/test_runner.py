@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from taskd.chain import Step
+from taskd.clock import SystemClock
 from taskd.config import RetryPolicy, TaskConfig
 from taskd.models import RunRecord, RunState, Trigger, new_run_id
-from taskd.pipeline import Context
-from taskd.runner import Run, RunPlan, backoff_delay
+from taskd.processor import Context, StepPolicy
+from taskd.retry import backoff_delay
+from taskd.runner import Run, RunPlan
 from taskd.slots import SlotPool
 from taskd.store.sqlite import SQLiteStore
 
@@ -28,9 +31,10 @@ class Nap:
 
 def _run(store: SQLiteStore, slots: SlotPool, tmp_path: Path, seconds: float = 0.05) -> Run:
     task = TaskConfig(id="t", pipeline="p")
-    record = RunRecord(id=new_run_id(), task_id="t", trigger=Trigger.MANUAL, queued_at=time.time())
+    record = RunRecord(id=new_run_id(time.time()), task_id="t", trigger=Trigger.MANUAL, queued_at=time.time())
     store.save_run(record)
-    return Run(record, RunPlan(task, (("nap", Nap(seconds)),), tmp_path, "UTC"), store, slots)
+    steps = (Step.build(0, "nap", Nap(seconds), StepPolicy()),)
+    return Run(record, RunPlan(task, steps, tmp_path, "UTC"), store, slots, SystemClock())
 
 
 async def test_a_run_stopped_before_its_task_ran_is_recorded_stopped(tmp_path: Path) -> None:
@@ -109,13 +113,15 @@ async def test_raising_the_limit_releases_waiters() -> None:
     ],
 )
 def test_backoff_doubles_and_caps(policy: RetryPolicy, expected: list[float]) -> None:
-    assert [backoff_delay(policy, k) for k in range(1, len(expected) + 1)] == expected
+    assert [
+        backoff_delay(policy.backoff, k, policy.max_backoff, policy.jitter) for k in range(1, len(expected) + 1)
+    ] == expected
 
 
 def test_full_jitter_stays_within_the_computed_backoff() -> None:
     policy = RetryPolicy(count=3, backoff=4, max_backoff=100, jitter=True)
     rng = random.Random(7)
-    samples = [backoff_delay(policy, 2, rng) for _ in range(2000)]
+    samples = [backoff_delay(policy.backoff, 2, policy.max_backoff, policy.jitter, rng) for _ in range(2000)]
     assert all(0 <= s <= 8 for s in samples)
     assert min(samples) < 1 and max(samples) > 7  # spread over the whole range
 
@@ -124,13 +130,13 @@ def test_missed_fires_report_the_latest_instant_even_after_a_long_outage() -> No
     """A per-second task down for two hours missed 7,200 fires; the catch-up concerns the last one."""
     from datetime import UTC, datetime, timedelta
 
-    from taskd.engine import missed_fires
+    from taskd.engine.policy import missed_fires
     from taskd.schedule import parse
 
     now = datetime(2026, 11, 23, 12, 0, 0, 500000, tzinfo=UTC)
-    count, latest = missed_fires(parse("* * * * * *"), now - timedelta(hours=2), now)
+    count, capped, latest = missed_fires(parse("* * * * * *"), now - timedelta(hours=2), now)
     assert latest == datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
-    assert count == "1000+"
-    count, latest = missed_fires(parse("0 * * * *"), now - timedelta(hours=3, minutes=30), now)
-    assert (count, latest) == ("4", datetime(2026, 11, 23, 12, 0, tzinfo=UTC))  # 9, 10, 11 and 12 o'clock
-    assert missed_fires(parse("0 0 1 1 *"), now - timedelta(hours=1), now) == ("0", None)
+    assert (count, capped) == (1000, True)
+    found = missed_fires(parse("0 * * * *"), now - timedelta(hours=3, minutes=30), now)
+    assert found == (4, False, datetime(2026, 11, 23, 12, 0, tzinfo=UTC))  # 9, 10, 11 and 12 o'clock
+    assert missed_fires(parse("0 0 1 1 *"), now - timedelta(hours=1), now) == (0, False, None)

@@ -75,7 +75,7 @@ def test_backup_produces_a_correct_archive(daemon_factory: Callable[..., Daemon]
     assert sorted(compared.common_files) == ["backup.yml", "health.yml", "rotation.yml"]
     steps = [s["type"] for s in run["attempt_list"][0]["steps"]]
     assert steps[:3] == ["copy", "compress", "upload"]
-    assert [s["state"] for s in run["attempt_list"][0]["steps"]][-1] == "skipped"  # no alert on success
+    assert [s["state"] for s in run["attempt_list"][0]["steps"]][-1] == "skipped", run  # no alert on success
 
 
 def test_health_check_alerts_only_when_a_threshold_is_crossed(

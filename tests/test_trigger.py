@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from taskd.engine.timer import ScheduleTrigger
 from taskd.schedule import parse
-from taskd.trigger import ScheduleTrigger
 
 
 def test_trigger_follows_taskd_semantics_not_apschedulers() -> None:

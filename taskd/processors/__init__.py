@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from taskd.pipeline import ProcessorType
+from taskd.processor import ProcessorType
 from taskd.processors import alert, basic, checks, files, http, shell, upload
 
 ENTRY_POINT_GROUP = "taskd.processors"

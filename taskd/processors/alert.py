@@ -15,7 +15,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from taskd.pipeline import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
+from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 
 
 class WebhookChannel(ProcessorOptions):
@@ -66,13 +66,16 @@ class AlertOptions(ProcessorOptions):
     channels: tuple[ChannelEntry, ...] = Field((), description="several channels: a list of {webhook|email|log: ...}")
     message: StrictStr | None = Field(None, description="summary template; default: task, state, error, duration")
 
-    @model_validator(mode="after")
-    def _some_channel(self) -> AlertOptions:
-        if not self.entries():
-            raise ValueError("give at least one channel: webhook, email, log, or channels: [...]")
-        return self
+    def notes(self) -> list[str]:
+        if not self.given():
+            return ["no channel (webhook, email, log, channels): alerts go to the daemon log"]
+        return []
 
     def entries(self) -> list[tuple[str, Any]]:
+        """The channels to send to; with none given, the daemon log."""
+        return self.given() or [("log", LogChannel())]
+
+    def given(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         for holder in (self, *self.channels):
             for name in ("webhook", "email", "log"):

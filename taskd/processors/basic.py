@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, StrictStr, field_validator
 
-from taskd.pipeline import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
+from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 
 
 class SleepOptions(ProcessorOptions):

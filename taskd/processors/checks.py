@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, StrictInt, StrictStr
 
-from taskd.pipeline import Context, ProcessorOptions, ProcessorType, StepFailed
+from taskd.processor import Context, ProcessorOptions, ProcessorType, StepFailed
 from taskd.processors.http import HttpOptions, HttpProcessor
 
 

@@ -29,7 +29,7 @@ from typing import IO, Any, Literal, TypeVar
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from taskd.pipeline import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
+from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 
 CHUNK = 1 << 20
 T = TypeVar("T")
@@ -133,16 +133,38 @@ def copy_tree(src: Path, dst: Path, cancel: threading.Event) -> tuple[int, int]:
     return files, size
 
 
-def place(work: Callable[[Path], T], target: Path, overwrite: bool) -> T:
-    """Build `target` under a temporary name with `work(tmp)`, then rename it into place."""
-    if target.exists() or target.is_symlink():
-        if not overwrite:
-            raise StepFailed(f"{target} already exists; set overwrite: true to replace it")
+PRODUCT_ATTRIBUTE = "user.taskd.task"
+"""Extended attribute naming the task whose run produced a file or directory."""
+
+
+def produced_by(path: Path) -> str | None:
+    """The task that produced `path` (None: not taskd, or a file system without user xattrs)."""
+    try:
+        return os.getxattr(path, PRODUCT_ATTRIBUTE, follow_symlinks=False).decode()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def place(work: Callable[[Path], T], target: Path, overwrite: bool, task_id: str | None = None) -> T:
+    """Build `target` under a temporary name with `work(tmp)`, then rename it into place.
+
+    An existing target is replaced when `overwrite` is set, or when an earlier run of the same
+    task produced it (it carries the task's id in an extended attribute): a job whose product has
+    a fixed name replaces its own previous product, and nothing else, run after run.
+    """
+    exists = target.exists() or target.is_symlink()
+    if exists and not overwrite and (task_id is None or produced_by(target) != task_id):
+        raise StepFailed(
+            f"{target} already exists and no earlier run of this task produced it; set overwrite: true to replace it"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(target)
     try:
         result = work(tmp)
-        if overwrite:
+        if task_id is not None and not tmp.is_symlink():
+            with contextlib.suppress(OSError):  # without user xattrs, only overwrite: true replaces it
+                os.setxattr(tmp, PRODUCT_ATTRIBUTE, task_id.encode())
+        if exists:
             remove(target)
         os.replace(tmp, target)
         return result
@@ -168,7 +190,9 @@ class CopyOptions(ProcessorOptions):
     destination: StrictStr = Field(
         description="target path; into it when it is an existing directory and the source a file"
     )
-    overwrite: StrictBool = Field(False, description="replace an existing destination")
+    overwrite: StrictBool = Field(
+        False, description="replace an existing destination (one this task produced is always replaced)"
+    )
 
 
 class CopyProcessor:
@@ -189,7 +213,7 @@ class CopyProcessor:
         files, size = await run_file_work(
             ctx,
             f"copy {source} to {target}",
-            lambda cancel: place(lambda tmp: copy_tree(source, tmp, cancel), target, o.overwrite),
+            lambda cancel: place(lambda tmp: copy_tree(source, tmp, cancel), target, o.overwrite, ctx.task_id),
         )
         ctx.info(f"copied {source} to {target}: {files} file(s), {size} bytes in {time.monotonic() - started:.2f}s")
         return {
@@ -233,8 +257,8 @@ def _open_compressed(path: Path, algorithm: str, level: int | None) -> IO[bytes]
     if algorithm == "gzip":
         return gzip.open(path, "wb", compresslevel=9 if level is None else level)  # type: ignore[return-value]
     if algorithm == "bzip2":
-        return bz2.open(path, "wb", compresslevel=9 if level is None else max(level, 1))  # type: ignore[return-value]
-    return lzma.open(path, "wb", preset=6 if level is None else level)  # type: ignore[return-value]
+        return bz2.open(path, "wb", compresslevel=9 if level is None else max(level, 1))
+    return lzma.open(path, "wb", preset=6 if level is None else level)
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -263,7 +287,7 @@ def _compress(source: Path, tmp: Path, algorithm: str, level: int | None, cancel
                 continue
             if info.isfile():
                 with path.open("rb") as raw:
-                    tar.addfile(info, _Reader(raw, cancel))  # type: ignore[arg-type]
+                    tar.addfile(info, _Reader(raw, cancel))
                 files += 1
                 size += info.size
             else:
@@ -287,7 +311,9 @@ class CompressProcessor:
         started = time.monotonic()
 
         def work(cancel: threading.Event) -> tuple[int, int]:
-            return place(lambda tmp: _compress(source, tmp, o.algorithm, o.level, cancel), target, o.overwrite)
+            return place(
+                lambda tmp: _compress(source, tmp, o.algorithm, o.level, cancel), target, o.overwrite, ctx.task_id
+            )
 
         files, size_in = await run_file_work(ctx, f"compress {source}", work)
         size_out = target.stat().st_size
@@ -332,7 +358,8 @@ def select_for_deletion(
 ) -> tuple[list[Path], list[Path]]:
     """Split (path, mtime) pairs into (kept, deleted): beyond the newest `keep`, or older than `max_age`."""
     ordered = sorted(files, key=lambda item: (-item[1], str(item[0])))
-    kept, deleted = [], []
+    kept: list[Path] = []
+    deleted: list[Path] = []
     for rank, (path, mtime) in enumerate(ordered):
         too_many = keep is not None and rank >= keep
         too_old = max_age is not None and now - mtime > max_age
@@ -348,6 +375,8 @@ class RotateProcessor:
         o = ctx.render(self.options)
         pattern = str(ctx.resolve(o.pattern)) if not Path(o.pattern).is_absolute() else o.pattern
 
+        now = ctx.now().timestamp()
+
         def work(cancel: threading.Event) -> tuple[list[Path], list[Path]]:
             found = []
             for name in glob.glob(pattern, recursive=True):
@@ -356,7 +385,7 @@ class RotateProcessor:
                     info = path.lstat()
                     if stat.S_ISREG(info.st_mode):
                         found.append((path, info.st_mtime))
-            kept, deleted = select_for_deletion(found, o.keep, o.max_age, time.time())
+            kept, deleted = select_for_deletion(found, o.keep, o.max_age, now)
             if not o.dry_run:
                 for path in deleted:
                     if cancel.is_set():

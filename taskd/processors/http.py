@@ -9,7 +9,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
 
-from taskd.pipeline import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
+from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 

@@ -2,7 +2,8 @@
 
 Run params reach the child as environment variables (`TASKD_PARAM_<NAME>`), never as shell text.
 On stop or timeout the whole process group gets SIGTERM, then SIGKILL after `kill_grace`; when the
-main process exits, anything it left behind in its group is killed too.
+main process exits, anything it left behind is killed too: its group, and every process whose
+environment carries the run's TASKD_RUN_ID (the ones that called setsid or double-forked).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field, StrictStr, model_validator
 
-from taskd.pipeline import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
+from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
+from taskd.procgroup import KILL_WAIT_S, kill_run_processes, signal_group, terminate_group
 
 STDERR_TAIL_LINES = 5
 MAX_LINE_BYTES = 1 << 20
@@ -108,6 +109,8 @@ class _Child(asyncio.SubprocessProtocol):
 class ShellProcessor:
     def __init__(self, options: ShellOptions) -> None:
         self.options = options
+        # How long a stop may take: SIGTERM, the grace, SIGKILL, then the pipes closing.
+        self.stop_grace_s = options.kill_grace + KILL_WAIT_S + 1.0
 
     def _environment(self, ctx: Context, options: ShellOptions) -> dict[str, str]:
         env = dict(os.environ)
@@ -141,15 +144,21 @@ class ShellProcessor:
             )
         except (OSError, ValueError) as exc:
             raise StepFailed(f"cannot start {args[0]!r} in {cwd}: {exc}") from None
+        except BaseException:
+            # Stopped while the child was being started: asyncio kills the main process only.
+            await _kill_run_processes(ctx.run_id)
+            raise
         pid = transport.get_pid()
         try:
             code = await asyncio.shield(exited)
         except BaseException:
-            await _terminate(pid, exited, options.kill_grace)
+            await terminate_group(pid, exited, options.kill_grace)
             raise
         finally:
-            # Whatever the main process left running in its group goes with it.
-            _signal_group(pid, signal.SIGKILL)
+            # Whatever the main process left running in its group goes with it, and so does
+            # anything it started that left the group (setsid, double forks).
+            signal_group(pid, signal.SIGKILL)
+            await _kill_run_processes(ctx.run_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(child.closed.wait(), timeout=1)
             transport.close()
@@ -161,48 +170,10 @@ class ShellProcessor:
         return {"exit_code": code}
 
 
-def kill_orphans(run_ids: Iterable[str], proc_root: Path = Path("/proc")) -> list[int]:
-    """Kill the process groups of children left running by runs of a process that died.
-
-    A child is recognised by TASKD_RUN_ID in its environment, so a reused pid is never hit.
-    Returns the process groups that were killed.
-    """
-    wanted = {f"TASKD_RUN_ID={run_id}".encode() for run_id in run_ids}
-    if not wanted:
-        return []
-    groups: set[int] = set()
-    for entry in proc_root.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = set((entry / "environ").read_bytes().split(b"\0"))
-        except OSError:
-            continue
-        if environ & wanted:
-            with contextlib.suppress(OSError):
-                groups.add(os.getpgid(int(entry.name)))
-    own = os.getpgid(0)
-    killed = [pgid for pgid in sorted(groups) if pgid != own and _signal_group(pgid, signal.SIGKILL)]
-    return killed
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-async def _terminate(pgid: int, exited: asyncio.Future[int], grace: float) -> None:
-    """SIGTERM the process group, then SIGKILL it if the leader has not exited within `grace`."""
-    _signal_group(pgid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(asyncio.shield(exited), timeout=grace)
-    except BaseException:  # the grace ran out, or we were cancelled again while waiting
-        _signal_group(pgid, signal.SIGKILL)
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(exited), timeout=5)
+async def _kill_run_processes(run_id: str) -> None:
+    """Kill what the run started, off the event loop (it reads /proc); finishes even if the step
+    is cancelled again meanwhile."""
+    await asyncio.shield(asyncio.to_thread(kill_run_processes, [run_id]))
 
 
 TYPE = ProcessorType(

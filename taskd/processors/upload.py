@@ -19,14 +19,16 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from taskd.pipeline import Context, ProcessorOptions, ProcessorType, StepFailed
+from taskd.processor import Context, ProcessorOptions, ProcessorType, StepFailed
 from taskd.processors.files import Cancelled, copy_tree, place, run_file_work
 
 
 class UploadOptions(ProcessorOptions):
     source: StrictStr | None = Field(None, description="file or directory; default: the previous step's output")
     destination: StrictStr = Field(description="a path, file:///dir/, or s3://bucket/prefix/")
-    overwrite: StrictBool = Field(False, description="replace what is already at the destination")
+    overwrite: StrictBool = Field(
+        False, description="replace what is already at the destination (this task's own uploads are always replaced)"
+    )
     endpoint_url: StrictStr | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, ...)")
     region: StrictStr | None = Field(None, description="S3 region")
     access_key_id: StrictStr | None = Field(None, description="S3 access key (default: AWS environment)")
@@ -77,7 +79,7 @@ class UploadProcessor:
         files, size = await run_file_work(
             ctx,
             f"upload {source} to {target}",
-            lambda cancel: place(lambda tmp: copy_tree(source, tmp, cancel), target, o.overwrite),
+            lambda cancel: place(lambda tmp: copy_tree(source, tmp, cancel), target, o.overwrite, ctx.task_id),
         )
         return target.as_uri(), files, size
 
@@ -109,10 +111,16 @@ class UploadProcessor:
                     raise Cancelled
 
             total = 0
+            extra = {"Metadata": {S3_PRODUCT_KEY: ctx.task_id}}
             for path, key in pairs:
-                if not o.overwrite and _exists(client, bucket, key, ClientError):
-                    raise StepFailed(f"s3://{bucket}/{key} already exists; set overwrite: true to replace it")
-                client.upload_file(str(path), bucket, key, Config=config, Callback=progress)
+                if not o.overwrite:
+                    owner = _owner(client, bucket, key, ClientError)
+                    if owner is not None and owner != ctx.task_id:
+                        raise StepFailed(
+                            f"s3://{bucket}/{key} already exists and no earlier run of this task produced it; "
+                            "set overwrite: true to replace it"
+                        )
+                client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config, Callback=progress)
                 total += path.stat().st_size
             return total
 
@@ -136,14 +144,19 @@ def _s3_pairs(source: Path, base: str) -> list[tuple[Path, str]]:
     return [(p, f"{base}/{p.relative_to(source).as_posix()}") for p in sorted(source.rglob("*")) if p.is_file()]
 
 
-def _exists(client: Any, bucket: str, key: str, client_error: type[Exception]) -> bool:
+S3_PRODUCT_KEY = "taskd-task"
+"""Object metadata naming the task whose run uploaded the object."""
+
+
+def _owner(client: Any, bucket: str, key: str, client_error: type[Exception]) -> str | None:
+    """None when the object does not exist; else the task that uploaded it ("" for another writer)."""
     try:
-        client.head_object(Bucket=bucket, Key=key)
-        return True
+        head = client.head_object(Bucket=bucket, Key=key)
     except client_error as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):  # type: ignore[attr-defined]
-            return False
+            return None
         raise
+    return str(head.get("Metadata", {}).get(S3_PRODUCT_KEY, ""))
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

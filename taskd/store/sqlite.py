@@ -1,11 +1,11 @@
-"""The SQLite store: aiosqlite, WAL, versioned schema, one writer task committing in batches."""
+"""The SQLite store: aiosqlite, WAL, versioned schema; staged writes committed in batches by the
+write buffer; queries on a second, read-only connection. Every SQL statement is in `SQL`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,6 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from taskd.errors import TaskdError
 from taskd.models import (
     AttemptRecord,
     RunRecord,
@@ -22,7 +21,8 @@ from taskd.models import (
     StepState,
     Trigger,
 )
-from taskd.store import Fire, LogLine, RunQuery, Store, Transition
+from taskd.store.base import Fire, LogLine, RunQuery, StoreError, Transition, run_stats
+from taskd.store.buffer import Batch, BufferedStore
 
 log = structlog.get_logger("taskd.store")
 
@@ -107,7 +107,49 @@ MIGRATIONS: list[str] = [
     INSERT INTO run_transitions (run_id, seq, at, state, detail)
         SELECT id, 2, finished_at, state, error FROM runs WHERE finished_at IS NOT NULL;
     """,
+    # Run search: an index by state (with the time, for the newest first) of the runs that ended
+    # badly, and a trigram full-text index of what `q` searches in a run (its error and params), kept
+    # in step by triggers and linked by rowid. Active runs have `runs_active` already. Completed
+    # runs, and runs with neither error nor params, are most runs and are not indexed: every index
+    # costs each persisted run a write (about 10% of the run rate each, measured), even a partial
+    # one whose runs pass through it while queued. Sorting by started_at, finished_at or duration
+    # has no index for the same reason: it scans.
+    """
+    CREATE INDEX runs_ended_badly ON runs (state, queued_at) WHERE state IN ('failed', 'stopped', 'interrupted');
+    CREATE VIRTUAL TABLE runs_text USING fts5(body, tokenize = 'trigram', detail = 'none');
+    INSERT INTO runs_text (rowid, body)
+        SELECT rowid, coalesce(error, '') || ' ' || params FROM runs WHERE error IS NOT NULL OR params != '{}';
+    CREATE TRIGGER runs_text_insert AFTER INSERT ON runs
+    WHEN new.error IS NOT NULL OR new.params != '{}' BEGIN
+        INSERT INTO runs_text (rowid, body) VALUES (new.rowid, coalesce(new.error, '') || ' ' || new.params);
+    END;
+    CREATE TRIGGER runs_text_error AFTER UPDATE OF error ON runs WHEN new.error IS NOT old.error BEGIN
+        DELETE FROM runs_text WHERE rowid = old.rowid;
+        INSERT INTO runs_text (rowid, body)
+        SELECT new.rowid, coalesce(new.error, '') || ' ' || new.params
+        WHERE new.error IS NOT NULL OR new.params != '{}';
+    END;
+    CREATE TRIGGER runs_text_delete AFTER DELETE ON runs BEGIN
+        DELETE FROM runs_text WHERE rowid = old.rowid;
+    END;
+    """,
 ]
+
+PARTIAL_STATE_INDEXES = (
+    (frozenset({"failed", "stopped", "interrupted"}), "state IN ('failed', 'stopped', 'interrupted')"),
+    (frozenset({"queued", "running", "retrying"}), "state IN ('queued', 'running', 'retrying')"),
+)
+"""The conditions of the partial indexes by state, word for word: SQLite uses a partial index only
+for a query that contains its condition."""
+
+SORT_COLUMNS = {
+    "queued_at": "queued_at",
+    "started_at": "started_at",
+    "finished_at": "finished_at",
+    "duration": "(finished_at - started_at)",
+    "state": "state",
+    "task_id": "task_id",
+}
 
 SQL = {
     "save_run": """
@@ -144,6 +186,10 @@ SQL = {
         UPDATE attempts SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'
     """,
     "interrupt_steps": "UPDATE steps SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'",
+    "interrupt_transition": """
+        INSERT INTO run_transitions (run_id, seq, at, state, detail)
+        SELECT ?, coalesce(max(seq), 0) + 1, ?, 'interrupted', ? FROM run_transitions WHERE run_id = ?
+    """,
     "get_run": "SELECT * FROM runs WHERE id = ?",
     "attempts": "SELECT * FROM attempts WHERE run_id = ? ORDER BY number",
     "steps": "SELECT * FROM steps WHERE run_id = ? ORDER BY attempt, idx",
@@ -160,6 +206,7 @@ SQL = {
         ORDER BY queued_at DESC LIMIT 1000
     """,
     "task_run_count": "SELECT count(*) FROM runs WHERE task_id = ?",
+    "last_successes": "SELECT task_id, max(finished_at) AS at FROM runs WHERE state = 'completed' GROUP BY task_id",
     "tombstones": "SELECT task_id, definition_hash FROM tombstones",
     "last_fires": "SELECT task_id, last_fire FROM task_state",
     "old_runs": """
@@ -179,37 +226,15 @@ SQL = {
 }
 
 
-class StoreError(TaskdError):
-    """The store cannot be opened or used."""
-
-
-class SQLiteStore(Store):
-    """Run history in one SQLite file. Writes are staged and committed by a single writer task."""
+class SQLiteStore(BufferedStore):
+    """Run history in one SQLite file."""
 
     def __init__(self, path: Path | str, batch_window_s: float = 0.025) -> None:
+        super().__init__(batch_window_s, name="store")
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        # After the first write of a burst the writer waits this long for more, so a burst of runs
-        # shares one commit and the commit's work does not interleave with the burst. A flush (a
-        # read, shutdown) cuts the wait short. kill -9 loses at most this window of writes.
-        self._batch_window_s = batch_window_s
-        self._urgent = asyncio.Event()
-        self._runs: dict[str, RunRecord] = {}
-        self._attempts: dict[tuple[str, int], AttemptRecord] = {}
-        self._steps: dict[tuple[str, int, int], StepRecord] = {}
-        self._logs: list[LogLine] = []
-        self._transitions: list[Transition] = []
-        self._fires: list[tuple[Any, ...]] = []
-        self._last_fires: dict[str, float] = {}
-        self._ordered: list[tuple[str, tuple[Any, ...]]] = []
-        self._barriers: list[asyncio.Future[None]] = []
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._committing = False
-        self._writer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.commits = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -242,7 +267,7 @@ class SQLiteStore(Store):
             await db.close()
             self._db = None
             raise StoreError(f"cannot open the store at {self.path} for reading: {exc}") from exc
-        self._writer = asyncio.create_task(self._write_loop(), name="taskd-store-writer")
+        self._start_writer()
 
     async def _migrate(self) -> None:
         assert self._db is not None
@@ -260,13 +285,7 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         if self._db is None:
             return
-        self._closing = True
-        self._wakeup.set()
-        self._urgent.set()
-        if self._writer is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        await self._commit_pending()
+        await self._stop_writer()
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
@@ -285,146 +304,42 @@ class SQLiteStore(Store):
                 run.state = RunState.INTERRUPTED
                 run.finished_at = now
                 await db.execute(SQL["interrupt_run"], (now, run.error, run.id))
-                await db.execute(
-                    "INSERT INTO run_transitions (run_id, seq, at, state, detail) "
-                    "SELECT ?, coalesce(max(seq), 0) + 1, ?, 'interrupted', ? FROM run_transitions WHERE run_id = ?",
-                    (run.id, now, reason, run.id),
-                )
+                await db.execute(SQL["interrupt_transition"], (run.id, now, reason, run.id))
                 await db.execute(SQL["interrupt_attempts"], (now, run.id))
                 await db.execute(SQL["interrupt_steps"], (now, run.id))
             await db.execute("COMMIT")
         return runs
 
-    # -- staged writes ---------------------------------------------------------------------------
-    def save_run(self, run: RunRecord) -> None:
-        self._runs[run.id] = run
-        self._wakeup.set()
-
-    def save_attempt(self, attempt: AttemptRecord) -> None:
-        self._attempts[(attempt.run_id, attempt.number)] = attempt
-        self._wakeup.set()
-
-    def save_step(self, step: StepRecord) -> None:
-        self._steps[(step.run_id, step.attempt, step.index)] = step
-        self._wakeup.set()
-
-    def append_log(self, line: LogLine) -> None:
-        self._logs.append(line)
-        self._wakeup.set()
-
-    def record_transition(self, transition: Transition) -> None:
-        self._transitions.append(transition)
-        self._wakeup.set()
-
-    def record_fire(self, fire: Fire) -> None:
-        self._fires.append((fire.task_id, fire.instant, fire.kind, fire.reason, fire.recorded_at))
-        self._wakeup.set()
-
-    def set_last_fire(self, task_id: str, instant: float) -> None:
-        if instant > self._last_fires.get(task_id, -math.inf):
-            self._last_fires[task_id] = instant
-        self._wakeup.set()
-
-    def add_tombstone(self, task_id: str, definition_hash: str, deleted_at: float) -> None:
-        self._stage("add_tombstone", (task_id, definition_hash, deleted_at))
-
-    def remove_tombstone(self, task_id: str) -> None:
-        self._stage("remove_tombstone", (task_id,))
-
-    def _stage(self, name: str, params: tuple[Any, ...]) -> None:
-        self._ordered.append((name, params))
-        self._wakeup.set()
-
-    async def flush(self) -> None:
-        if self._db is None:
-            return
-        if not self._pending() and not self._barriers and not self._committing:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._barriers.append(future)
-        self._wakeup.set()
-        self._urgent.set()
-        await future
-
-    def _pending(self) -> bool:
-        return bool(
-            self._runs
-            or self._attempts
-            or self._steps
-            or self._logs
-            or self._transitions
-            or self._fires
-            or self._last_fires
-            or self._ordered
-        )
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            if not self._barriers and not self._closing and self._batch_window_s > 0:
-                self._urgent.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self._batch_window_s)
-            self._wakeup.clear()
-            try:
-                await self._commit_pending()
-            except Exception:  # keep the daemon alive; the next batch retries what it can
-                log.exception("store_write_failed", path=str(self.path))
-                await asyncio.sleep(0.5)
-            if self._closing:
-                return
-
-    async def _commit_pending(self) -> None:
-        """Write everything staged so far in one transaction, then release waiting flushes."""
-        db = self._db
-        if db is None:
-            return
-        barriers, self._barriers = self._barriers, []
-        if not self._pending():
-            for barrier in barriers:
-                if not barrier.done():
-                    barrier.set_result(None)
-            return
-        runs, self._runs = self._runs, {}
-        attempts, self._attempts = self._attempts, {}
-        steps, self._steps = self._steps, {}
-        logs, self._logs = self._logs, []
-        transitions, self._transitions = self._transitions, []
-        fires, self._fires = self._fires, []
-        last_fires, self._last_fires = self._last_fires, {}
-        ordered, self._ordered = self._ordered, []
-        batches: list[tuple[str, Sequence[tuple[Any, ...]]]] = [
-            ("save_run", [_run_params(r) for r in runs.values()]),
-            ("save_attempt", [_attempt_params(a) for a in attempts.values()]),
-            ("save_step", [_step_params(s) for s in steps.values()]),
-            ("append_log", logs),
-            ("record_transition", transitions),
-            ("record_fire", fires),
-            ("set_last_fire", list(last_fires.items())),
+    async def _commit(self, batch: Batch) -> None:
+        db = self._require()
+        rows: list[tuple[str, Sequence[Sequence[Any]]]] = [
+            ("save_run", [_run_params(r) for r in batch.runs.values()]),
+            ("save_attempt", [_attempt_params(a) for a in batch.attempts.values()]),
+            ("save_step", [_step_params(s) for s in batch.steps.values()]),
+            ("append_log", batch.logs),
+            ("record_transition", batch.transitions),
+            ("record_fire", [(f.task_id, f.instant, f.kind, f.reason, f.recorded_at) for f in batch.fires]),
+            ("set_last_fire", list(batch.last_fires.items())),
         ]
-        self._committing = True
         async with self._lock:
             try:
                 await db.execute("BEGIN")
-                for name, rows in batches:
-                    if rows:
-                        await db.executemany(SQL[name], rows)
-                for name, params in ordered:
-                    await db.execute(SQL[name], params)
+                for name, params in rows:
+                    if params:
+                        await db.executemany(SQL[name], params)
+                for tombstone in batch.tombstones:
+                    if tombstone.definition_hash is None:
+                        await db.execute(SQL["remove_tombstone"], (tombstone.task_id,))
+                    else:
+                        await db.execute(
+                            SQL["add_tombstone"],
+                            (tombstone.task_id, tombstone.definition_hash, tombstone.deleted_at),
+                        )
                 await db.execute("COMMIT")
-                self.commits += 1
             except BaseException:
                 with contextlib.suppress(Exception):
                     await db.execute("ROLLBACK")
-                for barrier in barriers:
-                    if not barrier.done():
-                        barrier.set_exception(StoreError("the store could not commit; see the daemon log"))
                 raise
-            finally:
-                self._committing = False
-        for barrier in barriers:
-            if not barrier.done():
-                barrier.set_result(None)
 
     # -- reads -----------------------------------------------------------------------------------
     def _require(self) -> aiosqlite.Connection:
@@ -460,24 +375,43 @@ class SQLiteStore(Store):
         if query.fresh:
             await self.flush()
         db = self._read()
-        where, params = [], []
-        for column, value in (("task_id", query.task_id), ("state", query.state), ("trigger", query.trigger)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        where: list[str] = []
+        params: list[str | float] = []
+        for column, values in (("task_id", query.task_ids), ("state", query.states), ("trigger", query.triggers)):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+        for states, term in PARTIAL_STATE_INDEXES:
+            if query.states and set(query.states) <= states:
+                where.append(term)  # implied already; spelled as the partial index's condition, so it is used
+                break
         if query.since is not None:
             where.append("queued_at >= ?")
             params.append(query.since)
         if query.until is not None:
             where.append("queued_at < ?")
             params.append(query.until)
+        if query.text:
+            if "%" in query.text or "_" in query.text:  # literal wildcards: ESCAPE, which the index cannot use
+                escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                matches = ["rowid IN (SELECT rowid FROM runs_text WHERE body LIKE ? ESCAPE '\\')"]
+                params.append(f"%{escaped}%")
+            else:  # the trigram index answers a plain LIKE
+                matches = ["rowid IN (SELECT rowid FROM runs_text WHERE body LIKE ?)"]
+                params.append(f"%{query.text}%")
+            if query.text_task_ids:
+                matches.append(f"task_id IN ({', '.join('?' * len(query.text_task_ids))})")
+                params.extend(query.text_task_ids)
+            where.append(f"({' OR '.join(matches)})")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         async with db.execute(f"SELECT count(*) FROM runs {clause}", params) as cursor:
-            total = (await cursor.fetchone())[0]  # type: ignore[index]
-        sql = f"SELECT * FROM runs {clause} ORDER BY queued_at DESC, id DESC LIMIT ? OFFSET ?"
+            row = await cursor.fetchone()
+            total = int(row[0]) if row else 0
+        order = "DESC" if query.descending else "ASC"
+        sql = f"SELECT * FROM runs {clause} ORDER BY {SORT_COLUMNS[query.sort]} {order}, id {order} LIMIT ? OFFSET ?"
         async with db.execute(sql, [*params, query.limit, query.offset]) as cursor:
             rows = await cursor.fetchall()
-        return [_run_from_row(r) for r in rows], int(total)
+        return [_run_from_row(r) for r in rows], total
 
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
         return [
@@ -523,19 +457,13 @@ class SQLiteStore(Store):
     async def last_runs(self) -> dict[str, RunRecord]:
         return {run.task_id: run for run in map(_run_from_row, await self._fetch("last_runs"))}
 
+    async def last_successes(self) -> dict[str, float]:
+        return {r["task_id"]: r["at"] for r in await self._fetch("last_successes")}
+
     async def task_stats(self, task_id: str) -> dict[str, Any]:
         total = (await self._fetch("task_run_count", (task_id,), fresh=False))[0][0]
         rows = await self._fetch("task_durations", (task_id,), fresh=False)
-        durations = sorted(r["duration"] for r in rows if r["duration"] is not None)
-        finished = len(rows)
-        completed = sum(1 for r in rows if r["state"] == RunState.COMPLETED)
-        return {
-            "runs": int(total),
-            "finished_considered": finished,
-            "success_rate": round(completed / finished, 4) if finished else None,
-            "mean_duration": round(sum(durations) / len(durations), 3) if durations else None,
-            "p95_duration": round(durations[max(0, math.ceil(0.95 * len(durations)) - 1)], 3) if durations else None,
-        }
+        return run_stats(int(total), [(r["state"], r["duration"]) for r in rows])
 
     async def tombstones(self) -> dict[str, str]:
         return {r["task_id"]: r["definition_hash"] for r in await self._fetch("tombstones")}

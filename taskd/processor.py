@@ -1,13 +1,14 @@
-"""Processors and pipelines: the options models, the registry, the run context and chain execution.
+"""The plugin API: what a processor type declares and what it receives when it runs.
 
-Pure: nothing here does I/OptionsT. Processors (in taskd.processors) do their I/OptionsT when the runner calls
-them; the chain reports each step through callbacks so the runner can record it.
+Built-in processors (taskd.processors) and third-party ones (the `taskd.processors` entry point
+group) import only this module, the durations and the errors. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
-import asyncio
 import string
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,11 @@ class ProcessorOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    def notes(self) -> list[str]:
+        """What an operator should know about these options that is not an error (`taskd check`
+        prints them), e.g. a default that takes effect."""
+        return []
+
 
 OptionsT = TypeVar("OptionsT", bound=ProcessorOptions)
 
@@ -43,6 +49,7 @@ class StepRetry(ProcessorOptions):
 
     count: int = Field(0, ge=0, le=100, description="retries of this step before it fails")
     backoff: Duration = Field(1.0, description="wait before the first retry, doubling after each")
+    max_backoff: Duration = Field(600.0, description="longest wait between two tries")
 
 
 class StepPolicy(ProcessorOptions):
@@ -138,7 +145,11 @@ class Context:
 
 
 class Processor(Protocol):
-    """One built step: called once per attempt, returns data for the steps after it."""
+    """One built step: called once per attempt, returns data for the steps after it.
+
+    A processor that needs time to stop (a child process given a grace period) may carry a
+    `stop_grace_s` attribute: how long taskd waits for it after cancelling it on shutdown.
+    """
 
     async def run(self, ctx: Context) -> Mapping[str, Any] | None: ...
 
@@ -159,32 +170,12 @@ class ProcessorType:
     default_when: str | None = None
 
 
-@dataclass(frozen=True)
-class Step:
-    """One built step of a pipeline."""
-
-    index: int
-    type: str
-    processor: Processor
-    policy: StepPolicy = field(default_factory=StepPolicy)
-
-    @property
-    def label(self) -> str:
-        return f"step {self.index + 1} ({self.type})"
-
-
-def builtin_types() -> Mapping[str, ProcessorType]:
-    """Every available processor type by name: built-ins and `taskd.processors` plugins."""
-    from taskd.processors import registry
-
-    return registry().types
-
-
-def plugin_errors() -> Mapping[str, str]:
-    """Plugins (entry point name -> reason) that could not be loaded."""
-    from taskd.processors import registry
-
-    return registry().errors
+def describe_types(kinds: Mapping[str, ProcessorType]) -> list[dict[str, Any]]:
+    """Every processor type with its summary and options, by name (`GET /processors`, `taskd processors`)."""
+    return [
+        {"type": name, "summary": kind.summary, "options": describe_options(kind)}
+        for name, kind in sorted(kinds.items())
+    ]
 
 
 def describe_options(kind: ProcessorType) -> list[dict[str, Any]]:
@@ -195,7 +186,7 @@ def describe_options(kind: ProcessorType) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": info.alias or name,
-                "type": _type_name(info.annotation),
+                "type": "duration" if _is_duration(info.metadata) else _type_name(info.annotation),
                 "required": required,
                 "default": None if required else info.get_default(call_default_factory=True),
                 "description": info.description or "",
@@ -204,10 +195,40 @@ def describe_options(kind: ProcessorType) -> list[dict[str, Any]]:
     return out
 
 
+_SIMPLE_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+
+
 def _type_name(annotation: Any) -> str:
-    if getattr(annotation, "__args__", None) is None and hasattr(annotation, "__name__"):
-        return str(annotation.__name__)
-    return str(annotation).replace("typing.", "").replace("taskd.pipeline.", "")
+    """An option's type in an operator's words: `list of strings`, `one of gzip|bzip2|xz`, ..."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        base = args[0]
+        return "duration" if base is float and _is_duration(args[1:]) else _type_name(base)
+    if annotation in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[annotation]
+    if origin is Literal:
+        return "one of " + "|".join(str(value) for value in args)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [_type_name(arg) for arg in args if arg is not type(None)]
+        return " or ".join(kinds) + (" (optional)" if type(None) in args else "")
+    if origin in (list, tuple):
+        items = [arg for arg in args if arg is not Ellipsis]
+        return "list of " + (_plural(_type_name(items[0])) if items else "values")
+    if origin is dict:
+        return "map of " + (_plural(_type_name(args[1])) if len(args) == 2 else "values")
+    if annotation is Any:
+        return "any value"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _is_duration(metadata: Sequence[Any]) -> bool:
+    return any(getattr(meta, "func", None) is _duration for meta in metadata)
+
+
+def _plural(name: str) -> str:
+    return name if name.endswith(("s", ")")) or " " in name else name + "s"
 
 
 class SafeFormatter(string.Formatter):
@@ -254,94 +275,6 @@ def _local_now(ctx: Context) -> datetime:
         return moment.astimezone(ZoneInfo(ctx.time_zone))
     except (ZoneInfoNotFoundError, ValueError):
         return moment
-
-
-class Hooks(Protocol):
-    """How the chain reports steps: started, and ended in a state ('completed', 'failed',
-    'skipped', 'stopped') with the exception if there was one."""
-
-    def started(self, step: Step) -> None: ...
-
-    def ended(self, step: Step, state: str, exc: BaseException | None) -> None: ...
-
-
-async def run_main(steps: Sequence[Step], ctx: Context, hooks: Hooks) -> None:
-    """The chain: steps without `when`, in order; returned mappings merge into ctx.data.
-
-    A failing step ends the chain (the rest are recorded as skipped) and its exception
-    propagates, unless the step says `on_error: continue`.
-    """
-    chain = [s for s in steps if s.policy.when is None]
-    for position, step in enumerate(chain):
-        error = await _execute(step, ctx, hooks)
-        if error is None:
-            continue
-        if step.policy.on_error == "continue":
-            ctx.info(f"{step.label} failed ({describe(error)}); on_error: continue, so the chain goes on")
-            continue
-        for later in chain[position + 1 :]:
-            hooks.ended(later, "skipped", None)
-        raise error
-
-
-async def run_final(steps: Sequence[Step], ctx: Context, outcome: dict[str, Any], hooks: Hooks) -> None:
-    """The final phase: steps with `when` matching the outcome. Their failures are recorded and
-    logged but never change the outcome, which was decided before they ran."""
-    ctx.outcome = outcome
-    succeeded = outcome["state"] == "completed"
-    for step in steps:
-        when = step.policy.when
-        if when is None:
-            continue
-        if when != "always" and (when == "success") != succeeded:
-            hooks.ended(step, "skipped", None)
-            continue
-        error = await _execute(step, ctx, hooks)
-        if error is not None:
-            ctx.info(f"{step.label} failed in the final phase ({describe(error)}); the run's outcome stands")
-
-
-async def _execute(step: Step, ctx: Context, hooks: Hooks) -> Exception | None:
-    """Run one step, record it and merge what it returns; return its failure, if any.
-    Cancellation is recorded and propagates."""
-    hooks.started(step)
-    try:
-        produced = await call_step(step, ctx)
-    except asyncio.CancelledError as exc:
-        hooks.ended(step, "stopped", exc)
-        raise
-    except Exception as exc:
-        hooks.ended(step, "failed", exc)
-        return exc
-    if produced:
-        ctx.data.update(produced)
-    hooks.ended(step, "completed", None)
-    return None
-
-
-async def call_step(step: Step, ctx: Context) -> Mapping[str, Any] | None:
-    """One step with its own timeout and retries."""
-    policy = step.policy
-    tries = 1 + policy.retry.count
-    if tries == 1 and policy.timeout is None:  # the common case, kept cheap
-        return await step.processor.run(ctx)
-    for attempt in range(1, tries + 1):
-        try:
-            async with asyncio.timeout(policy.timeout) as deadline:
-                return await step.processor.run(ctx)
-        except TimeoutError as exc:
-            if not deadline.expired():
-                raise
-            error: Exception = StepFailed(f"timed out after {policy.timeout:g}s")
-            error.__cause__ = exc
-        except Exception as exc:
-            error = exc
-        if attempt == tries:
-            raise error
-        delay = policy.retry.backoff * 2 ** (attempt - 1)
-        ctx.info(f"{step.label} failed ({describe(error)}); try {attempt + 1} of {tries} in {delay:g}s")
-        await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def describe(exc: BaseException) -> str:

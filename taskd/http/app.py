@@ -1,12 +1,15 @@
-"""The REST API: aiohttp routes between HTTP and the engine/store, with JSON errors and auth."""
+"""The REST API: aiohttp routes between HTTP and the engine/store, with JSON errors and auth.
+What each answer holds is built in `views`."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import functools
 import hmac
 import json
-import time
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,17 +17,22 @@ import structlog
 from aiohttp import web
 
 from taskd import __version__
-from taskd.config import thaw
-from taskd.engine import Conflict, Engine, TaskEntry, UnknownTask
-from taskd.models import RunRecord, RunState, RunSummary, Trigger, iso
-from taskd.pipeline import COMMON_OPTIONS, describe_options
-from taskd.store import RunQuery, Store
+from taskd.engine import Engine, TaskEntry
+from taskd.errors import Conflict, UnknownTask
+from taskd.http import events, openapi
+from taskd.http.views import TaskViews, fire_view, metrics_snapshot, run_detail
+from taskd.metrics import CONTENT_TYPE, Metrics
+from taskd.models import RunRecord, RunState, Trigger, iso
+from taskd.processor import COMMON_OPTIONS, describe_types
+from taskd.store.base import RUN_SORTS, RunQuery, Store
 
 log = structlog.get_logger("taskd.api")
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
+VIEWS: web.AppKey[TaskViews] = web.AppKey("views", TaskViews)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 1000
@@ -79,25 +87,52 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise ApiError(500, "internal", "internal error; see the daemon log") from None
 
 
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
+"""Answered without the token: a bare health status, and the API's description (it holds no data)."""
+
+
+def authorized(request: web.Request) -> bool:
+    """Whether the request may see and change everything: no token is configured, or it sent it."""
+    token = request.app[TOKEN]
+    if not token:
+        return True
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[TOKEN]
-    if token:
-        header = request.headers.get("Authorization", "")
-        scheme, _, supplied = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), token.encode()):
-            raise ApiError(
-                401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="taskd"'}
-            )
+    # GET /health answers without a token (a bare liveness status; the details need the token),
+    # so load balancers, monitors and the bundled health pipelines can reach it.
+    if request.path in PUBLIC_PATHS and request.method in ("GET", "HEAD"):
+        return await handler(request)
+    if not authorized(request):
+        raise ApiError(
+            401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="taskd"'}
+        )
     return await handler(request)
 
 
-def create_app(engine: Engine, store: Store, token: str | None, max_body_bytes: int) -> web.Application:
+def create_app(
+    engine: Engine,
+    store: Store,
+    token: str | None,
+    max_body_bytes: int,
+    metrics: Metrics | None = None,
+    heartbeat_s: float = events.HEARTBEAT_S,
+) -> web.Application:
     """The HTTP application; the daemon owns its lifecycle through web.AppRunner."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=max_body_bytes)
     app[ENGINE] = engine
     app[STORE] = store
     app[TOKEN] = token
+    app[VIEWS] = TaskViews(engine)
+    events.setup(app, heartbeat_s)
+    app.router.add_get("/events", run_events)
+    app.router.add_get("/openapi.json", openapi_document)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/tasks", list_tasks)
     app.router.add_get("/tasks/", list_tasks)
     app.router.add_get("/task/{id}", get_task)
@@ -134,13 +169,23 @@ def _int_arg(request: web.Request, name: str, default: int, low: int, high: int)
 
 
 def _time_arg(request: web.Request, name: str) -> float | None:
+    """An instant given as ISO-8601 (UTC when it has no offset) or as epoch seconds."""
     raw = request.query.get(name)
     if not raw:
         return None
     try:
+        epoch = float(raw)
+    except ValueError:
+        pass
+    else:
+        if math.isfinite(epoch):
+            return epoch
+    try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "bad_request", f"query parameter {name!r} must be an ISO-8601 instant") from None
+        raise ApiError(
+            400, "bad_request", f"query parameter {name!r} must be an ISO-8601 instant or epoch seconds"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -153,68 +198,40 @@ def _entry(request: web.Request) -> TaskEntry:
         raise ApiError(404, "not_found", str(exc)) from None
 
 
-def _last_run_view(run: RunRecord | RunSummary | None) -> dict[str, Any] | None:
-    if run is None:
-        return None
-    return {
-        "id": run.id,
-        "state": str(run.state),
-        "trigger": str(run.trigger),
-        "started_at": iso(run.started_at),
-        "finished_at": iso(run.finished_at),
-        "duration": None if run.duration is None else round(run.duration, 3),
-    }
-
-
-@functools.lru_cache(maxsize=65536)
-def _finished_view(summary: RunSummary) -> dict[str, Any] | None:
-    """A finished run never changes: its view is built once (callers must not mutate it)."""
-    return _last_run_view(summary)
-
-
-def _task_view(engine: Engine, entry: TaskEntry, now: datetime) -> dict[str, Any]:
-    last = engine.last_runs.get(entry.id)
-    last_view = _finished_view(last) if isinstance(last, RunSummary) else _last_run_view(last)
-    return {
-        **entry.static_view,
-        "status": engine.status(entry.id),
-        "last_run": last_view,
-        "next_run": engine.next_fire_iso(entry.id, now),
-        "duration": None if last is None or last.duration is None else round(last.duration, 3),
-    }
-
-
 # -- handlers ------------------------------------------------------------------------------------
 
+TASK_STATUSES = ("scheduled", "manual", "disabled", *(str(state) for state in RunState))
 SORT_KEYS = {"id", "name", "status", "next_run", "priority"}
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    engine, views = request.app[ENGINE], request.app[VIEWS]
     limit = _int_arg(request, "limit", 100, 1, MAX_LIMIT)
     offset = _int_arg(request, "offset", 0, 0, 10**9)
     status = request.query.get("status") or None
+    if status is not None and status not in TASK_STATUSES:
+        raise ApiError(400, "bad_request", f"status must be one of {', '.join(TASK_STATUSES)}")
     needle = (request.query.get("q") or "").lower()
     sort = request.query.get("sort") or "id"
     descending = sort.startswith("-")
     if sort.lstrip("-") not in SORT_KEYS:
         raise ApiError(400, "bad_request", f"sort must be one of {', '.join(sorted(SORT_KEYS))} (prefix - to reverse)")
-    entries = engine.sorted_entries()
+    entries: list[TaskEntry]
     if needle or status is not None:
         entries = [
             e
-            for e in entries
+            for e in engine.entries()
             if (not needle or needle in e.id.lower() or needle in e.config.display_name.lower())
             and (status is None or engine.status(e.id) == status)
         ]
     else:
-        entries = list(entries)
-    now = datetime.now(UTC)
+        entries = list(engine.entries())
+    now = _now(engine)
     key = sort.lstrip("-")
     if key == "id":
         if descending:
             entries.reverse()
-        views = [_task_view(engine, e, now) for e in entries[offset : offset + limit]]
+        rows = [views.row(e, now) for e in entries[offset : offset + limit]]
     elif key in ("name", "priority"):
         attribute = {
             "id": lambda e: e.id,
@@ -222,43 +239,23 @@ async def list_tasks(request: web.Request) -> web.Response:
             "priority": lambda e: e.config.priority,
         }
         entries.sort(key=attribute[key], reverse=descending)
-        views = [_task_view(engine, e, now) for e in entries[offset : offset + limit]]
+        rows = [views.row(e, now) for e in entries[offset : offset + limit]]
     else:
-        all_views = [_task_view(engine, e, now) for e in entries]
-        all_views.sort(key=lambda v: (v[key] is None, v[key] or ""), reverse=descending)
-        views = all_views[offset : offset + limit]
-    return _json({"tasks": views, "total": len(entries), "limit": limit, "offset": offset})
+        every = [views.row(e, now) for e in entries]
+        every.sort(key=lambda v: (v[key] is None, v[key] or ""), reverse=descending)
+        rows = every[offset : offset + limit]
+    return _json({"tasks": rows, "total": len(entries), "limit": limit, "offset": offset})
 
 
 async def get_task(request: web.Request) -> web.Response:
     engine, store = request.app[ENGINE], request.app[STORE]
     entry = _entry(request)
-    now = datetime.now(UTC)
-    view = _task_view(engine, entry, now)
-    task = entry.config
-    view["definition"] = {
-        **thaw(task.model_dump(mode="json")),
-        "pipeline": {
-            "name": entry.pipeline.name,
-            "description": entry.pipeline.description,
-            "processors": [
-                {p.type: p.options.model_dump(mode="json", by_alias=True, exclude_defaults=True)}
-                for p in entry.pipeline.processors
-            ],
-        },
-        "source": str(entry.source) if entry.source else None,
-    }
-    view["next_runs"] = (
-        [t.isoformat() for t in entry.schedule.next_n(now, 5)] if entry.schedule and task.enabled else []
-    )
-    view["active_runs"] = [run.record.to_json() for run in engine.active_runs(entry.id)]
+    view = request.app[VIEWS].detail(entry, _now(engine))
     view["stats"] = await store.task_stats(entry.id)
-    recent, _ = await store.list_runs(RunQuery(task_id=entry.id, limit=10, fresh=False))
-    view["recent_runs"] = [run.to_json() for run in recent]
-    view["skipped_fires"] = [
-        {"instant": iso(f.instant), "kind": f.kind, "reason": f.reason, "recorded_at": iso(f.recorded_at)}
-        for f in await store.fires(entry.id, limit=10)
-    ]
+    recent, _ = await store.list_runs(RunQuery(task_ids=(entry.id,), limit=10, fresh=False))
+    now = engine.clock.time()
+    view["recent_runs"] = [run.to_json(now) for run in recent]
+    view["skipped_fires"] = [fire_view(f) for f in await store.fires(entry.id, limit=10)]
     return _json(view)
 
 
@@ -313,44 +310,79 @@ async def delete_task(request: web.Request) -> web.Response:
     return _json({"deleted": entry.id, "stopped": stopped})
 
 
-def _run_query(request: web.Request, task_id: str | None) -> RunQuery:
-    state = request.query.get("state") or None
-    if state is not None and state not in {s.value for s in RunState}:
-        raise ApiError(400, "bad_request", f"state must be one of {', '.join(s.value for s in RunState)}")
-    trigger = request.query.get("trigger") or None
-    if trigger is not None and trigger not in {t.value for t in Trigger}:
-        raise ApiError(400, "bad_request", f"trigger must be one of {', '.join(t.value for t in Trigger)}")
+RUN_FILTERS = ("state", "task_id", "trigger", "since", "until", "q", "sort", "limit", "offset")
+
+
+def _choices(request: web.Request, name: str, allowed: Iterable[str]) -> tuple[str, ...]:
+    """A comma list of values, each one of `allowed`."""
+    raw = request.query.get(name) or ""
+    values = tuple(dict.fromkeys(v.strip() for v in raw.split(",") if v.strip()))
+    known = tuple(allowed)
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise ApiError(
+            400, "bad_request", f"{name} {unknown[0]!r} is not one of {', '.join(known)} (a comma list is allowed)"
+        )
+    return values
+
+
+def _run_query(request: web.Request, task_ids: tuple[str, ...]) -> RunQuery:
+    unknown = sorted(set(request.query) - set(RUN_FILTERS) - ({"task_id"} if task_ids else set()))
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(RUN_FILTERS)}")
+    sort = request.query.get("sort") or "-queued_at"
+    if sort.lstrip("-") not in RUN_SORTS:
+        raise ApiError(400, "bad_request", f"sort must be one of {', '.join(RUN_SORTS)} (prefix - to reverse)")
+    text = (request.query.get("q") or "").strip() or None
+    engine = request.app[ENGINE]
     return RunQuery(
-        task_id=task_id,
-        state=state,
-        trigger=trigger,
+        task_ids=task_ids,
+        states=_choices(request, "state", (str(state) for state in RunState)),
+        triggers=_choices(request, "trigger", (str(trigger) for trigger in Trigger)),
         since=_time_arg(request, "since"),
         until=_time_arg(request, "until"),
+        text=text,
+        text_task_ids=_tasks_matching(engine, text) if text else (),
+        sort=sort.lstrip("-"),
+        descending=sort.startswith("-"),
         limit=_int_arg(request, "limit", 50, 1, MAX_LIMIT),
         offset=_int_arg(request, "offset", 0, 0, 10**9),
     )
 
 
+def _tasks_matching(engine: Engine, text: str) -> tuple[str, ...]:
+    """The tasks whose id or name holds `text` (any case), deleted ones held back included."""
+    needle = text.lower()
+    found = [e.id for e in engine.entries() if needle in e.id.lower() or needle in e.config.display_name.lower()]
+    found += [task_id for task_id in engine.held_back if needle in task_id.lower()]
+    return tuple(found)
+
+
+async def _runs_answer(request: web.Request, task_ids: tuple[str, ...]) -> web.Response:
+    engine = request.app[ENGINE]
+    runs, total = await request.app[STORE].list_runs(_run_query(request, task_ids))
+    if total == 0 and task_ids and not any(engine.knows(task_id) for task_id in task_ids):
+        raise ApiError(404, "not_found", f"task {task_ids[0]!r} does not exist")
+    now = engine.clock.time()
+    return _json({"runs": [r.to_json(now) for r in runs], "total": total})
+
+
 async def task_runs(request: web.Request) -> web.Response:
-    engine, store = request.app[ENGINE], request.app[STORE]
-    task_id = request.match_info["id"]
-    query = _run_query(request, task_id)
-    runs, total = await store.list_runs(query)
-    if total == 0 and task_id not in engine.tasks and task_id not in engine.held_back:
-        raise ApiError(404, "not_found", f"task {task_id!r} does not exist")
-    return _json({"runs": [r.to_json() for r in runs], "total": total})
+    return await _runs_answer(request, (request.match_info["id"],))
 
 
 async def all_runs(request: web.Request) -> web.Response:
-    runs, total = await request.app[STORE].list_runs(_run_query(request, request.query.get("task_id") or None))
-    return _json({"runs": [r.to_json() for r in runs], "total": total})
+    raw = request.query.get("task_id") or ""
+    return await _runs_answer(request, tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip())))
 
 
 async def _run_or_404(request: web.Request) -> RunRecord:
+    """The run as it is now. A live run's record is copied: it changes while the handler awaits
+    the store, and what the handler then reads must not be older than what it shows of the run."""
     run_id = request.match_info["run_id"]
-    live = request.app[ENGINE].runs.get(run_id)
+    live = request.app[ENGINE].live_run(run_id)
     if live is not None:
-        return live.record
+        return copy.copy(live.record)
     run = await request.app[STORE].get_run(run_id)
     if run is None:
         raise ApiError(404, "not_found", f"run {run_id!r} does not exist")
@@ -360,41 +392,20 @@ async def _run_or_404(request: web.Request) -> RunRecord:
 async def get_run(request: web.Request) -> web.Response:
     store = request.app[STORE]
     run = await _run_or_404(request)
-    view = run.to_json()
+    attempts = await store.attempts(run.id)
     steps = await store.steps(run.id)
-    view["attempt_list"] = [
-        {
-            "number": a.number,
-            "state": str(a.state),
-            "started_at": iso(a.started_at),
-            "finished_at": iso(a.finished_at),
-            "duration": None if a.finished_at is None else round(a.finished_at - a.started_at, 3),
-            "error": a.error,
-            "steps": [
-                {
-                    "index": s.index,
-                    "type": s.type,
-                    "state": str(s.state),
-                    "started_at": iso(s.started_at),
-                    "finished_at": iso(s.finished_at),
-                    "duration": None if s.finished_at is None else round(s.finished_at - s.started_at, 3),
-                    "error": s.error,
-                }
-                for s in steps
-                if s.attempt == a.number
-            ],
-        }
-        for a in await store.attempts(run.id)
-    ]
-    view["transitions"] = [
-        {"state": t.state, "at": iso(t.at), "detail": t.detail} for t in await store.transitions(run.id)
-    ]
-    return _json(view)
+    transitions = await store.transitions(run.id)
+    return _json(run_detail(run, attempts, steps, transitions, request.app[ENGINE].clock.time()))
 
 
-async def run_log(request: web.Request) -> web.Response:
+async def run_log(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     run = await _run_or_404(request)
+    if events.wants_stream(request):
+        raw = request.headers.get("Last-Event-ID", "0") or "0"
+        if not raw.isdigit():
+            raise ApiError(400, "bad_request", f"Last-Event-ID must be a log line's sequence number, got {raw!r}")
+        return await events.follow_log(request, request.app[ENGINE], store, run.id, int(raw))
     lines = await store.run_log(run.id)
     text = "".join(f"{iso(x.ts)} [{x.stream}] {x.line}\n" for x in lines)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
@@ -404,27 +415,47 @@ async def health(request: web.Request) -> web.Response:
     engine, store = request.app[ENGINE], request.app[STORE]
     store_ok = await store.ping()
     scheduler_ok = engine.scheduler_running
+    status = "ok" if store_ok and scheduler_ok else "unavailable"
+    code = 200 if status == "ok" else 503
+    if not authorized(request):
+        return _json({"status": status}, status=code)
     body = {
-        "status": "ok" if store_ok and scheduler_ok else "unavailable",
+        "status": status,
         "store": "ok" if store_ok else "unreachable",
         "scheduler": "running" if scheduler_ok else "stopped",
         "version": __version__,
-        "uptime_s": round(time.time() - engine.started_at, 3),
-        "tasks": len(engine.tasks),
+        "uptime_s": round(engine.clock.time() - engine.started_at, 3),
+        "tasks": engine.task_count,
         "active_runs": len(engine.runs),
         "slots": {"limit": engine.slots.limit, "held": engine.slots.held, "waiting": engine.slots.waiting},
     }
-    return _json(body, status=200 if body["status"] == "ok" else 503)
+    return _json(body, status=code)
+
+
+@functools.cache
+def _openapi_body() -> bytes:
+    return json.dumps(openapi.document()).encode()
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=_openapi_body(), content_type="application/json")
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    return await events.follow_states(request, request.app[ENGINE])
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """The Prometheus text exposition (same token as the rest of the API). The state is read on the
+    loop; the text, which with thousands of tasks takes a while, is written in a thread."""
+    snapshot = metrics_snapshot(request.app[ENGINE], request.app[STORE], request.app[VIEWS].next_fires)
+    body = await asyncio.to_thread(request.app[METRICS].exposition, snapshot)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def processors(request: web.Request) -> web.Response:
-    kinds = request.app[ENGINE].kinds
-    return _json(
-        {
-            "processors": [
-                {"type": name, "summary": kind.summary, "options": describe_options(kind)}
-                for name, kind in sorted(kinds.items())
-            ],
-            "common_options": sorted(COMMON_OPTIONS),
-        }
-    )
+    return _json({"processors": describe_types(request.app[ENGINE].kinds), "common_options": sorted(COMMON_OPTIONS)})
+
+
+def _now(engine: Engine) -> datetime:
+    return datetime.fromtimestamp(engine.clock.time(), UTC)

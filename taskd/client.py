@@ -1,0 +1,424 @@
+"""The command-line client: `taskd tasks`, `start`, `runs`, `logs -f`, ... against a running daemon.
+
+It finds the daemon from `--url`/`TASKD_URL` (and `--token`/`TASKD_TOKEN`), else from the
+configuration's `api.listen` and `api.token` (unix sockets included). Exit codes: 0 success; 1 the
+awaited run did not complete, or the daemon refused (409); 2 usage; 3 not found; 4 the daemon cannot
+be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import aiohttp
+
+from taskd.config import load_config, parse_listen
+from taskd.errors import ConfigError, TaskdError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+DEFAULT_URL = "http://127.0.0.1:8080"
+FINAL = ("completed", "failed", "stopped", "interrupted")
+
+
+class ClientError(TaskdError):
+    """A command that cannot be carried out; `code` is the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the daemon answers, and how to authenticate."""
+
+    url: str  # http://host:port, or http://localhost for a unix socket
+    socket: str | None
+    token: str | None
+
+    def describe(self) -> str:
+        return f"unix:{self.socket}" if self.socket else self.url
+
+
+def add_commands(sub: Any, config_help: str, default_config: str) -> None:
+    """The client's subcommands, on the `taskd` parser."""
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
+        where = parser.add_argument_group("daemon")
+        where.add_argument("-c", "--config", default=default_config, help=config_help + "; gives api.listen, api.token")
+        where.add_argument("--url", default=None, help="daemon URL (default: $TASKD_URL, else from the config)")
+        where.add_argument("--token", default=None, help="bearer token (default: $TASKD_TOKEN, else the config's)")
+        parser.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+        return parser
+
+    command("tasks", "list tasks with their status", "Every task: status, schedule, next fire, last run.")
+    one = command("task", "show one task", "One task: definition, status, next fires, statistics, recent runs.")
+    one.add_argument("task_id", metavar="ID")
+    start = command(
+        "start",
+        "start a run of a task now",
+        "Start a run; print its id. --wait waits for its end, --follow prints its log as it is written. "
+        "Exit 1 when an awaited run does not complete or the task refuses the run (409).",
+    )
+    start.add_argument("task_id", metavar="ID")
+    start.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a run param")
+    start.add_argument("--wait", action="store_true", help="wait until the run ends")
+    start.add_argument("--follow", action="store_true", help="print the run's log until it ends")
+    stop = command("stop", "stop a task's active runs", "Stop every active run of the task.")
+    stop.add_argument("task_id", metavar="ID")
+    delete = command("delete", "delete a task", "Stop the task's runs and delete it (it stays deleted).")
+    delete.add_argument("task_id", metavar="ID")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    runs = command("runs", "search run history", "Runs, newest first.")
+    runs.add_argument("--task", default=None, help="task id (a comma list is allowed)")
+    runs.add_argument("--state", default=None, help="state (a comma list is allowed)")
+    runs.add_argument("--since", default=None, help="queued at or after (ISO-8601 or epoch seconds)")
+    runs.add_argument("-q", dest="text", default=None, help="text in the error, params, task id or name")
+    runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    show = command("show", "show one run", "One run: timings, params, attempts with their steps, error.")
+    show.add_argument("run_id", metavar="RUN")
+    logs = command("logs", "print a run's log", "Print a run's log; -f follows it until the run ends.")
+    logs.add_argument("run_id", metavar="RUN")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow the log until the run ends")
+    command("status", "the daemon's health", "Health: store, scheduler, version, tasks, runs and slots.")
+
+
+COMMANDS = ("tasks", "task", "start", "stop", "delete", "runs", "show", "logs", "status")
+
+
+def run_command(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> int:
+    """Carry out a client command; print what went wrong and return the exit code."""
+    out = out or sys.stdout
+    try:
+        if args.command == "delete" and not args.yes and not _confirmed(f"delete task {args.task_id!r}"):
+            print("not deleted", file=sys.stderr)
+            return EXIT_FAILED
+        target = find_daemon(args, env)
+        return asyncio.run(_run(args, target, out))
+    except ClientError as exc:
+        print(f"taskd {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _confirmed(what: str) -> bool:
+    if not sys.stdin.isatty():
+        raise ClientError("refusing without --yes: nobody is at a terminal to confirm", EXIT_USAGE)
+    return input(f"{what} and stop its runs? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def find_daemon(args: argparse.Namespace, env: Mapping[str, str]) -> Target:
+    """--url/$TASKD_URL, else the configuration's api.listen; --token/$TASKD_TOKEN, else api.token."""
+    url = args.url or env.get("TASKD_URL")
+    token = args.token or env.get("TASKD_TOKEN") or None
+    if url:
+        return Target(url.rstrip("/"), None, token)
+    if not Path(args.config).exists():
+        return Target(DEFAULT_URL, None, token)
+    try:
+        config = load_config(args.config, env)
+    except ConfigError as exc:
+        raise ClientError("cannot read the configuration:\n" + "\n".join(exc.problems), EXIT_USAGE) from None
+    token = token or config.api.token
+    listen = parse_listen(config.api.listen)
+    if isinstance(listen, str):
+        return Target("http://localhost", listen, token)
+    host, port = listen
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return Target(f"http://{host}:{port}", None, token)
+
+
+async def _run(args: argparse.Namespace, target: Target, out: TextIO) -> int:
+    headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+    connector = aiohttp.UnixConnector(path=target.socket) if target.socket else None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    async with aiohttp.ClientSession(target.url, headers=headers, connector=connector, timeout=timeout) as session:
+        api = _Api(session, target)
+        handler = {
+            "tasks": _tasks,
+            "task": _task,
+            "start": _start,
+            "stop": _stop,
+            "delete": _delete,
+            "runs": _runs,
+            "show": _show,
+            "logs": _logs,
+            "status": _status,
+        }[args.command]
+        return await handler(api, args, out)
+
+
+class _Api:
+    def __init__(self, session: aiohttp.ClientSession, target: Target) -> None:
+        self._session = session
+        self._target = target
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            async with self._session.request(method, path, json=body) as response:
+                data = await response.json(content_type=None) if response.content_type == "application/json" else None
+                if response.status < 400:
+                    return data
+                message = (data or {}).get("error", {}).get("message") or f"HTTP {response.status}"
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(
+                f"cannot reach the daemon at {self._target.describe()}: {exc}", EXIT_UNREACHABLE
+            ) from None
+        codes = {404: EXIT_NOT_FOUND, 409: EXIT_FAILED, 401: EXIT_USAGE, 400: EXIT_USAGE}
+        raise ClientError(message, codes.get(response.status, EXIT_FAILED))
+
+    def _unreachable(self, exc: Exception) -> ClientError:
+        return ClientError(f"cannot reach the daemon at {self._target.describe()}: {exc}", EXIT_UNREACHABLE)
+
+    async def text(self, path: str) -> str:
+        try:
+            async with self._session.get(path) as response:
+                if response.status < 400:
+                    return await response.text()
+                data = await response.json(content_type=None)
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(
+                f"cannot reach the daemon at {self._target.describe()}: {exc}", EXIT_UNREACHABLE
+            ) from None
+        raise ClientError(data["error"]["message"], EXIT_NOT_FOUND if response.status == 404 else EXIT_USAGE)
+
+    async def stream(self, path: str) -> AsyncIterator[tuple[str, Any]]:
+        """A server-sent event stream as (event name, data)."""
+        try:
+            async with self._session.get(path, headers={"Accept": "text/event-stream"}) as response:
+                if response.status >= 400:
+                    data = await response.json(content_type=None)
+                    code = EXIT_NOT_FOUND if response.status == 404 else EXIT_USAGE
+                    raise ClientError(data["error"]["message"], code)
+                name, data_text = "message", ""
+                async for raw in response.content:
+                    line = raw.decode().rstrip("\n")
+                    if not line:
+                        if data_text:
+                            yield name, json.loads(data_text)
+                        name, data_text = "message", ""
+                    elif line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: "):
+                        data_text = line[6:]
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(
+                f"cannot reach the daemon at {self._target.describe()}: {exc}", EXIT_UNREACHABLE
+            ) from None
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+async def _tasks(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    body = await api.call("GET", "/tasks?limit=1000")
+    if args.json:
+        return _print_json(body, out)
+    rows = [
+        [
+            t["id"],
+            t["status"],
+            t["schedule"] or "manual",
+            t["next_run"] or "-",
+            (t["last_run"] or {}).get("state") or "-",
+            _seconds(t["duration"]),
+        ]
+        for t in body["tasks"]
+    ]
+    _table(["ID", "STATUS", "SCHEDULE", "NEXT RUN", "LAST RUN", "DURATION"], rows, out)
+    return EXIT_OK
+
+
+async def _task(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    body = await api.call("GET", f"/task/{args.task_id}")
+    if args.json:
+        return _print_json(body, out)
+    stats = body["stats"]
+    pairs = [
+        ("id", body["id"]),
+        ("name", body["name"]),
+        ("status", body["status"]),
+        ("schedule", f"{body['schedule'] or 'manual only'} ({body['time_zone']})"),
+        ("pipeline", body["pipeline"]),
+        ("next runs", ", ".join(body["next_runs"]) or "-"),
+        ("runs", f"{stats['runs']} (success rate {stats['success_rate']}, p95 {_seconds(stats['p95_duration'])})"),
+    ]
+    for key, value in pairs:
+        print(f"{key + ':':<11} {value}", file=out)
+    if body["recent_runs"]:
+        print(file=out)
+        _run_table(body["recent_runs"], out)
+    return EXIT_OK
+
+
+async def _start(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    params: dict[str, str] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ClientError(f"a param is KEY=VALUE, got {item!r}", EXIT_USAGE)
+        params[key] = value
+    body = await api.call("POST", f"/task/{args.task_id}/_start", {"params": params} if params else None)
+    run_id = body["run_id"]
+    if not (args.wait or args.follow):
+        if args.json:
+            return _print_json(body, out)
+        print(run_id, file=out)
+        return EXIT_OK
+    if not args.json:
+        print(f"run {run_id} started", file=sys.stderr)
+    state, error = await _await_end(api, run_id, out if args.follow else None)
+    run = await api.call("GET", f"/run/{run_id}")
+    if args.json:
+        _print_json(run, out)
+    else:
+        print(f"run {run_id} {state}" + (f": {error}" if error else ""), file=sys.stderr)
+    return EXIT_OK if state == "completed" else EXIT_FAILED
+
+
+async def _await_end(api: _Api, run_id: str, out: TextIO | None) -> tuple[str, str | None]:
+    """Follow the run's log (printed to `out` when given) until its end event."""
+    async for name, data in api.stream(f"/run/{run_id}/log?follow=1"):
+        if name == "end":
+            return str(data["state"]), data.get("error")
+        if out is not None and "line" in data:
+            print(data["line"], file=out, flush=True)
+    run = await api.call("GET", f"/run/{run_id}")  # the stream closed early: the daemon is stopping
+    return str(run["state"]), run.get("error")
+
+
+async def _stop(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    body = await api.call("POST", f"/task/{args.task_id}/_stop")
+    if args.json:
+        return _print_json(body, out)
+    print(f"stopped {', '.join(body['stopped'])}", file=out)
+    return EXIT_OK
+
+
+async def _delete(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    body = await api.call("DELETE", f"/task/{args.task_id}")
+    if args.json:
+        return _print_json(body, out)
+    print(
+        f"deleted {body['deleted']}" + (f"; stopped {', '.join(body['stopped'])}" if body["stopped"] else ""), file=out
+    )
+    return EXIT_OK
+
+
+async def _runs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    query = {"task_id": args.task, "state": args.state, "since": args.since, "q": args.text, "limit": args.limit}
+    body = await api.call("GET", "/runs?" + "&".join(f"{k}={_quote(str(v))}" for k, v in query.items() if v))
+    if args.json:
+        return _print_json(body, out)
+    _run_table(body["runs"], out)
+    print(f"{len(body['runs'])} of {body['total']} run(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _show(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    run = await api.call("GET", f"/run/{args.run_id}")
+    if args.json:
+        return _print_json(run, out)
+    for key in ("id", "task_id", "state", "trigger", "queued_at", "started_at", "finished_at"):
+        print(f"{key + ':':<13} {run[key] or '-'}", file=out)
+    print(f"{'duration:':<13} {_seconds(run['duration'])}", file=out)
+    if run["params"]:
+        print(f"{'params:':<13} {json.dumps(run['params'])}", file=out)
+    if run["error"]:
+        print(f"{'error:':<13} {run['error']}", file=out)
+    for attempt in run["attempt_list"]:
+        print(f"attempt {attempt['number']}: {attempt['state']} in {_seconds(attempt['duration'])}", file=out)
+        for step in attempt["steps"]:
+            error = f"  {step['error']}" if step["error"] else ""
+            print(
+                f"  {step['index'] + 1}. {step['type']:<16} {step['state']:<10} {_seconds(step['duration'])}{error}",
+                file=out,
+            )
+    return EXIT_OK
+
+
+async def _logs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    if not args.follow:
+        print(await api.text(f"/run/{args.run_id}/log"), end="", file=out)
+        return EXIT_OK
+    state = "unknown"
+    async for name, data in api.stream(f"/run/{args.run_id}/log?follow=1"):
+        if name == "end":
+            state = data["state"]
+            if args.json:
+                _print_json({"end": data}, out)
+            else:
+                print(
+                    f"run {args.run_id} {state}" + (f": {data['error']}" if data.get("error") else ""), file=sys.stderr
+                )
+            break
+        if "line" in data:
+            _print_line(data, args.json, out)
+    return EXIT_OK if state == "completed" else EXIT_FAILED
+
+
+async def _status(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    body = await api.call("GET", "/health")
+    if args.json:
+        return _print_json(body, out)
+    for key, value in body.items():
+        shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+        print(f"{key + ':':<12} {shown}", file=out)
+    return EXIT_OK if body["status"] == "ok" else EXIT_FAILED
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def _print_json(body: Any, out: TextIO) -> int:
+    print(json.dumps(body, indent=2), file=out)
+    return EXIT_OK
+
+
+def _print_line(data: Mapping[str, Any], as_json: bool, out: TextIO) -> None:
+    if as_json:
+        print(json.dumps(data), file=out, flush=True)
+    else:
+        print(f"{data['time']} [{data['stream']}] {data['line']}", file=out, flush=True)
+
+
+def _run_table(runs: Sequence[Mapping[str, Any]], out: TextIO) -> None:
+    rows = [
+        [
+            r["id"],
+            r["task_id"],
+            r["state"],
+            r["trigger"],
+            r["queued_at"] or "-",
+            _seconds(r["duration"]),
+            r["error"] or "",
+        ]
+        for r in runs
+    ]
+    _table(["RUN", "TASK", "STATE", "TRIGGER", "QUEUED", "DURATION", "ERROR"], rows, out)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    """Columns aligned to their widest cell; the last column is not padded."""
+    cells = [list(map(str, header)), *([str(c) for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)) + "  " + row[-1], file=out)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s" if value < 10 else f"{value:.1f}s"
+
+
+def _quote(text: str) -> str:
+    return quote(text, safe=",:")

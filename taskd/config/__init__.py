@@ -1,0 +1,38 @@
+"""taskd.yml -> validated, immutable config objects, with errors that name file, line and key.
+
+schema (pydantic sections) <- model (frozen objects, digests) <- build (pure validation) <- load
+(files and globs); messages turns validation errors into sentences for all of them.
+"""
+
+from taskd.config.build import build_config
+from taskd.config.load import load_config
+from taskd.config.model import Config, PipelineConfig, ProcessorConfig, Source
+from taskd.config.schema import (
+    ApiSection,
+    LogSection,
+    MetricsSection,
+    RetryPolicy,
+    StoreSection,
+    TaskConfig,
+    TaskSection,
+    parse_listen,
+    thaw,
+)
+
+__all__ = [
+    "ApiSection",
+    "Config",
+    "LogSection",
+    "MetricsSection",
+    "PipelineConfig",
+    "ProcessorConfig",
+    "RetryPolicy",
+    "Source",
+    "StoreSection",
+    "TaskConfig",
+    "TaskSection",
+    "build_config",
+    "load_config",
+    "parse_listen",
+    "thaw",
+]

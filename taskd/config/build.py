@@ -1,0 +1,205 @@
+"""Parsed YAML documents -> a validated Config, reporting every problem of every file in one pass.
+
+Pure: the processor types are passed in, nothing is read from disk or from the environment.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from taskd.config.messages import describe_error, describe_value, with_suggestion
+from taskd.config.model import Config, PipelineConfig, ProcessorConfig, Source
+from taskd.config.schema import IncludedFile, MainFile, PipelineSpec, TaskConfig
+from taskd.errors import ConfigError
+from taskd.processor import COMMON_OPTIONS, ProcessorType, StepPolicy, describe
+from taskd.yamldoc import Document, KeyPath
+
+
+def _validate(doc: Document, model: type[BaseModel], data: Any, prefix: KeyPath = ()) -> Any:
+    """`model` validated from `data`, or None with every error recorded on `doc` under `prefix`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            doc.problem((*prefix, *loc), describe_error(error, model, loc))
+        return None
+
+
+def _build_pipeline(
+    spec: PipelineSpec,
+    index: int,
+    doc: Document,
+    kinds: Mapping[str, ProcessorType],
+    broken_plugins: Mapping[str, str],
+) -> PipelineConfig | None:
+    """Validate each `{type: options}` step against its processor type's options model."""
+    steps: list[ProcessorConfig] = []
+    ok = True
+    base: KeyPath = ("pipelines", index, "processors")
+    for j, entry in enumerate(spec.processors):
+        path = (*base, j)
+        if not isinstance(entry, dict) or len(entry) != 1:
+            doc.problem(path, "each processor is a single-key mapping such as '- shell: {command: ...}'")
+            ok = False
+            continue
+        ((name, options),) = entry.items()
+        kind = kinds.get(name)
+        if kind is None:
+            available = sorted(kinds)
+            broken = broken_plugins.get(name)
+            doc.problem(
+                (*path, name),
+                with_suggestion(f"unknown processor type {name!r}", name, available)
+                + f"; available: {', '.join(available)}"
+                + (f" (the plugin {name!r} failed to load: {broken})" if broken else ""),
+            )
+            ok = False
+            continue
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            doc.problem((*path, name), f"options of {name!r} must be a mapping, got {describe_value(options)}")
+            ok = False
+            continue
+        own = set(kind.options.model_fields) | {f.alias for f in kind.options.model_fields.values() if f.alias}
+        common = {k: v for k, v in options.items() if k in COMMON_OPTIONS and k not in own}
+        specific = {k: v for k, v in options.items() if k not in common}
+        parsed = policy = None
+        try:
+            parsed = kind.options.model_validate(specific)
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = (*path, name, *error["loc"])
+                allowed_model = kind.options
+                message = describe_error(error, allowed_model, tuple(error["loc"]))
+                if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+                    message += f"; every processor also takes: {', '.join(sorted(COMMON_OPTIONS))}"
+                doc.problem(loc, message)
+        try:
+            policy = StepPolicy.model_validate(common)
+        except ValidationError as exc:
+            for error in exc.errors():
+                doc.problem((*path, name, *error["loc"]), describe_error(error, StepPolicy, tuple(error["loc"])))
+        if parsed is None or policy is None:
+            ok = False
+            continue
+        if kind.when_option is not None:
+            alias = getattr(parsed, kind.when_option, None)
+            if alias is not None and policy.when is not None and alias != policy.when:
+                doc.problem(
+                    (*path, name, "when"), f"when ({policy.when}) and {kind.when_option} ({alias}) disagree; give one"
+                )
+                ok = False
+                continue
+            when = policy.when or alias or kind.default_when
+            policy = policy.model_copy(update={"when": when})
+        elif policy.when is None and kind.default_when is not None:
+            policy = policy.model_copy(update={"when": kind.default_when})
+        try:
+            processor = kind.build(parsed)
+        except Exception as exc:  # a plugin's constructor: anything it raises is this step's error
+            doc.problem((*path, name), f"processor {name!r} cannot be built from these options: {describe(exc)}")
+            ok = False
+            continue
+        steps.append(ProcessorConfig(name, parsed, Source(doc.file, doc.line_of(path)), processor, policy))
+    if not ok:
+        return None
+    return PipelineConfig(
+        spec.name,
+        tuple(steps),
+        Source(doc.file, doc.line_of(base[:2])),
+        Path(doc.file).absolute().parent,
+        spec.description,
+    )
+
+
+def _items(doc: Document, key: str) -> list[Any]:
+    data = doc.data
+    items = data.get(key) if isinstance(data, dict) else None
+    return items if isinstance(items, list) else []
+
+
+def _raw_str(item: Any, key: str) -> str | None:
+    value = item.get(key) if isinstance(item, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def build_config(
+    path: Path,
+    main: Document,
+    includes: Sequence[Document],
+    kinds: Mapping[str, ProcessorType],
+    broken_plugins: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate parsed documents into a Config, or raise ConfigError listing every problem.
+
+    `kinds` are the processor types steps may use; `broken_plugins` (entry point name -> reason)
+    explains an unknown type that a plugin failed to provide.
+    """
+    broken = broken_plugins or {}
+    documents = [main, *includes]
+    root = _validate(main, MainFile, main.data) if main.data is not None else None
+    for doc in includes:
+        if doc.data is not None:
+            _validate(doc, IncludedFile, doc.data)
+
+    pipelines: dict[str, PipelineConfig] = {}
+    pipeline_sources: dict[str, Source] = {}
+    for doc in documents:
+        for i, raw in enumerate(_items(doc, "pipelines")):
+            name = _raw_str(raw, "name")
+            if name is not None and name in pipeline_sources:
+                doc.problem(
+                    ("pipelines", i, "name"), f"duplicate pipeline name {name!r} (also at {pipeline_sources[name]})"
+                )
+                continue
+            if name is not None:
+                pipeline_sources[name] = Source(doc.file, doc.line_of(("pipelines", i)))
+            spec = _validate(doc, PipelineSpec, raw, ("pipelines", i))
+            built = _build_pipeline(spec, i, doc, kinds, broken) if spec is not None else None
+            if built is not None:
+                pipelines[built.name] = built
+
+    tasks: list[TaskConfig] = []
+    task_sources: dict[str, Source] = {}
+    for doc in documents:
+        for i, raw in enumerate(_items(doc, "tasks")):
+            task_id = _raw_str(raw, "id")
+            if task_id is not None and task_id in task_sources:
+                doc.problem(("tasks", i, "id"), f"duplicate task id {task_id!r} (also at {task_sources[task_id]})")
+                continue
+            if task_id is not None:
+                task_sources[task_id] = Source(doc.file, doc.line_of(("tasks", i)))
+            task = _validate(doc, TaskConfig, raw, ("tasks", i))
+            if task is not None:
+                tasks.append(task)
+            ref = _raw_str(raw, "pipeline")
+            if ref is not None and ref not in pipeline_sources:
+                known = sorted(pipeline_sources)
+                doc.problem(
+                    ("tasks", i, "pipeline"),
+                    with_suggestion(f"unknown pipeline {ref!r}", ref, known)
+                    + (f"; defined pipelines: {', '.join(known)}" if known else "; no pipelines are defined"),
+                )
+
+    problems = [msg for doc in documents for msg in doc.messages()]
+    if problems or not isinstance(root, MainFile):
+        raise ConfigError(problems or [f"{main.file}:1: invalid configuration"])
+    return Config(
+        path=path,
+        task=root.task,
+        api=root.api,
+        store=root.store,
+        log=root.log,
+        metrics=root.metrics,
+        tasks=tuple(tasks),
+        pipelines=types.MappingProxyType(pipelines),
+        task_sources=types.MappingProxyType(task_sources),
+        files=(path, *(Path(d.file) for d in includes)),
+    )

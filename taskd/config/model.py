@@ -1,0 +1,118 @@
+"""The validated configuration as frozen objects, with the digests that tell when a task changed."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from taskd import schedule as schedules
+from taskd.config.schema import (
+    ApiSection,
+    LogSection,
+    MetricsSection,
+    StoreSection,
+    TaskConfig,
+    TaskSection,
+    cached_schedule,
+)
+from taskd.processor import Processor, ProcessorOptions, StepPolicy
+from taskd.store.base import MEMORY
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where something was defined: file and 1-based line."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """One validated pipeline step: its type's options, the options every step has, and the
+    processor built from them (built while validating, so a constructor's error is a config error)."""
+
+    type: str
+    options: ProcessorOptions
+    source: Source
+    processor: Processor
+    policy: StepPolicy = field(default_factory=StepPolicy)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A validated pipeline. Relative paths in its options resolve against `base_dir`, the
+    directory of the file that defines it."""
+
+    name: str
+    processors: tuple[ProcessorConfig, ...]
+    source: Source
+    base_dir: Path
+    description: str | None = None
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A digest of the steps, part of every using task's definition hash."""
+        steps = [
+            {
+                "type": p.type,
+                "options": p.options.model_dump(mode="json", by_alias=True),
+                "policy": p.policy.model_dump(mode="json"),
+            }
+            for p in self.processors
+        ]
+        return hashlib.sha256(json.dumps(steps, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration. Paths in it are resolved against the main file."""
+
+    path: Path
+    task: TaskSection
+    api: ApiSection
+    store: StoreSection
+    log: LogSection
+    metrics: MetricsSection
+    tasks: tuple[TaskConfig, ...]
+    pipelines: Mapping[str, PipelineConfig]
+    task_sources: Mapping[str, Source] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def store_location(self) -> str:
+        """The store's file, resolved against the main file's directory; `:memory:` as it is."""
+        if self.store.path == MEMORY:
+            return MEMORY
+        return str(self.resolve(self.store.path))
+
+    def resolve(self, path: str) -> Path:
+        """A config path made absolute against the directory of the main config file."""
+        return (self.base_dir / Path(path).expanduser()).resolve()
+
+    def zone_for(self, task: TaskConfig) -> str:
+        return task.time_zone or self.task.time_zone
+
+    def schedule_for(self, task: TaskConfig) -> schedules.Schedule | None:
+        """The parsed schedule of `task` in its effective time zone (None for manual-only tasks)."""
+        if task.schedule is None:
+            return None
+        return cached_schedule(task.schedule, self.zone_for(task))
+
+    def definition_hash(self, task: TaskConfig) -> str:
+        """A digest of the task's definition and its pipeline's, to tell when YAML changed."""
+        digest = hashlib.sha256(task.model_dump_json().encode())  # fields in their declared order
+        digest.update(self.pipelines[task.pipeline].digest.encode())
+        digest.update(self.zone_for(task).encode())
+        return digest.hexdigest()[:16]

@@ -1,0 +1,264 @@
+"""The configuration's schema: one pydantic model per section, validated item by item.
+
+Models here are frozen; task params are frozen mappings (see `thaw` for the JSON-ready form).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import types
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from taskd import schedule as schedules
+from taskd.config.messages import all_zones, with_suggestion
+from taskd.errors import ScheduleError
+from taskd.processor import Duration
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_schedule(expression: str, zone: str) -> schedules.Schedule:
+    """Schedules are immutable: tasks with the same expression and zone share one."""
+    return schedules.parse(expression, zone)
+
+
+def _zone_name(value: str) -> str:
+    try:
+        schedules.load_zone(value)
+    except ScheduleError as exc:
+        raise ValueError(with_suggestion(str(exc), value, all_zones())) from None
+    return value
+
+
+def _cron(value: str) -> str:
+    try:
+        cached_schedule(value, "UTC")
+    except ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _empty_is_none(value: object) -> object:
+    return None if value == "" else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Turn frozen params (mapping proxies, tuples) back into plain JSON-ready dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+ZoneName = Annotated[StrictStr, AfterValidator(_zone_name)]
+Identifier = Annotated[StrictStr, Field(pattern=_ID)]
+Params = Annotated[dict[StrictStr, Any], AfterValidator(_freeze)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSection(Section):
+    """The seed-compatible `task:` section: defaults for every task and the global slot limit."""
+
+    time_zone: ZoneName = Field("UTC", description="IANA time zone used by every schedule by default")
+    max_concurrent_tasks: StrictInt = Field(100, ge=1, le=100_000, description="runs allowed in `running` at once")
+    shutdown_timeout: Duration = Field(30.0, description="on SIGTERM, how long running runs may finish")
+    debug: StrictBool = Field(False, description="log the task machinery (fires, attempts, output) at debug level")
+    log_task_execution: StrictBool = Field(True, description="log one line (run_finished) for every run that ends")
+
+
+class ApiSection(Section):
+    """The REST API listener and its protection."""
+
+    listen: StrictStr = Field("127.0.0.1:8080", description="host:port, [v6]:port or unix:/path")
+    token: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
+        None, description="bearer token required on every request when set"
+    )
+    insecure: StrictBool = Field(False, description="allow a non-loopback listen address without a token")
+    max_body_bytes: StrictInt = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="request body cap")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _safe_listen(self) -> ApiSection:
+        """A non-loopback TCP address without a token is refused unless `insecure: true`."""
+        target = parse_listen(self.listen)
+        if isinstance(target, str) or self.token or self.insecure or _is_loopback(target[0]):
+            return self
+        raise ValueError(
+            f"refusing to listen on {self.listen} without api.token: anyone who can reach it could "
+            "start, stop and delete tasks. Set api.token (e.g. token: ${TASKD_TOKEN}), listen on 127.0.0.1, "
+            "or set api.insecure: true if the network is trusted"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def parse_listen(value: str) -> tuple[str, int] | str:
+    """`host:port` -> (host, port); `unix:/path` -> the path. Raises ValueError when malformed."""
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        if not path:
+            raise ValueError("unix: needs a socket path, e.g. unix:/run/taskd/api.sock")
+        return path
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"listen must be host:port (port 0-65535) or unix:/path, got {value!r}")
+    return host, int(port_text)
+
+
+class Retention(Section):
+    """How much history the store keeps."""
+
+    days: StrictInt = Field(30, ge=0, description="delete runs older than this many days (0 keeps all)")
+    max_runs_per_task: StrictInt = Field(1000, ge=0, description="keep at most this many runs per task (0: no cap)")
+
+
+class StoreSection(Section):
+    """Where run history lives."""
+
+    path: StrictStr = Field(
+        "./var/taskd.db",
+        min_length=1,
+        description="SQLite file, relative to the config file; :memory: keeps nothing on disk",
+    )
+    retention: Retention = Retention()
+
+
+class LogSection(Section):
+    """Daemon log output."""
+
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
+    format: Annotated[Literal["auto", "json", "console"], BeforeValidator(_lower)] = Field(
+        "auto", description="auto: console on a TTY, JSON lines otherwise"
+    )
+    access: StrictBool = Field(False, description="log every API request (aiohttp's access log)")
+
+
+class RetryPolicy(Section):
+    """Attempt-level retries: wait `backoff * 2**k`, capped at `max_backoff`, optionally jittered."""
+
+    count: StrictInt = Field(0, ge=0, le=1000, description="retries after the first attempt")
+    backoff: Duration = Field(10.0, description="wait before the first retry")
+    max_backoff: Duration = Field(600.0, description="longest wait between attempts")
+    jitter: StrictBool = Field(False, description="full jitter: wait a random time up to the computed backoff")
+
+
+class TaskConfig(Section):
+    """One task as defined in YAML."""
+
+    id: Identifier
+    name: StrictStr | None = None
+    enabled: StrictBool = True
+    schedule: Annotated[StrictStr, AfterValidator(_cron)] | None = Field(
+        None, description="cron expression, macro or @every; omit for a manual-only task"
+    )
+    pipeline: StrictStr
+    timeout: Duration | None = Field(None, description="limit for each attempt; none when omitted")
+    retry_count: StrictInt | None = Field(None, ge=0, le=1000, description="shorthand for retry: {count: N}")
+    retry: RetryPolicy = RetryPolicy()
+    concurrency: Literal["forbid", "allow", "replace", "queue"] = "forbid"
+    misfire: Literal["skip", "run_once"] = "skip"
+    priority: StrictInt = Field(0, ge=-1_000_000, le=1_000_000)
+    time_zone: ZoneName | None = None
+    params: Params = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_retry_count(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("retry_count") is None:
+            return data
+        count = data["retry_count"]
+        retry = data.get("retry")
+        if isinstance(retry, dict) and "count" in retry and retry["count"] != count:
+            raise ValueError(f"retry_count ({count}) and retry.count ({retry['count']}) disagree; give only one")
+        if retry is None:
+            return {**data, "retry": {"count": count}}
+        if isinstance(retry, dict):
+            return {**data, "retry": {**retry, "count": count}}
+        return data
+
+    @field_serializer("params")
+    def _plain_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return thaw(params)  # type: ignore[no-any-return]
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+class PipelineSpec(Section):
+    """A pipeline as written: a name and a list of `{type: options}` single-key maps."""
+
+    name: Identifier
+    description: StrictStr | None = None
+    processors: list[Any] = Field(min_length=1)
+
+
+class MetricsSection(Section):
+    """What GET /metrics exposes."""
+
+    per_task: StrictBool = Field(
+        True, description="series per task (runs, durations, last success, next fire); false: one for all tasks"
+    )
+
+
+class MainFile(Section):
+    # tasks and pipelines are validated item by item (see build_config), so that one bad item
+    # does not hide the problems of the others.
+    task: TaskSection = TaskSection()
+    api: ApiSection = ApiSection()
+    store: StoreSection = StoreSection()
+    log: LogSection = LogSection()
+    metrics: MetricsSection = MetricsSection()
+    include: list[StrictStr] = Field(default_factory=list)
+    tasks: list[Any] = Field(default_factory=list)
+    pipelines: list[Any] = Field(default_factory=list)
+
+
+class IncludedFile(Section):
+    tasks: list[Any] = Field(default_factory=list)
+    pipelines: list[Any] = Field(default_factory=list)

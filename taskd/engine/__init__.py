@@ -1,0 +1,354 @@
+"""The engine: the facade the daemon and the API talk to.
+
+It wires a timer (when schedules are due), the registry (which tasks exist, reloads, tombstones),
+the policies (what a fire or a start becomes) and the live run table, all reading one clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+
+from taskd.clock import Clock, SystemClock, utc
+from taskd.config import Config
+from taskd.engine.policy import FirePlan, admit, catch_up, plan_fire, task_status
+from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
+from taskd.engine.runs import RunTable, stop_grace, wait_runs
+from taskd.engine.timer import APSchedulerTimer, FireCallback, Timer
+from taskd.errors import Conflict, UnknownTask
+from taskd.live import LiveHub
+from taskd.metrics import Metrics
+from taskd.models import RunRecord, RunSummary, Trigger, new_run_id
+from taskd.processor import ProcessorType
+from taskd.processors import registry
+from taskd.runner import Run
+from taskd.slots import SlotPool
+from taskd.store.base import Fire, LogLine, Store
+
+log = structlog.get_logger("taskd.engine")
+_DEBUG = logging.getLogger("taskd.engine")
+
+TimerFactory = Callable[[FireCallback], Timer]
+
+__all__ = ["Conflict", "Engine", "TaskEntry", "UnknownTask"]
+
+
+class Engine:
+    """Owns the registry of tasks, the timer that fires them, and every active run."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        kinds: Mapping[str, ProcessorType] | None = None,
+        clock: Clock | None = None,
+        timer: TimerFactory = APSchedulerTimer,
+        metrics: Metrics | None = None,
+        live: LiveHub | None = None,
+    ) -> None:
+        if kinds is None:
+            kinds = registry().types
+        self.config = config
+        self.store = store
+        self.kinds = kinds
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = metrics
+        self.live = live or LiveHub()
+        self._events = _RunEvents(metrics, self.live)
+        self.slots = SlotPool(config.task.max_concurrent_tasks)
+        self.runs = RunTable()
+        self.started_at = self.clock.time()
+        self._builder = StepBuilder()
+        self._tasks: dict[str, TaskEntry] = {}
+        self._held_back: dict[str, str] = {}
+        self._tombstones: dict[str, str] = {}
+        self._groups: dict[str, dict[str, None]] = {}  # timer job -> task ids, in order
+        self._sorted: tuple[TaskEntry, ...] | None = None
+        self._accepting = False
+        self._hurry = asyncio.Event()
+        self.timer: Timer = timer(self.on_group_fire)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register the configured tasks, start firing, and catch up on missed fires."""
+        self._tombstones = await self.store.tombstones()
+        self.runs.seed(await self.store.last_runs())
+        if self.metrics is not None:
+            self.metrics.seed_last_successes(await self.store.last_successes())
+        self._apply(self.config)
+        self._accepting = True
+        self.timer.start()
+        await self._catch_up()
+
+    @property
+    def scheduler_running(self) -> bool:
+        return self.timer.running and self._accepting
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop firing; let active runs finish for up to `grace_s` (or until `hurry()`), then stop them."""
+        self._accepting = False
+        self.timer.shutdown()
+        if len(self.runs):
+            log.info("draining_runs", count=len(self.runs), grace_s=grace_s)
+        await self.runs.drain(grace_s, f"daemon shutdown after the {grace_s:g}s grace period", self._hurry)
+        await self.store.flush()
+
+    def hurry(self) -> None:
+        """Cut a shutdown's grace period short: the runs still active are stopped now."""
+        self._hurry.set()
+
+    @property
+    def hurried(self) -> bool:
+        return self._hurry.is_set()
+
+    # -- configuration -----------------------------------------------------------------------------
+    def _apply(self, config: Config) -> RegistryDiff:
+        """Make the registry match `config`. Active runs are not touched."""
+        wanted = [self._builder.entry(config, task) for task in config.tasks]
+        change = diff(self._tasks, wanted, self._tombstones)
+        for task_id in change.restored:
+            self.store.remove_tombstone(task_id)
+            del self._tombstones[task_id]
+            log.info("task_restored", task_id=task_id, reason="definition changed since it was deleted")
+        for task_id in change.removed:
+            self._unschedule(task_id)
+            if self.metrics is not None:
+                self.metrics.forget_task(task_id)
+        for task_id in (*change.added, *change.changed):
+            self._schedule(change.tasks[task_id])
+        self._tasks = dict(change.tasks)
+        self._held_back = dict(change.held_back)
+        self.config = config
+        self._sorted = None
+        self.slots.set_limit(config.task.max_concurrent_tasks)
+        if change.held_back:
+            log.warning(
+                "tasks_held_back",
+                task_ids=sorted(change.held_back),
+                reason="deleted through the API; edit their YAML definition to bring them back",
+            )
+        return change
+
+    def reload(self, config: Config) -> dict[str, list[str]]:
+        """Switch to a new, already validated config. Runs in progress keep their definition."""
+        changes = self._apply(config).summary()
+        log.info("config_reloaded", **{k: v for k, v in changes.items() if v})
+        return changes
+
+    def _schedule(self, entry: TaskEntry) -> None:
+        self._unschedule(entry.id)
+        group = entry.group
+        if group is None or entry.schedule is None:
+            return
+        members = self._groups.get(group)
+        if members is None:
+            members = self._groups[group] = {}
+            self.timer.add(group, entry.schedule)
+        members[entry.id] = None
+
+    def _unschedule(self, task_id: str) -> None:
+        for group, members in list(self._groups.items()):
+            if task_id in members:
+                del members[task_id]
+                if not members:
+                    del self._groups[group]
+                    self.timer.remove(group)
+                return
+
+    # -- fires -----------------------------------------------------------------------------------
+    def on_group_fire(self, group: str, run_times: list[datetime]) -> None:
+        """Called by the timer when a schedule is due: fire its tasks, higher priority first."""
+        members = self._groups.get(group)
+        if not members or not self._accepting or not run_times:
+            return
+        fire = plan_fire([t.timestamp() for t in run_times])
+        ordered = sorted(members, key=lambda task_id: -self._tasks[task_id].config.priority)
+        for task_id in ordered:
+            self._fire(task_id, fire)
+
+    def _fire(self, task_id: str, fire: FirePlan) -> None:
+        """`task_id` is due: one run for the fire's instant, the coalesced instants recorded."""
+        now = self.clock.time()
+        self.store.set_last_fire(task_id, fire.instant)
+        for missed in fire.coalesced:
+            self._skip(Fire(task_id, missed, "skipped", "coalesced: the event loop was late", now), "coalesced")
+        try:
+            self.start_run(task_id, Trigger.SCHEDULE, scheduled_at=fire.instant)
+        except Conflict as exc:
+            self._skip(Fire(task_id, fire.instant, "skipped", str(exc), now), exc.reason)
+            log.info("fire_skipped", task_id=task_id, reason=str(exc))
+
+    def _skip(self, fire: Fire, reason: str) -> None:
+        """A fire that did not become a run: recorded, and counted by reason."""
+        self.store.record_fire(fire)
+        if self.metrics is not None:
+            self.metrics.fire_skipped(fire.task_id, reason)
+
+    async def _catch_up(self) -> None:
+        """At start-up, deal with fires missed while the daemon was down (misfire policy)."""
+        last_fires = await self.store.last_fires()
+        now = utc(self.clock)
+        for entry in list(self._tasks.values()):
+            last = last_fires.get(entry.id)
+            schedule = entry.schedule if entry.config.enabled else None
+            missed = catch_up(schedule, entry.config.misfire, _instant(last), now)
+            if missed is None:
+                continue
+            latest = missed.instant.timestamp()
+            self.store.set_last_fire(entry.id, latest)
+            if missed.run:
+                log.info("catch_up_run", task_id=entry.id, missed=missed.count, more=missed.capped)
+                try:
+                    self.start_run(entry.id, Trigger.CATCH_UP, scheduled_at=latest)
+                except Conflict as exc:
+                    self._skip(Fire(entry.id, latest, "skipped", str(exc), self.clock.time()), exc.reason)
+            else:
+                self._skip(Fire(entry.id, latest, "missed", missed.reason, self.clock.time()), "missed_while_down")
+                log.info("fires_missed", task_id=entry.id, missed=missed.count, more=missed.capped)
+
+    # -- runs ------------------------------------------------------------------------------------
+    def start_run(
+        self,
+        task_id: str,
+        trigger: Trigger,
+        params: Mapping[str, Any] | None = None,
+        scheduled_at: float | None = None,
+    ) -> Run:
+        """Create a run and start it, applying the task's concurrency policy."""
+        if not self._accepting:
+            raise Conflict("taskd is shutting down", "shutting_down")
+        entry = self.entry(task_id)
+        task = entry.config
+        # `allow` never needs the list of active runs; with thousands of them, building it costs.
+        active = self.runs.active_states(task_id) if task.concurrency != "allow" else []
+        admission = admit(task_id, task.concurrency, active)
+        for run_id in admission.stop:
+            replaced = self.runs.get(run_id)
+            if replaced is not None:
+                replaced.stop("replaced by a newer run")
+        after = [run for run in map(self.runs.get, admission.after) if run is not None]
+        now = self.clock.time()
+        record = RunRecord(
+            id=new_run_id(now),
+            task_id=task_id,
+            trigger=trigger,
+            queued_at=now,
+            scheduled_at=scheduled_at,
+            params={**entry.params, **params} if params else dict(entry.params),
+            priority=task.priority,
+        )
+        run = Run(record, entry.plan, self.store, self.slots, self.clock, self._events)
+        run.queue()
+        self.runs.add(run)
+        run.start(after)
+        self.runs.watch(run)
+        if _DEBUG.isEnabledFor(logging.DEBUG):
+            log.debug("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
+        return run
+
+    async def stop_task(self, task_id: str, reason: str) -> list[str]:
+        """Stop every active run of the task; wait (bounded by their stop grace) until they end."""
+        self.entry(task_id)
+        active = self.runs.active(task_id)
+        if not active:
+            raise Conflict(f"task {task_id!r} has no active run")
+        for run in active:
+            run.stop(reason)
+        await wait_runs(active, stop_grace(active))
+        return [run.id for run in active]
+
+    async def delete_task(self, task_id: str) -> list[str]:
+        """Stop active runs, remove the task, and keep a tombstone so it stays deleted."""
+        entry = self.entry(task_id)
+        active = self.runs.active(task_id)
+        for run in active:
+            run.stop("task deleted")
+        self._unschedule(task_id)
+        del self._tasks[task_id]
+        self._sorted = None
+        self._tombstones[task_id] = entry.definition_hash
+        self._held_back[task_id] = entry.definition_hash
+        self.store.add_tombstone(task_id, entry.definition_hash, self.clock.time())
+        if self.metrics is not None:
+            self.metrics.forget_task(task_id)
+        await wait_runs(active, stop_grace(active))
+        await self.store.flush()
+        log.info("task_deleted", task_id=task_id, stopped=[r.id for r in active])
+        return [run.id for run in active]
+
+    # -- reading the registry ----------------------------------------------------------------------
+    def entry(self, task_id: str) -> TaskEntry:
+        entry = self._tasks.get(task_id)
+        if entry is None:
+            raise UnknownTask(f"task {task_id!r} does not exist")
+        return entry
+
+    def entries(self) -> tuple[TaskEntry, ...]:
+        """Every task, by id; cached until the registry changes."""
+        if self._sorted is None:
+            self._sorted = tuple(self._tasks[k] for k in sorted(self._tasks))
+        return self._sorted
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def held_back(self) -> Mapping[str, str]:
+        """Tasks kept deleted by a tombstone: id -> definition hash."""
+        return MappingProxyType(self._held_back)
+
+    def knows(self, task_id: str) -> bool:
+        """Whether the task is defined, or deleted and held back (its history is still asked for)."""
+        return task_id in self._tasks or task_id in self._held_back
+
+    def status(self, task_id: str) -> str:
+        entry = self._tasks[task_id]
+        last = self.runs.last(task_id)
+        return task_status(
+            entry.config.enabled,
+            (run.state for run in self.runs.active(task_id)),
+            None if last is None else str(last.state),
+            scheduled=entry.schedule is not None,
+        )
+
+    def last_run(self, task_id: str) -> RunRecord | RunSummary | None:
+        return self.runs.last(task_id)
+
+    def active_runs(self, task_id: str) -> list[Run]:
+        return self.runs.active(task_id)
+
+    def live_run(self, run_id: str) -> Run | None:
+        return self.runs.get(run_id)
+
+
+class _RunEvents:
+    """What runs tell as they go: counted by the metrics, streamed to live followers."""
+
+    def __init__(self, metrics: Metrics | None, live: LiveHub) -> None:
+        self._metrics = metrics
+        self._live = live
+
+    def run_finished(self, task_id: str, state: str, duration_s: float | None, finished_at: float) -> None:
+        if self._metrics is not None:
+            self._metrics.run_finished(task_id, state, duration_s, finished_at)
+
+    def first_step_started(self, lateness_s: float) -> None:
+        if self._metrics is not None:
+            self._metrics.first_step_started(lateness_s)
+
+    def state_entered(self, run_id: str, task_id: str, state: str, at: float, error: str | None) -> None:
+        self._live.state_entered(run_id, task_id, state, at, error)
+
+    def line_written(self, line: LogLine) -> None:
+        self._live.line_written(line)
+
+
+def _instant(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

@@ -1,0 +1,141 @@
+"""The engine's decisions, as pure functions: concurrency policy, what a fire becomes, catch-up
+after downtime (misfire policy), and a task's status. Time is always passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from taskd.errors import Conflict
+from taskd.models import ACTIVE_STATES, RunState
+from taskd.schedule import Schedule
+
+MAX_QUEUED_PER_TASK = 100
+MISSED_COUNT_CAP = 1000
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A new run is allowed: `stop` are the active runs it replaces, `after` the runs it must
+    wait for before it begins (by id)."""
+
+    stop: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+
+FREE = Admission()
+"""Nothing to stop, nothing to wait for."""
+
+
+def admit(task_id: str, concurrency: str, active: Sequence[tuple[str, RunState]]) -> Admission:
+    """Apply the task's concurrency policy to a new run, given its active runs (id, state),
+    oldest first. Raises Conflict when the policy refuses the run."""
+    if not active or concurrency == "allow":
+        return FREE
+    if concurrency == "forbid":
+        raise Conflict(
+            f"task {task_id!r} already has an active run ({active[0][0]}); concurrency is forbid", "concurrency"
+        )
+    ids = tuple(run_id for run_id, _ in active)
+    if concurrency == "replace":
+        return Admission(stop=ids, after=ids)
+    if concurrency == "queue":
+        waiting = sum(1 for _, state in active if state is RunState.QUEUED)
+        if waiting >= MAX_QUEUED_PER_TASK:
+            raise Conflict(f"task {task_id!r} already has {waiting} queued runs; concurrency is queue", "queue_full")
+        return Admission(after=ids)
+    raise ValueError(f"unknown concurrency policy {concurrency!r}")
+
+
+@dataclass(frozen=True)
+class FirePlan:
+    """What one fire of a task becomes: a run for `instant`, and `coalesced` instants that came
+    due at the same time (the loop was late) and are recorded as skipped."""
+
+    instant: float
+    coalesced: tuple[float, ...] = ()
+
+
+def plan_fire(instants: Sequence[float]) -> FirePlan:
+    """Several instants due at once make one run, for the latest; the others are skipped."""
+    if not instants:
+        raise ValueError("a fire has at least one instant")
+    return FirePlan(instants[-1], tuple(instants[:-1]))
+
+
+def missed_fires(
+    schedule: Schedule, last: datetime, now: datetime, cap: int = MISSED_COUNT_CAP
+) -> tuple[int, bool, datetime | None]:
+    """Fires after `last` and up to `now`: how many (counted up to `cap`; the flag says there were
+    more) and the latest one, found without walking a long outage instant by instant."""
+    count = 0
+    current = schedule.next_after(last)
+    latest = None
+    while current is not None and current <= now and count < cap:
+        latest, count = current, count + 1
+        current = schedule.next_after(current)
+    if current is None or current > now:
+        return count, False, latest
+    # More than `cap`: look for the latest fire in growing windows that end at `now`.
+    for window in (
+        timedelta(minutes=1),
+        timedelta(hours=1),
+        timedelta(days=1),
+        timedelta(days=32),
+        timedelta(days=400),
+    ):
+        start = max(last, now - window)
+        probe = schedule.next_after(start)
+        found = None
+        while probe is not None and probe <= now:
+            found = probe
+            probe = schedule.next_after(probe)
+        if found is not None:
+            return cap, True, found
+    return cap, True, latest
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Fires missed while the daemon was down: `count` of them (or more, when `capped`), the latest
+    at `instant`; `run` when the misfire policy wants one run for them (run_once), else they are
+    recorded as missed."""
+
+    instant: datetime
+    count: int
+    capped: bool
+    run: bool
+
+    @property
+    def reason(self) -> str:
+        more = "+" if self.capped else ""
+        return f"missed while the daemon was down ({self.count}{more} fire(s)); misfire policy is skip"
+
+
+def catch_up(schedule: Schedule | None, misfire: str, last_fire: datetime | None, now: datetime) -> CatchUp | None:
+    """What to do at start-up about a task's fires between its last fire and `now` (None: nothing
+    was missed, or the task never fired)."""
+    if schedule is None or last_fire is None:
+        return None
+    count, capped, latest = missed_fires(schedule, last_fire, now)
+    if latest is None:
+        return None
+    return CatchUp(latest, count, capped, run=misfire == "run_once")
+
+
+_STATUS_ORDER = (RunState.RUNNING, RunState.RETRYING, RunState.QUEUED)
+
+
+def task_status(enabled: bool, active: Iterable[RunState], last: str | None, scheduled: bool = True) -> str:
+    """A task's status (DESIGN.md): disabled; else its busiest active run's state; else its last
+    run's final state; else scheduled, or manual for a task without a schedule."""
+    if not enabled:
+        return "disabled"
+    states = set(active)
+    for state in _STATUS_ORDER:
+        if state in states:
+            return str(state)
+    if last is not None and last not in ACTIVE_STATES:
+        return str(last)
+    return "scheduled" if scheduled else "manual"

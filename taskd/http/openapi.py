@@ -1,0 +1,325 @@
+"""The OpenAPI 3.1 description of the API (`GET /openapi.json`). A test keeps it in step with the
+routes, and schemathesis checks the daemon's answers against it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskd import __version__
+from taskd.models import RunState, Trigger
+from taskd.store.base import RUN_SORTS
+
+TASK_STATUSES = ["scheduled", "manual", "disabled", *(str(state) for state in RunState)]
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _object(required: list[str], properties: dict[str, Any], extra: bool = False) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties, "additionalProperties": extra}
+
+
+INSTANT = {"type": "string", "format": "date-time"}
+ERRORS = {
+    "400": _error("malformed input"),
+    "401": _error("missing or wrong bearer token"),
+}
+RUN_PROPERTIES = {
+    "id": {"type": "string"},
+    "task_id": {"type": "string"},
+    "trigger": {"type": "string", "enum": [str(t) for t in Trigger]},
+    "state": {"type": "string", "enum": [str(s) for s in RunState]},
+    "scheduled_at": _nullable("string", format="date-time"),
+    "queued_at": INSTANT,
+    "started_at": _nullable("string", format="date-time"),
+    "finished_at": _nullable("string", format="date-time"),
+    "duration": _nullable("number"),
+    "attempts": {"type": "integer"},
+    "error": _nullable("string"),
+    "params": {"type": "object"},
+    "priority": {"type": "integer"},
+}
+TASK_PROPERTIES = {
+    "id": {"type": "string"},
+    "name": {"type": "string"},
+    "enabled": {"type": "boolean"},
+    "status": {"type": "string", "enum": TASK_STATUSES},
+    "schedule": _nullable("string"),
+    "time_zone": {"type": "string"},
+    "pipeline": {"type": "string"},
+    "priority": {"type": "integer"},
+    "concurrency": {"type": "string", "enum": ["forbid", "allow", "replace", "queue"]},
+    "last_run": {"oneOf": [_ref("LastRun"), {"type": "null"}]},
+    "next_run": _nullable("string", format="date-time"),
+    "duration": _nullable("number"),
+}
+SCHEMAS: dict[str, Any] = {
+    "Error": _object(
+        ["error"], {"error": _object(["code", "message"], {"code": {"type": "string"}, "message": {"type": "string"}})}
+    ),
+    "LastRun": _object(
+        ["id", "state", "trigger", "started_at", "finished_at", "duration"],
+        {key: RUN_PROPERTIES[key] for key in ("id", "state", "trigger", "started_at", "finished_at", "duration")},
+    ),
+    "Task": _object(list(TASK_PROPERTIES), TASK_PROPERTIES),
+    "TaskDetail": _object(
+        [*TASK_PROPERTIES, "definition", "next_runs", "active_runs", "stats", "recent_runs", "skipped_fires"],
+        {
+            **TASK_PROPERTIES,
+            "definition": {"type": "object"},
+            "next_runs": {"type": "array", "items": INSTANT},
+            "active_runs": {"type": "array", "items": _ref("Run")},
+            "stats": {"type": "object"},
+            "recent_runs": {"type": "array", "items": _ref("Run")},
+            "skipped_fires": {"type": "array", "items": {"type": "object"}},
+        },
+    ),
+    "Run": _object(list(RUN_PROPERTIES), RUN_PROPERTIES),
+    "RunDetail": _object(
+        [*RUN_PROPERTIES, "attempt_list", "transitions"],
+        {
+            **RUN_PROPERTIES,
+            "attempt_list": {"type": "array", "items": {"type": "object"}},
+            "transitions": {"type": "array", "items": {"type": "object"}},
+        },
+    ),
+}
+
+
+def _task_id() -> dict[str, Any]:
+    return {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _run_id() -> dict[str, Any]:
+    return {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+PAGING = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+    _query("offset", {"type": "integer", "minimum": 0}, "rows to skip"),
+]
+RUN_FILTERS = [
+    _query("state", {"type": "string"}, f"comma list of {', '.join(str(s) for s in RunState)}"),
+    _query("trigger", {"type": "string"}, f"comma list of {', '.join(str(t) for t in Trigger)}"),
+    _query("since", {"type": "string"}, "queued at or after: ISO-8601 or epoch seconds"),
+    _query("until", {"type": "string"}, "queued before: ISO-8601 or epoch seconds"),
+    _query("q", {"type": "string"}, "text in the error or params, or in the task's id or name"),
+    _query("sort", {"type": "string"}, f"one of {', '.join(RUN_SORTS)}; prefix - for descending"),
+    *PAGING,
+]
+RUN_LIST = _json(
+    _object(["runs", "total"], {"runs": {"type": "array", "items": _ref("Run")}, "total": {"type": "integer"}}),
+    "runs, newest first unless sorted otherwise",
+)
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    paths: dict[str, Any] = {
+        "/tasks": {
+            "get": {
+                "summary": "List tasks",
+                "parameters": [
+                    _query("status", {"type": "string", "enum": TASK_STATUSES}, "only tasks in this status"),
+                    _query("q", {"type": "string"}, "text in the task's id or name"),
+                    _query("sort", {"type": "string"}, "id, name, status, next_run or priority; - reverses"),
+                    *PAGING,
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["tasks", "total", "limit", "offset"],
+                            {
+                                "tasks": {"type": "array", "items": _ref("Task")},
+                                "total": {"type": "integer"},
+                                "limit": {"type": "integer"},
+                                "offset": {"type": "integer"},
+                            },
+                        ),
+                        "the tasks",
+                    ),
+                    **ERRORS,
+                },
+            }
+        },
+        "/task/{id}": {
+            "get": {
+                "summary": "One task",
+                "parameters": [_task_id()],
+                "responses": {"200": _json(_ref("TaskDetail"), "the task"), **ERRORS, "404": _error("no such task")},
+            },
+            "delete": {
+                "summary": "Stop the task's runs and delete it",
+                "parameters": [_task_id()],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["deleted", "stopped"],
+                            {"deleted": {"type": "string"}, "stopped": {"type": "array", "items": {"type": "string"}}},
+                        ),
+                        "deleted",
+                    ),
+                    **ERRORS,
+                    "404": _error("no such task"),
+                },
+            },
+        },
+        "/task/{id}/_start": {
+            "post": {
+                "summary": "Start a run now",
+                "parameters": [_task_id()],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": _object([], {"params": {"type": "object", "description": "overrides"}})
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json(
+                        _object(
+                            ["run_id", "task_id", "state"],
+                            {"run_id": {"type": "string"}, "task_id": {"type": "string"}, "state": {"type": "string"}},
+                        ),
+                        "the run was created",
+                    ),
+                    **ERRORS,
+                    "404": _error("no such task"),
+                    "409": _error("the task's concurrency policy refuses another run"),
+                    "413": _error("the body is larger than api.max_body_bytes"),
+                },
+            }
+        },
+        "/task/{id}/_stop": {
+            "post": {
+                "summary": "Stop the task's active runs",
+                "parameters": [_task_id()],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["task_id", "stopped"],
+                            {"task_id": {"type": "string"}, "stopped": {"type": "array", "items": {"type": "string"}}},
+                        ),
+                        "the runs stopped",
+                    ),
+                    **ERRORS,
+                    "404": _error("no such task"),
+                    "409": _error("nothing to stop"),
+                },
+            }
+        },
+        "/task/{id}/runs": {
+            "get": {
+                "summary": "A task's run history",
+                "parameters": [_task_id(), *RUN_FILTERS],
+                "responses": {"200": RUN_LIST, **ERRORS, "404": _error("no such task")},
+            }
+        },
+        "/runs": {
+            "get": {
+                "summary": "Run history",
+                "parameters": [_query("task_id", {"type": "string"}, "comma list of task ids"), *RUN_FILTERS],
+                "responses": {"200": RUN_LIST, **ERRORS, "404": _error("no such task")},
+            }
+        },
+        "/run/{run_id}": {
+            "get": {
+                "summary": "One run, with its attempts and steps",
+                "parameters": [_run_id()],
+                "responses": {"200": _json(_ref("RunDetail"), "the run"), **ERRORS, "404": _error("no such run")},
+            }
+        },
+        "/run/{run_id}/log": {
+            "get": {
+                "summary": "A run's log; with follow=1, server-sent events until the run ends",
+                "parameters": [
+                    _run_id(),
+                    _query("follow", {"type": "string", "enum": ["0", "1"]}, "1: stream the log as it is written"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the log",
+                        "content": {"text/plain": {"schema": {"type": "string"}}, "text/event-stream": {}},
+                    },
+                    **ERRORS,
+                    "404": _error("no such run"),
+                },
+            }
+        },
+        "/events": {
+            "get": {
+                "summary": "Every run's state changes, as server-sent events",
+                "responses": {"200": {"description": "a stream", "content": {"text/event-stream": {}}}, **ERRORS},
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness and readiness (details with the token)",
+                "security": [{}, {"bearer": []}],
+                "responses": {
+                    "200": _json(_object(["status"], {"status": {"const": "ok"}}, extra=True), "healthy"),
+                    "503": _json(_object(["status"], {"status": {"const": "unavailable"}}, extra=True), "not ready"),
+                },
+            }
+        },
+        "/processors": {
+            "get": {
+                "summary": "Processor types and their options",
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["processors", "common_options"],
+                            {
+                                "processors": {"type": "array", "items": {"type": "object"}},
+                                "common_options": {"type": "array", "items": {"type": "string"}},
+                            },
+                        ),
+                        "every type",
+                    ),
+                    **ERRORS,
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text exposition",
+                "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}, **ERRORS},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [{}],
+                "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+            }
+        },
+    }
+    paths["/tasks/"] = paths["/tasks"]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "taskd", "version": __version__, "description": "A task daemon's REST API."},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "api.token"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }

@@ -1,0 +1,196 @@
+"""What the API shows: tasks, runs and processors as JSON-ready dicts, and the caches that keep
+the task list cheap with thousands of tasks. No HTTP here: the routes in `app` call these."""
+
+from __future__ import annotations
+
+import collections
+import functools
+from datetime import UTC, datetime
+from typing import Any
+
+from taskd.config import thaw
+from taskd.engine import Engine, TaskEntry
+from taskd.metrics import Snapshot
+from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, iso
+from taskd.schedule import Schedule
+from taskd.store.base import Fire, Store, Transition
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+def last_run_view(run: RunRecord | RunSummary | None, now: float) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    duration = run.elapsed(now) if isinstance(run, RunRecord) else run.duration
+    return {
+        "id": run.id,
+        "state": str(run.state),
+        "trigger": str(run.trigger),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "duration": _rounded(duration),
+    }
+
+
+@functools.lru_cache(maxsize=65536)
+def _finished_view(summary: RunSummary) -> dict[str, Any] | None:
+    """A finished run never changes: its view is built once (callers must not mutate it)."""
+    return last_run_view(summary, 0.0)
+
+
+class NextFires:
+    """Next fire instants, shared by every task on the same parsed schedule: one answer serves a
+    whole group while it holds (the next fire after `now` is the same for every `now` in
+    [asked_at, answer)), and is formatted once."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Schedule, datetime, datetime | None, str | None]] = {}
+
+    def iso(self, schedule: Schedule, now: datetime) -> str | None:
+        return self._lookup(schedule, now)[3]
+
+    def epoch(self, schedule: Schedule, now: datetime) -> float | None:
+        answer = self._lookup(schedule, now)[2]
+        return None if answer is None else answer.timestamp()
+
+    def _lookup(self, schedule: Schedule, now: datetime) -> tuple[Schedule, datetime, datetime | None, str | None]:
+        cached = self._cache.get(id(schedule))
+        if cached is not None and cached[0] is schedule and cached[1] <= now and (cached[2] is None or now < cached[2]):
+            return cached
+        answer = schedule.next_after(now)
+        found = (schedule, now, answer, answer.isoformat() if answer is not None else None)
+        self._cache[id(schedule)] = found
+        return found
+
+
+class TaskViews:
+    """The task list's rows; the part only a config change can change is built once per entry."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._static: dict[str, tuple[TaskEntry, dict[str, Any]]] = {}
+        self.next_fires = NextFires()
+
+    def _static_view(self, entry: TaskEntry) -> dict[str, Any]:
+        cached = self._static.get(entry.id)
+        if cached is not None and cached[0] is entry:
+            return cached[1]
+        view = {
+            "id": entry.id,
+            "name": entry.config.display_name,
+            "enabled": entry.config.enabled,
+            "schedule": entry.config.schedule,
+            "time_zone": entry.time_zone,
+            "pipeline": entry.pipeline.name,
+            "priority": entry.config.priority,
+            "concurrency": entry.config.concurrency,
+        }
+        self._static[entry.id] = (entry, view)
+        return view
+
+    def next_run(self, entry: TaskEntry, now: datetime) -> str | None:
+        if entry.schedule is None or not entry.config.enabled:
+            return None
+        return self.next_fires.iso(entry.schedule, now)
+
+    def row(self, entry: TaskEntry, now: datetime) -> dict[str, Any]:
+        engine = self._engine
+        last = engine.last_run(entry.id)
+        epoch = now.timestamp()
+        last_view = _finished_view(last) if isinstance(last, RunSummary) else last_run_view(last, epoch)
+        return {
+            **self._static_view(entry),
+            "status": engine.status(entry.id),
+            "last_run": last_view,
+            "next_run": self.next_run(entry, now),
+            "duration": None if last_view is None else last_view["duration"],
+        }
+
+    def detail(self, entry: TaskEntry, now: datetime) -> dict[str, Any]:
+        """The row plus the definition as written, upcoming fires and active runs."""
+        view = self.row(entry, now)
+        task = entry.config
+        view["definition"] = {
+            **thaw(task.model_dump(mode="json")),
+            "pipeline": {
+                "name": entry.pipeline.name,
+                "description": entry.pipeline.description,
+                "processors": [
+                    {p.type: p.options.model_dump(mode="json", by_alias=True, exclude_defaults=True)}
+                    for p in entry.pipeline.processors
+                ],
+            },
+            "source": str(entry.source) if entry.source else None,
+        }
+        view["next_runs"] = (
+            [t.isoformat() for t in entry.schedule.next_n(now, 5)] if entry.schedule and task.enabled else []
+        )
+        epoch = now.timestamp()
+        view["active_runs"] = [run.record.to_json(epoch) for run in self._engine.active_runs(entry.id)]
+        return view
+
+
+def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Snapshot:
+    """What GET /metrics reads of the daemon's state."""
+    now = datetime.fromtimestamp(engine.clock.time(), UTC)
+    upcoming: dict[str, float] = {}
+    for entry in engine.entries():
+        if entry.schedule is not None and entry.config.enabled:
+            when = next_fires.epoch(entry.schedule, now)
+            if when is not None:
+                upcoming[entry.id] = when
+    return Snapshot(
+        active=collections.Counter(str(run.state) for run in engine.runs.unfinished()),
+        slots=engine.slots.limit,
+        slots_in_use=engine.slots.held,
+        pending_writes=store.pending_writes,
+        next_fires=upcoming,
+    )
+
+
+def fire_view(fire: Fire) -> dict[str, Any]:
+    return {
+        "instant": iso(fire.instant),
+        "kind": fire.kind,
+        "reason": fire.reason,
+        "recorded_at": iso(fire.recorded_at),
+    }
+
+
+def _step_view(step: StepRecord) -> dict[str, Any]:
+    return {
+        "index": step.index,
+        "type": step.type,
+        "state": str(step.state),
+        "started_at": iso(step.started_at),
+        "finished_at": iso(step.finished_at),
+        "duration": None if step.finished_at is None else round(step.finished_at - step.started_at, 3),
+        "error": step.error,
+    }
+
+
+def run_detail(
+    run: RunRecord,
+    attempts: list[AttemptRecord],
+    steps: list[StepRecord],
+    transitions: list[Transition],
+    now: float,
+) -> dict[str, Any]:
+    """One run with its attempts, each with its steps, and its state transitions."""
+    view = run.to_json(now)
+    view["attempt_list"] = [
+        {
+            "number": a.number,
+            "state": str(a.state),
+            "started_at": iso(a.started_at),
+            "finished_at": iso(a.finished_at),
+            "duration": None if a.finished_at is None else round(a.finished_at - a.started_at, 3),
+            "error": a.error,
+            "steps": [_step_view(s) for s in steps if s.attempt == a.number],
+        }
+        for a in attempts
+    ]
+    view["transitions"] = [{"state": t.state, "at": iso(t.at), "detail": t.detail} for t in transitions]
+    return view

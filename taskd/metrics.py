@@ -1,0 +1,186 @@
+"""Prometheus metrics, produced by `prometheus-client`. The names and labels are a contract:
+operators write alerts against them (README, "Watching it").
+
+Events are counted as they happen (`run_finished`, `first_step_started`, `fire_skipped`,
+`store_committed`); what is a state rather than an event (active runs, slots, pending writes, each
+task's next fire) is read at scrape time from a `Snapshot` the daemon provides.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ALL_TASKS = ""
+"""The `task` label of every per-task series when `metrics.per_task` is off: one series for all."""
+
+RUN_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 7200)  # few: each is a series per task
+LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's state at scrape time."""
+
+    active: Mapping[str, int] = field(default_factory=dict)  # state -> runs
+    slots: int = 0
+    slots_in_use: int = 0
+    pending_writes: int = 0
+    next_fires: Mapping[str, float] = field(default_factory=dict)  # task -> epoch seconds
+
+
+class Metrics:
+    """Every taskd metric, in a registry of its own (with the client's process metrics)."""
+
+    def __init__(self, version: str, per_task: bool = True) -> None:
+        # `*_created` series would double every per-task series for a value no alert needs.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.per_task = per_task
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        Info("taskd_build", "The running taskd's version.", registry=self.registry).info({"version": version})
+        self._runs = Counter(
+            "taskd_runs", "Runs that ended, by task and final state.", ["task", "state"], registry=self.registry
+        )
+        self._duration = Histogram(
+            "taskd_run_duration_seconds",
+            "From a run's first attempt starting to its end.",
+            ["task"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
+        self._lateness = Histogram(
+            "taskd_schedule_lateness_seconds",
+            "From a fire's scheduled instant to the start of its run's first step.",
+            buckets=LATENESS_BUCKETS,
+            registry=self.registry,
+        )
+        self._skipped = Counter(
+            "taskd_fires_skipped",
+            "Fires that did not become a run, by task and reason.",
+            ["task", "reason"],
+            registry=self.registry,
+        )
+        self._commit = Histogram(
+            "taskd_store_commit_seconds",
+            "How long one batch of staged writes took to commit.",
+            buckets=COMMIT_BUCKETS,
+            registry=self.registry,
+        )
+        self._last_success: dict[str, float] = {}
+        self._snapshot = Snapshot()
+        self._lock = threading.Lock()
+        self.registry.register(_StateCollector(self))
+        # Label children are looked up once per (task, state): a lookup takes a lock each time.
+        self._run_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+    def seed_last_successes(self, successes: Mapping[str, float]) -> None:
+        """Each task's last successful run as the store remembers it (at start-up)."""
+        for task_id, finished_at in successes.items():
+            self._last_success[task_id] = max(finished_at, self._last_success.get(task_id, finished_at))
+
+    def forget_task(self, task_id: str) -> None:
+        """A deleted or removed task: its last-success series goes."""
+        self._last_success.pop(task_id, None)
+
+    # -- events ----------------------------------------------------------------------------------
+    def run_finished(self, task_id: str, state: str, duration_s: float | None, finished_at: float) -> None:
+        label = task_id if self.per_task else ALL_TASKS
+        children = self._run_children.get((label, state))
+        if children is None:
+            children = (self._runs.labels(label, state), self._duration.labels(label))
+            self._run_children[(label, state)] = children
+        counter, histogram = children
+        counter.inc()
+        if duration_s is not None:
+            histogram.observe(duration_s)
+        if state == "completed":
+            self._last_success[task_id] = finished_at
+
+    def first_step_started(self, lateness_s: float) -> None:
+        self._lateness.observe(max(lateness_s, 0.0))
+
+    def fire_skipped(self, task_id: str, reason: str) -> None:
+        self._skipped.labels(task_id if self.per_task else ALL_TASKS, reason).inc()
+
+    def store_committed(self, seconds: float) -> None:
+        self._commit.observe(seconds)
+
+    def exposition(self, snapshot: Snapshot | None = None) -> bytes:
+        """The Prometheus text exposition of every metric, with `snapshot` as the daemon's state.
+
+        Thread-safe, so that a large scrape can be formatted off the event loop; the snapshot must
+        be taken on it.
+        """
+        with self._lock:
+            self._snapshot = snapshot or Snapshot()
+            return generate_latest(self.registry)
+
+    # -- for the collector -------------------------------------------------------------------------
+    def _task_times(self, times: Mapping[str, float]) -> Iterator[tuple[str, float]]:
+        if self.per_task:
+            yield from times.items()
+        elif times:
+            yield ALL_TASKS, max(times.values())
+
+
+class _StateCollector(Collector):
+    """The metrics that are states, read when Prometheus scrapes."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # known only at scrape time; the registry must not call collect() at register()
+
+    def collect(self) -> Iterable[Metric]:
+        metrics = self._metrics
+        snapshot = metrics._snapshot
+        active = GaugeMetricFamily("taskd_runs_active", "Runs queued, running or retrying now.", labels=["state"])
+        for state in ("queued", "running", "retrying"):
+            active.add_metric([state], snapshot.active.get(state, 0))
+        yield active
+        yield GaugeMetricFamily("taskd_slots", "The max_concurrent_tasks limit.", value=snapshot.slots)
+        yield GaugeMetricFamily("taskd_slots_in_use", "Slots held by running runs.", value=snapshot.slots_in_use)
+        yield GaugeMetricFamily(
+            "taskd_store_pending_writes", "Writes staged and not yet committed.", value=snapshot.pending_writes
+        )
+        success = GaugeMetricFamily(
+            "taskd_task_last_success_timestamp_seconds",
+            "When each task's last successful run ended (epoch seconds).",
+            labels=["task"],
+        )
+        for task_id, when in metrics._task_times(metrics._last_success):
+            success.add_metric([task_id], when)
+        yield success
+        upcoming = GaugeMetricFamily(
+            "taskd_task_next_fire_timestamp_seconds",
+            "Each scheduled, enabled task's next fire (epoch seconds).",
+            labels=["task"],
+        )
+        next_fires = snapshot.next_fires
+        if metrics.per_task:
+            for task_id, when in next_fires.items():
+                upcoming.add_metric([task_id], when)
+        elif next_fires:
+            upcoming.add_metric([ALL_TASKS], min(next_fires.values()))
+        yield upcoming

@@ -1,0 +1,195 @@
+"""What a run records: its state transitions, attempts, steps and capped log, reported to a sink
+(the store) as they happen. The runner decides; the recorder writes down."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, Protocol
+
+import structlog
+
+from taskd.chain import Step
+from taskd.clock import Clock
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
+from taskd.processor import describe
+from taskd.store.base import LogLine, Transition
+
+_STDLIB = logging.getLogger("taskd.run")  # isEnabledFor is cached: a cheap check before structlog
+_EXECUTION = logging.getLogger("taskd.run.execution")  # task.log_task_execution: the line per run
+_EXECUTION_LOG = structlog.get_logger("taskd.run.execution")
+MAX_LOG_LINES = 10_000
+MAX_LINE_CHARS = 8_192
+RECENT_LINES = 20
+
+
+class RunSink(Protocol):
+    """Where a run's records go; the store implements it."""
+
+    def save_run(self, run: RunRecord) -> None: ...
+
+    def save_attempt(self, attempt: AttemptRecord) -> None: ...
+
+    def save_step(self, step: StepRecord) -> None: ...
+
+    def append_log(self, line: LogLine) -> None: ...
+
+    def record_transition(self, transition: Transition) -> None: ...
+
+
+class RunObserver(Protocol):
+    """Who hears of a run as it goes: the metrics count it, live followers watch it."""
+
+    def run_finished(self, task_id: str, state: str, duration_s: float | None, finished_at: float) -> None: ...
+
+    def first_step_started(self, lateness_s: float) -> None: ...
+
+    def state_entered(self, run_id: str, task_id: str, state: str, at: float, error: str | None) -> None: ...
+
+    def line_written(self, line: LogLine) -> None: ...
+
+
+class RunRecorder:
+    """The records of one run. Also the chain's `Hooks` and the processors' `RunLog`."""
+
+    def __init__(self, record: RunRecord, sink: RunSink, clock: Clock, observer: RunObserver | None = None) -> None:
+        self.record = record
+        self._sink = sink
+        self._clock = clock
+        self._observer = observer
+        self._first_step = True
+        self._steps: dict[tuple[int, int], StepRecord] = {}
+        self._recent: collections.deque[str] | None = None  # made on the first log line
+        self._transitions = 0
+        self._log_seq = 0
+        self._bound: Any = None
+        self.attempt: AttemptRecord | None = None
+
+    @property
+    def log(self) -> Any:
+        """The daemon logger bound to this run (bound on first use: most runs never log)."""
+        if self._bound is None:
+            self._bound = structlog.get_logger("taskd.run").bind(task_id=self.record.task_id, run_id=self.record.id)
+        return self._bound
+
+    def recent_lines(self) -> list[str]:
+        """The run's last log lines, for alerts."""
+        return list(self._recent or ())
+
+    # -- states ----------------------------------------------------------------------------------
+    def enter(self, state: RunState, detail: str | None = None, at: float | None = None) -> None:
+        """Move the run to `state`, recording the transition with its time."""
+        at = self._clock.time() if at is None else at
+        self.record.state = state
+        self._transitions += 1
+        self._sink.record_transition(Transition(self.record.id, self._transitions, at, str(state), detail))
+        self._sink.save_run(self.record)
+        if self._observer is not None:
+            record = self.record
+            self._observer.state_entered(record.id, record.task_id, state, at, record.error)
+
+    def finish(self, state: RunState, error: str | None) -> None:
+        """Enter a final state; the error stays from the last failed attempt unless given."""
+        record = self.record
+        record.finished_at = self._clock.time()
+        if error is not None or state is RunState.COMPLETED:
+            record.error = error
+        self.enter(state, error, record.finished_at)
+        if self._observer is not None:
+            self._observer.run_finished(record.task_id, str(state), record.duration, record.finished_at)
+        if _EXECUTION.isEnabledFor(logging.INFO):
+            _EXECUTION_LOG.info(
+                "run_finished",
+                task_id=record.task_id,
+                run_id=record.id,
+                state=str(state),
+                error=error,
+                duration_s=round(record.duration or 0, 3),
+            )
+
+    # -- attempts --------------------------------------------------------------------------------
+    def open_attempt(self, number: int) -> AttemptRecord:
+        """Enter `running` and record attempt `number` as begun."""
+        record = self.record
+        now = self._clock.time()
+        if record.started_at is None:
+            record.started_at = now
+        record.attempts = number
+        self.enter(RunState.RUNNING, f"attempt {number}", now)
+        attempt = self.attempt = AttemptRecord(record.id, number, now)
+        self._sink.save_attempt(attempt)
+        if _STDLIB.isEnabledFor(logging.DEBUG):
+            self.log.debug("attempt_started", attempt=number)
+        return attempt
+
+    def close_attempt(self, state: StepState, error: str | None) -> None:
+        """Record the open attempt as ended in `state`."""
+        attempt = self.attempt
+        if attempt is None:
+            return
+        attempt.state, attempt.finished_at, attempt.error = state, self._clock.time(), error
+        self._sink.save_attempt(attempt)
+
+    def steps_timed_out(self, number: int) -> None:
+        """The steps of attempt `number` that the attempt's timeout stopped were timed out."""
+        for step in self._steps.values():
+            if step.attempt == number and step.state is StepState.STOPPED:
+                step.state, step.error = StepState.TIMED_OUT, "timed out"
+                self._sink.save_step(step)
+
+    def failing_step(self, number: int) -> StepRecord | None:
+        """The step that ended attempt `number`'s chain: its last failure (earlier failures said
+        `on_error: continue`)."""
+        failed = [
+            r
+            for r in self._steps.values()
+            if r.attempt == number and r.state in (StepState.FAILED, StepState.TIMED_OUT)
+        ]
+        return max(failed, key=lambda r: r.index, default=None)
+
+    # -- Hooks: how the chain reports the steps of the current attempt --------------------------
+    def _attempt_number(self) -> int:
+        return self.attempt.number if self.attempt is not None else 0
+
+    def started(self, step: Step) -> None:
+        number = self._attempt_number()
+        now = self._clock.time()
+        record = StepRecord(self.record.id, number, step.index, step.type, now)
+        self._steps[(number, step.index)] = record
+        self._sink.save_step(record)
+        if self._first_step:
+            self._first_step = False
+            scheduled = self.record.scheduled_at
+            if scheduled is not None and self._observer is not None:
+                self._observer.first_step_started(now - scheduled)
+
+    def ended(self, step: Step, state: str, exc: BaseException | None) -> None:
+        key = (self._attempt_number(), step.index)
+        now = self._clock.time()
+        record = self._steps.get(key)
+        if record is None:  # skipped without starting
+            record = self._steps[key] = StepRecord(self.record.id, key[0], step.index, step.type, now)
+        record.finished_at = now
+        record.state = StepState(state)
+        record.error = None if exc is None else ("stopped" if state == "stopped" else describe(exc))
+        self._sink.save_step(record)
+
+    # -- RunLog ----------------------------------------------------------------------------------
+    def write(self, stream: str, text: str) -> None:
+        """Append a line to the run's log (capped, so a chatty child cannot fill the disk)."""
+        if self._log_seq > MAX_LOG_LINES:
+            return
+        self._log_seq += 1
+        if self._log_seq > MAX_LOG_LINES:
+            stream, text = "log", f"log truncated after {MAX_LOG_LINES} lines"
+        if len(text) > MAX_LINE_CHARS:
+            text = text[:MAX_LINE_CHARS] + " [line truncated]"
+        line = LogLine(self.record.id, self._log_seq, self._clock.time(), stream, text)
+        self._sink.append_log(line)
+        if self._observer is not None:
+            self._observer.line_written(line)
+        if self._recent is None:
+            self._recent = collections.deque(maxlen=RECENT_LINES)
+        self._recent.append(f"[{stream}] {text}")
+        if _STDLIB.isEnabledFor(logging.DEBUG):
+            self.log.debug("run_output", stream=stream, line=text)

@@ -1,0 +1,218 @@
+"""The store interface: what the engine, runner and API need from run history, and its records.
+
+Writes are fire-and-forget (`save_*`, `append_log`, `record_fire`, ...): they are staged in memory
+and committed in batches by the implementation's writer, so a busy daemon does not pay one commit
+per event. Reads first wait until everything written before them is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from taskd.errors import TaskdError
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord
+
+MEMORY = ":memory:"
+"""The location of a store that lives in memory only (nothing survives the process)."""
+
+
+class StoreError(TaskdError):
+    """The store cannot be opened or used."""
+
+
+class LogLine(NamedTuple):
+    """One line of a run's log. A tuple in column order: it goes to the database as it is."""
+
+    run_id: str
+    seq: int
+    ts: float
+    stream: str
+    line: str
+
+
+class Transition(NamedTuple):
+    """A run entering a state, with when and why. A tuple in column order, like LogLine."""
+
+    run_id: str
+    seq: int
+    at: float
+    state: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Fire:
+    """A fire that did not become a run."""
+
+    task_id: str
+    instant: float
+    kind: str
+    reason: str
+    recorded_at: float
+
+
+RUN_SORTS = ("queued_at", "started_at", "finished_at", "duration", "state", "task_id")
+"""What run history can be sorted by. A run without the value (not started or not finished yet)
+sorts before every value, so it comes first ascending and last descending."""
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """A filtered, sorted, paged slice of run history. Each filter given must hold; a tuple filter
+    holds when the run matches any of its values."""
+
+    task_ids: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+    triggers: tuple[str, ...] = ()
+    since: float | None = None  # queued at or after
+    until: float | None = None  # queued before
+    text: str | None = None
+    """A case-insensitive substring of the run's error or params ..."""
+    text_task_ids: tuple[str, ...] = ()
+    """... or the run belongs to one of these tasks (the API passes those whose id or name holds it)."""
+    sort: str = "queued_at"
+    descending: bool = True
+    limit: int = 50
+    offset: int = 0
+    fresh: bool = True  # False: may miss the last ~25 ms of writes, never waits for a commit
+
+    def __post_init__(self) -> None:
+        if self.sort not in RUN_SORTS:
+            raise ValueError(f"sort must be one of {', '.join(RUN_SORTS)}")
+
+
+class Store(ABC):
+    """Run history, fire events, tombstones and scheduler state."""
+
+    commit_observer: Callable[[float], None] | None = None
+    """Told how long each commit took, in seconds (the metrics)."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema and start the writer."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Commit everything staged and close."""
+
+    @property
+    @abstractmethod
+    def writer(self) -> asyncio.Task[None] | None:
+        """The background task committing staged writes (None before open and after close); the
+        daemon watches it and stops if it dies."""
+
+    @property
+    @abstractmethod
+    def pending_writes(self) -> int:
+        """How many writes are staged and not yet committed."""
+
+    @abstractmethod
+    async def recover_interrupted(self, now: float) -> list[RunRecord]:
+        """Mark runs left queued/running/retrying by a dead process as interrupted; return them."""
+
+    # -- writes (staged, batched) --------------------------------------------------------------
+    @abstractmethod
+    def save_run(self, run: RunRecord) -> None:
+        """Stage the run's current state (its state at commit time is what is kept)."""
+
+    @abstractmethod
+    def save_attempt(self, attempt: AttemptRecord) -> None: ...
+
+    @abstractmethod
+    def save_step(self, step: StepRecord) -> None: ...
+
+    @abstractmethod
+    def append_log(self, line: LogLine) -> None: ...
+
+    @abstractmethod
+    def record_transition(self, transition: Transition) -> None: ...
+
+    @abstractmethod
+    def record_fire(self, fire: Fire) -> None: ...
+
+    @abstractmethod
+    def set_last_fire(self, task_id: str, instant: float) -> None: ...
+
+    @abstractmethod
+    def add_tombstone(self, task_id: str, definition_hash: str, deleted_at: float) -> None: ...
+
+    @abstractmethod
+    def remove_tombstone(self, task_id: str) -> None: ...
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Wait until every write staged so far is committed."""
+
+    # -- reads -----------------------------------------------------------------------------------
+    @abstractmethod
+    async def ping(self) -> bool: ...
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    @abstractmethod
+    async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]: ...
+
+    @abstractmethod
+    async def attempts(self, run_id: str) -> list[AttemptRecord]: ...
+
+    @abstractmethod
+    async def steps(self, run_id: str) -> list[StepRecord]: ...
+
+    @abstractmethod
+    async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]: ...
+
+    @abstractmethod
+    async def transitions(self, run_id: str) -> list[Transition]: ...
+
+    @abstractmethod
+    async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
+        """The task's latest skipped or missed fires (may lag the last batch of writes)."""
+
+    @abstractmethod
+    async def last_runs(self) -> dict[str, RunRecord]:
+        """The most recent run of every task that has one."""
+
+    @abstractmethod
+    async def last_successes(self) -> dict[str, float]:
+        """task id -> when its latest completed run finished."""
+
+    @abstractmethod
+    async def task_stats(self, task_id: str) -> dict[str, Any]:
+        """Run count, success rate, mean and p95 duration of finished runs (may lag the last
+        batch of writes)."""
+
+    @abstractmethod
+    async def tombstones(self) -> dict[str, str]:
+        """task id -> definition hash of every deleted task."""
+
+    @abstractmethod
+    async def last_fires(self) -> dict[str, float]:
+        """task id -> the last instant it fired."""
+
+    @abstractmethod
+    async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
+        """Apply retention; return how many runs were removed."""
+
+
+STATS_WINDOW = 1000
+"""Task statistics consider the task's latest this many finished runs."""
+
+
+def run_stats(total: int, finished: Iterable[tuple[str, float | None]]) -> dict[str, Any]:
+    """`task_stats` from the run count and the latest finished runs as (state, duration)."""
+    rows = list(finished)
+    durations = sorted(d for _, d in rows if d is not None)
+    completed = sum(1 for state, _ in rows if state == RunState.COMPLETED)
+    return {
+        "runs": total,
+        "finished_considered": len(rows),
+        "success_rate": round(completed / len(rows), 4) if rows else None,
+        "mean_duration": round(sum(durations) / len(durations), 3) if durations else None,
+        "p95_duration": round(durations[max(0, math.ceil(0.95 * len(durations)) - 1)], 3) if durations else None,
+    }

@@ -1,0 +1,195 @@
+"""A backend-neutral write buffer: writes are staged in memory and committed in batches.
+
+A busy daemon does not pay one commit per event: rows staged during a short window share one
+transaction, repeated saves of the same record collapse into its latest state, and a flush (a
+read, shutdown) cuts the window short. A backend supplies only `_commit(batch)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from abc import abstractmethod
+from dataclasses import dataclass, field
+
+import structlog
+
+from taskd.models import AttemptRecord, RunRecord, StepRecord
+from taskd.store.base import Fire, LogLine, Store, StoreError, Transition
+
+log = structlog.get_logger("taskd.store")
+
+
+@dataclass
+class Tombstone:
+    """A task deleted through the API (`definition_hash` None: the tombstone is lifted)."""
+
+    task_id: str
+    definition_hash: str | None
+    deleted_at: float = 0.0
+
+
+@dataclass
+class Batch:
+    """Everything staged since the last commit. Runs, attempts and steps are deduplicated by key
+    (the record's state at commit time is what is written); tombstones keep their order."""
+
+    runs: dict[str, RunRecord] = field(default_factory=dict)
+    attempts: dict[tuple[str, int], AttemptRecord] = field(default_factory=dict)
+    steps: dict[tuple[str, int, int], StepRecord] = field(default_factory=dict)
+    logs: list[LogLine] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    fires: list[Fire] = field(default_factory=list)
+    last_fires: dict[str, float] = field(default_factory=dict)
+    tombstones: list[Tombstone] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.runs)
+            + len(self.attempts)
+            + len(self.steps)
+            + len(self.logs)
+            + len(self.transitions)
+            + len(self.fires)
+            + len(self.last_fires)
+            + len(self.tombstones)
+        )
+
+
+class BufferedStore(Store):
+    """The staged writes, flush and the writer task of every store; `_commit` is the backend's."""
+
+    def __init__(self, batch_window_s: float = 0.025, name: str = "store") -> None:
+        # After the first write of a burst the writer waits this long for more, so a burst of runs
+        # shares one commit and the commit's work does not interleave with the burst. A flush
+        # cuts the wait short. kill -9 loses at most this window of writes.
+        self._batch_window_s = batch_window_s
+        self._name = name
+        self._batch = Batch()
+        self._barriers: list[asyncio.Future[None]] = []
+        self._wakeup = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._closing = False
+        self._committing = False
+        self._writer: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    @abstractmethod
+    async def _commit(self, batch: Batch) -> None:
+        """Write `batch` in one transaction, or raise and write none of it."""
+
+    # -- lifecycle helpers for the backend -------------------------------------------------------
+    def _start_writer(self) -> None:
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name=f"taskd-{self._name}-writer")
+
+    async def _stop_writer(self) -> None:
+        """Stop the writer and commit what is still staged."""
+        self._closing = True
+        self._wakeup.set()
+        self._urgent.set()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        await self._commit_pending()
+
+    @property
+    def writer(self) -> asyncio.Task[None] | None:
+        return self._writer
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._batch)
+
+    # -- staged writes ---------------------------------------------------------------------------
+    def save_run(self, run: RunRecord) -> None:
+        self._batch.runs[run.id] = run
+        self._wakeup.set()
+
+    def save_attempt(self, attempt: AttemptRecord) -> None:
+        self._batch.attempts[(attempt.run_id, attempt.number)] = attempt
+        self._wakeup.set()
+
+    def save_step(self, step: StepRecord) -> None:
+        self._batch.steps[(step.run_id, step.attempt, step.index)] = step
+        self._wakeup.set()
+
+    def append_log(self, line: LogLine) -> None:
+        self._batch.logs.append(line)
+        self._wakeup.set()
+
+    def record_transition(self, transition: Transition) -> None:
+        self._batch.transitions.append(transition)
+        self._wakeup.set()
+
+    def record_fire(self, fire: Fire) -> None:
+        self._batch.fires.append(fire)
+        self._wakeup.set()
+
+    def set_last_fire(self, task_id: str, instant: float) -> None:
+        last_fires = self._batch.last_fires
+        if instant > last_fires.get(task_id, -math.inf):
+            last_fires[task_id] = instant
+        self._wakeup.set()
+
+    def add_tombstone(self, task_id: str, definition_hash: str, deleted_at: float) -> None:
+        self._batch.tombstones.append(Tombstone(task_id, definition_hash, deleted_at))
+        self._wakeup.set()
+
+    def remove_tombstone(self, task_id: str) -> None:
+        self._batch.tombstones.append(Tombstone(task_id, None))
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        if self._writer is None:
+            return
+        if not self._batch and not self._barriers and not self._committing:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers.append(future)
+        self._wakeup.set()
+        self._urgent.set()
+        await future
+
+    # -- the writer ------------------------------------------------------------------------------
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if not self._barriers and not self._closing and self._batch_window_s > 0:
+                self._urgent.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self._batch_window_s)
+            self._wakeup.clear()
+            try:
+                await self._commit_pending()
+            except Exception:  # keep the daemon alive; the next batch retries what it can
+                log.exception("store_write_failed", store=self._name)
+                await asyncio.sleep(0.5)
+            if self._closing:
+                return
+
+    async def _commit_pending(self) -> None:
+        """Commit everything staged so far, then release the flushes waiting for it."""
+        barriers, self._barriers = self._barriers, []
+        batch, self._batch = self._batch, Batch()
+        if batch:
+            self._committing = True
+            started = time.perf_counter()
+            try:
+                await self._commit(batch)
+                self.commits += 1
+                if self.commit_observer is not None:
+                    self.commit_observer(time.perf_counter() - started)
+            except BaseException:
+                for barrier in barriers:
+                    if not barrier.done():
+                        barrier.set_exception(StoreError("the store could not commit; see the daemon log"))
+                raise
+            finally:
+                self._committing = False
+        for barrier in barriers:
+            if not barrier.done():
+                barrier.set_result(None)

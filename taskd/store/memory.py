@@ -1,0 +1,214 @@
+"""An in-memory store with the SQLite store's behaviour, for tests and for trying taskd out.
+
+It stages writes through the same write buffer and answers the same contract tests; nothing
+survives the process. Data lives in the object, so closing and reopening it acts like a restart.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import defaultdict
+from typing import Any
+
+from taskd.models import ACTIVE_STATES, AttemptRecord, RunRecord, RunState, StepRecord, StepState
+from taskd.store.base import STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
+from taskd.store.buffer import Batch, BufferedStore
+
+
+class MemoryStore(BufferedStore):
+    """Run history in dictionaries."""
+
+    def __init__(self, batch_window_s: float = 0.0) -> None:
+        super().__init__(batch_window_s, name="memory-store")
+        self._open = False
+        self._run_rows: dict[str, RunRecord] = {}
+        self._attempt_rows: dict[tuple[str, int], AttemptRecord] = {}
+        self._step_rows: dict[tuple[str, int, int], StepRecord] = {}
+        self._log_rows: dict[str, dict[int, LogLine]] = defaultdict(dict)
+        self._transition_rows: dict[str, dict[int, Transition]] = defaultdict(dict)
+        self._fire_rows: list[Fire] = []
+        self._tombstone_rows: dict[str, str] = {}
+        self._last_fire_rows: dict[str, float] = {}
+
+    async def open(self) -> None:
+        self._open = True
+        self._start_writer()
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        await self._stop_writer()
+        self._open = False
+
+    async def _commit(self, batch: Batch) -> None:
+        self._require()
+        # Records are mutable and shared with the runner: keep copies, as a database would.
+        for run in batch.runs.values():
+            self._run_rows[run.id] = copy.copy(run)
+        for key, attempt in batch.attempts.items():
+            self._attempt_rows[key] = copy.copy(attempt)
+        for step_key, step in batch.steps.items():
+            self._step_rows[step_key] = copy.copy(step)
+        for line in batch.logs:
+            self._log_rows[line.run_id].setdefault(line.seq, line)
+        for transition in batch.transitions:
+            self._transition_rows[transition.run_id].setdefault(transition.seq, transition)
+        self._fire_rows.extend(batch.fires)
+        for task_id, instant in batch.last_fires.items():
+            self._last_fire_rows[task_id] = max(instant, self._last_fire_rows.get(task_id, instant))
+        for tombstone in batch.tombstones:
+            if tombstone.definition_hash is None:
+                self._tombstone_rows.pop(tombstone.task_id, None)
+            else:
+                self._tombstone_rows[tombstone.task_id] = tombstone.definition_hash
+
+    def _require(self) -> None:
+        if not self._open:
+            raise StoreError("the store is not open")
+
+    async def _read(self, fresh: bool = True) -> None:
+        self._require()
+        if fresh:
+            await self.flush()
+
+    async def recover_interrupted(self, now: float) -> list[RunRecord]:
+        await self._read()
+        found = []
+        for run in self._run_rows.values():
+            if run.state not in ACTIVE_STATES:
+                continue
+            reason = f"taskd exited while this run was {run.state}; marked interrupted at start-up"
+            run.error = f"{run.error}; {reason}" if run.error else reason
+            run.state = RunState.INTERRUPTED
+            run.finished_at = now
+            transitions = self._transition_rows[run.id]
+            seq = max(transitions, default=0) + 1
+            transitions[seq] = Transition(run.id, seq, now, str(RunState.INTERRUPTED), reason)
+            records: list[AttemptRecord | StepRecord] = [*self._attempt_rows.values(), *self._step_rows.values()]
+            for record in records:
+                if record.run_id == run.id and record.state is StepState.RUNNING:
+                    record.state, record.finished_at = StepState.INTERRUPTED, now
+            found.append(copy.copy(run))
+        return found
+
+    async def ping(self) -> bool:
+        return self._open
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        await self._read()
+        run = self._run_rows.get(run_id)
+        return copy.copy(run) if run is not None else None
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
+        await self._read(query.fresh)
+        needle = query.text.lower() if query.text else None
+        matching = [
+            run
+            for run in self._run_rows.values()
+            if (not query.task_ids or run.task_id in query.task_ids)
+            and (not query.states or run.state in query.states)
+            and (not query.triggers or run.trigger in query.triggers)
+            and (query.since is None or run.queued_at >= query.since)
+            and (query.until is None or run.queued_at < query.until)
+            and (needle is None or needle in _searched_text(run) or run.task_id in query.text_task_ids)
+        ]
+        matching.sort(key=lambda run: (_sort_value(run, query.sort), run.id), reverse=query.descending)
+        page = matching[query.offset : query.offset + query.limit]
+        return [copy.copy(run) for run in page], len(matching)
+
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        await self._read()
+        rows = [a for (rid, _), a in self._attempt_rows.items() if rid == run_id]
+        return [copy.copy(a) for a in sorted(rows, key=lambda a: a.number)]
+
+    async def steps(self, run_id: str) -> list[StepRecord]:
+        await self._read()
+        rows = [s for (rid, _, _), s in self._step_rows.items() if rid == run_id]
+        return [copy.copy(s) for s in sorted(rows, key=lambda s: (s.attempt, s.index))]
+
+    async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]:
+        await self._read()
+        lines = self._log_rows.get(run_id, {})
+        return [lines[seq] for seq in sorted(lines) if seq > after_seq]
+
+    async def transitions(self, run_id: str) -> list[Transition]:
+        await self._read()
+        rows = self._transition_rows.get(run_id, {})
+        return [rows[seq] for seq in sorted(rows)]
+
+    async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
+        await self._read(fresh=False)
+        rows = [f for f in self._fire_rows if f.task_id == task_id]
+        return sorted(rows, key=lambda f: f.instant, reverse=True)[:limit]
+
+    async def last_runs(self) -> dict[str, RunRecord]:
+        await self._read()
+        latest: dict[str, RunRecord] = {}
+        for run in self._run_rows.values():
+            best = latest.get(run.task_id)
+            if best is None or run.queued_at >= best.queued_at:
+                latest[run.task_id] = run
+        return {task_id: copy.copy(run) for task_id, run in latest.items()}
+
+    async def last_successes(self) -> dict[str, float]:
+        await self._read()
+        found: dict[str, float] = {}
+        for run in self._run_rows.values():
+            if run.state is RunState.COMPLETED and run.finished_at is not None:
+                found[run.task_id] = max(run.finished_at, found.get(run.task_id, run.finished_at))
+        return found
+
+    async def task_stats(self, task_id: str) -> dict[str, Any]:
+        await self._read(fresh=False)
+        runs = [run for run in self._run_rows.values() if run.task_id == task_id]
+        finished = sorted((r for r in runs if r.state not in ACTIVE_STATES), key=lambda r: r.queued_at, reverse=True)
+        return run_stats(
+            len(runs),
+            [
+                (str(r.state), None if r.started_at is None or r.finished_at is None else r.finished_at - r.started_at)
+                for r in finished[:STATS_WINDOW]
+            ],
+        )
+
+    async def tombstones(self) -> dict[str, str]:
+        await self._read()
+        return dict(self._tombstone_rows)
+
+    async def last_fires(self) -> dict[str, float]:
+        await self._read()
+        return dict(self._last_fire_rows)
+
+    async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
+        await self._read()
+        doomed: set[str] = set()
+        finished = [run for run in self._run_rows.values() if run.state not in ACTIVE_STATES]
+        if days > 0:
+            cutoff = now - days * 86400
+            doomed.update(r.id for r in finished if r.finished_at is not None and r.finished_at < cutoff)
+            self._fire_rows = [f for f in self._fire_rows if f.recorded_at >= cutoff]
+        if max_runs_per_task > 0:
+            by_task: dict[str, list[RunRecord]] = defaultdict(list)
+            for run in self._run_rows.values():
+                by_task[run.task_id].append(run)
+            for runs in by_task.values():
+                runs.sort(key=lambda r: r.queued_at, reverse=True)
+                doomed.update(r.id for r in runs[max_runs_per_task:] if r.state not in ACTIVE_STATES)
+        for run_id in doomed:
+            del self._run_rows[run_id]
+            self._log_rows.pop(run_id, None)
+            self._transition_rows.pop(run_id, None)
+        self._attempt_rows = {k: v for k, v in self._attempt_rows.items() if k[0] not in doomed}
+        self._step_rows = {k: v for k, v in self._step_rows.items() if k[0] not in doomed}
+        return len(doomed)
+
+
+def _searched_text(run: RunRecord) -> str:
+    """What a text search looks in, as the SQLite store indexes it: the error and the params."""
+    return f"{run.error or ''} {json.dumps(run.params, default=str)}".lower()
+
+
+def _sort_value(run: RunRecord, sort: str) -> tuple[int, float | str]:
+    """A run's sort key; a missing value sorts before every value (as NULL does in SQLite)."""
+    value: float | str | None = run.duration if sort == "duration" else getattr(run, sort)
+    return (0, 0.0) if value is None else (1, str(value) if sort in ("state", "task_id") else value)

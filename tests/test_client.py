@@ -1,0 +1,148 @@
+"""The command-line client against a real `taskd run`: it finds the daemon from the configuration
+(TCP or unix socket, with its token) or from --url/TASKD_URL, prints tables or JSON, and exits with
+the documented codes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, base_config, free_port
+
+from taskd.cli import main
+
+TASKS = """
+- {id: hello, name: Say hello, pipeline: hello, params: {who: world}}
+- {id: broken, pipeline: broken}
+- {id: slow, pipeline: slow}
+"""
+PIPELINES = """
+- {name: hello, processors: [{shell: {command: 'echo "hello $TASKD_PARAM_WHO"; sleep 0.2; echo bye'}}]}
+- {name: broken, processors: [{shell: {command: 'echo no >&2; exit 5'}}]}
+- {name: slow, processors: [{shell: {command: 'sleep 30'}}]}
+"""
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+def client(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Result:
+    """`taskd ARGS` in this process, the daemon in its own."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("TASKD_URL", "TASKD_TOKEN"):
+            patch.delenv(name, raising=False)
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        if cwd is not None:
+            patch.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
+    config = base_config(TASKS, PIPELINES).replace(
+        "api: {listen: '127.0.0.1:{port}'}", "api: {listen: '127.0.0.1:{port}', token: cli-secret}"
+    )
+    made = daemon_factory(config)
+    made.token = "cli-secret"
+    return made.start()
+
+
+def test_start_follow_tasks_runs_show_and_logs(daemon: Daemon) -> None:
+    c = str(daemon.config_path)  # the client finds the address and the token in it
+    started = client("start", "hello", "-c", c, "-p", "who=operator", "--follow")
+    assert started.code == 0, started.err
+    assert started.out.splitlines() == ["hello operator", "bye"]
+    assert "completed" in started.err
+
+    tasks = client("tasks", "-c", c)
+    assert tasks.code == 0
+    header, *rows = tasks.out.splitlines()
+    assert header.split() == ["ID", "STATUS", "SCHEDULE", "NEXT", "RUN", "LAST", "RUN", "DURATION"]
+    column = header.index("STATUS")  # aligned: every row's status starts under the header's
+    assert all(row[column - 2 : column] == "  " and row[column] != " " for row in rows), tasks.out
+    by_id = {row.split()[0]: row.split() for row in rows}
+    assert by_id["hello"][1:3] == ["completed", "manual"] and by_id["broken"][1] == "manual"
+    as_json = client("tasks", "-c", c, "--json").json()
+    assert {t["id"] for t in as_json["tasks"]} == {"hello", "broken", "slow"}  # type: ignore[index]
+
+    failed = client("start", "broken", "-c", c, "--wait")
+    assert failed.code == 1 and "failed: step 1 (shell): command failed: exit code 5" in failed.err
+
+    runs = client("runs", "-c", c, "--state", "failed", "--task", "broken,hello")
+    assert runs.code == 0 and len(runs.out.splitlines()) == 2 and "exit code 5" in runs.out
+    run_id = runs.out.splitlines()[1].split()[0]
+    shown = client("show", run_id, "-c", c)
+    assert shown.code == 0 and f"id:           {run_id}" in shown.out
+    assert "attempt 1: failed" in shown.out and "1. shell" in shown.out
+    logs = client("logs", run_id, "-c", c)
+    assert logs.code == 0 and "[stderr] no" in logs.out
+    followed = client("logs", run_id, "-c", c, "-f")
+    assert followed.code == 1 and "[stderr] no" in followed.out  # the run failed
+    found = client("runs", "-c", c, "-q", "say hel", "--json").json()
+    assert [r["task_id"] for r in found["runs"]] == ["hello"]  # type: ignore[index]
+    one = client("task", "hello", "-c", c)
+    assert one.code == 0 and "name:       Say hello" in one.out and "success rate 1.0" in one.out
+    status = client("status", "-c", c)
+    assert status.code == 0 and "scheduler:   running" in status.out
+
+
+def test_stop_delete_and_the_exit_codes(daemon: Daemon) -> None:
+    env = {"TASKD_URL": f"http://127.0.0.1:{daemon.port}", "TASKD_TOKEN": "cli-secret"}
+    assert client("stop", "slow", env=env).code == 1  # nothing to stop: the daemon says 409
+    run_id = client("start", "slow", env=env).out.strip()
+    assert len(run_id) == 20
+    stopped = client("stop", "slow", env=env)
+    assert stopped.code == 0 and run_id in stopped.out
+    refused = client("delete", "slow", env=env)  # stdin is no terminal: no confirmation possible
+    assert refused.code == 2 and "--yes" in refused.err
+    deleted = client("delete", "slow", "--yes", env=env)
+    assert deleted.code == 0 and "deleted slow" in deleted.out
+    missing = client("task", "slow", env=env)
+    assert missing.code == 3 and "task 'slow' does not exist" in missing.err
+    assert client("show", "0" * 20, env=env).code == 3
+    assert client("start", "hello", "-p", "nonsense", env=env).code == 2
+    wrong = client("tasks", env={**env, "TASKD_TOKEN": "wrong"})
+    assert wrong.code == 2 and "wrong bearer token" in wrong.err
+
+
+def test_an_unreachable_daemon_is_exit_4_naming_the_address(tmp_path: Path) -> None:
+    port = free_port()
+    result = client("tasks", "--url", f"http://127.0.0.1:{port}")
+    assert result.code == 4 and f"cannot reach the daemon at http://127.0.0.1:{port}" in result.err
+    (tmp_path / "taskd.yml").write_text(f"api: {{listen: 'unix:{tmp_path}/none.sock'}}\n")
+    result = client("status", cwd=tmp_path)
+    assert result.code == 4 and f"unix:{tmp_path}/none.sock" in result.err
+
+
+def test_the_client_reaches_a_daemon_on_a_unix_socket(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+    socket = tmp_path / "api.sock"
+    daemon = daemon_factory(base_config(TASKS, PIPELINES).replace("'127.0.0.1:{port}'", f"'unix:{socket}'"))
+    daemon.start(ready=False)
+    for _ in range(200):
+        if socket.exists() and client("status", "-c", str(daemon.config_path)).code == 0:
+            break
+        time.sleep(0.05)
+    started = client("start", "hello", "-c", str(daemon.config_path), "--wait", "--json")
+    assert started.code == 0, started.err
+    assert started.json()["state"] == "completed"  # type: ignore[index]
+    assert daemon.stop() == 0

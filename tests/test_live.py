@@ -1,0 +1,175 @@
+"""Live logs and run events over server-sent events, through the real app, engine, SQLite store and
+processes on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from conftest import Api, Daemon, base_config, ts
+
+from taskd.live import LiveHub
+from taskd.store.base import LogLine
+
+ApiFactory = Callable[..., Awaitable[Api]]
+
+TASKS = """
+- {id: talk, pipeline: talk, concurrency: allow}
+- {id: quiet, pipeline: quiet}
+"""
+PIPELINES = """
+- {name: talk, processors: [{shell: {command: 'echo one; sleep 0.4; echo two; echo oops >&2; sleep 0.2'}}]}
+- {name: quiet, processors: [{log: {message: done}}]}
+"""
+
+
+async def sse(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The events of a stream as {event, id, data, received}; comments come as {"comment": text}."""
+    event: dict[str, Any] = {}
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if not line:
+            if event:
+                event["received"] = time.time()
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            name, _, value = line.partition(": ")
+            event[name] = json.loads(value) if name == "data" else value
+
+
+async def follow(api: Api, run_id: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    async with api.client.get(
+        f"/run/{run_id}/log?follow=1", headers={"Accept": "text/event-stream", **(headers or {})}
+    ) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        return [event async for event in sse(response) if "comment" not in event]
+
+
+async def test_a_follower_gets_each_line_as_it_is_written_then_the_end(api_factory: ApiFactory) -> None:
+    api = await api_factory(base_config(TASKS, PIPELINES))
+    run_id = await api.start_task("talk")
+    events = await asyncio.wait_for(follow(api, run_id), 10)
+    lines, end = events[:-1], events[-1]
+    assert [(e["data"]["stream"], e["data"]["line"]) for e in lines] == [
+        ("stdout", "one"),
+        ("stdout", "two"),
+        ("stderr", "oops"),
+    ]
+    assert [int(e["id"]) for e in lines] == [e["data"]["seq"] for e in lines] == [1, 2, 3]
+    # Each line reached the follower right after it was written (a generous bound: bench/ measures).
+    assert all(e["received"] - ts(e["data"]["time"]) < 0.25 for e in lines), lines
+    assert lines[1]["received"] - lines[0]["received"] > 0.3  # live, not all at the end
+    assert end["event"] == "end" and end["data"] == {"state": "completed", "error": None}
+    plain = await api.request("GET", f"/run/{run_id}/log")  # without follow: text/plain as before
+    assert plain.headers["Content-Type"].startswith("text/plain") and "[stdout] two" in plain.text
+
+
+async def test_last_event_id_resumes_without_repeats_and_late_joiners_get_everything(api_factory: ApiFactory) -> None:
+    api = await api_factory(base_config(TASKS, PIPELINES))
+    run_id = await api.start_task("talk")
+    resumed = await asyncio.wait_for(follow(api, run_id, {"Last-Event-ID": "1"}), 10)
+    assert [e.get("id") for e in resumed] == ["2", "3", None] and resumed[-1]["event"] == "end"
+    late = await asyncio.wait_for(follow(api, run_id), 5)  # the run has ended: all at once
+    assert [e["data"].get("line") for e in late[:-1]] == ["one", "two", "oops"]
+    assert late[-1]["event"] == "end" and late[-1]["data"]["state"] == "completed"
+    bad = await api.request("GET", f"/run/{run_id}/log?follow=1", headers={"Last-Event-ID": "x"})
+    assert bad.status == 400
+
+
+async def test_a_stopped_run_ends_its_followers_with_its_state(api_factory: ApiFactory) -> None:
+    api = await api_factory(base_config(TASKS, PIPELINES))
+    run_id = await api.start_task("talk")
+    following = asyncio.create_task(follow(api, run_id))
+    await asyncio.sleep(0.2)
+    assert (await api.request("POST", "/task/talk/_stop")).status == 200
+    events = await asyncio.wait_for(following, 10)
+    assert events[-1]["event"] == "end" and events[-1]["data"]["state"] == "stopped"
+    assert "stopped through the API" in events[-1]["data"]["error"]
+
+
+async def test_two_hundred_followers_all_get_the_whole_log(api_factory: ApiFactory) -> None:
+    api = await api_factory(base_config(TASKS, PIPELINES))
+    run_id = await api.start_task("talk")
+    followers = [asyncio.create_task(follow(api, run_id)) for _ in range(200)]
+    results = await asyncio.wait_for(asyncio.gather(*followers), 20)
+    for events in results:
+        assert [e["data"].get("line") for e in events[:-1]] == ["one", "two", "oops"]
+        assert events[-1]["event"] == "end"
+    assert api.engine.live.followers == 0  # everyone unsubscribed
+
+
+async def test_events_stream_run_states_with_a_heartbeat(api_factory: ApiFactory) -> None:
+    api = await api_factory(base_config(TASKS, PIPELINES), heartbeat_s=0.2)
+    seen: list[dict[str, Any]] = []
+    async with api.client.get("/events") as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        run_id = await api.start_task("quiet")
+        async for event in sse(response):
+            seen.append(event)
+            states = [e["data"]["state"] for e in seen if e.get("event") == "run"]
+            if "completed" in states and any("comment" in e for e in seen):
+                break
+    runs = [e["data"] for e in seen if e.get("event") == "run"]
+    assert [(r["run_id"], r["task_id"], r["state"]) for r in runs] == [
+        (run_id, "quiet", "queued"),
+        (run_id, "quiet", "running"),
+        (run_id, "quiet", "completed"),
+    ]
+    assert all(r["at"].endswith("Z") for r in runs)
+    assert {"comment": "heartbeat"} in seen
+
+
+def test_a_follower_does_not_keep_the_daemon_from_stopping(daemon_factory: Callable[..., Daemon]) -> None:
+    """SIGTERM ends open streams (a run's follower gets its end; /events closes) and exits promptly."""
+    config = base_config("- {id: long, pipeline: p}", "- {name: p, processors: [{shell: {command: 'sleep 30'}}]}")
+    daemon = daemon_factory(config.replace("shutdown_timeout: 5s", "shutdown_timeout: 0.5s")).start()
+    run_id = daemon.start_task("long")
+
+    async def watch() -> tuple[list[dict[str, Any]], int]:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.port}") as session:
+            async with session.get(f"/run/{run_id}/log?follow=1") as log, session.get("/events") as states:
+                await asyncio.sleep(0.3)
+                began = time.monotonic()
+                await asyncio.to_thread(daemon.stop)
+                events = [e async for e in sse(log) if "comment" not in e]
+                _ = [e async for e in sse(states)]
+                return events, int(time.monotonic() - began)
+
+    events, seconds = asyncio.run(watch())
+    assert events[-1]["event"] == "end" and events[-1]["data"]["state"] == "stopped"
+    assert seconds < 5
+
+
+async def test_a_follower_a_whole_channel_behind_is_cut_off_and_the_others_are_not() -> None:
+    hub = LiveHub(limit=10, all_runs_limit=10)
+    with hub.follow_all() as slow, hub.follow_all() as keeping_up:
+        for i in range(8):
+            hub.state_entered(f"r{i}", "t", "queued", float(i), None)
+        assert [e.run_id for e in keeping_up.pending()] == [f"r{i}" for i in range(8)]
+        for i in range(8, 16):
+            hub.state_entered(f"r{i}", "t", "queued", float(i), None)
+        assert [e.run_id for e in keeping_up.pending()] == [f"r{i}" for i in range(8, 16)]
+        assert slow.pending() == [] and slow.overflowed  # 16 events, 10 kept: it missed some
+        await asyncio.wait_for(slow.wait(), 1)  # and waiting returns at once: it must leave
+        assert hub.followers == 2
+    assert hub.followers == 0
+    hub.state_entered("r", "t", "queued", 1.0, None)  # nobody follows: nothing is kept
+
+
+async def test_one_publish_wakes_every_waiting_follower() -> None:
+    hub = LiveHub()
+    with hub.follow_run("r1") as a, hub.follow_run("r1") as b, hub.follow_run("r2") as other:
+        waits = [asyncio.create_task(s.wait()) for s in (a, b)]
+        await asyncio.sleep(0)
+        hub.line_written(LogLine("r1", 1, 1.0, "stdout", "hello"))
+        await asyncio.wait_for(asyncio.gather(*waits), 1)
+        assert [e.line for e in a.pending()] == [e.line for e in b.pending()] == ["hello"]  # type: ignore[union-attr]
+        assert other.pending() == []

@@ -1,0 +1,314 @@
+"""The store contract: every test here runs against the in-memory store and against SQLite on a
+real file, and both must behave the same (a PostgreSQL store will join the parametrization)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, new_run_id
+from taskd.store import Fire, LogLine, MemoryStore, RunQuery, SQLiteStore, Store, StoreError, Transition
+
+Reopen = Callable[[], Awaitable[Store]]
+
+
+def _record(
+    task_id: str = "t",
+    queued_at: float | None = None,
+    state: RunState = RunState.QUEUED,
+    trigger: Trigger = Trigger.MANUAL,
+) -> RunRecord:
+    at = queued_at if queued_at is not None else time.time()
+    return RunRecord(id=new_run_id(at), task_id=task_id, trigger=trigger, queued_at=at, state=state)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Reopen]]:
+    """An open store, and a function that closes it and opens it again (a restart)."""
+    memory = MemoryStore()
+
+    def make() -> Store:
+        return memory if request.param == "memory" else SQLiteStore(tmp_path / "t.db")
+
+    current = make()
+    await current.open()
+
+    async def reopen() -> Store:
+        nonlocal current
+        await current.close()
+        current = make()
+        await current.open()
+        return current
+
+    yield current, reopen
+    await current.close()
+
+
+@pytest.fixture
+def store(backend: tuple[Store, Reopen]) -> Store:
+    return backend[0]
+
+
+async def test_a_read_sees_every_write_staged_before_it(store: Store) -> None:
+    run = _record()
+    store.save_run(run)
+    run.state = RunState.RUNNING
+    store.save_run(run)
+    stored = await store.get_run(run.id)
+    assert stored is not None and stored.state is RunState.RUNNING
+    assert store.pending_writes == 0
+
+
+async def test_what_is_read_is_a_copy_not_the_live_record(store: Store) -> None:
+    run = _record()
+    store.save_run(run)
+    stored = await store.get_run(run.id)
+    assert stored is not None and stored is not run
+    run.state = RunState.FAILED  # changed but not saved again
+    again = await store.get_run(run.id)
+    assert again is not None and again.state is RunState.QUEUED
+
+
+async def test_thousands_of_writes_share_few_commits(store: Store) -> None:
+    records = [_record(f"task{i % 10}") for i in range(5000)]
+    for record in records:
+        store.save_run(record)
+        record.state = RunState.RUNNING
+        store.save_run(record)
+        store.save_attempt(AttemptRecord(record.id, 1, time.time()))
+        store.append_log(LogLine(record.id, 1, time.time(), "stdout", "hello"))
+        record.state = RunState.COMPLETED
+        record.finished_at = time.time()
+        store.save_run(record)
+    assert store.pending_writes == 5000 * 3  # one row per run, attempt and log line
+    await store.flush()
+    assert getattr(store, "commits", 0) <= 3
+    runs, total = await store.list_runs(RunQuery(limit=10))
+    assert total == 5000 and all(r.state is RunState.COMPLETED for r in runs)
+    assert len(await store.run_log(records[0].id)) == 1
+
+
+async def test_list_runs_filters_pages_and_orders_newest_first(store: Store) -> None:
+    base = 1_800_000_000.0
+    made = []
+    for i in range(6):
+        run = _record(
+            "a" if i % 2 else "b",
+            queued_at=base + i,
+            state=RunState.FAILED if i == 3 else RunState.COMPLETED,
+            trigger=Trigger.SCHEDULE if i < 2 else Trigger.MANUAL,
+        )
+        made.append(run)
+        store.save_run(run)
+    runs, total = await store.list_runs(RunQuery(limit=2, offset=1))
+    assert total == 6 and [r.id for r in runs] == [made[4].id, made[3].id]
+    runs, total = await store.list_runs(RunQuery(task_ids=("a",)))
+    assert total == 3 and [r.id for r in runs] == [made[5].id, made[3].id, made[1].id]
+    assert [r.id for r in (await store.list_runs(RunQuery(states=("failed",))))[0]] == [made[3].id]
+    assert (await store.list_runs(RunQuery(triggers=("schedule",))))[1] == 2
+    runs, total = await store.list_runs(RunQuery(since=base + 2, until=base + 4))
+    assert total == 2 and [r.id for r in runs] == [made[3].id, made[2].id]
+    assert (await store.list_runs(RunQuery(task_ids=("nobody",))))[1] == 0
+
+
+async def test_run_search_by_lists_text_and_every_sort_key(store: Store) -> None:
+    base = 1_800_000_000.0
+    rows = [
+        # task, state, queued +s, started +s, finished +s, error, params
+        ("nightly_backup", RunState.COMPLETED, 0, 1, 31, None, {"target": "/srv/data"}),
+        ("nightly_backup", RunState.FAILED, 10, 11, 12, "copy: disk full on /srv", {}),
+        ("report", RunState.COMPLETED, 20, 20.5, 21, None, {"who": "Alice 50%_off"}),
+        ("report", RunState.RUNNING, 30, 30, None, None, {}),
+        ("cleanup", RunState.QUEUED, 40, None, None, None, {}),
+    ]
+    made = []
+    for task_id, state, queued, started, finished, error, params in rows:
+        run = _record(task_id, queued_at=base + queued, state=state)
+        run.started_at = None if started is None else base + started
+        run.finished_at = None if finished is None else base + finished
+        run.error, run.params = error, params
+        made.append(run)
+        store.save_run(run)
+
+    async def ids(**query: object) -> list[int]:
+        runs, total = await store.list_runs(RunQuery(**query))  # type: ignore[arg-type]
+        if "limit" not in query and "offset" not in query:
+            assert total == len(runs)
+        else:
+            assert total == 5
+        return [made.index(next(m for m in made if m.id == r.id)) for r in runs]
+
+    assert await ids(task_ids=("report", "cleanup")) == [4, 3, 2]
+    assert await ids(states=("failed", "queued")) == [4, 1]
+    assert await ids(text="DISK FULL") == [1]  # error, any case
+    assert await ids(text="srv") == [1, 0]  # error and params
+    assert await ids(text="50%_") == [2]  # wildcards are literal
+    assert await ids(text="backup") == []  # the task id is the API's business (text_task_ids)
+    assert await ids(text="zzz", text_task_ids=("cleanup",)) == [4]  # a task whose name matched
+    assert await ids(sort="queued_at", descending=False) == [0, 1, 2, 3, 4]
+    assert await ids(sort="started_at", descending=False) == [4, 0, 1, 2, 3]  # missing values first
+    assert await ids(sort="started_at") == [3, 2, 1, 0, 4]  # and last, descending
+    # Ties (no value) are broken by run id, in the same direction; ids follow the queued time.
+    assert await ids(sort="duration") == [0, 1, 2, 4, 3]  # 30 s, 1 s, 0.5 s, then the unfinished
+    assert await ids(sort="finished_at", descending=False, limit=2) == [3, 4]
+    assert await ids(sort="finished_at", descending=False, offset=2) == [1, 2, 0]
+    assert await ids(sort="task_id", descending=False) == [4, 0, 1, 2, 3]
+    assert await ids(sort="state", descending=False) == [0, 2, 1, 4, 3]
+    with pytest.raises(ValueError, match="sort must be one of"):
+        RunQuery(sort="color")
+
+
+async def test_a_run_keeps_its_params_trigger_and_timings(store: Store) -> None:
+    run = _record(trigger=Trigger.CATCH_UP)
+    run.params = {"target": "/srv", "n": 3, "nested": {"a": [1, 2]}}
+    run.scheduled_at, run.started_at, run.finished_at = 10.0, 11.0, 13.5
+    run.priority, run.attempts, run.error = 7, 2, "boom"
+    store.save_run(run)
+    stored = await store.get_run(run.id)
+    assert stored == run
+    assert stored is not None and stored.duration == 2.5
+    assert await store.get_run("no-such-run") is None
+
+
+async def test_attempts_steps_logs_and_transitions_come_back_in_order(store: Store) -> None:
+    run = _record()
+    store.save_run(run)
+    for number in (2, 1):
+        store.save_attempt(AttemptRecord(run.id, number, 100.0 + number, StepState.FAILED, 101.0 + number, "x"))
+    for attempt, index in ((2, 1), (1, 1), (2, 0), (1, 0)):
+        store.save_step(StepRecord(run.id, attempt, index, "shell", 100.0 + attempt))
+    for seq in (1, 2, 3):
+        store.append_log(LogLine(run.id, seq, 100.0 + seq, "stdout", f"line {seq}"))
+    store.append_log(LogLine(run.id, 2, 200.0, "stdout", "a repeat of seq 2 is ignored"))
+    store.record_transition(Transition(run.id, 1, 100.0, "queued", "trigger manual"))
+    store.record_transition(Transition(run.id, 2, 101.0, "running"))
+    assert [a.number for a in await store.attempts(run.id)] == [1, 2]
+    assert [(s.attempt, s.index) for s in await store.steps(run.id)] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert [line.line for line in await store.run_log(run.id)] == ["line 1", "line 2", "line 3"]
+    assert [line.seq for line in await store.run_log(run.id, after_seq=2)] == [3]
+    assert [(t.seq, t.state, t.detail) for t in await store.transitions(run.id)] == [
+        (1, "queued", "trigger manual"),
+        (2, "running", None),
+    ]
+
+
+async def test_last_runs_is_the_latest_queued_run_of_each_task(store: Store) -> None:
+    first, second, other = _record("a", queued_at=10), _record("a", queued_at=20), _record("b", queued_at=5)
+    for run in (second, first, other):
+        store.save_run(run)
+    last = await store.last_runs()
+    assert {task: run.id for task, run in last.items()} == {"a": second.id, "b": other.id}
+
+
+async def test_last_successes_are_the_latest_completed_run_of_each_task(store: Store) -> None:
+    for task_id, state, finished in (
+        ("a", RunState.COMPLETED, 10.0),
+        ("a", RunState.COMPLETED, 30.0),
+        ("a", RunState.FAILED, 40.0),
+        ("b", RunState.FAILED, 50.0),
+        ("c", RunState.COMPLETED, 5.0),
+    ):
+        run = _record(task_id, queued_at=finished - 1, state=state)
+        run.started_at, run.finished_at = finished - 1, finished
+        store.save_run(run)
+    assert await store.last_successes() == {"a": 30.0, "c": 5.0}
+
+
+async def test_recover_marks_active_runs_interrupted_after_a_restart(backend: tuple[Store, Reopen]) -> None:
+    store, reopen = backend
+    running, done = _record(state=RunState.RUNNING), _record(state=RunState.COMPLETED)
+    running.started_at = time.time()
+    store.save_run(running)
+    store.save_run(done)
+    store.record_transition(Transition(running.id, 1, 1.0, "queued"))
+    store.record_transition(Transition(running.id, 2, 2.0, "running"))
+    store.save_attempt(AttemptRecord(running.id, 1, time.time()))
+    store.save_step(StepRecord(running.id, 1, 0, "shell", time.time()))
+    reopened = await reopen()
+    recovered = await reopened.recover_interrupted(50.0)
+    assert [r.id for r in recovered] == [running.id]
+    assert recovered[0].state is RunState.INTERRUPTED and recovered[0].finished_at == 50.0
+    stored = await reopened.get_run(running.id)
+    assert stored is not None and stored.state is RunState.INTERRUPTED and "taskd exited" in (stored.error or "")
+    assert (await reopened.attempts(running.id))[0].state is StepState.INTERRUPTED
+    assert (await reopened.steps(running.id))[0].state is StepState.INTERRUPTED
+    assert [(t.seq, t.state) for t in await reopened.transitions(running.id)][-1] == (3, "interrupted")
+    unchanged = await reopened.get_run(done.id)
+    assert unchanged is not None and unchanged.state is RunState.COMPLETED
+    assert await reopened.recover_interrupted(60.0) == []  # nothing twice
+
+
+async def test_tombstones_fires_and_last_fires_survive_a_restart(backend: tuple[Store, Reopen]) -> None:
+    store, reopen = backend
+    store.add_tombstone("a", "hash1", time.time())
+    store.add_tombstone("b", "hash2", time.time())
+    store.remove_tombstone("b")
+    store.remove_tombstone("never-deleted")
+    store.set_last_fire("a", 200.0)
+    store.set_last_fire("a", 100.0)  # never moves backwards
+    store.record_fire(Fire("a", 150.0, "skipped", "busy", time.time()))
+    store.record_fire(Fire("a", 160.0, "missed", "down", time.time()))
+    await store.flush()
+    store = await reopen()
+    store.set_last_fire("a", 120.0)  # not even across a restart
+    assert await store.tombstones() == {"a": "hash1"}
+    assert await store.last_fires() == {"a": 200.0}
+    assert [f.reason for f in await store.fires("a")] == ["down", "busy"]
+    assert [f.reason for f in await store.fires("a", limit=1)] == ["down"]
+    assert await store.fires("b") == []
+
+
+async def test_retention_by_age_and_by_count(store: Store) -> None:
+    now = time.time()
+    old = _record("a", queued_at=now - 40 * 86400, state=RunState.COMPLETED)
+    old.finished_at = now - 40 * 86400
+    store.save_run(old)
+    store.append_log(LogLine(old.id, 1, now, "log", "x"))
+    store.save_attempt(AttemptRecord(old.id, 1, now))
+    store.record_transition(Transition(old.id, 1, now, "queued"))
+    store.record_fire(Fire("a", now - 40 * 86400, "skipped", "ancient", now - 40 * 86400))
+    store.record_fire(Fire("a", now, "skipped", "fresh", now))
+    for i in range(5):
+        run = _record("b", queued_at=now - 100 + i, state=RunState.FAILED)
+        run.finished_at = now - 50 + i
+        store.save_run(run)
+    active = _record("b", queued_at=now - 1000, state=RunState.RUNNING)
+    store.save_run(active)
+    removed = await store.prune(now, days=30, max_runs_per_task=3)
+    assert removed == 3  # the 40-day-old run, and b's two oldest finished runs
+    runs, total = await store.list_runs(RunQuery(task_ids=("b",)))
+    assert total == 4 and active.id in {r.id for r in runs}
+    assert await store.get_run(old.id) is None and await store.run_log(old.id) == []
+    assert await store.attempts(old.id) == [] and await store.transitions(old.id) == []
+    assert [f.reason for f in await store.fires("a")] == ["fresh"]
+    assert await store.prune(now, days=0, max_runs_per_task=0) == 0  # 0 keeps everything
+
+
+async def test_stats(store: Store) -> None:
+    for i, state in enumerate([RunState.COMPLETED] * 3 + [RunState.FAILED]):
+        run = _record("a", queued_at=1000 + i, state=state)
+        run.started_at, run.finished_at = 1000.0 + i, 1000.0 + i + (i + 1)
+        store.save_run(run)
+    store.save_run(_record("a", queued_at=2000, state=RunState.RUNNING))
+    await store.flush()  # stats may lag the last batch of writes
+    stats = await store.task_stats("a")
+    assert stats["runs"] == 5 and stats["finished_considered"] == 4 and stats["success_rate"] == 0.75
+    assert stats["mean_duration"] == 2.5 and stats["p95_duration"] == 4
+    empty = await store.task_stats("nobody")
+    assert empty["runs"] == 0 and empty["success_rate"] is None and empty["p95_duration"] is None
+
+
+async def test_a_closed_store_refuses_reads_and_answers_ping_false(backend: tuple[Store, Reopen]) -> None:
+    store, _ = backend
+    assert await store.ping()
+    assert store.writer is not None and not store.writer.done()
+    await store.close()
+    assert store.writer is None
+    assert not await store.ping()
+    with pytest.raises(StoreError, match="not open"):
+        await store.get_run("x")
+    await store.close()  # closing twice is harmless
+    await store.open()  # and the fixture closes it again
