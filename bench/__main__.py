@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_load, memory, precision, stop_latency, throughput
+from bench import api_load, followers, memory, metrics_scrape, precision, run_search, stop_latency, throughput
 from bench.common import machine, spread, versions
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +77,15 @@ def main() -> None:
     say("stop latency")
     results["stop"] = stop_latency.measure(10 if quick else 50)
 
+    say("metrics scrape")
+    results["metrics"] = metrics_scrape.measure(1_000 if quick else 10_000)
+
+    say("live followers")
+    results["followers"] = followers.measure(2_000 if quick else 10_000, 200)
+
+    say("run search")
+    results["search"] = run_search.measure(100_000 if quick else 1_000_000, 10 if quick else 20)
+
     results["seconds"] = round(time.monotonic() - began, 1)
     Path(args.output).write_text(render(results))
     Path(args.output).with_name("results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -105,6 +114,66 @@ def mmm(values: dict[str, float], digits: int = 1) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
+
+
+def followers_section(fl: dict[str, Any] | None) -> list[str]:
+    if not fl:
+        return []
+    alone, followed = fl["alone"], fl["followed"]
+    return [
+        "## Live followers",
+        "",
+        f"{f(fl['runs'])} runs started at once (engine and SQLite store in-process, metrics on), alone and",
+        f"with {fl['followers']} `/events` followers each reading every state change as it is published.",
+        "",
+        "| followers | runs/s | state changes received | cut off |",
+        "|---|---|---|---|",
+        f"| 0 | {f(alone['runs_per_s'], 0)} | {f(alone['events_received'])} | {alone['cut_off']} |",
+        f"| {fl['followers']} | {f(followed['runs_per_s'], 0)} | {f(followed['events_received'])} "
+        f"| {followed['cut_off']} |",
+        "",
+    ]
+
+
+def search_section(s: dict[str, Any] | None) -> list[str]:
+    if not s:
+        return []
+    rows = [
+        f"| {name} | {f(q['total'])} | {f(q['p50_ms'])} | {f(q['p99_ms'])} | {verdict(q['p99_ms'] <= 50)} |"
+        for name, q in s["queries"].items()
+    ]
+    return [
+        "## Run search",
+        "",
+        f"`GET /runs` queries on {f(s['runs'])} stored runs (1,000 tasks over 30 days, 5% failed, 30% with",
+        "params), timed through the store's `list_runs` as the API calls it; each answer carries `total`.",
+        "",
+        "| query | total | p50 ms | p99 ms | p99 <= 50 ms |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def metrics_section(m: dict[str, Any] | None) -> list[str]:
+    if not m:
+        return []
+    rows = [
+        f"| {name} | {f(m[key]['p50_ms'])} | {f(m[key]['max_ms'])} | {f(m[key]['bytes'] / 1024, 0)} KiB "
+        f"| {f(m[key]['lines'])} |"
+        for name, key in (("per task (default)", "per_task"), ("`metrics: {per_task: false}`", "aggregated"))
+    ]
+    return [
+        "## Metrics scrape",
+        "",
+        f"`GET /metrics` with {f(m['tasks'])} tasks that have each run once (so every per-task series exists),",
+        "timed from the request to the last byte of the answer, 10 scrapes.",
+        "",
+        "| series | p50 ms | max ms | size | lines |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def render(r: dict[str, Any]) -> str:
@@ -214,6 +283,9 @@ def render(r: dict[str, Any]) -> str:
         f"p99 {f(stop['p99_ms'])} ms, max {f(stop['max_ms'])} ms; "
         f"target p99 <= 200 ms: {verdict(stop['p99_ms'] <= 200)}.",
         "",
+        *metrics_section(r.get("metrics")),
+        *followers_section(r.get("followers")),
+        *search_section(r.get("search")),
         ANALYSIS,
     ]
     return "\n".join(lines)

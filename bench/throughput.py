@@ -29,10 +29,11 @@ from bench.common import rss_mb
 async def bench_engine(slots: int, directory: Path | None = None) -> AsyncIterator[tuple[Any, Any, Path]]:
     """The real engine and SQLite store in-process, on one task with `concurrency: allow` and a
     no-op pipeline; yields (engine, store, store path)."""
-    from taskd import logs
+    from taskd import __version__, logs
     from taskd.config import load_config
     from taskd.engine import Engine
-    from taskd.store.sqlite import SQLiteStore
+    from taskd.metrics import Metrics
+    from taskd.store import open_store
 
     logs.configure("warning", "json")
     tmp = Path(directory or tempfile.mkdtemp(prefix="taskd-bench-"))
@@ -42,12 +43,14 @@ async def bench_engine(slots: int, directory: Path | None = None) -> AsyncIterat
         "pipelines: [{name: p, processors: [{sleep: {duration: 0}}]}]\n"
     )
     config = load_config(tmp / "taskd.yml", {})
-    store = SQLiteStore(config.store_path)
+    metrics = Metrics(__version__)  # as the daemon runs it: every run is counted
+    store = open_store(config.store_location)
+    store.commit_observer = metrics.store_committed
     await store.open()
-    engine = Engine(config, store)
+    engine = Engine(config, store, metrics=metrics)
     await engine.start()
     try:
-        yield engine, store, config.store_path
+        yield engine, store, Path(config.store_location)
     finally:
         await engine.shutdown(5)
         await store.close()
