@@ -58,19 +58,25 @@ def tasks_config(
     pipeline: str = "[{sleep: {duration: 0}}]",
     concurrency: str = "forbid",
     scheduled_count: int | None = None,
+    zones: Sequence[str] = (),
+    log_level: str = "info",
 ) -> str:
     """A taskd.yml with `count` tasks on one no-op pipeline; the first `scheduled_count` (default:
-    all) have `schedule`, the rest are manual-only."""
+    all) have `schedule`, the rest are manual-only. With `zones`, task i's schedule is in zone
+    i mod len(zones): as many different schedules (timer jobs) as zones. Logging is the default
+    (info, JSON) unless `log_level` says otherwise."""
     lines = [
         f"task: {{max_concurrent_tasks: {slots}, shutdown_timeout: 10s}}",
         f"api: {{listen: '127.0.0.1:{port}', max_body_bytes: 1048576}}",
         "store: {path: ./var/taskd.db, retention: {days: 0, max_runs_per_task: 0}}",
-        "log: {level: warning, format: json}",
+        f"log: {{level: {log_level}, format: json}}",
         "tasks:",
     ]
     scheduled = count if scheduled_count is None else scheduled_count
     for i in range(count):
         when = f", schedule: '{schedule}'" if schedule and i < scheduled else ""
+        if when and zones:
+            when += f", time_zone: {zones[i % len(zones)]}"
         lines.append(f"  - {{id: t{i:05d}, pipeline: noop, concurrency: {concurrency}{when}}}")
     lines += ["pipelines:", f"  - {{name: noop, processors: {pipeline}}}"]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ task's next fire) is read at scrape time from a `Snapshot` the daemon provides.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,11 +21,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ALL_TASKS = ""
@@ -58,22 +60,12 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         Info("taskd_build", "The running taskd's version.", registry=self.registry).info({"version": version})
-        self._runs = Counter(
-            "taskd_runs", "Runs that ended, by task and final state.", ["task", "state"], registry=self.registry
-        )
-        self._duration = Histogram(
-            "taskd_run_duration_seconds",
-            "From a run's first attempt starting to its end.",
-            ["task"],
-            buckets=RUN_BUCKETS,
-            registry=self.registry,
-        )
-        self._lateness = Histogram(
-            "taskd_schedule_lateness_seconds",
-            "From a fire's scheduled instant to the start of its run's first step.",
-            buckets=LATENESS_BUCKETS,
-            registry=self.registry,
-        )
+        # What every run reports is counted in plain containers and exposed by `_RunCollector`:
+        # a client Counter and two Histograms cost more per run than the rest of a no-op run's
+        # bookkeeping in the engine (a lock and a label lookup each).
+        self._runs: dict[tuple[str, str], int] = {}  # (task, state) -> runs
+        self._durations: dict[str, _Buckets] = {}  # task -> run durations
+        self._lateness = _Buckets(LATENESS_BUCKETS)
         self._skipped = Counter(
             "taskd_fires_skipped",
             "Fires that did not become a run, by task and reason.",
@@ -89,9 +81,8 @@ class Metrics:
         self._last_success: dict[str, float] = {}
         self._snapshot = Snapshot()
         self._lock = threading.Lock()
+        self.registry.register(_RunCollector(self))
         self.registry.register(_StateCollector(self))
-        # Label children are looked up once per (task, state): a lookup takes a lock each time.
-        self._run_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def seed_last_successes(self, successes: Mapping[str, float]) -> None:
         """Each task's last successful run as the store remembers it (at start-up)."""
@@ -101,18 +92,22 @@ class Metrics:
     def forget_task(self, task_id: str) -> None:
         """A deleted or removed task: its last-success series goes."""
         self._last_success.pop(task_id, None)
+        if self.per_task:
+            self._durations.pop(task_id, None)
+            for key in [key for key in self._runs if key[0] == task_id]:
+                del self._runs[key]
 
     # -- events ----------------------------------------------------------------------------------
     def run_finished(self, task_id: str, state: str, duration_s: float | None, finished_at: float) -> None:
         label = task_id if self.per_task else ALL_TASKS
-        children = self._run_children.get((label, state))
-        if children is None:
-            children = (self._runs.labels(label, state), self._duration.labels(label))
-            self._run_children[(label, state)] = children
-        counter, histogram = children
-        counter.inc()
+        runs = self._runs
+        key = (label, state)
+        runs[key] = runs.get(key, 0) + 1
         if duration_s is not None:
-            histogram.observe(duration_s)
+            buckets = self._durations.get(label)
+            if buckets is None:
+                buckets = self._durations[label] = _Buckets(RUN_BUCKETS)
+            buckets.observe(duration_s)
         if state == "completed":
             self._last_success[task_id] = finished_at
 
@@ -141,6 +136,60 @@ class Metrics:
             yield from times.items()
         elif times:
             yield ALL_TASKS, max(times.values())
+
+
+class _Buckets:
+    """One histogram's counts: per bucket (not cumulative; the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        counts = list(self.counts)  # one copy: the loop may add to it while a scrape formats
+        pairs, running = [], 0
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), counts, strict=True):
+            running += count
+            pairs.append((bound, float(running)))
+        return pairs
+
+
+class _RunCollector(Collector):
+    """What runs report (counts of ended runs, their durations, schedule lateness), from the plain
+    containers `Metrics` keeps. Read from the scrape's thread while the loop adds to them: every
+    container is copied in one step first (atomic under the GIL)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        metrics = self._metrics
+        runs = CounterMetricFamily("taskd_runs", "Runs that ended, by task and final state.", labels=["task", "state"])
+        for (task, state), count in sorted(metrics._runs.items()):
+            runs.add_metric([task, state], count)
+        yield runs
+        duration = HistogramMetricFamily(
+            "taskd_run_duration_seconds", "From a run's first attempt starting to its end.", labels=["task"]
+        )
+        for task, buckets in sorted(metrics._durations.items()):
+            duration.add_metric([task], buckets.cumulative(), buckets.total)
+        yield duration
+        lateness = HistogramMetricFamily(
+            "taskd_schedule_lateness_seconds",
+            "From a fire's scheduled instant to the start of its run's first step.",
+        )
+        lateness.add_metric([], metrics._lateness.cumulative(), metrics._lateness.total)
+        yield lateness
 
 
 class _StateCollector(Collector):

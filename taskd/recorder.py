@@ -16,8 +16,10 @@ from taskd.processor import describe
 from taskd.store.base import LogLine, Transition
 
 _STDLIB = logging.getLogger("taskd.run")  # isEnabledFor is cached: a cheap check before structlog
-_EXECUTION = logging.getLogger("taskd.run.execution")  # task.log_task_execution: the line per run
+# task.log_task_execution: the line per ending run, for failures and for completed runs apart
+_EXECUTION = logging.getLogger("taskd.run.execution")
 _EXECUTION_LOG = structlog.get_logger("taskd.run.execution")
+_COMPLETED = logging.getLogger("taskd.run.execution.completed")  # only a gate: the line keeps one name
 MAX_LOG_LINES = 10_000
 MAX_LINE_CHARS = 8_192
 RECENT_LINES = 20
@@ -97,7 +99,8 @@ class RunRecorder:
         self.enter(state, error, record.finished_at)
         if self._observer is not None:
             self._observer.run_finished(record.task_id, str(state), record.duration, record.finished_at)
-        if _EXECUTION.isEnabledFor(logging.INFO):
+        completed = state is RunState.COMPLETED
+        if (_COMPLETED if completed else _EXECUTION).isEnabledFor(logging.INFO):
             _EXECUTION_LOG.info(
                 "run_finished",
                 task_id=record.task_id,

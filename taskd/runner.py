@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from taskd.processor import Context, StepFailed, describe
 from taskd.recorder import RunObserver, RunRecorder, RunSink
 from taskd.retry import backoff_delay
 from taskd.slots import SlotPool
+
+_DEBUG = logging.getLogger("taskd.run")  # isEnabledFor is cached by the logging module
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ class Run:
         self.recorder = RunRecorder(record, sink, clock, observer)
         self._slots = slots
         self._clock = clock
-        self.done = asyncio.Event()
+        self._done: asyncio.Event | None = None  # made when someone waits: most runs are never waited for
+        self.finished = False
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.on_finished: Callable[[Run], None] | None = None  # told once the final state is recorded
         self._begun = False
         self._slot_held = False
 
@@ -71,6 +75,15 @@ class Run:
     @property
     def state(self) -> RunState:
         return self.record.state
+
+    @property
+    def done(self) -> asyncio.Event:
+        """Set once the run has reached its final state."""
+        if self._done is None:
+            self._done = asyncio.Event()
+            if self.finished:
+                self._done.set()
+        return self._done
 
     def queue(self) -> None:
         """Record the run as queued (its first state)."""
@@ -89,7 +102,7 @@ class Run:
 
     def stop(self, reason: str) -> bool:
         """Ask the run to stop; the pipeline is cancelled and child processes killed."""
-        if self.done.is_set() or self.task is None:
+        if self.finished or self.task is None:
             return False
         if self.stop_reason is None:
             self.stop_reason = reason
@@ -105,7 +118,7 @@ class Run:
     # -- the run ---------------------------------------------------------------------------------
     async def execute(self, after: Sequence[Run] = ()) -> None:
         self._begun = True
-        if self.done.is_set():
+        if self.finished:
             return
         task = self.plan.task
         total = 1 + task.retry.count
@@ -202,7 +215,7 @@ class Run:
                 error = f"step {failed.index + 1} ({failed.type}): {error}"
             recorder.write("log", f"attempt {number} {state.replace('_', ' ')}: {error}")
         recorder.close_attempt(state, error)
-        if error is not None or _debug_enabled():
+        if error is not None or _DEBUG.isEnabledFor(logging.DEBUG):
             recorder.log.log(
                 logging.INFO if error else logging.DEBUG,
                 "attempt_finished",
@@ -229,8 +242,8 @@ class Run:
 
     def _finish(self, state: RunState, error: str | None) -> None:
         self.recorder.finish(state, error)
-        self.done.set()
-
-
-def _debug_enabled() -> bool:
-    return logging.getLogger("taskd.run").isEnabledFor(logging.DEBUG)
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
+        if self.on_finished is not None:
+            self.on_finished(self)

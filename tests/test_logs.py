@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
+import pytest
 import structlog
+from conftest import Api, base_config
 
 from taskd import logs
 
@@ -42,3 +45,29 @@ def test_console_format_and_level() -> None:
         logs.configure("warning", "console", stream=io.StringIO())
     text = out.getvalue()
     assert "visible_at_debug" in text and "task_id=t" in text and not text.startswith("{")
+
+
+@pytest.mark.parametrize(
+    ("setting", "logged"),
+    [(None, {"failed"}), ("failures", {"failed"}), ("true", {"completed", "failed"}), ("false", set())],
+)
+async def test_log_task_execution_says_which_ending_runs_write_a_line(
+    api_factory: Callable[..., Awaitable[Api]], setting: str | None, logged: set[str]
+) -> None:
+    """By default only the runs that did not complete log `run_finished`: a busy daemon would
+    otherwise write a line per successful run."""
+    extra = "" if setting is None else f"task: {{log_task_execution: {setting}}}\n"
+    config = base_config(
+        "- {id: good, pipeline: ok}\n- {id: bad, pipeline: ko}",
+        "- {name: ok, processors: [{sleep: {duration: 0}}]}\n- {name: ko, processors: [{shell: {command: 'exit 3'}}]}",
+    ).replace("task: {max_concurrent_tasks: 10, shutdown_timeout: 5s}\n", extra)
+    api = await api_factory(config)
+    out = io.StringIO()
+    logs.configure("info", "json", out, False, api.engine.config.task.log_task_execution)
+    try:
+        for task_id in ("good", "bad"):
+            await api.wait_run(await api.start_task(task_id))
+    finally:
+        logs.configure("warning", "console", stream=io.StringIO())
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert {line["state"] for line in lines if line["event"] == "run_finished"} == logged

@@ -96,7 +96,11 @@ class TaskSection(Section):
     max_concurrent_tasks: StrictInt = Field(100, ge=1, le=100_000, description="runs allowed in `running` at once")
     shutdown_timeout: Duration = Field(30.0, description="on SIGTERM, how long running runs may finish")
     debug: StrictBool = Field(False, description="log the task machinery (fires, attempts, output) at debug level")
-    log_task_execution: StrictBool = Field(True, description="log one line (run_finished) for every run that ends")
+    log_task_execution: StrictBool | Literal["failures"] = Field(
+        "failures",
+        description="log one line (run_finished) per run that ends: true for every run, 'failures' (the"
+        " default) for the runs that did not complete, false for none",
+    )
 
 
 class ApiSection(Section):

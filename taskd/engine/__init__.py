@@ -247,7 +247,6 @@ class Engine:
         run.queue()
         self.runs.add(run)
         run.start(after)
-        self.runs.watch(run)
         if _DEBUG.isEnabledFor(logging.DEBUG):
             log.debug("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
         return run

@@ -27,15 +27,11 @@ class RunTable:
         self._last = {task_id: RunSummary.of(run) for task_id, run in last_runs.items()}
 
     def add(self, run: Run) -> None:
-        """Track a run that has been queued (its task is created by `run.start()` afterwards)."""
+        """Track a run that has been queued, until it reaches its final state."""
         self._runs[run.id] = run
         self._by_task.setdefault(run.record.task_id, {})[run.id] = run
         self._last[run.record.task_id] = run.record
-
-    def watch(self, run: Run) -> None:
-        """Forget the run when its task ends."""
-        assert run.task is not None, "watch() a run after start()"
-        run.task.add_done_callback(lambda _: self._forget(run))
+        run.on_finished = self._forget
 
     def _forget(self, run: Run) -> None:
         self._runs.pop(run.id, None)
@@ -54,13 +50,13 @@ class RunTable:
     def active(self, task_id: str) -> list[Run]:
         """The task's runs that have not ended, oldest first."""
         runs = self._by_task.get(task_id)
-        return [run for run in runs.values() if not run.done.is_set()] if runs else []
+        return [run for run in runs.values() if not run.finished] if runs else []
 
     def active_states(self, task_id: str) -> list[tuple[str, RunState]]:
         return [(run.id, run.state) for run in self.active(task_id)]
 
     def unfinished(self) -> list[Run]:
-        return [run for run in self._runs.values() if not run.done.is_set()]
+        return [run for run in self._runs.values() if not run.finished]
 
     def last(self, task_id: str) -> RunRecord | RunSummary | None:
         return self._last.get(task_id)
