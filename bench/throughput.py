@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import os
 import shutil
 import sqlite3
@@ -35,7 +36,7 @@ async def bench_engine(slots: int, directory: Path | None = None) -> AsyncIterat
     from taskd.metrics import Metrics
     from taskd.store import open_store
 
-    logs.configure("warning", "json")
+    logs.configure("info", "json", stream=io.StringIO())  # the default level; nothing is logged per run
     tmp = Path(directory or tempfile.mkdtemp(prefix="taskd-bench-"))
     (tmp / "taskd.yml").write_text(
         f"task: {{max_concurrent_tasks: {slots}}}\nstore: {{path: ./t.db}}\n"

@@ -36,3 +36,12 @@ class Conflict(TaskdError):
     def __init__(self, message: str, reason: str = "conflict") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class Overloaded(Conflict):
+    """taskd refuses new runs until it has caught up (too many writes staged, or too many runs
+    waiting); `retry_after_s` is when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, "overloaded")
+        self.retry_after_s = retry_after_s

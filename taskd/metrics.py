@@ -45,6 +45,7 @@ class Snapshot:
     slots: int = 0
     slots_in_use: int = 0
     pending_writes: int = 0
+    overloaded: bool = False
     next_fires: Mapping[str, float] = field(default_factory=dict)  # task -> epoch seconds
 
 
@@ -212,6 +213,11 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("taskd_slots_in_use", "Slots held by running runs.", value=snapshot.slots_in_use)
         yield GaugeMetricFamily(
             "taskd_store_pending_writes", "Writes staged and not yet committed.", value=snapshot.pending_writes
+        )
+        yield GaugeMetricFamily(
+            "taskd_overloaded",
+            "1 while new runs are refused because the store or the slots cannot keep up.",
+            value=int(snapshot.overloaded),
         )
         success = GaugeMetricFamily(
             "taskd_task_last_success_timestamp_seconds",

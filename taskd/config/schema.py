@@ -94,6 +94,13 @@ class TaskSection(Section):
 
     time_zone: ZoneName = Field("UTC", description="IANA time zone used by every schedule by default")
     max_concurrent_tasks: StrictInt = Field(100, ge=1, le=100_000, description="runs allowed in `running` at once")
+    max_waiting_runs: StrictInt = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="runs waiting for a slot or a retry, at most; past it taskd is overloaded: fires"
+        " are skipped and manual starts refused (503) until half of them have gone",
+    )
     shutdown_timeout: Duration = Field(30.0, description="on SIGTERM, how long running runs may finish")
     debug: StrictBool = Field(False, description="log the task machinery (fires, attempts, output) at debug level")
     log_task_execution: StrictBool | Literal["failures"] = Field(
@@ -170,6 +177,13 @@ class StoreSection(Section):
         description="SQLite file, relative to the config file; :memory: keeps nothing on disk",
     )
     retention: Retention = Retention()
+    max_pending: StrictInt = Field(
+        100_000,
+        ge=100,
+        le=10_000_000,
+        description="writes staged for the store and not yet committed, at most; past it taskd is"
+        " overloaded: fires are skipped and manual starts refused (503) until half of them are written",
+    )
 
 
 class LogSection(Section):

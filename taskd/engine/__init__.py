@@ -17,11 +17,11 @@ import structlog
 
 from taskd.clock import Clock, SystemClock, utc
 from taskd.config import Config
-from taskd.engine.policy import FirePlan, admit, catch_up, plan_fire, task_status
+from taskd.engine.policy import FirePlan, admit, catch_up, overload, plan_fire, task_status
 from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
 from taskd.engine.runs import RunTable, stop_grace, wait_runs
 from taskd.engine.timer import APSchedulerTimer, FireCallback, Timer
-from taskd.errors import Conflict, UnknownTask
+from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.live import LiveHub
 from taskd.metrics import Metrics
 from taskd.models import RunRecord, RunSummary, Trigger, new_run_id
@@ -36,7 +36,7 @@ _DEBUG = logging.getLogger("taskd.engine")
 
 TimerFactory = Callable[[FireCallback], Timer]
 
-__all__ = ["Conflict", "Engine", "TaskEntry", "UnknownTask"]
+__all__ = ["Conflict", "Engine", "Overloaded", "TaskEntry", "UnknownTask"]
 
 
 class Engine:
@@ -72,6 +72,9 @@ class Engine:
         self._sorted: tuple[TaskEntry, ...] | None = None
         self._accepting = False
         self._hurry = asyncio.Event()
+        self._overload: str | None = None  # why new runs are refused, while they are
+        self._overload_since = 0.0
+        self._shed = 0  # runs refused since the overload began
         self.timer: Timer = timer(self.on_group_fire)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -182,7 +185,8 @@ class Engine:
             self.start_run(task_id, Trigger.SCHEDULE, scheduled_at=fire.instant)
         except Conflict as exc:
             self._skip(Fire(task_id, fire.instant, "skipped", str(exc), now), exc.reason)
-            log.info("fire_skipped", task_id=task_id, reason=str(exc))
+            if not isinstance(exc, Overloaded):  # an overload is logged once, when it begins and ends
+                log.info("fire_skipped", task_id=task_id, reason=str(exc))
 
     def _skip(self, fire: Fire, reason: str) -> None:
         """A fire that did not become a run: recorded, and counted by reason."""
@@ -224,6 +228,7 @@ class Engine:
         if not self._accepting:
             raise Conflict("taskd is shutting down", "shutting_down")
         entry = self.entry(task_id)
+        self._admit_load()
         task = entry.config
         # `allow` never needs the list of active runs; with thousands of them, building it costs.
         active = self.runs.active_states(task_id) if task.concurrency != "allow" else []
@@ -250,6 +255,41 @@ class Engine:
         if _DEBUG.isEnabledFor(logging.DEBUG):
             log.debug("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
         return run
+
+    def _load(self) -> str | None:
+        config = self.config
+        waiting = len(self.runs) - self.slots.held
+        return overload(
+            self.store.pending_writes,
+            config.store.max_pending,
+            waiting,
+            config.task.max_waiting_runs,
+            self._overload is not None,
+        )
+
+    def _admit_load(self) -> None:
+        """Refuse a new run (Overloaded) while the store or the slots cannot keep up."""
+        why = self._load()
+        if why is None:
+            if self._overload is not None:
+                log.warning(
+                    "overload_ended",
+                    refused=self._shed,
+                    lasted_s=round(self.clock.time() - self._overload_since, 3),
+                )
+                self._overload = None
+            return
+        if self._overload is None:
+            self._overload_since, self._shed = self.clock.time(), 0
+            log.warning("overloaded", reason=why, action="new runs are refused until it has caught up")
+        self._overload = why
+        self._shed += 1
+        raise Overloaded(f"taskd is overloaded: {why}; try again later", retry_after_s=1)
+
+    @property
+    def overloaded(self) -> str | None:
+        """Why taskd refuses new runs now, or None (as the next start would find it)."""
+        return self._load()
 
     async def stop_task(self, task_id: str, reason: str) -> list[str]:
         """Stop every active run of the task; wait (bounded by their stop grace) until they end."""

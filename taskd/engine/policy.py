@@ -48,6 +48,18 @@ def admit(task_id: str, concurrency: str, active: Sequence[tuple[str, RunState]]
     raise ValueError(f"unknown concurrency policy {concurrency!r}")
 
 
+def overload(pending: int, max_pending: int, waiting: int, max_waiting: int, already: bool) -> str | None:
+    """Why taskd is overloaded now, or None. It becomes overloaded when staged writes or waiting
+    runs reach their limit, and stays so until both are down to half of it, so that it does not
+    flap at the edge."""
+    share = 0.5 if already else 1.0
+    if pending >= max_pending * share:
+        return f"{pending} writes are waiting for the store (store.max_pending is {max_pending})"
+    if waiting >= max_waiting * share:
+        return f"{waiting} runs are waiting for a slot or a retry (task.max_waiting_runs is {max_waiting})"
+    return None
+
+
 @dataclass(frozen=True)
 class FirePlan:
     """What one fire of a task becomes: a run for `instant`, and `coalesced` instants that came

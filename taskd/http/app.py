@@ -18,7 +18,7 @@ from aiohttp import web
 
 from taskd import __version__
 from taskd.engine import Engine, TaskEntry
-from taskd.errors import Conflict, UnknownTask
+from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.http import events, openapi
 from taskd.http.views import TaskViews, fire_view, metrics_snapshot, run_detail
 from taskd.metrics import CONTENT_TYPE, Metrics
@@ -288,6 +288,8 @@ async def start_task(request: web.Request) -> web.Response:
     params = await _read_start_body(request)
     try:
         run = engine.start_run(entry.id, Trigger.MANUAL, params=params)
+    except Overloaded as exc:
+        raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
     except Conflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return _json({"run_id": run.id, "task_id": entry.id, "state": str(run.state)}, status=202)
@@ -428,6 +430,8 @@ async def health(request: web.Request) -> web.Response:
         "tasks": engine.task_count,
         "active_runs": len(engine.runs),
         "slots": {"limit": engine.slots.limit, "held": engine.slots.held, "waiting": engine.slots.waiting},
+        "pending_writes": store.pending_writes,
+        "overloaded": engine.overloaded,
     }
     return _json(body, status=code)
 

@@ -205,6 +205,10 @@ def document() -> dict[str, Any]:
                     "404": _error("no such task"),
                     "409": _error("the task's concurrency policy refuses another run"),
                     "413": _error("the body is larger than api.max_body_bytes"),
+                    "503": {
+                        **_error("taskd is overloaded (store.max_pending, task.max_waiting_runs); try again later"),
+                        "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
+                    },
                 },
             }
         },

@@ -146,6 +146,7 @@ def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Sna
         slots=engine.slots.limit,
         slots_in_use=engine.slots.held,
         pending_writes=store.pending_writes,
+        overloaded=engine.overloaded is not None,
         next_fires=upcoming,
     )
 

@@ -2,7 +2,11 @@
 
 A busy daemon does not pay one commit per event: rows staged during a short window share one
 transaction, repeated saves of the same record collapse into its latest state, and a flush (a
-read, shutdown) cuts the window short. A backend supplies only `_commit(batch)`.
+read, shutdown) cuts the window short. A batch that fails to commit for a reason that can pass
+(the database locked or busy, the disk full) is staged again, ahead of what came since, and
+retried with a growing pause: nothing is dropped while the store is down, and the engine sheds
+load once `pending_writes` passes its limit. A backend supplies `_commit(batch)` and says which
+failures can pass (`_retryable`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from taskd.models import AttemptRecord, RunRecord, StepRecord
 from taskd.store.base import Fire, LogLine, Store, StoreError, Transition
 
 log = structlog.get_logger("taskd.store")
+RETRY_PAUSE_S = 0.5
+MAX_RETRY_PAUSE_S = 5.0
 
 
 @dataclass
@@ -44,6 +50,19 @@ class Batch:
     fires: list[Fire] = field(default_factory=list)
     last_fires: dict[str, float] = field(default_factory=dict)
     tombstones: list[Tombstone] = field(default_factory=list)
+
+    def absorb(self, newer: Batch) -> None:
+        """Add the writes staged after this batch: a newer state of a record wins, rows keep
+        their order (this batch's first)."""
+        self.runs.update(newer.runs)
+        self.attempts.update(newer.attempts)
+        self.steps.update(newer.steps)
+        self.logs.extend(newer.logs)
+        self.transitions.extend(newer.transitions)
+        self.fires.extend(newer.fires)
+        for task_id, instant in newer.last_fires.items():
+            self.last_fires[task_id] = max(instant, self.last_fires.get(task_id, instant))
+        self.tombstones.extend(newer.tombstones)
 
     def __len__(self) -> int:
         return (
@@ -74,11 +93,18 @@ class BufferedStore(Store):
         self._closing = False
         self._committing = False
         self._writer: asyncio.Task[None] | None = None
+        self._in_flight = 0  # writes in the batch being committed
         self.commits = 0
+        self.failed_commits = 0
 
     @abstractmethod
     async def _commit(self, batch: Batch) -> None:
         """Write `batch` in one transaction, or raise and write none of it."""
+
+    def _retryable(self, exc: Exception) -> bool:
+        """Whether a commit that raised `exc` may succeed later (the batch is kept and retried);
+        otherwise the batch is logged as lost and dropped, so one bad row cannot stop the store."""
+        return isinstance(exc, OSError)
 
     # -- lifecycle helpers for the backend -------------------------------------------------------
     def _start_writer(self) -> None:
@@ -102,7 +128,8 @@ class BufferedStore(Store):
 
     @property
     def pending_writes(self) -> int:
-        return len(self._batch)
+        """Writes staged or being committed."""
+        return len(self._batch) + self._in_flight
 
     # -- staged writes ---------------------------------------------------------------------------
     def save_run(self, run: RunRecord) -> None:
@@ -156,6 +183,7 @@ class BufferedStore(Store):
 
     # -- the writer ------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
+        failures = 0
         while True:
             await self._wakeup.wait()
             if not self._barriers and not self._closing and self._batch_window_s > 0:
@@ -165,9 +193,15 @@ class BufferedStore(Store):
             self._wakeup.clear()
             try:
                 await self._commit_pending()
-            except Exception:  # keep the daemon alive; the next batch retries what it can
-                log.exception("store_write_failed", store=self._name)
-                await asyncio.sleep(0.5)
+                if failures:
+                    log.warning("store_write_recovered", store=self._name, failed_commits=failures)
+                failures = 0
+            except Exception:  # keep the daemon alive; a kept batch is retried after a pause
+                failures += 1
+                if self._closing:
+                    return
+                await asyncio.sleep(min(RETRY_PAUSE_S * 2 ** (failures - 1), MAX_RETRY_PAUSE_S))
+                self._wakeup.set()
             if self._closing:
                 return
 
@@ -177,19 +211,34 @@ class BufferedStore(Store):
         batch, self._batch = self._batch, Batch()
         if batch:
             self._committing = True
+            self._in_flight = len(batch)
             started = time.perf_counter()
             try:
                 await self._commit(batch)
                 self.commits += 1
                 if self.commit_observer is not None:
                     self.commit_observer(time.perf_counter() - started)
-            except BaseException:
+            except BaseException as exc:
+                self.failed_commits += 1
+                kept = isinstance(exc, Exception) and self._retryable(exc)
+                if kept:  # ahead of what was staged meanwhile, to be committed again
+                    batch.absorb(self._batch)
+                    self._batch = batch
+                log.error(
+                    "store_write_failed",
+                    store=self._name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    writes=len(batch),
+                    kept_for_retry=kept,
+                    exc_info=not kept,
+                )
                 for barrier in barriers:
                     if not barrier.done():
                         barrier.set_exception(StoreError("the store could not commit; see the daemon log"))
                 raise
             finally:
                 self._committing = False
+                self._in_flight = 0
         for barrier in barriers:
             if not barrier.done():
                 barrier.set_result(None)

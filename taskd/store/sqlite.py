@@ -229,9 +229,10 @@ SQL = {
 class SQLiteStore(BufferedStore):
     """Run history in one SQLite file."""
 
-    def __init__(self, path: Path | str, batch_window_s: float = 0.025) -> None:
+    def __init__(self, path: Path | str, batch_window_s: float = 0.025, busy_timeout_s: float = 5.0) -> None:
         super().__init__(batch_window_s, name="store")
         self.path = Path(path)
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)  # how long a commit waits for a lock
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -250,7 +251,7 @@ class SQLiteStore(BufferedStore):
             if mode is None or str(mode[0]).lower() != "wal":
                 log.warning("store_not_in_wal_mode", path=str(self.path), mode=mode and mode[0])
             await db.execute("PRAGMA synchronous = NORMAL")
-            await db.execute("PRAGMA busy_timeout = 5000")
+            await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             await self._migrate()
         except (aiosqlite.Error, StoreError) as exc:
             await db.close()
@@ -340,6 +341,11 @@ class SQLiteStore(BufferedStore):
                 with contextlib.suppress(Exception):
                     await db.execute("ROLLBACK")
                 raise
+
+    def _retryable(self, exc: Exception) -> bool:
+        """The database locked or busy, the disk full or failing: a later commit may succeed.
+        A constraint or programming error would fail again: that batch is dropped (and logged)."""
+        return isinstance(exc, (aiosqlite.OperationalError, OSError))
 
     # -- reads -----------------------------------------------------------------------------------
     def _require(self) -> aiosqlite.Connection:
