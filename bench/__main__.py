@@ -199,8 +199,9 @@ def overload_section(o: dict[str, Any] | None) -> list[str]:
         "",
         f"Capacity set by the config: 50 slots and a 50 ms pipeline, at most {f(o['capacity_runs_per_s'], 0)}",
         f"runs/s. Offered: {f(o['offered_per_s'])} tasks with `concurrency: allow` firing every second (3x) for",
-        f"{f(o['seconds'], 0)} s; then the config is reloaded with a tenth of them (0.3x). Defaults:",
-        "`task.max_waiting_runs: 10000`, `store.max_pending: 100000`.",
+        f"{f(o['seconds'], 0)} s; then the config is reloaded with a tenth of them (0.3x).",
+        f"`task.max_waiting_runs: {f(o['max_waiting_runs'])}` (the default is 50,000), `store.max_pending` left at",
+        "its default (100,000).",
         "",
         f"- Fires: {f(o['fires_offered'])} offered, {f(o['fires_run'])} accepted as runs "
         f"({f(o['runs_completed'])} completed), skipped: {skipped}.",

@@ -26,8 +26,12 @@ SLOTS = 50
 PIPELINE = "[{sleep: {duration: 0.05}}]"
 
 
+MAX_WAITING = 10_000
+
+
 def _config(port: int, tasks: int) -> str:
-    return tasks_config(port, tasks, "* * * * * *", slots=SLOTS, pipeline=PIPELINE, concurrency="allow")
+    text = tasks_config(port, tasks, "* * * * * *", slots=SLOTS, pipeline=PIPELINE, concurrency="allow")
+    return text.replace("task: {", f"task: {{max_waiting_runs: {MAX_WAITING}, ", 1)
 
 
 def _start(daemon: Daemon, task: str) -> int:
@@ -97,6 +101,7 @@ def measure(offered_tasks: int = 3_000, seconds: int = 60) -> dict[str, Any]:
     return {
         "seconds": round(span, 1),
         "capacity_runs_per_s": SLOTS / 0.05,
+        "max_waiting_runs": MAX_WAITING,
         "offered_per_s": offered_tasks,
         "fires_offered": offered_tasks * math.floor(span),
         "fires_run": run,

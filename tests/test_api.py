@@ -45,6 +45,7 @@ async def test_list_tasks_with_status_next_run_and_filters(
     assert alpha["next_run"].endswith(("+01:00", "+02:00")) and "T03:00:00" in alpha["next_run"]
     assert alpha["last_run"]["state"] == "completed" and alpha["duration"] is not None
     assert beta["status"] == "failed" and beta["schedule"] is None and beta["next_run"] is None
+    assert alpha["schedule_text"] == "at 03:00 every day, Europe/Berlin" and beta["schedule_text"] is None
     # Before its first run, a task without a schedule is manual, not scheduled.
     fresh = await api_factory(base_config(TASKS, PIPELINES))
     statuses = {t["id"]: t["status"] for t in (await fresh.request("GET", "/tasks")).json()["tasks"]}

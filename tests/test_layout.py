@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("taskd.errors", "taskd"),
     ("taskd.models", "taskd.durations", "taskd.clock"),
     ("taskd.yamldoc", "taskd.schedule", "taskd.retry", "taskd.slots", "taskd.systemd", "taskd.logs", "taskd.metrics"),
-    ("taskd.store", "taskd.live"),
+    ("taskd.store", "taskd.live", "taskd.schedule_words"),
     ("taskd.processor",),
     ("taskd.procgroup", "taskd.processors"),
     ("taskd.config",),

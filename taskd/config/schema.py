@@ -95,7 +95,7 @@ class TaskSection(Section):
     time_zone: ZoneName = Field("UTC", description="IANA time zone used by every schedule by default")
     max_concurrent_tasks: StrictInt = Field(100, ge=1, le=100_000, description="runs allowed in `running` at once")
     max_waiting_runs: StrictInt = Field(
-        10_000,
+        50_000,
         ge=1,
         le=1_000_000,
         description="runs waiting for a slot or a retry, at most; past it taskd is overloaded: fires"

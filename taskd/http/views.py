@@ -13,6 +13,7 @@ from taskd.engine import Engine, TaskEntry
 from taskd.metrics import Snapshot
 from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, iso
 from taskd.schedule import Schedule
+from taskd.schedule_words import describe
 from taskd.store.base import Fire, Store, Transition
 
 
@@ -82,10 +83,12 @@ class TaskViews:
             "name": entry.config.display_name,
             "enabled": entry.config.enabled,
             "schedule": entry.config.schedule,
+            "schedule_text": None if entry.schedule is None else describe(entry.schedule, entry.time_zone),
             "time_zone": entry.time_zone,
             "pipeline": entry.pipeline.name,
             "priority": entry.config.priority,
             "concurrency": entry.config.concurrency,
+            "params": dict(entry.params),
         }
         self._static[entry.id] = (entry, view)
         return view
