@@ -115,7 +115,7 @@ def measure(offered_tasks: int = 3_000, seconds: int = 60) -> dict[str, Any]:
         "waiting_max": max(s["waiting"] for s in samples),
         "pending_writes_max": max(s["pending_writes"] for s in samples),
         "seconds_overloaded": sum(1 for s in samples if s["overloaded"]),
-        "manual_starts": {code: sum(1 for s in samples if s["manual_start"] == code) for code in (202, 503)},
+        "manual_starts": {str(code): sum(1 for s in samples if s["manual_start"] == code) for code in (202, 503)},
         "recovery_s": recovered,
         "backlog_drained_s": drained,
         "samples": samples,

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from taskd import __version__
 from taskd.config import load_config
@@ -81,7 +82,7 @@ def encode_request(
 
 
 class Response:
-    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+    def __init__(self, status: int, body: bytes, headers: CIMultiDict[str]) -> None:
         self.status = status
         self.body = body
         self.headers = headers
@@ -162,9 +163,9 @@ class Daemon:
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return Response(resp.status, resp.read(), dict(resp.headers))
+                return Response(resp.status, resp.read(), CIMultiDict(resp.headers.items()))
         except urllib.error.HTTPError as err:
-            return Response(err.code, err.read(), dict(err.headers))
+            return Response(err.code, err.read(), CIMultiDict(err.headers.items()))
 
     # -- conveniences ----------------------------------------------------------------------------
     def start_task(self, task_id: str, params: dict[str, Any] | None = None) -> str:
@@ -282,7 +283,7 @@ class Api:
         data, all_headers = encode_request(self.token, body, raw, headers)
         resp: ClientResponse = await self.client.request(method, path, data=data, headers=all_headers)
         async with resp:
-            return Response(resp.status, await resp.read(), dict(resp.headers))
+            return Response(resp.status, await resp.read(), CIMultiDict(resp.headers))
 
     async def start_task(self, task_id: str, params: dict[str, Any] | None = None) -> str:
         resp = await self.request("POST", f"/task/{task_id}/_start", {"params": params} if params is not None else None)

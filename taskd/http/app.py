@@ -19,7 +19,7 @@ from aiohttp import web
 from taskd import __version__
 from taskd.engine import Engine, TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
-from taskd.http import events, openapi
+from taskd.http import dashboard, events, openapi
 from taskd.http.views import TaskViews, fire_view, metrics_snapshot, run_detail
 from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import RunRecord, RunState, Trigger, iso
@@ -104,7 +104,8 @@ def authorized(request: web.Request) -> bool:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # GET /health answers without a token (a bare liveness status; the details need the token),
     # so load balancers, monitors and the bundled health pipelines can reach it.
-    if request.path in PUBLIC_PATHS and request.method in ("GET", "HEAD"):
+    public = request.path in PUBLIC_PATHS or dashboard.is_public(request.path)
+    if public and request.method in ("GET", "HEAD"):
         return await handler(request)
     if not authorized(request):
         raise ApiError(
@@ -128,6 +129,7 @@ def create_app(
     app[TOKEN] = token
     app[VIEWS] = TaskViews(engine)
     events.setup(app, heartbeat_s)
+    dashboard.setup(app)
     app.router.add_get("/events", run_events)
     app.router.add_get("/openapi.json", openapi_document)
     if metrics is not None:

@@ -270,6 +270,34 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/": {
+            "get": {
+                "summary": "The web dashboard (a page that holds no data: no token needed)",
+                "security": [{}],
+                "responses": {
+                    "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "304": {"description": "not modified since the ETag sent in If-None-Match"},
+                },
+            }
+        },
+        "/ui/{name}": {
+            "get": {
+                "summary": "A file of the dashboard: app.js, style.css or favicon.svg (no token needed)",
+                "security": [{}],
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {
+                            media: {"schema": {"type": "string"}}
+                            for media in ("text/javascript", "text/css", "image/svg+xml")
+                        },
+                    },
+                    "304": {"description": "not modified since the ETag sent in If-None-Match"},
+                    "404": _error("no such file"),
+                },
+            }
+        },
         "/events": {
             "get": {
                 "summary": "Every run's state changes, as server-sent events",

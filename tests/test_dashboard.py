@@ -1,0 +1,254 @@
+"""The web dashboard in a real browser: Playwright driving Debian's chromium against the real daemon
+with a token. Every console error and every request to another origin fails the test; each view
+is saved as a screenshot (set TASKD_SCREENSHOTS=DIR to keep them)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import Daemon, base_config
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "s3cret-dashboard-token"
+TASKS = """
+- {id: hello, name: Say hello, schedule: '30 1 * * 1-5', time_zone: Asia/Tokyo, pipeline: talk}
+- {id: failing, pipeline: bad}
+- {id: greet, pipeline: greet, params: {who: world}}
+- {id: doomed, pipeline: quick}
+"""
+PIPELINES = r"""
+- {name: talk, processors: [{shell: {command: 'for i in 1 2 3 4 5 6; do echo "line $i"; sleep 0.4; done'}}]}
+- {name: bad, processors: [{shell: {command: 'echo broken >&2; exit 3'}}]}
+- {name: greet, processors: [{shell: {command: 'echo "hello $TASKD_PARAM_WHO"'}}]}
+- {name: quick, processors: [{sleep: {duration: 0}}]}
+"""
+
+try:
+    from playwright import sync_api as playwright_api
+except ImportError:
+    if os.environ.get("TASKD_REQUIRE_BROWSER"):  # CI: never skip these
+        raise
+    pytest.skip("playwright is missing (pip install -e '.[test]')", allow_module_level=True)
+expect = playwright_api.expect
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("TASKD_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Watched:
+    """A page whose console errors and foreign requests are collected."""
+
+    def __init__(self, browser: Any, origin: str, shots: Path) -> None:
+        self.page = browser.new_page(viewport={"width": 1400, "height": 900})
+        self.origin = origin
+        self.shots = shots
+        self.problems: list[str] = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
+        self.page.on("request", self._request)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.problems.append(f"console error: {message.text}")
+
+    def _request(self, request: Any) -> None:
+        parts = urlsplit(request.url)
+        if f"{parts.scheme}://{parts.netloc}" != self.origin and parts.scheme not in ("data", "blob"):
+            self.problems.append(f"request to another origin: {request.url}")
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def dashboard(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+    extra = f"api: {{listen: '127.0.0.1:{{port}}', token: {TOKEN}}}\n"
+    config = base_config(TASKS, PIPELINES, slots=4).replace("api: {listen: '127.0.0.1:{port}'}\n", extra)
+    daemon = daemon_factory(config)
+    daemon.token = TOKEN
+    daemon.start()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    watched = Watched(browser, f"http://127.0.0.1:{daemon.port}", shots)
+    try:
+        yield daemon, watched
+    finally:
+        keep = os.environ.get("TASKD_SCREENSHOTS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for shot in shots.iterdir():
+                shutil.copy(shot, Path(keep) / f"dashboard-{shot.name}")
+        watched.page.close()
+        daemon.stop()
+
+
+def sign_in(watched: Watched) -> None:
+    page = watched.page
+    page.goto(watched.origin + "/")
+    token = page.get_by_label("Token")
+    token.fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("That token was refused")
+    page.get_by_label("Token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
+def task_row(page: Any, task_id: str) -> Any:
+    return page.locator(f'tr[data-task="{task_id}"]')
+
+
+def test_an_operator_signs_in_runs_a_task_and_follows_it(dashboard: tuple[Daemon, Watched]) -> None:
+    _, watched = dashboard
+    page = watched.page
+    sign_in(watched)
+    expect(page.get_by_text("Slots in use")).to_be_visible()
+    expect(page.locator(".card").first).to_contain_text("0 of 4")
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+    page.get_by_role("link", name="Tasks", exact=True).click()
+    row = task_row(page, "hello")
+    expect(row).to_contain_text("at 01:30 on Monday to Friday, Asia/Tokyo")
+    expect(row).to_contain_text("30 1 * * 1-5")
+    expect(row).to_contain_text("scheduled")
+    watched.shot("tasks-fresh")
+
+    # Start from the row: the status changes live, without reloading the page.
+    row.get_by_role("button", name="Start", exact=True).click()
+    expect(row.locator("td").first).to_contain_text("running", timeout=5000)
+    started = page.locator("#notice a").first
+    run_id = started.inner_text()
+    assert run_id in (started.get_attribute("href") or "")
+
+    # Open the run while it runs: the log arrives line by line, then the final state.
+    started.click()
+    expect(page.get_by_role("heading", name=f"Run {run_id}")).to_be_visible()
+    log = page.get_by_label("Log")
+    expect(log).to_contain_text("line 1", timeout=5000)
+    assert "The run ended" not in page.locator("#run-end").inner_text()  # the log came before the end
+    expect(page.locator("#run-end")).to_contain_text("The run ended: completed", timeout=10_000)
+    expect(log).to_contain_text("line 6")
+    expect(page.locator("dl.facts")).to_contain_text("completed")
+    expect(page.get_by_role("table", name="Attempts and steps")).to_contain_text("shell")
+    watched.shot("run")
+
+    page.get_by_role("link", name="Tasks", exact=True).click()
+    expect(task_row(page, "hello").locator("td").first).to_contain_text("completed")
+    page.locator("#notice p").first.wait_for(state="detached", timeout=10_000)
+    watched.shot("tasks")
+    assert page.evaluate("window.__sameDocument") is True
+    assert watched.problems == []
+
+
+def test_the_runs_view_filters_and_links_each_run(dashboard: tuple[Daemon, Watched]) -> None:
+    daemon, watched = dashboard
+    page = watched.page
+    failed = daemon.wait_run(daemon.start_task("failing"))
+    done = daemon.wait_run(daemon.start_task("doomed"))
+    assert (failed["state"], done["state"]) == ("failed", "completed")
+    sign_in(watched)
+    watched.shot("overview")
+    page.get_by_role("link", name="Runs", exact=True).click()
+    table = page.get_by_role("table", name="Runs")
+    expect(table.locator("tbody tr")).to_have_count(2)
+    page.get_by_label("State").select_option("failed")
+    page.get_by_role("button", name="Apply").click()
+    expect(table.locator("tbody tr")).to_have_count(1)
+    expect(table).to_contain_text("failing")
+    expect(table).to_contain_text("step 1 (shell): command failed: exit code 3; stderr: broken")
+    link = table.get_by_role("link", name=failed["id"])
+    assert failed["id"] in (link.get_attribute("href") or "")
+    watched.shot("runs")
+    # Sorting by a column is a button in its header; the order turns over.
+    page.get_by_label("State").select_option("")
+    page.get_by_role("button", name="Apply").click()
+    expect(table.locator("tbody tr")).to_have_count(2)
+    page.get_by_role("button", name="Task").click()
+    expect(table.locator("tbody tr").first).to_contain_text("doomed")
+    expect(page.locator('th[aria-sort="ascending"]')).to_contain_text("Task")
+    page.get_by_role("button", name="Task ▲").click()
+    expect(table.locator("tbody tr").first).to_contain_text("failing")
+    # A new run shows up without a reload.
+    daemon.start_task("doomed")
+    expect(table.locator("tbody tr")).to_have_count(3, timeout=5000)
+    link.click()
+    expect(page.locator("#run-end")).to_contain_text("The run ended: failed")
+    expect(page.get_by_label("Log")).to_contain_text("broken")
+    assert watched.problems == []
+
+
+def test_params_delete_and_the_keyboard(dashboard: tuple[Daemon, Watched]) -> None:
+    daemon, watched = dashboard
+    page = watched.page
+    sign_in(watched)
+    page.get_by_role("link", name="Tasks", exact=True).click()
+    # Every input has a label and every header cell a scope.
+    unlabelled = page.evaluate(
+        "[...document.querySelectorAll('input, select')]"
+        ".filter(e => !e.labels.length && !e.getAttribute('aria-label')).length"
+    )
+    assert unlabelled == 0
+    assert page.locator("table th:not([scope])").count() == 0
+
+    greet = task_row(page, "greet")
+    greet.get_by_role("button", name="Start with params").click()
+    who = page.get_by_label("who")
+    expect(who).to_have_value("world")
+    who.fill("dashboard")
+    page.get_by_role("button", name="Start run").click()
+    page.locator("#notice a").first.click()
+    expect(page.locator("#run-end")).to_contain_text("completed", timeout=10_000)
+    expect(page.get_by_label("Log")).to_contain_text("hello dashboard")
+    expect(page.locator("dl.facts")).to_contain_text('{"who":"dashboard"}')
+
+    page.get_by_role("link", name="Tasks", exact=True).click()
+    doomed = task_row(page, "doomed")
+    doomed.get_by_role("button", name="Delete").click()
+    dialog = page.locator("dialog#confirm")
+    expect(dialog).to_contain_text("Delete the task doomed?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(doomed).to_be_visible()
+    doomed.get_by_role("button", name="Delete").click()
+    dialog.get_by_role("button", name="Delete").click()
+    expect(doomed).to_have_count(0)
+    assert daemon.request("GET", "/task/doomed").status == 404
+
+    # Dark when the operating system is dark.
+    light = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.emulate_media(color_scheme="dark")
+    dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert (light, dark) == ("rgb(255, 255, 255)", "rgb(17, 21, 28)")
+    watched.shot("tasks-dark")
+
+    # By keyboard alone: tab to the first Start button and press Enter.
+    page.locator("body").focus()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Start":
+            break
+    else:
+        raise AssertionError("no Start button is reachable with Tab")
+    row_id = page.evaluate("document.activeElement.closest('tr').dataset.task")
+    page.keyboard.press("Enter")
+    expect(page.locator("#notice")).to_contain_text(f"of {row_id}")
+    assert watched.problems == []
