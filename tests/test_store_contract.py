@@ -143,6 +143,13 @@ async def test_run_search_by_lists_text_and_every_sort_key(store: Store) -> None
 
     assert await ids(task_ids=("report", "cleanup")) == [4, 3, 2]
     assert await ids(states=("failed", "queued")) == [4, 1]
+    assert await ids(states=("completed", "failed")) == [2, 1, 0]  # counted as all runs minus the others
+    assert await ids(states=("completed",)) == [2, 0]
+    assert await ids(states=("completed", "running", "queued", "failed")) == [4, 3, 2, 1, 0]
+    runs, total = await store.list_runs(RunQuery(text="srv", offset=10))
+    assert (runs, total) == ([], 2)  # a text search paged past its end still knows its total
+    runs, total = await store.list_runs(RunQuery(text="srv", limit=1))
+    assert [r.id for r in runs] == [made[1].id] and total == 2
     assert await ids(text="DISK FULL") == [1]  # error, any case
     assert await ids(text="srv") == [1, 0]  # error and params
     assert await ids(text="50%_") == [2]  # wildcards are literal

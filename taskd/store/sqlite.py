@@ -133,6 +133,12 @@ MIGRATIONS: list[str] = [
         DELETE FROM runs_text WHERE rowid = old.rowid;
     END;
     """,
+    # The runs that ended badly by when they ended (a failure is looked for by when it happened);
+    # partial like the index above, so a completed run never writes to it.
+    """
+    CREATE INDEX runs_ended_badly_by_end ON runs (finished_at)
+        WHERE state IN ('failed', 'stopped', 'interrupted');
+    """,
 ]
 
 PARTIAL_STATE_INDEXES = (
@@ -410,14 +416,46 @@ class SQLiteStore(BufferedStore):
                 params.extend(query.text_task_ids)
             where.append(f"({' OR '.join(matches)})")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "DESC" if query.descending else "ASC"
+        ordering = f"ORDER BY {SORT_COLUMNS[query.sort]} {order}, id {order} LIMIT ? OFFSET ?"
+        total: int | None = None
+        if query.text:
+            # The text match is the costly part: count in the same pass as the page (the matches
+            # are few next to all runs), and count apart only when the page is past the end.
+            sql = f"SELECT *, count(*) OVER () AS matches FROM runs {clause} {ordering}"
+            async with db.execute(sql, [*params, query.limit, query.offset]) as cursor:
+                rows = list(await cursor.fetchall())
+            total = int(rows[0]["matches"]) if rows else None
+        else:
+            sql = f"SELECT * FROM runs {clause} {ordering}"
+            async with db.execute(sql, [*params, query.limit, query.offset]) as cursor:
+                rows = list(await cursor.fetchall())
+        if total is None:
+            total = await self._count(query, clause, params)
+        return [_run_from_row(r) for r in rows], total
+
+    async def _count(self, query: RunQuery, clause: str, params: list[str | float]) -> int:
+        """How many runs the search matches. Runs that completed are most runs and are in no
+        state index: a search for them by state alone counts all runs and takes away the other
+        states, each counted through its partial index."""
+        db = self._read()
+        narrowed = query.task_ids or query.triggers or query.since is not None or query.until is not None
+        if query.states and RunState.COMPLETED in query.states and not narrowed and not query.text:
+            others = {str(state) for state in RunState} - set(query.states)
+            async with db.execute("SELECT count(*) FROM runs") as cursor:
+                row = await cursor.fetchone()
+                total = int(row[0]) if row else 0
+            for states, term in PARTIAL_STATE_INDEXES:
+                wanted = sorted(others & states)
+                if wanted:
+                    sql = f"SELECT count(*) FROM runs WHERE {term} AND state IN ({', '.join('?' * len(wanted))})"
+                    async with db.execute(sql, wanted) as cursor:
+                        row = await cursor.fetchone()
+                        total -= int(row[0]) if row else 0
+            return total
         async with db.execute(f"SELECT count(*) FROM runs {clause}", params) as cursor:
             row = await cursor.fetchone()
-            total = int(row[0]) if row else 0
-        order = "DESC" if query.descending else "ASC"
-        sql = f"SELECT * FROM runs {clause} ORDER BY {SORT_COLUMNS[query.sort]} {order}, id {order} LIMIT ? OFFSET ?"
-        async with db.execute(sql, [*params, query.limit, query.offset]) as cursor:
-            rows = await cursor.fetchall()
-        return [_run_from_row(r) for r in rows], total
+            return int(row[0]) if row else 0
 
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
         return [
