@@ -14,7 +14,7 @@ from pydantic import Field
 
 from taskd.clock import FakeClock
 from taskd.config import Config, load_config
-from taskd.engine import Engine
+from taskd.engine import FIRE_CHUNK, Engine
 from taskd.engine.policy import (
     MAX_QUEUED_PER_TASK,
     Admission,
@@ -425,3 +425,28 @@ def test_registry_diff_adds_changes_removes_holds_back_and_restores(harness: Har
     assert dict(change.held_back) == {"c": c.definition_hash} and change.restored == ("d",)
     assert sorted(change.tasks) == ["a", "b", "d", "e"]
     assert a2.steps is a.steps  # steps are built once per pipeline definition
+
+
+async def test_a_fire_of_many_tasks_starts_them_in_chunks_and_skips_those_removed_meanwhile(
+    harness: Harness,
+) -> None:
+    """The loop gets a turn between chunks (the API is served, started runs begin); every task
+    still defined gets its run, in priority order, and one deleted in between gets none."""
+    count = FIRE_CHUNK * 2 + 10
+    tasks = "\n".join(
+        f"  - {{id: t{i:04d}, schedule: '*/10 * * * * *', pipeline: gated, priority: {1 if i == count - 1 else 0}}}"
+        for i in range(count)
+    )
+    engine = await harness.start(tasks)
+    harness.clock.advance(10)
+    assert harness.timer is not None and harness.timer.fire_due() == 1
+    assert len(engine.runs) == FIRE_CHUNK  # the first chunk at once
+    assert engine.runs.active(f"t{count - 1:04d}")  # the higher priority goes first
+    await engine.delete_task(f"t{count - 2:04d}")  # before the last chunk has fired
+    async with asyncio.timeout(5):
+        while len(engine.runs) < count - 1:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    assert not engine.runs.active(f"t{count - 2:04d}")
+    harness.gates.gate("g").set()
+    await harness.settle()
+    assert (await harness.store.list_runs(RunQuery(limit=1)))[1] == count - 1

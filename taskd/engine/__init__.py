@@ -32,6 +32,10 @@ from taskd.slots import SlotPool
 from taskd.store.base import Fire, LogLine, Store
 
 log = structlog.get_logger("taskd.engine")
+FIRE_CHUNK = 250
+"""A fire starts its tasks' runs this many at a time, letting the event loop serve the API and
+begin the runs already started in between, so a fire of thousands of tasks does not hold the
+loop for the whole burst."""
 _DEBUG = logging.getLogger("taskd.engine")
 
 TimerFactory = Callable[[FireCallback], Timer]
@@ -172,8 +176,16 @@ class Engine:
             return
         fire = plan_fire([t.timestamp() for t in run_times])
         ordered = sorted(members, key=lambda task_id: -self._tasks[task_id].config.priority)
-        for task_id in ordered:
-            self._fire(task_id, fire)
+        self._fire_from(ordered, 0, fire)
+
+    def _fire_from(self, ordered: list[str], start: int, fire: FirePlan) -> None:
+        """Fire `ordered[start:]`, FIRE_CHUNK tasks now and the rest in later turns of the loop."""
+        end = start + FIRE_CHUNK
+        for task_id in ordered[start:end]:
+            if task_id in self._tasks:  # a reload or a DELETE between two chunks may remove it
+                self._fire(task_id, fire)
+        if end < len(ordered):
+            asyncio.get_running_loop().call_soon(self._fire_from, ordered, end, fire)
 
     def _fire(self, task_id: str, fire: FirePlan) -> None:
         """`task_id` is due: one run for the fire's instant, the coalesced instants recorded."""

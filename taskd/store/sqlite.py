@@ -505,9 +505,11 @@ class SQLiteStore(BufferedStore):
         return {r["task_id"]: r["at"] for r in await self._fetch("last_successes")}
 
     async def task_stats(self, task_id: str) -> dict[str, Any]:
-        total = (await self._fetch("task_run_count", (task_id,), fresh=False))[0][0]
-        rows = await self._fetch("task_durations", (task_id,), fresh=False)
-        return run_stats(int(total), [(r["state"], r["duration"]) for r in rows])
+        counted, rows = await asyncio.gather(
+            self._fetch("task_run_count", (task_id,), fresh=False),
+            self._fetch("task_durations", (task_id,), fresh=False),
+        )
+        return run_stats(int(counted[0][0]), [(r["state"], r["duration"]) for r in rows])
 
     async def tombstones(self) -> dict[str, str]:
         return {r["task_id"]: r["definition_hash"] for r in await self._fetch("tombstones")}
