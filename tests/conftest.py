@@ -334,3 +334,39 @@ async def api_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[A
         await api.client.close()
         await api.engine.shutdown(1)
         await store.close()
+
+
+POSTGRES_URL = os.environ.get("TASKD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL server the tests use; each test makes a schema of its own and drops it."""
+
+
+async def postgres_schema(request: pytest.FixtureRequest) -> str:
+    """A fresh schema in the test database, dropped when the test ends. Skips when the server cannot
+    be reached, unless TASKD_REQUIRE_POSTGRES is set (CI), where that fails the test instead."""
+    import asyncpg
+
+    try:
+        db = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if os.environ.get("TASKD_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc}")
+    schema = f"taskd_test_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**9}"
+    try:
+        await db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await db.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await db.close()
+
+    def drop() -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    request.addfinalizer(drop)
+    return schema

@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
 CONFINED = {
     "apscheduler": ("taskd.engine.timer",),
     "aiosqlite": ("taskd.store.sqlite",),
+    "asyncpg": ("taskd.store.postgres",),
     "prometheus_client": ("taskd.metrics",),
 }
 

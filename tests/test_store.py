@@ -11,7 +11,8 @@ import pytest
 
 from taskd.models import RunState
 from taskd.store import MEMORY, MemoryStore, RunQuery, StoreError, open_store
-from taskd.store.sqlite import MIGRATIONS, PARTIAL_STATE_INDEXES, SQLiteStore
+from taskd.store.rows import PARTIAL_STATE_INDEXES
+from taskd.store.sqlite import MIGRATIONS, SQLiteStore
 
 
 async def test_creates_the_file_and_directory_in_wal_mode_with_a_schema_version(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""The store contract: every test here runs against the in-memory store and against SQLite on a
-real file, and both must behave the same (a PostgreSQL store will join the parametrization)."""
+"""The store contract: every test here runs against the in-memory store, SQLite on a real file and
+PostgreSQL (a schema of its own in the local server's `test` database), and all must behave the
+same."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from conftest import POSTGRES_URL, postgres_schema
 
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, new_run_id
 from taskd.store import Fire, LogLine, MemoryStore, RunQuery, SQLiteStore, Store, StoreError, Transition
+from taskd.store.postgres import PostgresStore
 
 Reopen = Callable[[], Awaitable[Store]]
 
@@ -25,13 +28,19 @@ def _record(
     return RunRecord(id=new_run_id(at), task_id=task_id, trigger=trigger, queued_at=at, state=state)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Reopen]]:
-    """An open store, and a function that closes it and opens it again (a restart)."""
+    """An open store, and a function that closes it and opens it again (a restart). The PostgreSQL
+    store gets a schema of its own in the `test` database, dropped afterwards."""
     memory = MemoryStore()
+    schema = await postgres_schema(request) if request.param == "postgres" else None
 
     def make() -> Store:
-        return memory if request.param == "memory" else SQLiteStore(tmp_path / "t.db")
+        if request.param == "memory":
+            return memory
+        if request.param == "postgres":
+            return PostgresStore(POSTGRES_URL, schema=schema)
+        return SQLiteStore(tmp_path / "t.db")
 
     current = make()
     await current.open()

@@ -92,7 +92,10 @@ class Config:
 
     @property
     def store_location(self) -> str:
-        """The store's file, resolved against the main file's directory; `:memory:` as it is."""
+        """`store.url` when set; else the store's file, resolved against the main file's
+        directory (`:memory:` as it is)."""
+        if self.store.url:
+            return self.store.url
         if self.store.path == MEMORY:
             return MEMORY
         return str(self.resolve(self.store.path))

@@ -176,6 +176,9 @@ class StoreSection(Section):
         min_length=1,
         description="SQLite file, relative to the config file; :memory: keeps nothing on disk",
     )
+    url: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
+        None, description="postgresql://user@host:5432/db selects PostgreSQL instead of the SQLite file"
+    )
     retention: Retention = Retention()
     max_pending: StrictInt = Field(
         100_000,
@@ -184,6 +187,19 @@ class StoreSection(Section):
         description="writes staged for the store and not yet committed, at most; past it taskd is"
         " overloaded: fires are skipped and manual starts refused (503) until half of them are written",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"store.url must be a postgresql:// URL, got {value.split('://')[0]!r}://...")
+        return value
+
+    @model_validator(mode="after")
+    def _one_store(self) -> StoreSection:
+        if self.url and "path" in self.model_fields_set:
+            raise ValueError("give store.path (SQLite) or store.url (PostgreSQL), not both")
+        return self
 
 
 class LogSection(Section):

@@ -1,5 +1,6 @@
 """Run history: the `Store` interface and its records (base), the backend-neutral write buffer,
-an in-memory store and the SQLite store. `open_store` picks the backend for a location."""
+an in-memory store, the SQLite store and the PostgreSQL store. `open_store` picks the backend for
+a location."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ from taskd.store.sqlite import SQLiteStore
 
 
 def open_store(location: str | Path) -> Store:
-    """The store for `location`: `:memory:` for the in-memory store, else a SQLite file path.
-    The store is returned unopened; `await store.open()` creates or migrates it."""
-    if str(location) == MEMORY:
+    """The store for `location`: `:memory:` for the in-memory store, a `postgresql://` URL for
+    PostgreSQL, else a SQLite file path. The store is returned unopened; `await store.open()`
+    creates or migrates it."""
+    text = str(location)
+    if text == MEMORY:
         return MemoryStore()
+    if text.startswith(("postgresql://", "postgres://")):
+        try:  # asyncpg is an optional dependency (the `postgres` extra): imported only when asked for
+            from taskd.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                f"store.url needs the asyncpg driver ({exc}); install taskd with the postgres extra: "
+                "pip install 'taskd[postgres]'"
+            ) from None
+        return PostgresStore(text)
     return SQLiteStore(location)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ from taskd.models import (
     RunState,
     StepRecord,
     StepState,
-    Trigger,
 )
 from taskd.store.base import Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
+from taskd.store.rows import PARTIAL_STATE_INDEXES, attempt_params, run_from_row, run_params, step_params
 
 log = structlog.get_logger("taskd.store")
 
@@ -140,13 +139,6 @@ MIGRATIONS: list[str] = [
         WHERE state IN ('failed', 'stopped', 'interrupted');
     """,
 ]
-
-PARTIAL_STATE_INDEXES = (
-    (frozenset({"failed", "stopped", "interrupted"}), "state IN ('failed', 'stopped', 'interrupted')"),
-    (frozenset({"queued", "running", "retrying"}), "state IN ('queued', 'running', 'retrying')"),
-)
-"""The conditions of the partial indexes by state, word for word: SQLite uses a partial index only
-for a query that contains its condition."""
 
 SORT_COLUMNS = {
     "queued_at": "queued_at",
@@ -302,7 +294,7 @@ class SQLiteStore(BufferedStore):
     async def recover_interrupted(self, now: float) -> list[RunRecord]:
         db = self._require()
         rows = await (await db.execute(SQL["active_runs"])).fetchall()
-        runs = [_run_from_row(r) for r in rows]
+        runs = [run_from_row(r) for r in rows]
         async with self._lock:
             await db.execute("BEGIN")
             for run in runs:
@@ -320,9 +312,9 @@ class SQLiteStore(BufferedStore):
     async def _commit(self, batch: Batch) -> None:
         db = self._require()
         rows: list[tuple[str, Sequence[Sequence[Any]]]] = [
-            ("save_run", [_run_params(r) for r in batch.runs.values()]),
-            ("save_attempt", [_attempt_params(a) for a in batch.attempts.values()]),
-            ("save_step", [_step_params(s) for s in batch.steps.values()]),
+            ("save_run", [run_params(r) for r in batch.runs.values()]),
+            ("save_attempt", [attempt_params(a) for a in batch.attempts.values()]),
+            ("save_step", [step_params(s) for s in batch.steps.values()]),
             ("append_log", batch.logs),
             ("record_transition", batch.transitions),
             ("record_fire", [(f.task_id, f.instant, f.kind, f.reason, f.recorded_at) for f in batch.fires]),
@@ -381,7 +373,7 @@ class SQLiteStore(BufferedStore):
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         rows = await self._fetch("get_run", (run_id,))
-        return _run_from_row(rows[0]) if rows else None
+        return run_from_row(rows[0]) if rows else None
 
     async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
         if query.fresh:
@@ -432,7 +424,7 @@ class SQLiteStore(BufferedStore):
                 rows = list(await cursor.fetchall())
         if total is None:
             total = await self._count(query, clause, params)
-        return [_run_from_row(r) for r in rows], total
+        return [run_from_row(r) for r in rows], total
 
     async def _count(self, query: RunQuery, clause: str, params: list[str | float]) -> int:
         """How many runs the search matches. Runs that completed are most runs and are in no
@@ -499,7 +491,7 @@ class SQLiteStore(BufferedStore):
         ]
 
     async def last_runs(self) -> dict[str, RunRecord]:
-        return {run.task_id: run for run in map(_run_from_row, await self._fetch("last_runs"))}
+        return {run.task_id: run for run in map(run_from_row, await self._fetch("last_runs"))}
 
     async def last_successes(self) -> dict[str, float]:
         return {r["task_id"]: r["at"] for r in await self._fetch("last_successes")}
@@ -536,45 +528,3 @@ class SQLiteStore(BufferedStore):
                 await db.execute(SQL["delete_fires"], (now - days * 86400,))
             await db.execute("COMMIT")
         return len(doomed)
-
-
-def _run_params(run: RunRecord) -> tuple[Any, ...]:
-    return (
-        run.id,
-        run.task_id,
-        str(run.trigger),
-        str(run.state),
-        run.scheduled_at,
-        run.queued_at,
-        run.started_at,
-        run.finished_at,
-        run.attempts,
-        run.error,
-        json.dumps(run.params, default=str),
-        run.priority,
-    )
-
-
-def _attempt_params(a: AttemptRecord) -> tuple[Any, ...]:
-    return (a.run_id, a.number, str(a.state), a.started_at, a.finished_at, a.error)
-
-
-def _step_params(s: StepRecord) -> tuple[Any, ...]:
-    return (s.run_id, s.attempt, s.index, s.type, str(s.state), s.started_at, s.finished_at, s.error)
-
-
-def _run_from_row(row: aiosqlite.Row) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        task_id=row["task_id"],
-        trigger=Trigger(row["trigger"]),
-        queued_at=row["queued_at"],
-        state=RunState(row["state"]),
-        scheduled_at=row["scheduled_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        attempts=row["attempts"],
-        error=row["error"],
-        params=json.loads(row["params"] or "{}"),
-        priority=row["priority"],
-    )

@@ -1,0 +1,466 @@
+"""The PostgreSQL store: asyncpg, a versioned schema migrated under an advisory lock (several taskd
+processes may start at once), staged writes committed in batches by the write buffer, queries on
+a small connection pool. Every SQL statement is in `SQL`.
+
+Chosen by `store: {url: "postgresql://user@host:5432/db"}`. asyncpg, not psycopg 3: measured here,
+20,000 run upserts in batches of 1,000 took asyncpg 0.13 s (152,000 rows/s) and psycopg 3's
+`executemany` 0.18-0.21 s (96,000-112,000 rows/s), and asyncpg brings its own pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
+from taskd.store.base import STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
+from taskd.store.buffer import Batch, BufferedStore
+from taskd.store.rows import PARTIAL_STATE_INDEXES, attempt_params, run_from_row, run_params, step_params
+
+log = structlog.get_logger("taskd.store")
+
+MIGRATION_LOCK = 0x7461736B64  # "taskd": the advisory lock held while the schema is migrated
+
+# Each entry moves the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        state TEXT NOT NULL,
+        scheduled_at DOUBLE PRECISION,
+        queued_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        params TEXT NOT NULL DEFAULT '{}',
+        priority INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runs_by_task ON runs (task_id, queued_at);
+    CREATE INDEX runs_by_queued ON runs (queued_at);
+    CREATE INDEX runs_active ON runs (state) WHERE state IN ('queued', 'running', 'retrying');
+    CREATE INDEX runs_ended_badly ON runs (state, queued_at) WHERE state IN ('failed', 'stopped', 'interrupted');
+    CREATE INDEX runs_ended_badly_by_end ON runs (finished_at) WHERE state IN ('failed', 'stopped', 'interrupted');
+    CREATE TABLE attempts (
+        run_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        error TEXT,
+        PRIMARY KEY (run_id, number)
+    );
+    CREATE TABLE steps (
+        run_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        error TEXT,
+        PRIMARY KEY (run_id, attempt, idx)
+    );
+    CREATE TABLE run_logs (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        stream TEXT NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE run_transitions (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE fires (
+        id BIGSERIAL PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        instant DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        recorded_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX fires_by_task ON fires (task_id, instant);
+    CREATE TABLE tombstones (
+        task_id TEXT PRIMARY KEY,
+        definition_hash TEXT NOT NULL,
+        deleted_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE task_state (
+        task_id TEXT PRIMARY KEY,
+        last_fire DOUBLE PRECISION NOT NULL
+    );
+    """,
+]
+
+SORT_COLUMNS = {
+    "queued_at": "queued_at",
+    "started_at": "started_at",
+    "finished_at": "finished_at",
+    "duration": "(finished_at - started_at)",
+    "state": 'state COLLATE "C"',  # byte order, as SQLite and the memory store sort
+    "task_id": 'task_id COLLATE "C"',
+}
+
+SQL = {
+    "save_run": """
+        INSERT INTO runs (id, task_id, trigger, state, scheduled_at, queued_at, started_at, finished_at,
+                          attempts, error, params, priority)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
+            finished_at = excluded.finished_at, attempts = excluded.attempts, error = excluded.error
+    """,
+    "save_attempt": """
+        INSERT INTO attempts (run_id, number, state, started_at, finished_at, error)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
+            finished_at = excluded.finished_at, error = excluded.error
+    """,
+    "save_step": """
+        INSERT INTO steps (run_id, attempt, idx, type, state, started_at, finished_at, error)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (run_id, attempt, idx) DO UPDATE SET type = excluded.type, state = excluded.state,
+            started_at = excluded.started_at, finished_at = excluded.finished_at, error = excluded.error
+    """,
+    "append_log": """
+        INSERT INTO run_logs (run_id, seq, ts, stream, line) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT DO NOTHING
+    """,
+    "record_transition": """
+        INSERT INTO run_transitions (run_id, seq, at, state, detail) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT DO NOTHING
+    """,
+    "record_fire": "INSERT INTO fires (task_id, instant, kind, reason, recorded_at) VALUES ($1, $2, $3, $4, $5)",
+    "set_last_fire": """
+        INSERT INTO task_state (task_id, last_fire) VALUES ($1, $2)
+        ON CONFLICT (task_id) DO UPDATE SET last_fire = greatest(task_state.last_fire, excluded.last_fire)
+    """,
+    "add_tombstone": """
+        INSERT INTO tombstones (task_id, definition_hash, deleted_at) VALUES ($1, $2, $3)
+        ON CONFLICT (task_id) DO UPDATE SET definition_hash = excluded.definition_hash,
+            deleted_at = excluded.deleted_at
+    """,
+    "remove_tombstone": "DELETE FROM tombstones WHERE task_id = $1",
+    "active_runs": "SELECT * FROM runs WHERE state IN ('queued', 'running', 'retrying') FOR UPDATE",
+    "interrupt_run": "UPDATE runs SET state = 'interrupted', finished_at = $1, error = $2 WHERE id = $3",
+    "interrupt_attempts": """
+        UPDATE attempts SET state = 'interrupted', finished_at = $1 WHERE run_id = $2 AND state = 'running'
+    """,
+    "interrupt_steps": """
+        UPDATE steps SET state = 'interrupted', finished_at = $1 WHERE run_id = $2 AND state = 'running'
+    """,
+    "interrupt_transition": """
+        INSERT INTO run_transitions (run_id, seq, at, state, detail)
+        SELECT $1, coalesce(max(seq), 0) + 1, $2, 'interrupted', $3 FROM run_transitions WHERE run_id = $1
+    """,
+    "get_run": "SELECT * FROM runs WHERE id = $1",
+    "attempts": "SELECT * FROM attempts WHERE run_id = $1 ORDER BY number",
+    "steps": "SELECT * FROM steps WHERE run_id = $1 ORDER BY attempt, idx",
+    "run_log": "SELECT * FROM run_logs WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+    "transitions": "SELECT * FROM run_transitions WHERE run_id = $1 ORDER BY seq",
+    "fires": "SELECT * FROM fires WHERE task_id = $1 ORDER BY instant DESC, id DESC LIMIT $2",
+    "last_runs": "SELECT DISTINCT ON (task_id) * FROM runs ORDER BY task_id, queued_at DESC, id DESC",
+    "task_durations": f"""
+        SELECT state, finished_at - started_at AS duration FROM runs
+        WHERE task_id = $1 AND state IN ('completed', 'failed', 'stopped', 'interrupted')
+        ORDER BY queued_at DESC LIMIT {STATS_WINDOW}
+    """,
+    "task_run_count": "SELECT count(*) FROM runs WHERE task_id = $1",
+    "last_successes": "SELECT task_id, max(finished_at) AS at FROM runs WHERE state = 'completed' GROUP BY task_id",
+    "tombstones": "SELECT task_id, definition_hash FROM tombstones",
+    "last_fires": "SELECT task_id, last_fire FROM task_state",
+    "old_runs": """
+        SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1
+        AND state NOT IN ('queued', 'running', 'retrying')
+    """,
+    "excess_runs": """
+        SELECT id FROM (
+            SELECT id, state, row_number() OVER (PARTITION BY task_id ORDER BY queued_at DESC) AS n FROM runs
+        ) ranked WHERE n > $1 AND state NOT IN ('queued', 'running', 'retrying')
+    """,
+    "delete_runs": "DELETE FROM runs WHERE id = ANY($1::text[])",
+    "delete_attempts": "DELETE FROM attempts WHERE run_id = ANY($1::text[])",
+    "delete_steps": "DELETE FROM steps WHERE run_id = ANY($1::text[])",
+    "delete_logs": "DELETE FROM run_logs WHERE run_id = ANY($1::text[])",
+    "delete_transitions": "DELETE FROM run_transitions WHERE run_id = ANY($1::text[])",
+    "delete_fires": "DELETE FROM fires WHERE recorded_at < $1",
+}
+
+RETRYABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.DiskFullError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+"""Failures a later commit may get past: the server gone or restarting, the disk full, a conflict."""
+
+
+def is_postgres_url(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+class PostgresStore(BufferedStore):
+    """Run history in a PostgreSQL database (or one schema of it)."""
+
+    def __init__(self, url: str, batch_window_s: float = 0.025, schema: str | None = None) -> None:
+        super().__init__(batch_window_s, name="store")
+        self.url = url
+        self.schema = schema
+        self._pool: asyncpg.Pool | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        settings = {"search_path": self.schema} if self.schema else None
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=4, server_settings=settings, command_timeout=60
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            raise StoreError(f"cannot open the store at {_redacted(self.url)}: {exc}") from exc
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+        self._start_writer()
+
+    async def _migrate(self) -> None:
+        async with self._require().acquire() as db, db.transaction():
+            if self.schema:
+                await db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await db.execute("CREATE TABLE IF NOT EXISTS taskd_schema (version INTEGER NOT NULL)")
+            version = await db.fetchval("SELECT max(version) FROM taskd_schema") or 0
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"the store at {_redacted(self.url)} has schema version {version}, newer than this taskd "
+                    f"understands ({len(MIGRATIONS)}); upgrade taskd or use another store"
+                )
+            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await db.execute(script)
+                await db.execute("INSERT INTO taskd_schema (version) VALUES ($1)", target)
+                log.info("store_migrated", url=_redacted(self.url), version=target)
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        try:
+            await self._stop_writer()
+        finally:
+            await self._pool.close()
+            self._pool = None
+
+    def _require(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        return self._pool
+
+    def _retryable(self, exc: Exception) -> bool:
+        return isinstance(exc, RETRYABLE)
+
+    async def _commit(self, batch: Batch) -> None:
+        rows: list[tuple[str, Sequence[Sequence[Any]]]] = [
+            ("save_run", [run_params(r) for r in batch.runs.values()]),
+            ("save_attempt", [attempt_params(a) for a in batch.attempts.values()]),
+            ("save_step", [step_params(s) for s in batch.steps.values()]),
+            ("append_log", batch.logs),
+            ("record_transition", batch.transitions),
+            ("record_fire", [(f.task_id, f.instant, f.kind, f.reason, f.recorded_at) for f in batch.fires]),
+            ("set_last_fire", list(batch.last_fires.items())),
+        ]
+        async with self._require().acquire() as db, db.transaction():
+            for name, params in rows:
+                if params:
+                    await db.executemany(SQL[name], params)
+            for tombstone in batch.tombstones:
+                if tombstone.definition_hash is None:
+                    await db.execute(SQL["remove_tombstone"], tombstone.task_id)
+                else:
+                    await db.execute(
+                        SQL["add_tombstone"], tombstone.task_id, tombstone.definition_hash, tombstone.deleted_at
+                    )
+
+    async def recover_interrupted(self, now: float) -> list[RunRecord]:
+        runs: list[RunRecord] = []
+        async with self._require().acquire() as db, db.transaction():
+            for row in await db.fetch(SQL["active_runs"]):
+                run = run_from_row(row)
+                reason = f"taskd exited while this run was {run.state}; marked interrupted at start-up"
+                run.error = f"{run.error}; {reason}" if run.error else reason
+                run.state = RunState.INTERRUPTED
+                run.finished_at = now
+                await db.execute(SQL["interrupt_run"], now, run.error, run.id)
+                await db.execute(SQL["interrupt_transition"], run.id, now, reason)
+                await db.execute(SQL["interrupt_attempts"], now, run.id)
+                await db.execute(SQL["interrupt_steps"], now, run.id)
+                runs.append(run)
+        return runs
+
+    # -- reads -----------------------------------------------------------------------------------
+    async def _fetch(self, name: str, *args: Any, fresh: bool = True) -> list[asyncpg.Record]:
+        """Run a named query; `fresh` first waits for what was written before (read-your-writes)."""
+        if fresh:
+            await self.flush()
+        return list(await self._require().fetch(SQL[name], *args))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._require().fetchval("SELECT 1") == 1)
+        except (StoreError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        rows = await self._fetch("get_run", run_id)
+        return run_from_row(rows[0]) if rows else None
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
+        if query.fresh:
+            await self.flush()
+        where: list[str] = []
+        params: list[Any] = []
+
+        def arg(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        for column, values in (("task_id", query.task_ids), ("state", query.states), ("trigger", query.triggers)):
+            if values:
+                where.append(f"{column} = ANY({arg(list(values))}::text[])")
+        for states, term in PARTIAL_STATE_INDEXES:
+            if query.states and set(query.states) <= states:
+                where.append(term)  # implied already; spelled as the partial index's condition
+                break
+        if query.since is not None:
+            where.append(f"queued_at >= {arg(query.since)}")
+        if query.until is not None:
+            where.append(f"queued_at < {arg(query.until)}")
+        if query.text:
+            escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            matches = [f"(coalesce(error, '') || ' ' || params) ILIKE {arg(f'%{escaped}%')}"]
+            if query.text_task_ids:
+                matches.append(f"task_id = ANY({arg(list(query.text_task_ids))}::text[])")
+            where.append(f"({' OR '.join(matches)})")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "DESC NULLS LAST" if query.descending else "ASC NULLS FIRST"
+        tie = "DESC" if query.descending else "ASC"
+        page = (
+            f"ORDER BY {SORT_COLUMNS[query.sort]} {order}, id {tie} LIMIT {arg(query.limit)} OFFSET {arg(query.offset)}"
+        )
+        pool = self._require()
+        rows = await pool.fetch(f"SELECT * FROM runs {clause} {page}", *params)
+        filters = params[:-2]
+        total = await self._count(query, clause, filters)
+        return [run_from_row(r) for r in rows], total
+
+    async def _count(self, query: RunQuery, clause: str, params: list[Any]) -> int:
+        pool = self._require()
+        narrowed = query.task_ids or query.triggers or query.since is not None or query.until is not None
+        if query.states and RunState.COMPLETED in query.states and not narrowed and not query.text:
+            others = {str(state) for state in RunState} - set(query.states)
+            total = int(await pool.fetchval("SELECT count(*) FROM runs"))
+            for states, term in PARTIAL_STATE_INDEXES:
+                wanted = sorted(others & states)
+                if wanted:
+                    sql = f"SELECT count(*) FROM runs WHERE {term} AND state = ANY($1::text[])"
+                    total -= int(await pool.fetchval(sql, wanted))
+            return total
+        return int(await pool.fetchval(f"SELECT count(*) FROM runs {clause}", *params))
+
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        return [
+            AttemptRecord(
+                r["run_id"], r["number"], r["started_at"], StepState(r["state"]), r["finished_at"], r["error"]
+            )
+            for r in await self._fetch("attempts", run_id)
+        ]
+
+    async def steps(self, run_id: str) -> list[StepRecord]:
+        return [
+            StepRecord(
+                r["run_id"],
+                r["attempt"],
+                r["idx"],
+                r["type"],
+                r["started_at"],
+                StepState(r["state"]),
+                r["finished_at"],
+                r["error"],
+            )
+            for r in await self._fetch("steps", run_id)
+        ]
+
+    async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]:
+        return [
+            LogLine(r["run_id"], r["seq"], r["ts"], r["stream"], r["line"])
+            for r in await self._fetch("run_log", run_id, after_seq)
+        ]
+
+    async def transitions(self, run_id: str) -> list[Transition]:
+        return [
+            Transition(r["run_id"], r["seq"], r["at"], r["state"], r["detail"])
+            for r in await self._fetch("transitions", run_id)
+        ]
+
+    async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
+        return [
+            Fire(r["task_id"], r["instant"], r["kind"], r["reason"], r["recorded_at"])
+            for r in await self._fetch("fires", task_id, limit, fresh=False)
+        ]
+
+    async def last_runs(self) -> dict[str, RunRecord]:
+        return {run.task_id: run for run in map(run_from_row, await self._fetch("last_runs"))}
+
+    async def last_successes(self) -> dict[str, float]:
+        return {r["task_id"]: r["at"] for r in await self._fetch("last_successes")}
+
+    async def task_stats(self, task_id: str) -> dict[str, Any]:
+        counted = await self._fetch("task_run_count", task_id, fresh=False)
+        rows = await self._fetch("task_durations", task_id, fresh=False)
+        return run_stats(int(counted[0][0]), [(r["state"], r["duration"]) for r in rows])
+
+    async def tombstones(self) -> dict[str, str]:
+        return {r["task_id"]: r["definition_hash"] for r in await self._fetch("tombstones")}
+
+    async def last_fires(self) -> dict[str, float]:
+        return {r["task_id"]: r["last_fire"] for r in await self._fetch("last_fires")}
+
+    async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
+        await self.flush()
+        doomed: set[str] = set()
+        async with self._require().acquire() as db, db.transaction():
+            if days > 0:
+                doomed.update(r[0] for r in await db.fetch(SQL["old_runs"], now - days * 86400))
+            if max_runs_per_task > 0:
+                doomed.update(r[0] for r in await db.fetch(SQL["excess_runs"], max_runs_per_task))
+            ids = sorted(doomed)
+            for name in ("delete_runs", "delete_attempts", "delete_steps", "delete_logs", "delete_transitions"):
+                await db.execute(SQL[name], ids)
+            if days > 0:
+                await db.execute(SQL["delete_fires"], now - days * 86400)
+        return len(doomed)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"

@@ -1,0 +1,65 @@
+"""Records as database rows and back, shared by the SQL stores (SQLite and PostgreSQL): the same
+columns in the same order, params kept as JSON text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, Trigger
+
+PARTIAL_STATE_INDEXES = (
+    (frozenset({"failed", "stopped", "interrupted"}), "state IN ('failed', 'stopped', 'interrupted')"),
+    (frozenset({"queued", "running", "retrying"}), "state IN ('queued', 'running', 'retrying')"),
+)
+"""The conditions of the partial indexes by state, word for word: a database uses a partial index
+only for a query that contains its condition. Runs in every other state (completed) are counted
+as all runs less these."""
+
+
+def run_params(run: RunRecord) -> tuple[Any, ...]:
+    return (
+        run.id,
+        run.task_id,
+        str(run.trigger),
+        str(run.state),
+        run.scheduled_at,
+        run.queued_at,
+        run.started_at,
+        run.finished_at,
+        run.attempts,
+        run.error,
+        json.dumps(run.params, default=str),
+        run.priority,
+    )
+
+
+def attempt_params(a: AttemptRecord) -> tuple[Any, ...]:
+    return (a.run_id, a.number, str(a.state), a.started_at, a.finished_at, a.error)
+
+
+def step_params(s: StepRecord) -> tuple[Any, ...]:
+    return (s.run_id, s.attempt, s.index, s.type, str(s.state), s.started_at, s.finished_at, s.error)
+
+
+class Row(Protocol):
+    """A database row read by column name (sqlite3.Row, asyncpg.Record)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def run_from_row(row: Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        task_id=row["task_id"],
+        trigger=Trigger(row["trigger"]),
+        queued_at=row["queued_at"],
+        state=RunState(row["state"]),
+        scheduled_at=row["scheduled_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        attempts=row["attempts"],
+        error=row["error"],
+        params=json.loads(row["params"] or "{}"),
+        priority=row["priority"],
+    )
