@@ -27,6 +27,7 @@ from taskd.metrics import Metrics
 from taskd.processor import describe
 from taskd.procgroup import kill_run_processes
 from taskd.store import Store, StoreError, open_store
+from taskd.store.base import redacted
 from taskd.systemd import Notifier
 
 log = structlog.get_logger("taskd.daemon")
@@ -87,8 +88,10 @@ class Daemon:
             store.commit_observer = metrics.store_committed
             await store.open()
             stack.push_async_callback(store.close)
-            await self._recover(store)
             engine = self.engine = Engine(config, store, clock=self.clock, metrics=metrics)
+            await engine.membership.join()  # first: another live process may hold this node's name
+            stack.push_async_callback(engine.membership.leave)
+            await self._recover(store)
             await engine.start()
             stack.push_async_callback(engine.shutdown, 0.0)  # if start-up fails from here on
             tune_gc()
@@ -102,6 +105,7 @@ class Daemon:
             stack.push_async_callback(self._drain, engine)
             self._install_signals()
             self._watch(store.writer, "store writer")
+            self._watch(engine.membership.task, "heartbeat")
             self._spawn(self._retention(store), "retention")
             self._start_watchdog()
             log.info(
@@ -110,7 +114,7 @@ class Daemon:
                 listen=address,
                 tasks=engine.task_count,
                 held_back=sorted(engine.held_back),
-                store=config.store_location,
+                store=redacted(config.store_location),
                 max_concurrent_tasks=config.task.max_concurrent_tasks,
             )
             self.notifier.notify("READY=1", f"STATUS=taskd {__version__}: {engine.task_count} tasks")
@@ -121,7 +125,7 @@ class Daemon:
 
     async def _recover(self, store: Store) -> None:
         """Runs a dead process left active become interrupted; the children they left are killed."""
-        interrupted = await store.recover_interrupted(self.clock.time())
+        interrupted = await store.recover_interrupted(self.clock.time(), self.config.node.name)
         for run in interrupted:
             log.warning("run_interrupted", task_id=run.task_id, run_id=run.id, reason=run.error)
         killed = await asyncio.to_thread(kill_run_processes, [run.id for run in interrupted])

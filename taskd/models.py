@@ -73,6 +73,7 @@ class RunRecord:
     error: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
+    node: str | None = None  # the node that ran it (node.name)
 
     @property
     def duration(self) -> float | None:
@@ -104,6 +105,7 @@ class RunRecord:
             "error": self.error,
             "params": self.params,
             "priority": self.priority,
+            "node": self.node,
         }
 
 

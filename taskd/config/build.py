@@ -198,6 +198,7 @@ def build_config(
         store=root.store,
         log=root.log,
         metrics=root.metrics,
+        node=root.node,
         tasks=tuple(tasks),
         pipelines=types.MappingProxyType(pipelines),
         task_sources=types.MappingProxyType(task_sources),

@@ -14,6 +14,7 @@ from taskd.config.schema import (
     ApiSection,
     LogSection,
     MetricsSection,
+    NodeSection,
     StoreSection,
     TaskConfig,
     TaskSection,
@@ -81,6 +82,7 @@ class Config:
     store: StoreSection
     log: LogSection
     metrics: MetricsSection
+    node: NodeSection
     tasks: tuple[TaskConfig, ...]
     pipelines: Mapping[str, PipelineConfig]
     task_sources: Mapping[str, Source] = field(default_factory=dict)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 import types
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -280,6 +281,22 @@ class MetricsSection(Section):
     )
 
 
+def _host_name() -> str:
+    return socket.gethostname() or "taskd"
+
+
+class NodeSection(Section):
+    """This process as one node of several sharing a PostgreSQL store."""
+
+    name: StrictStr = Field(
+        default_factory=_host_name,
+        min_length=1,
+        max_length=200,
+        description="the node's name, unique among the nodes sharing a store (default: the host name)",
+    )
+    labels: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="free key: value pairs")
+
+
 class MainFile(Section):
     # tasks and pipelines are validated item by item (see build_config), so that one bad item
     # does not hide the problems of the others.
@@ -288,6 +305,7 @@ class MainFile(Section):
     store: StoreSection = StoreSection()
     log: LogSection = LogSection()
     metrics: MetricsSection = MetricsSection()
+    node: NodeSection = Field(default_factory=NodeSection)
     include: list[StrictStr] = Field(default_factory=list)
     tasks: list[Any] = Field(default_factory=list)
     pipelines: list[Any] = Field(default_factory=list)

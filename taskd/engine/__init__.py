@@ -7,6 +7,7 @@ the policies (what a fire or a start becomes) and the live run table, all readin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import structlog
 
 from taskd.clock import Clock, SystemClock, utc
 from taskd.config import Config
+from taskd.engine.nodes import Membership
 from taskd.engine.policy import FirePlan, admit, catch_up, overload, plan_fire, task_status
 from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
 from taskd.engine.runs import RunTable, stop_grace, wait_runs
@@ -76,6 +78,11 @@ class Engine:
         self._sorted: tuple[TaskEntry, ...] | None = None
         self._accepting = False
         self._hurry = asyncio.Event()
+        self._digest = config_digest(config)
+        self._claims: set[asyncio.Task[None]] = set()  # fires being claimed from the cluster
+        self.membership = Membership(
+            store, self.clock, config.node.name, config.node.labels, self._describe, self._lease_lost
+        )
         self._overload: str | None = None  # why new runs are refused, while they are
         self._overload_since = 0.0
         self._shed = 0  # runs refused since the overload began
@@ -89,6 +96,7 @@ class Engine:
         if self.metrics is not None:
             self.metrics.seed_last_successes(await self.store.last_successes())
         self._apply(self.config)
+        await self.membership.join()
         self._accepting = True
         self.timer.start()
         await self._catch_up()
@@ -103,7 +111,10 @@ class Engine:
         self.timer.shutdown()
         if len(self.runs):
             log.info("draining_runs", count=len(self.runs), grace_s=grace_s)
+        for claim in list(self._claims):
+            claim.cancel()
         await self.runs.drain(grace_s, f"daemon shutdown after the {grace_s:g}s grace period", self._hurry)
+        await self.membership.leave()
         await self.store.flush()
 
     def hurry(self) -> None:
@@ -131,6 +142,7 @@ class Engine:
             self._schedule(change.tasks[task_id])
         self._tasks = dict(change.tasks)
         self._held_back = dict(change.held_back)
+        self._digest = config_digest(config)
         self.config = config
         self._sorted = None
         self.slots.set_limit(config.task.max_concurrent_tasks)
@@ -176,7 +188,23 @@ class Engine:
             return
         fire = plan_fire([t.timestamp() for t in run_times])
         ordered = sorted(members, key=lambda task_id: -self._tasks[task_id].config.priority)
-        self._fire_from(ordered, 0, fire)
+        if self.store.clustered:
+            claim = asyncio.get_running_loop().create_task(self._claimed_fire(ordered, fire))
+            self._claims.add(claim)
+            claim.add_done_callback(self._claims.discard)
+        else:
+            self._fire_from(ordered, 0, fire)
+
+    async def _claimed_fire(self, ordered: list[str], fire: FirePlan) -> None:
+        """With nodes sharing the store, each fire runs on the one node that claims it first."""
+        try:
+            won = await self.store.claim_fires(self.membership.name, [(task_id, fire.instant) for task_id in ordered])
+        except Exception as exc:  # the store is unreachable: another node may claim these fires
+            log.warning("fire_claim_failed", tasks=len(ordered), error=f"{type(exc).__name__}: {exc}")
+            return
+        mine = {task_id for task_id, _ in won}
+        if mine and self._accepting:
+            self._fire_from([task_id for task_id in ordered if task_id in mine], 0, fire)
 
     def _fire_from(self, ordered: list[str], start: int, fire: FirePlan) -> None:
         """Fire `ordered[start:]`, FIRE_CHUNK tasks now and the rest in later turns of the loop."""
@@ -210,12 +238,18 @@ class Engine:
         """At start-up, deal with fires missed while the daemon was down (misfire policy)."""
         last_fires = await self.store.last_fires()
         now = utc(self.clock)
+        due = []
         for entry in list(self._tasks.values()):
             last = last_fires.get(entry.id)
             schedule = entry.schedule if entry.config.enabled else None
             missed = catch_up(schedule, entry.config.misfire, _instant(last), now)
-            if missed is None:
-                continue
+            if missed is not None:
+                due.append((entry, missed))
+        if self.store.clustered and due:  # a missed fire is dealt with once in the cluster too
+            claims = [(entry.id, missed.instant.timestamp()) for entry, missed in due]
+            won = set(await self.store.claim_fires(self.membership.name, claims))
+            due = [(entry, missed) for entry, missed in due if (entry.id, missed.instant.timestamp()) in won]
+        for entry, missed in due:
             latest = missed.instant.timestamp()
             self.store.set_last_fire(entry.id, latest)
             if missed.run:
@@ -259,6 +293,7 @@ class Engine:
             scheduled_at=scheduled_at,
             params={**entry.params, **params} if params else dict(entry.params),
             priority=task.priority,
+            node=self.membership.name,
         )
         run = Run(record, entry.plan, self.store, self.slots, self.clock, self._events)
         run.queue()
@@ -267,6 +302,15 @@ class Engine:
         if _DEBUG.isEnabledFor(logging.DEBUG):
             log.debug("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
         return run
+
+    def _describe(self) -> tuple[str, int, int]:
+        """What the heartbeat tells the cluster: config digest, slot limit, slots in use."""
+        return self._digest, self.slots.limit, self.slots.held
+
+    def _lease_lost(self) -> None:
+        """Another node found this node's lease expired and took over its runs: stop them here."""
+        for run in self.runs.unfinished():
+            run.stop("this node lost its lease; another node took over its runs")
 
     def _load(self) -> str | None:
         config = self.config
@@ -399,6 +443,13 @@ class _RunEvents:
 
     def line_written(self, line: LogLine) -> None:
         self._live.line_written(line)
+
+
+def config_digest(config: Config) -> str:
+    """A digest of every task's definition (with its pipeline): nodes with the same one run the
+    same tasks the same way."""
+    lines = sorted(f"{task.id} {config.definition_hash(task)}" for task in config.tasks)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def _instant(epoch: float | None) -> datetime | None:

@@ -20,7 +20,7 @@ from taskd import __version__
 from taskd.engine import Engine, TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.http import dashboard, events, openapi
-from taskd.http.views import TaskViews, fire_view, metrics_snapshot, run_detail
+from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail
 from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
@@ -147,6 +147,7 @@ def create_app(
     app.router.add_get("/run/{run_id}/log", run_log)
     app.router.add_get("/health", health)
     app.router.add_get("/processors", processors)
+    app.router.add_get("/nodes", list_nodes)
     return app
 
 
@@ -462,6 +463,12 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     snapshot = metrics_snapshot(request.app[ENGINE], request.app[STORE], request.app[VIEWS].next_fires)
     body = await asyncio.to_thread(request.app[METRICS].exposition, snapshot)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    nodes = await request.app[STORE].nodes()
+    return _json({"nodes": node_views(nodes, engine.membership.name, engine.clock.time())})
 
 
 async def processors(request: web.Request) -> web.Response:

@@ -51,6 +51,7 @@ RUN_PROPERTIES = {
     "error": _nullable("string"),
     "params": {"type": "object"},
     "priority": {"type": "integer"},
+    "node": _nullable("string", description="the node that ran it"),
 }
 TASK_PROPERTIES = {
     "id": {"type": "string"},
@@ -311,6 +312,55 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_object(["status"], {"status": {"const": "ok"}}, extra=True), "healthy"),
                     "503": _json(_object(["status"], {"status": {"const": "unavailable"}}, extra=True), "not ready"),
+                },
+            }
+        },
+        "/nodes": {
+            "get": {
+                "summary": "The nodes sharing the store (this one alone with SQLite)",
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["nodes"],
+                            {
+                                "nodes": {
+                                    "type": "array",
+                                    "items": _object(
+                                        [
+                                            "name",
+                                            "this",
+                                            "labels",
+                                            "version",
+                                            "config_digest",
+                                            "config_differs",
+                                            "alive",
+                                            "started_at",
+                                            "last_heartbeat",
+                                            "dead_at",
+                                            "slots",
+                                            "slots_in_use",
+                                        ],
+                                        {
+                                            "name": {"type": "string"},
+                                            "this": {"type": "boolean"},
+                                            "labels": {"type": "object"},
+                                            "version": {"type": "string"},
+                                            "config_digest": {"type": "string"},
+                                            "config_differs": {"type": "boolean"},
+                                            "alive": {"type": "boolean"},
+                                            "started_at": INSTANT,
+                                            "last_heartbeat": INSTANT,
+                                            "dead_at": _nullable("string", format="date-time"),
+                                            "slots": {"type": "integer"},
+                                            "slots_in_use": {"type": "integer"},
+                                        },
+                                    ),
+                                }
+                            },
+                        ),
+                        "every node, the dead ones too",
+                    ),
+                    **ERRORS,
                 },
             }
         },

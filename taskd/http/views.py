@@ -10,11 +10,12 @@ from typing import Any
 
 from taskd.config import thaw
 from taskd.engine import Engine, TaskEntry
+from taskd.engine.nodes import alive, differs
 from taskd.metrics import Snapshot
 from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, iso
 from taskd.schedule import Schedule
 from taskd.schedule_words import describe
-from taskd.store.base import Fire, Store, Transition
+from taskd.store.base import Fire, NodeInfo, Store, Transition
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -152,6 +153,28 @@ def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Sna
         overloaded=engine.overloaded is not None,
         next_fires=upcoming,
     )
+
+
+def node_views(nodes: list[NodeInfo], this: str, now: float) -> list[dict[str, Any]]:
+    """The nodes sharing the store, each flagged when its tasks and pipelines differ from most."""
+    differing = set(differs(nodes, now))
+    return [
+        {
+            "name": node.name,
+            "this": node.name == this,
+            "labels": dict(node.labels),
+            "version": node.version,
+            "config_digest": node.config_digest,
+            "config_differs": node.name in differing,
+            "alive": alive(node, now),
+            "started_at": iso(node.started_at),
+            "last_heartbeat": iso(node.heartbeat_at),
+            "dead_at": iso(node.dead_at),
+            "slots": node.slots,
+            "slots_in_use": node.slots_in_use,
+        }
+        for node in nodes
+    ]
 
 
 def fire_view(fire: Fire) -> dict[str, Any]:

@@ -8,9 +8,11 @@ per event. Reads first wait until everything written before them is committed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,6 +25,19 @@ MEMORY = ":memory:"
 
 class StoreError(TaskdError):
     """The store cannot be opened or used."""
+
+
+class NodeNameInUse(StoreError):
+    """Another process that is still renewing its lease holds this node name."""
+
+
+def redacted(location: str) -> str:
+    """A store location fit for logs and messages: a URL's password replaced by ***."""
+    scheme, sep, rest = location.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return location
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 class LogLine(NamedTuple):
@@ -54,6 +69,22 @@ class Fire:
     kind: str
     reason: str
     recorded_at: float
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One taskd process sharing the store, as it describes itself at each heartbeat."""
+
+    name: str
+    incarnation: str  # new at every start: a node that comes back is not taken for its old self
+    labels: Mapping[str, str]
+    version: str
+    config_digest: str  # of its tasks and pipelines: nodes that differ are flagged
+    started_at: float
+    slots: int
+    slots_in_use: int
+    heartbeat_at: float = 0.0
+    dead_at: float | None = None  # when another node found its lease expired
 
 
 RUN_SORTS = ("queued_at", "started_at", "finished_at", "duration", "state", "task_id")
@@ -112,8 +143,9 @@ class Store(ABC):
         """How many writes are staged and not yet committed."""
 
     @abstractmethod
-    async def recover_interrupted(self, now: float) -> list[RunRecord]:
-        """Mark runs left queued/running/retrying by a dead process as interrupted; return them."""
+    async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
+        """Mark runs left queued/running/retrying by a dead process as interrupted; return them.
+        In a store that several nodes share, only `node`'s runs (and runs of no node)."""
 
     # -- writes (staged, batched) --------------------------------------------------------------
     @abstractmethod
@@ -198,6 +230,29 @@ class Store(ABC):
     @abstractmethod
     async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
         """Apply retention; return how many runs were removed."""
+
+    # -- nodes: a store that several processes share coordinates them (PostgreSQL); the others
+    # -- hold one node, this process, and grant it every fire.
+    clustered: bool = False
+    """Whether other processes may share this store (fires must then be claimed)."""
+
+    _self_node: NodeInfo | None = None
+
+    async def heartbeat(self, node: NodeInfo, lease_s: float) -> tuple[bool, list[str]]:
+        """Register or renew this node's lease. Answers whether it still holds its lease (False:
+        another node found it expired and took over its runs), and the nodes whose lease this
+        call found expired (their active runs are now interrupted)."""
+        self._self_node = dataclasses.replace(node, heartbeat_at=time.time())
+        return True, []
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every node that has joined, the dead ones too, by name."""
+        return [self._self_node] if self._self_node is not None else []
+
+    async def claim_fires(self, node: str, claims: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+        """Of the (task, instant) fires given, those this node won and must run: each is won by
+        one node only, whatever the number asking."""
+        return list(claims)
 
 
 STATS_WINDOW = 1000

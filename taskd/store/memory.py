@@ -72,7 +72,7 @@ class MemoryStore(BufferedStore):
         if fresh:
             await self.flush()
 
-    async def recover_interrupted(self, now: float) -> list[RunRecord]:
+    async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
         await self._read()
         found = []
         for run in self._run_rows.values():

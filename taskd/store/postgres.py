@@ -9,14 +9,26 @@ Chosen by `store: {url: "postgresql://user@host:5432/db"}`. asyncpg, not psycopg
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
 
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
-from taskd.store.base import STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
+from taskd.store.base import (
+    STATS_WINDOW,
+    Fire,
+    LogLine,
+    NodeInfo,
+    NodeNameInUse,
+    RunQuery,
+    StoreError,
+    Transition,
+    redacted,
+    run_stats,
+)
 from taskd.store.buffer import Batch, BufferedStore
 from taskd.store.rows import PARTIAL_STATE_INDEXES, attempt_params, run_from_row, run_params, step_params
 
@@ -101,6 +113,32 @@ MIGRATIONS: list[str] = [
         last_fire DOUBLE PRECISION NOT NULL
     );
     """,
+    # Several nodes on one database: who runs (with a lease renewed by heartbeats, in the server's
+    # time so that the nodes' clocks do not matter), which node ran each run, and which node won
+    # each scheduled fire (one row per fire: the primary key makes it run once in the cluster).
+    """
+    ALTER TABLE runs ADD COLUMN node TEXT;
+    CREATE INDEX runs_active_by_node ON runs (node) WHERE state IN ('queued', 'running', 'retrying');
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        incarnation TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        version TEXT NOT NULL,
+        config_digest TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        slots INTEGER NOT NULL,
+        slots_in_use INTEGER NOT NULL,
+        dead_at DOUBLE PRECISION
+    );
+    CREATE TABLE fire_claims (
+        task_id TEXT NOT NULL,
+        instant DOUBLE PRECISION NOT NULL,
+        node TEXT NOT NULL,
+        claimed_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (task_id, instant)
+    );
+    """,
 ]
 
 SORT_COLUMNS = {
@@ -115,10 +153,11 @@ SORT_COLUMNS = {
 SQL = {
     "save_run": """
         INSERT INTO runs (id, task_id, trigger, state, scheduled_at, queued_at, started_at, finished_at,
-                          attempts, error, params, priority)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                          attempts, error, params, priority, node)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
             finished_at = excluded.finished_at, attempts = excluded.attempts, error = excluded.error
+        WHERE runs.state <> 'interrupted'
     """,
     "save_attempt": """
         INSERT INTO attempts (run_id, number, state, started_at, finished_at, error)
@@ -151,7 +190,33 @@ SQL = {
             deleted_at = excluded.deleted_at
     """,
     "remove_tombstone": "DELETE FROM tombstones WHERE task_id = $1",
-    "active_runs": "SELECT * FROM runs WHERE state IN ('queued', 'running', 'retrying') FOR UPDATE",
+    "active_runs": "SELECT * FROM runs WHERE state IN ('queued', 'running', 'retrying') AND ({}) FOR UPDATE",
+    "server_now": "SELECT extract(epoch FROM clock_timestamp())::double precision",
+    "node_row": "SELECT * FROM nodes WHERE name = $1 FOR UPDATE",
+    "join_node": """
+        INSERT INTO nodes (name, incarnation, labels, version, config_digest, started_at, slots, slots_in_use,
+                           heartbeat_at, dead_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)
+        ON CONFLICT (name) DO UPDATE SET incarnation = excluded.incarnation, labels = excluded.labels,
+            version = excluded.version, config_digest = excluded.config_digest, started_at = excluded.started_at,
+            slots = excluded.slots, slots_in_use = excluded.slots_in_use, heartbeat_at = excluded.heartbeat_at,
+            dead_at = NULL
+    """,
+    "renew_node": """
+        UPDATE nodes SET heartbeat_at = $3, slots_in_use = $4, slots = $5, config_digest = $6
+        WHERE name = $1 AND incarnation = $2 AND dead_at IS NULL RETURNING name
+    """,
+    "expire_nodes": """
+        UPDATE nodes SET dead_at = $1 WHERE dead_at IS NULL AND heartbeat_at < $2 RETURNING name
+    """,
+    "nodes": "SELECT * FROM nodes ORDER BY name",
+    "claim_fires": """
+        INSERT INTO fire_claims (task_id, instant, node, claimed_at)
+        SELECT c.task_id, c.instant, $3, extract(epoch FROM clock_timestamp())
+        FROM unnest($1::text[], $2::double precision[]) AS c(task_id, instant)
+        ON CONFLICT DO NOTHING RETURNING task_id, instant
+    """,
+    "delete_claims": "DELETE FROM fire_claims WHERE instant < $1",
     "interrupt_run": "UPDATE runs SET state = 'interrupted', finished_at = $1, error = $2 WHERE id = $3",
     "interrupt_attempts": """
         UPDATE attempts SET state = 'interrupted', finished_at = $1 WHERE run_id = $2 AND state = 'running'
@@ -223,6 +288,7 @@ class PostgresStore(BufferedStore):
         self.url = url
         self.schema = schema
         self._pool: asyncpg.Pool | None = None
+        self._joined: str | None = None  # the incarnation this store registered
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -232,7 +298,7 @@ class PostgresStore(BufferedStore):
                 self.url, min_size=1, max_size=4, server_settings=settings, command_timeout=60
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-            raise StoreError(f"cannot open the store at {_redacted(self.url)}: {exc}") from exc
+            raise StoreError(f"cannot open the store at {redacted(self.url)}: {exc}") from exc
         try:
             await self._migrate()
         except BaseException:
@@ -250,13 +316,13 @@ class PostgresStore(BufferedStore):
             version = await db.fetchval("SELECT max(version) FROM taskd_schema") or 0
             if version > len(MIGRATIONS):
                 raise StoreError(
-                    f"the store at {_redacted(self.url)} has schema version {version}, newer than this taskd "
+                    f"the store at {redacted(self.url)} has schema version {version}, newer than this taskd "
                     f"understands ({len(MIGRATIONS)}); upgrade taskd or use another store"
                 )
             for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 await db.execute(script)
                 await db.execute("INSERT INTO taskd_schema (version) VALUES ($1)", target)
-                log.info("store_migrated", url=_redacted(self.url), version=target)
+                log.info("store_migrated", url=redacted(self.url), version=target)
 
     async def close(self) -> None:
         if self._pool is None:
@@ -297,21 +363,66 @@ class PostgresStore(BufferedStore):
                         SQL["add_tombstone"], tombstone.task_id, tombstone.definition_hash, tombstone.deleted_at
                     )
 
-    async def recover_interrupted(self, now: float) -> list[RunRecord]:
-        runs: list[RunRecord] = []
+    async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
+        """This node's runs (and runs of no node) left active by its previous process."""
         async with self._require().acquire() as db, db.transaction():
-            for row in await db.fetch(SQL["active_runs"]):
-                run = run_from_row(row)
-                reason = f"taskd exited while this run was {run.state}; marked interrupted at start-up"
-                run.error = f"{run.error}; {reason}" if run.error else reason
-                run.state = RunState.INTERRUPTED
-                run.finished_at = now
-                await db.execute(SQL["interrupt_run"], now, run.error, run.id)
-                await db.execute(SQL["interrupt_transition"], run.id, now, reason)
-                await db.execute(SQL["interrupt_attempts"], now, run.id)
-                await db.execute(SQL["interrupt_steps"], now, run.id)
-                runs.append(run)
-        return runs
+            return await _interrupt(
+                db,
+                "node IS NULL OR node = $1" if node else "TRUE",
+                [node] if node else [],
+                now,
+                lambda run: f"taskd exited while this run was {run.state}; marked interrupted at start-up",
+            )
+
+    # -- nodes -----------------------------------------------------------------------------------
+    clustered = True
+
+    async def heartbeat(self, node: NodeInfo, lease_s: float) -> tuple[bool, list[str]]:
+        async with self._require().acquire() as db, db.transaction():
+            now = float(await db.fetchval(SQL["server_now"]))
+            held = await db.fetchrow(SQL["node_row"], node.name)
+            if held is None or (held["incarnation"] != node.incarnation and self._joined != node.incarnation):
+                if held is not None and held["dead_at"] is None and held["heartbeat_at"] >= now - lease_s:
+                    raise NodeNameInUse(
+                        f"another live taskd is node {node.name!r} (its last heartbeat was "
+                        f"{now - held['heartbeat_at']:.1f} s ago); give each node its own node.name"
+                    )
+                await db.execute(SQL["join_node"], *_node_params(node), now)
+                self._joined = node.incarnation
+                kept = True
+            else:
+                current = (node.slots_in_use, node.slots, node.config_digest)
+                renewed = await db.fetchval(SQL["renew_node"], node.name, node.incarnation, now, *current)
+                kept = renewed is not None
+            expired = [r["name"] for r in await db.fetch(SQL["expire_nodes"], now, now - lease_s)]
+            for name in expired:
+                await _interrupt(db, "node = $1", [name], now, _lease_expired(name))
+            return kept, expired
+
+    async def nodes(self) -> list[NodeInfo]:
+        return [
+            NodeInfo(
+                name=r["name"],
+                incarnation=r["incarnation"],
+                labels=json.loads(r["labels"]),
+                version=r["version"],
+                config_digest=r["config_digest"],
+                started_at=r["started_at"],
+                slots=r["slots"],
+                slots_in_use=r["slots_in_use"],
+                heartbeat_at=r["heartbeat_at"],
+                dead_at=r["dead_at"],
+            )
+            for r in await self._require().fetch(SQL["nodes"])
+        ]
+
+    async def claim_fires(self, node: str, claims: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+        if not claims:
+            return []
+        task_ids = [task_id for task_id, _ in claims]
+        instants = [instant for _, instant in claims]
+        rows = await self._require().fetch(SQL["claim_fires"], task_ids, instants, node)
+        return [(r["task_id"], r["instant"]) for r in rows]
 
     # -- reads -----------------------------------------------------------------------------------
     async def _fetch(self, name: str, *args: Any, fresh: bool = True) -> list[asyncpg.Record]:
@@ -454,13 +565,48 @@ class PostgresStore(BufferedStore):
                 await db.execute(SQL[name], ids)
             if days > 0:
                 await db.execute(SQL["delete_fires"], now - days * 86400)
+            await db.execute(SQL["delete_claims"], now - CLAIMS_KEPT_S)
         return len(doomed)
 
 
-def _redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+CLAIMS_KEPT_S = 86_400.0
+"""How long a claimed fire is remembered: longer than any clock skew or catch-up could ask again."""
+
+
+def _lease_expired(node: str) -> Callable[[RunRecord], str]:
+    def why(run: RunRecord) -> str:
+        return f"node {node} stopped renewing its lease while this run was {run.state}"
+
+    return why
+
+
+def _node_params(node: NodeInfo) -> tuple[Any, ...]:
+    return (
+        node.name,
+        node.incarnation,
+        json.dumps(dict(node.labels)),
+        node.version,
+        node.config_digest,
+        node.started_at,
+        node.slots,
+        node.slots_in_use,
+    )
+
+
+async def _interrupt(
+    db: asyncpg.Connection, which: str, args: list[Any], now: float, why: Callable[[RunRecord], str]
+) -> list[RunRecord]:
+    """Mark the active runs matching `which` interrupted, with their attempts, steps and a transition."""
+    runs: list[RunRecord] = []
+    for row in await db.fetch(SQL["active_runs"].format(which), *args):
+        run = run_from_row(row)
+        reason = why(run)
+        run.error = f"{run.error}; {reason}" if run.error else reason
+        run.state = RunState.INTERRUPTED
+        run.finished_at = now
+        await db.execute(SQL["interrupt_run"], now, run.error, run.id)
+        await db.execute(SQL["interrupt_transition"], run.id, now, reason)
+        await db.execute(SQL["interrupt_attempts"], now, run.id)
+        await db.execute(SQL["interrupt_steps"], now, run.id)
+        runs.append(run)
+    return runs

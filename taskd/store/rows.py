@@ -31,6 +31,7 @@ def run_params(run: RunRecord) -> tuple[Any, ...]:
         run.error,
         json.dumps(run.params, default=str),
         run.priority,
+        run.node,
     )
 
 
@@ -62,4 +63,5 @@ def run_from_row(row: Row) -> RunRecord:
         error=row["error"],
         params=json.loads(row["params"] or "{}"),
         priority=row["priority"],
+        node=row["node"],
     )

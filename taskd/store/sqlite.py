@@ -138,6 +138,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_ended_badly_by_end ON runs (finished_at)
         WHERE state IN ('failed', 'stopped', 'interrupted');
     """,
+    # The node that ran each run (node.name).
+    "ALTER TABLE runs ADD COLUMN node TEXT;",
 ]
 
 SORT_COLUMNS = {
@@ -152,8 +154,8 @@ SORT_COLUMNS = {
 SQL = {
     "save_run": """
         INSERT INTO runs (id, task_id, trigger, state, scheduled_at, queued_at, started_at, finished_at,
-                          attempts, error, params, priority)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                          attempts, error, params, priority, node)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
             finished_at = excluded.finished_at, attempts = excluded.attempts, error = excluded.error
     """,
@@ -291,7 +293,7 @@ class SQLiteStore(BufferedStore):
         await self._db.close()
         self._db = None
 
-    async def recover_interrupted(self, now: float) -> list[RunRecord]:
+    async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
         db = self._require()
         rows = await (await db.execute(SQL["active_runs"])).fetchall()
         runs = [run_from_row(r) for r in rows]

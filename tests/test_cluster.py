@@ -1,0 +1,101 @@
+"""Several daemons on one PostgreSQL store: each scheduled fire runs once in the cluster, every run
+names its node, `GET /nodes` shows every node from any node (flagging one whose tasks differ), and
+a node killed with kill -9 has its active runs interrupted by a survivor within the lease."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import POSTGRES_URL, Daemon, base_config, postgres_schema, wait_for
+
+TASKS = """
+- {id: t1, pipeline: note, schedule: '* * * * * *'}
+- {id: t2, pipeline: note, schedule: '* * * * * *'}
+- {id: t3, pipeline: note, schedule: '* * * * * *'}
+- {id: slow, pipeline: wait}
+"""
+PIPELINES = """
+- {name: note, processors: [{shell: {command: 'echo "$TASKD_TASK_ID $TASKD_RUN_ID" >> "$LEDGER"'}}]}
+- {name: wait, processors: [{shell: {command: 'sleep 60'}}]}
+"""
+
+
+@pytest.fixture
+async def url(request: pytest.FixtureRequest) -> str:
+    schema = await postgres_schema(request)
+    return f"{POSTGRES_URL}?search_path={schema}"
+
+
+def node(daemon_factory: Callable[..., Daemon], url: str, name: str, ledger: Path, tasks: str = TASKS) -> Daemon:
+    config = base_config(tasks, PIPELINES).replace(
+        "store: {path: ./var/taskd.db}", f"store: {{url: '{url}'}}\nnode: {{name: {name}, labels: {{zone: z{name}}}}}"
+    )
+    return daemon_factory(config, env={"LEDGER": str(ledger)}, subdir=name)
+
+
+def test_three_nodes_run_each_fire_once_and_see_each_other(
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    nodes = [node(daemon_factory, url, name, ledger).start() for name in ("a", "b", "c")]
+    began = time.time()
+    time.sleep(4)
+    listed = nodes[1].request("GET", "/nodes").json()["nodes"]
+    assert [(n["name"], n["alive"], n["config_differs"]) for n in listed] == [
+        ("a", True, False),
+        ("b", True, False),
+        ("c", True, False),
+    ]
+    assert [n["this"] for n in listed] == [False, True, False]
+    assert listed[0]["labels"] == {"zone": "za"} and listed[0]["slots"] == 10
+    for daemon in nodes[1:]:
+        assert daemon.stop() == 0
+    runs = [r for task in ("t1", "t2", "t3") for r in nodes[0].runs(task) if r["trigger"] != "catch_up"]
+    assert nodes[0].stop() == 0
+    fires = collections.Counter((r["task_id"], r["scheduled_at"]) for r in runs)
+    assert fires and max(fires.values()) == 1, [f for f, n in fires.items() if n > 1]  # no fire twice
+    assert {r["node"] for r in runs} <= {"a", "b", "c"}
+    # Every whole second all three were up has its fire of each task, run once.
+    seconds = {r["scheduled_at"] for r in runs if r["scheduled_at"] and r["scheduled_at"] >= _iso(began + 1)}
+    assert len(seconds) >= 2
+    for second in seconds:
+        assert all(fires[(task, second)] == 1 for task in ("t1", "t2", "t3")), second
+    # What the steps wrote: one line per run, no run twice.
+    lines = ledger.read_text().split("\n")[:-1]
+    assert len(lines) == len(set(lines)) and len(lines) >= len([r for r in runs if r["state"] == "completed"])
+
+
+def test_a_killed_node_has_its_runs_interrupted_and_a_differing_node_is_flagged(
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    a = node(daemon_factory, url, "a", ledger).start()
+    b = node(daemon_factory, url, "b", ledger, TASKS + "- {id: extra, pipeline: note}\n").start()
+    listed = {n["name"]: n for n in a.request("GET", "/nodes").json()["nodes"]}
+    assert listed["a"]["config_digest"] != listed["b"]["config_digest"]
+    assert [listed[name]["config_differs"] for name in "ab"].count(True) == 1  # two nodes, two configs
+    run_id = a.start_task("slow")
+    a.wait_run(run_id, states=("running",))
+    assert a.run(run_id)["node"] == "a"
+    a.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    run = b.wait_run(run_id, states=("interrupted",), timeout=15)
+    assert time.monotonic() - killed <= 10.0, "the survivor took longer than 10 s"
+    assert "node a stopped renewing its lease" in run["error"]
+    wait_for(
+        lambda: not {n["name"]: n for n in b.request("GET", "/nodes").json()["nodes"]}["a"]["alive"],
+        timeout=5,
+        what="node a shown dead",
+    )
+    assert b.stop() == 0
+
+
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(int(epoch), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
