@@ -290,3 +290,9 @@ async def test_a_run_read_while_it_ends_is_shown_as_it_was_when_read(
     monkeypatch.undo()
     done = await api.wait_run(run_id)
     assert done["state"] == "completed" and [a["state"] for a in done["attempt_list"]] == ["completed"]
+
+
+async def test_a_lone_node_lists_itself(api: Api) -> None:
+    (node,) = (await api.request("GET", "/nodes")).json()["nodes"]
+    assert node["this"] and node["alive"] and not node["config_differs"] and node["dead_at"] is None
+    assert node["name"] == api.engine.membership.name and node["slots"] == 10 and node["slots_in_use"] == 0

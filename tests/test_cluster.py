@@ -11,17 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_URL, Daemon, base_config, postgres_schema, wait_for
+from conftest import POSTGRES_URL, Daemon, base_config, kill_matching, postgres_schema, processes_matching, wait_for
 
 TASKS = """
 - {id: t1, pipeline: note, schedule: '* * * * * *'}
 - {id: t2, pipeline: note, schedule: '* * * * * *'}
 - {id: t3, pipeline: note, schedule: '* * * * * *'}
-- {id: slow, pipeline: wait}
+- {id: slow, pipeline: wait, params: {seconds: "60"}}
 """
 PIPELINES = """
 - {name: note, processors: [{shell: {command: 'echo "$TASKD_TASK_ID $TASKD_RUN_ID" >> "$LEDGER"'}}]}
-- {name: wait, processors: [{shell: {command: 'sleep 60'}}]}
+- {name: wait, processors: [{shell: {command: 'sleep "$TASKD_PARAM_SECONDS"'}}]}
 """
 
 
@@ -79,10 +79,10 @@ def test_a_killed_node_has_its_runs_interrupted_and_a_differing_node_is_flagged(
     listed = {n["name"]: n for n in a.request("GET", "/nodes").json()["nodes"]}
     assert listed["a"]["config_digest"] != listed["b"]["config_digest"]
     assert [listed[name]["config_differs"] for name in "ab"].count(True) == 1  # two nodes, two configs
-    run_id = a.start_task("slow")
+    run_id = a.start_task("slow", {"seconds": "60.25"})
     a.wait_run(run_id, states=("running",))
     assert a.run(run_id)["node"] == "a"
-    a.stop(signal.SIGKILL)
+    a.stop(signal.SIGKILL)  # its step's process outlives it (a restart of node a would kill it)
     killed = time.monotonic()
     run = b.wait_run(run_id, states=("interrupted",), timeout=15)
     assert time.monotonic() - killed <= 10.0, "the survivor took longer than 10 s"
@@ -93,9 +93,36 @@ def test_a_killed_node_has_its_runs_interrupted_and_a_differing_node_is_flagged(
         what="node a shown dead",
     )
     assert b.stop() == 0
+    kill_matching("sleep 60.25")
 
 
 def _iso(epoch: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(int(epoch), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_a_node_back_after_losing_its_lease_stops_what_it_no_longer_owns(
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    a = node(daemon_factory, url, "a", ledger).start()
+    b = node(daemon_factory, url, "b", ledger).start()
+    run_id = a.start_task("slow", {"seconds": "60.5"})
+    a.wait_run(run_id, states=("running",))
+    assert processes_matching("sleep 60.5")
+    a.send(signal.SIGSTOP)  # paused: it cannot renew its lease
+    try:
+        b.wait_run(run_id, states=("interrupted",), timeout=15)
+    finally:
+        a.send(signal.SIGCONT)
+    wait_for(lambda: not processes_matching("sleep 60.5"), timeout=10, what="the run's process gone on node a")
+    time.sleep(1.5)  # a's own record of the run must not overwrite the cluster's verdict
+    assert b.run(run_id)["state"] == "interrupted"
+    wait_for(
+        lambda: {n["name"]: n for n in b.request("GET", "/nodes").json()["nodes"]}["a"]["alive"],
+        timeout=10,
+        what="node a back, as a new incarnation",
+    )
+    assert "lease_lost" in a.output()
+    assert a.stop() == 0 and b.stop() == 0
