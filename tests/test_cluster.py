@@ -167,3 +167,27 @@ def test_kill_9_at_random_while_fires_go_on_loses_no_fire_and_runs_none_twice(
         for task in ("t1", "t2", "t3"):
             assert fires[(task, _iso(second))] == 1, (task, _iso(second), kills)
     assert checked >= 8, f"only {checked} seconds outside the failover windows to check"
+
+
+def test_placement_picks_the_nodes(daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path) -> None:
+    tasks = """
+- {id: everywhere, pipeline: note, schedule: '* * * * * *', placement: all}
+- {id: only_b, pipeline: note, schedule: '* * * * * *', placement: {nodes: [b]}}
+- {id: zone_a, pipeline: note, schedule: '* * * * * *', placement: {labels: {zone: za}}}
+- {id: slow, pipeline: wait, params: {seconds: "1"}, placement: {nodes: [b]}}
+"""
+    ledger = tmp_path / "ledger.txt"
+    a = node(daemon_factory, url, "a", ledger, tasks).start()
+    b = node(daemon_factory, url, "b", ledger, tasks).start()
+    time.sleep(3.5)
+    refused = a.request("POST", "/task/slow/_start")
+    assert refused.status == 409 and "may not run on this node (a)" in refused.json()["error"]["message"]
+    assert b.request("POST", "/task/slow/_start").status == 202
+    b.stop()
+    runs = {task: a.runs(task) for task in ("everywhere", "only_b", "zone_a")}
+    assert a.stop() == 0
+    assert {r["node"] for r in runs["only_b"]} == {"b"} and {r["node"] for r in runs["zone_a"]} == {"a"}
+    per_fire = collections.Counter((r["scheduled_at"], r["node"]) for r in runs["everywhere"])
+    assert max(per_fire.values()) == 1  # once per node per fire
+    both = [s for s in {s for s, _ in per_fire} if per_fire[(s, "a")] and per_fire[(s, "b")]]
+    assert len(both) >= 2  # every node ran the same fire

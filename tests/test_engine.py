@@ -4,6 +4,7 @@ with the in-memory store and a timer the tests move by hand. No test here sleeps
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -450,3 +451,25 @@ async def test_a_fire_of_many_tasks_starts_them_in_chunks_and_skips_those_remove
     harness.gates.gate("g").set()
     await harness.settle()
     assert (await harness.store.list_runs(RunQuery(limit=1)))[1] == count - 1
+
+
+async def test_placement_alone_on_a_store_runs_what_this_node_may_and_records_the_rest(
+    harness: Harness,
+) -> None:
+    name = socket.gethostname() or "taskd"
+    engine = await harness.start(
+        "  - {id: here, schedule: '*/10 * * * * *', pipeline: note, placement: all}\n"
+        f"  - {{id: mine, schedule: '*/10 * * * * *', pipeline: note, placement: {{nodes: [{name}]}}}}\n"
+        "  - {id: elsewhere, schedule: '*/10 * * * * *', pipeline: note, placement: {nodes: [other-node]}}\n"
+        "  - {id: labelled, schedule: '*/10 * * * * *', pipeline: note, placement: {labels: {zone: eu}}}"
+    )
+    assert engine.membership.name == name
+    await harness.advance(10)
+    await harness.settle()
+    assert len(await harness.runs("here")) == 1 and len(await harness.runs("mine")) == 1
+    assert await harness.runs("elsewhere") == [] and await harness.runs("labelled") == []
+    await harness.store.flush()
+    (skipped,) = await harness.store.fires("elsewhere")
+    assert skipped.kind == "skipped" and skipped.reason.startswith("placement: this node")
+    with pytest.raises(Conflict, match="may not run on this node"):
+        engine.start_run("labelled", Trigger.MANUAL)

@@ -117,7 +117,10 @@ class Config:
 
     def definition_hash(self, task: TaskConfig) -> str:
         """A digest of the task's definition and its pipeline's, to tell when YAML changed."""
-        digest = hashlib.sha256(task.model_dump_json().encode())  # fields in their declared order
+        # Fields in their declared order; `placement` only when set, so that hashes taken before it
+        # existed (the tombstones of deleted tasks) still match.
+        unset = {"placement"} if task.placement == "any" else None
+        digest = hashlib.sha256(task.model_dump_json(exclude=unset).encode())
         digest.update(self.pipelines[task.pipeline].digest.encode())
         digest.update(self.zone_for(task).encode())
         return digest.hexdigest()[:16]

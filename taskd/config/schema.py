@@ -222,6 +222,41 @@ class RetryPolicy(Section):
     jitter: StrictBool = Field(False, description="full jitter: wait a random time up to the computed backoff")
 
 
+class PlacementNodes(Section):
+    """Run on these nodes only (node.name)."""
+
+    nodes: tuple[StrictStr, ...] = Field(min_length=1)
+
+
+class PlacementLabels(Section):
+    """Run on the nodes whose labels include all of these."""
+
+    labels: dict[StrictStr, StrictStr] = Field(min_length=1)
+
+
+def _placement(value: Any) -> Any:
+    """One clear message for a placement of the wrong shape (instead of one per union member)."""
+    shape = "placement must be any, all, {nodes: [name, ...]} or {labels: {key: value, ...}}"
+    if isinstance(value, str):
+        if value not in ("any", "all"):
+            raise ValueError(f"{shape}; got {value!r}")
+        return value
+    if not isinstance(value, dict) or len(value) != 1 or not ({"nodes", "labels"} & set(value)):
+        raise ValueError(f"{shape}; got {value!r}")
+    if "nodes" in value:
+        nodes = value["nodes"]
+        if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) and n for n in nodes):
+            raise ValueError(f"placement.nodes must be a non-empty list of node names; got {nodes!r}")
+        return PlacementNodes(nodes=tuple(nodes))
+    labels = value["labels"]
+    if not isinstance(labels, dict) or not labels or not all(isinstance(v, str) for v in labels.values()):
+        raise ValueError(f"placement.labels must map label names to strings; got {labels!r}")
+    return PlacementLabels(labels=labels)
+
+
+Placement = Annotated[Literal["any", "all"] | PlacementNodes | PlacementLabels, BeforeValidator(_placement)]
+
+
 class TaskConfig(Section):
     """One task as defined in YAML."""
 
@@ -240,6 +275,11 @@ class TaskConfig(Section):
     priority: StrictInt = Field(0, ge=-1_000_000, le=1_000_000)
     time_zone: ZoneName | None = None
     params: Params = Field(default_factory=dict)
+    placement: Placement = Field(
+        "any",
+        description="with several nodes on one store: any (one node, the least busy first), all (every "
+        "live node), {nodes: [names]} or {labels: {key: value}}",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -19,7 +19,7 @@ import structlog
 from taskd.clock import Clock, SystemClock, utc
 from taskd.config import Config
 from taskd.engine.nodes import Membership
-from taskd.engine.policy import FirePlan, admit, catch_up, overload, plan_fire, task_status
+from taskd.engine.policy import FirePlan, admit, catch_up, claim_key, eligible, overload, plan_fire, task_status
 from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
 from taskd.engine.runs import RunTable, stop_grace, wait_runs
 from taskd.engine.timer import APSchedulerTimer, FireCallback, Timer
@@ -34,6 +34,9 @@ from taskd.slots import SlotPool
 from taskd.store.base import Fire, LogLine, Store
 
 log = structlog.get_logger("taskd.engine")
+CLAIM_DELAY_S = 0.05
+"""With several nodes, a node with every slot busy waits this long before claiming a fire (one half
+busy, half as long): the least loaded node tends to claim first."""
 FIRE_CHUNK = 250
 """A fire starts its tasks' runs this many at a time, letting the event loop serve the API and
 begin the runs already started in between, so a fire of thousands of tasks does not hold the
@@ -188,6 +191,8 @@ class Engine:
             return
         fire = plan_fire([t.timestamp() for t in run_times])
         ordered = sorted(members, key=lambda task_id: -self._tasks[task_id].config.priority)
+        if any(self._tasks[task_id].config.placement != "any" for task_id in ordered):
+            ordered = self._placed(ordered, fire)
         if self.store.clustered:
             claim = asyncio.get_running_loop().create_task(self._claimed_fire(ordered, fire))
             self._claims.add(claim)
@@ -195,16 +200,35 @@ class Engine:
         else:
             self._fire_from(ordered, 0, fire)
 
+    def _placed(self, ordered: list[str], fire: FirePlan) -> list[str]:
+        """The tasks of a fire that may run on this node. Alone on its store, the node records
+        the others as skipped: no other node could run them."""
+        me, labels = self.membership.name, self.membership.labels
+        placed = [t for t in ordered if eligible(self._tasks[t].config.placement, me, labels)]
+        if not self.store.clustered and len(placed) < len(ordered):
+            now = self.clock.time()
+            for task_id in set(ordered) - set(placed):
+                why = f"placement: this node ({me}) is not one the task may run on"
+                self._skip(Fire(task_id, fire.instant, "skipped", why, now), "placement")
+        return placed
+
     async def _claimed_fire(self, ordered: list[str], fire: FirePlan) -> None:
-        """With nodes sharing the store, each fire runs on the one node that claims it first."""
+        """With nodes sharing the store, each fire runs on the one node that claims it first (or,
+        for `placement: all`, once on every node). A busier node waits a little before claiming,
+        so that the least loaded node tends to win."""
+        me = self.membership.name
+        keys = {claim_key(task_id, self._tasks[task_id].config.placement, me): task_id for task_id in ordered}
+        busy = self.slots.held / self.slots.limit
+        if busy > 0:
+            await asyncio.sleep(CLAIM_DELAY_S * min(busy, 1.0))
         try:
-            won = await self.store.claim_fires(self.membership.name, [(task_id, fire.instant) for task_id in ordered])
+            won = await self.store.claim_fires(me, [(key, fire.instant) for key in keys])
         except Exception as exc:  # the store is unreachable: another node may claim these fires
             log.warning("fire_claim_failed", tasks=len(ordered), error=f"{type(exc).__name__}: {exc}")
             return
-        mine = {task_id for task_id, _ in won}
+        mine = {keys[key] for key, _ in won}
         if mine and self._accepting:
-            self._fire_from([task_id for task_id in ordered if task_id in mine], 0, fire)
+            self._fire_from([task_id for task_id in ordered if task_id in mine and task_id in self._tasks], 0, fire)
 
     def _fire_from(self, ordered: list[str], start: int, fire: FirePlan) -> None:
         """Fire `ordered[start:]`, FIRE_CHUNK tasks now and the rest in later turns of the loop."""
@@ -239,16 +263,19 @@ class Engine:
         last_fires = await self.store.last_fires()
         now = utc(self.clock)
         due = []
+        me, labels = self.membership.name, self.membership.labels
         for entry in list(self._tasks.values()):
+            if not eligible(entry.config.placement, me, labels):
+                continue
             last = last_fires.get(entry.id)
             schedule = entry.schedule if entry.config.enabled else None
             missed = catch_up(schedule, entry.config.misfire, _instant(last), now)
             if missed is not None:
                 due.append((entry, missed))
         if self.store.clustered and due:  # a missed fire is dealt with once in the cluster too
-            claims = [(entry.id, missed.instant.timestamp()) for entry, missed in due]
-            won = set(await self.store.claim_fires(self.membership.name, claims))
-            due = [(entry, missed) for entry, missed in due if (entry.id, missed.instant.timestamp()) in won]
+            claims = [(claim_key(e.id, e.config.placement, me), m.instant.timestamp()) for e, m in due]
+            won = set(await self.store.claim_fires(me, claims))
+            due = [(e, m) for (e, m), claim in zip(due, claims, strict=True) if claim in won]
         for entry, missed in due:
             latest = missed.instant.timestamp()
             self.store.set_last_fire(entry.id, latest)
@@ -274,6 +301,9 @@ class Engine:
         if not self._accepting:
             raise Conflict("taskd is shutting down", "shutting_down")
         entry = self.entry(task_id)
+        me = self.membership.name
+        if entry.config.placement != "any" and not eligible(entry.config.placement, me, self.membership.labels):
+            raise Conflict(f"task {task_id!r} may not run on this node ({me}): see its placement", "placement")
         self._admit_load()
         task = entry.config
         # `allow` never needs the list of active runs; with thousands of them, building it costs.

@@ -3,10 +3,11 @@ after downtime (misfire policy), and a task's status. Time is always passed in."
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from taskd.config import Placement, PlacementLabels, PlacementNodes
 from taskd.errors import Conflict
 from taskd.models import ACTIVE_STATES, RunState
 from taskd.schedule import Schedule
@@ -58,6 +59,21 @@ def overload(pending: int, max_pending: int, waiting: int, max_waiting: int, alr
     if waiting >= max_waiting * share:
         return f"{waiting} runs are waiting for a slot or a retry (task.max_waiting_runs is {max_waiting})"
     return None
+
+
+def eligible(placement: Placement, node: str, labels: Mapping[str, str]) -> bool:
+    """Whether a task with this placement may run on the node named `node` with `labels`."""
+    if isinstance(placement, PlacementNodes):
+        return node in placement.nodes
+    if isinstance(placement, PlacementLabels):
+        return all(labels.get(key) == value for key, value in placement.labels.items())
+    return True
+
+
+def claim_key(task_id: str, placement: Placement, node: str) -> str:
+    """What a node claims a fire under: the task (one node runs it), or for `placement: all` the
+    task on this node (every node runs it once)."""
+    return f"{task_id}@{node}" if placement == "all" else task_id
 
 
 @dataclass(frozen=True)
