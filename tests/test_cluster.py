@@ -191,3 +191,28 @@ def test_placement_picks_the_nodes(daemon_factory: Callable[..., Daemon], url: s
     assert max(per_fire.values()) == 1  # once per node per fire
     both = [s for s in {s for s, _ in per_fire} if per_fire[(s, "a")] and per_fire[(s, "b")]]
     assert len(both) >= 2  # every node ran the same fire
+
+
+def test_stop_and_delete_reach_the_node_that_holds_the_run(
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    a = node(daemon_factory, url, "a", ledger).start()
+    b = node(daemon_factory, url, "b", ledger).start()
+    run_id = b.start_task("slow", {"seconds": "60.75"})
+    b.wait_run(run_id, states=("running",))
+    asked = time.monotonic()
+    resp = a.request("POST", "/task/slow/_stop")  # asked of the node that does not hold it
+    assert resp.status == 200 and resp.json()["stopped"] == [run_id], resp.text
+    assert a.run(run_id)["state"] == "stopped"
+    wait_for(lambda: not processes_matching("sleep 60.75"), timeout=5, what="the run's process gone")
+    assert time.monotonic() - asked <= 5.0
+    assert a.request("POST", "/task/slow/_stop").status == 409  # nothing active anywhere now
+    second = b.start_task("slow", {"seconds": "60.8"})
+    b.wait_run(second, states=("running",))
+    resp = a.request("DELETE", "/task/slow")
+    assert resp.status == 200 and resp.json()["stopped"] == [second], resp.text
+    assert b.run(second)["state"] == "stopped"
+    wait_for(lambda: b.request("GET", "/task/slow").status == 404, timeout=5, what="the task gone from node b")
+    assert not processes_matching("sleep 60.8")
+    assert a.stop() == 0 and b.stop() == 0

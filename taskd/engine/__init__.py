@@ -18,7 +18,7 @@ import structlog
 
 from taskd.clock import Clock, SystemClock, utc
 from taskd.config import Config
-from taskd.engine.nodes import Membership
+from taskd.engine.nodes import LEASE_S, Membership
 from taskd.engine.policy import FirePlan, admit, catch_up, claim_key, eligible, overload, plan_fire, task_status
 from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
 from taskd.engine.runs import RunTable, stop_grace, wait_runs
@@ -26,12 +26,12 @@ from taskd.engine.timer import APSchedulerTimer, FireCallback, Timer
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.live import LiveHub
 from taskd.metrics import Metrics
-from taskd.models import RunRecord, RunSummary, Trigger, new_run_id
+from taskd.models import ACTIVE_STATES, RunRecord, RunSummary, Trigger, new_run_id
 from taskd.processor import ProcessorType
 from taskd.processors import registry
 from taskd.runner import Run
 from taskd.slots import SlotPool
-from taskd.store.base import Fire, LogLine, Store
+from taskd.store.base import Fire, LogLine, RunQuery, Store
 
 log = structlog.get_logger("taskd.engine")
 CLAIM_DELAY_S = 0.05
@@ -100,6 +100,8 @@ class Engine:
             self.metrics.seed_last_successes(await self.store.last_successes())
         self._apply(self.config)
         await self.membership.join()
+        if self.store.clustered:
+            await self.store.listen(self._on_control)
         self._accepting = True
         self.timer.start()
         await self._catch_up()
@@ -378,34 +380,81 @@ class Engine:
         return self._load()
 
     async def stop_task(self, task_id: str, reason: str) -> list[str]:
-        """Stop every active run of the task; wait (bounded by their stop grace) until they end."""
-        self.entry(task_id)
+        """Stop every active run of the task, on every node; wait (bounded by their stop grace)
+        until they end."""
+        entry = self.entry(task_id)
         active = self.runs.active(task_id)
-        if not active:
+        remote = await self._remote_active(task_id)
+        if not active and not remote:
             raise Conflict(f"task {task_id!r} has no active run")
         for run in active:
             run.stop(reason)
-        await wait_runs(active, stop_grace(active))
-        return [run.id for run in active]
+        if remote:
+            await self._tell({"op": "stop", "task_id": task_id, "reason": reason})
+        await asyncio.gather(wait_runs(active, stop_grace(active)), self._wait_remote(remote, entry.plan.stop_grace_s))
+        return [run.id for run in active] + remote
 
     async def delete_task(self, task_id: str) -> list[str]:
-        """Stop active runs, remove the task, and keep a tombstone so it stays deleted."""
+        """Stop active runs (on every node), remove the task (from every node), and keep a
+        tombstone so it stays deleted."""
         entry = self.entry(task_id)
+        remote = await self._remote_active(task_id)
+        active = self._drop(task_id, entry.definition_hash)
+        self.store.add_tombstone(task_id, entry.definition_hash, self.clock.time())
+        if self.store.clustered:
+            await self._tell({"op": "delete", "task_id": task_id, "definition_hash": entry.definition_hash})
+        await asyncio.gather(wait_runs(active, stop_grace(active)), self._wait_remote(remote, entry.plan.stop_grace_s))
+        await self.store.flush()
+        log.info("task_deleted", task_id=task_id, stopped=[r.id for r in active] + remote)
+        return [run.id for run in active] + remote
+
+    def _drop(self, task_id: str, definition_hash: str) -> list[Run]:
+        """Stop the task's runs here and take it out of the registry; return the runs stopped."""
         active = self.runs.active(task_id)
         for run in active:
             run.stop("task deleted")
         self._unschedule(task_id)
-        del self._tasks[task_id]
+        self._tasks.pop(task_id, None)
         self._sorted = None
-        self._tombstones[task_id] = entry.definition_hash
-        self._held_back[task_id] = entry.definition_hash
-        self.store.add_tombstone(task_id, entry.definition_hash, self.clock.time())
+        self._tombstones[task_id] = definition_hash
+        self._held_back[task_id] = definition_hash
         if self.metrics is not None:
             self.metrics.forget_task(task_id)
-        await wait_runs(active, stop_grace(active))
-        await self.store.flush()
-        log.info("task_deleted", task_id=task_id, stopped=[r.id for r in active])
-        return [run.id for run in active]
+        return active
+
+    # -- other nodes (a shared PostgreSQL store) -----------------------------------------------------
+    async def _remote_active(self, task_id: str) -> list[str]:
+        """The task's active runs that other nodes hold."""
+        if not self.store.clustered:
+            return []
+        runs, _ = await self.store.list_runs(
+            RunQuery(task_ids=(task_id,), states=tuple(str(s) for s in ACTIVE_STATES), limit=10_000)
+        )
+        return [run.id for run in runs if run.node != self.membership.name]
+
+    async def _tell(self, message: dict[str, Any]) -> None:
+        await self.store.notify({**message, "from": self.membership.incarnation})
+
+    async def _wait_remote(self, run_ids: list[str], grace_s: float) -> None:
+        """Wait (at most `grace_s` and a lease) until other nodes have ended these runs."""
+        deadline = self.clock.time() + grace_s + LEASE_S
+        pending = list(run_ids)
+        while pending and self.clock.time() < deadline:
+            await asyncio.sleep(0.05)
+            runs = await asyncio.gather(*(self.store.get_run(run_id) for run_id in pending))
+            pending = [run.id for run in runs if run is not None and run.state in ACTIVE_STATES]
+
+    def _on_control(self, message: dict[str, Any]) -> None:
+        """What another node asks of this one."""
+        if message.get("from") == self.membership.incarnation:
+            return
+        task_id = str(message.get("task_id"))
+        if message.get("op") == "stop":
+            for run in self.runs.active(task_id):
+                run.stop(str(message.get("reason") or "stopped from another node"))
+        elif message.get("op") == "delete" and task_id in self._tasks:
+            stopped = self._drop(task_id, str(message.get("definition_hash")))
+            log.info("task_deleted", task_id=task_id, stopped=[r.id for r in stopped], by="another node")
 
     # -- reading the registry ----------------------------------------------------------------------
     def entry(self, task_id: str) -> TaskEntry:

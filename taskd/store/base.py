@@ -254,6 +254,12 @@ class Store(ABC):
         one node only, whatever the number asking."""
         return list(claims)
 
+    async def listen(self, callback: Callable[[dict[str, Any]], None]) -> None:  # noqa: B027  # alone: nothing
+        """Hear the control messages other nodes send (`notify`); alone on the store, there are none."""
+
+    async def notify(self, message: Mapping[str, Any]) -> None:  # noqa: B027  # alone: nobody to tell
+        """Send a control message to every other node (stop a task's runs, a task deleted)."""
+
 
 STATS_WINDOW = 1000
 """Task statistics consider the task's latest this many finished runs."""

@@ -10,7 +10,7 @@ Chosen by `store: {url: "postgresql://user@host:5432/db"}`. asyncpg, not psycopg
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -34,6 +34,8 @@ from taskd.store.rows import PARTIAL_STATE_INDEXES, attempt_params, run_from_row
 
 log = structlog.get_logger("taskd.store")
 
+CONTROL_CHANNEL = "taskd_control"
+"""The LISTEN/NOTIFY channel on which nodes tell each other to stop a task's runs or drop a task."""
 MIGRATION_LOCK = 0x7461736B64  # "taskd": the advisory lock held while the schema is migrated
 
 # Each entry moves the schema from version i to i + 1; never edit one that has shipped.
@@ -289,6 +291,8 @@ class PostgresStore(BufferedStore):
         self.schema = schema
         self._pool: asyncpg.Pool | None = None
         self._joined: str | None = None  # the incarnation this store registered
+        self._listener: asyncpg.Connection | None = None
+        self._on_message: Callable[[dict[str, Any]], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -330,6 +334,9 @@ class PostgresStore(BufferedStore):
         try:
             await self._stop_writer()
         finally:
+            listener, self._listener = self._listener, None
+            if listener is not None and not listener.is_closed():
+                await listener.close()
             await self._pool.close()
             self._pool = None
 
@@ -378,6 +385,7 @@ class PostgresStore(BufferedStore):
     clustered = True
 
     async def heartbeat(self, node: NodeInfo, lease_s: float) -> tuple[bool, list[str]]:
+        await self._ensure_listener()
         async with self._require().acquire() as db, db.transaction():
             now = float(await db.fetchval(SQL["server_now"]))
             held = await db.fetchrow(SQL["node_row"], node.name)
@@ -415,6 +423,34 @@ class PostgresStore(BufferedStore):
             )
             for r in await self._require().fetch(SQL["nodes"])
         ]
+
+    async def listen(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """LISTEN on the control channel, on a connection of its own (made again if it drops: each
+        heartbeat checks)."""
+        self._on_message = callback
+        await self._ensure_listener()
+
+    async def _ensure_listener(self) -> None:
+        if self._on_message is None or (self._listener is not None and not self._listener.is_closed()):
+            return
+        settings = {"search_path": self.schema} if self.schema else None
+        listener = await asyncpg.connect(self.url, server_settings=settings)
+        await listener.add_listener(CONTROL_CHANNEL, self._heard)
+        self._listener = listener
+
+    def _heard(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        if self._on_message is None:
+            return
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            log.warning("control_message_unreadable", payload=payload[:200])
+            return
+        if isinstance(message, dict):
+            self._on_message(message)
+
+    async def notify(self, message: Mapping[str, Any]) -> None:
+        await self._require().execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, json.dumps(dict(message)))
 
     async def claim_fires(self, node: str, claims: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
         if not claims:
