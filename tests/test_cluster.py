@@ -175,14 +175,17 @@ def test_placement_picks_the_nodes(daemon_factory: Callable[..., Daemon], url: s
 - {id: only_b, pipeline: note, schedule: '* * * * * *', placement: {nodes: [b]}}
 - {id: zone_a, pipeline: note, schedule: '* * * * * *', placement: {labels: {zone: za}}}
 - {id: slow, pipeline: wait, params: {seconds: "1"}, placement: {nodes: [b]}}
+- {id: nowhere, pipeline: note, placement: {nodes: [z]}}
 """
     ledger = tmp_path / "ledger.txt"
     a = node(daemon_factory, url, "a", ledger, tasks).start()
     b = node(daemon_factory, url, "b", ledger, tasks).start()
     time.sleep(3.5)
-    refused = a.request("POST", "/task/slow/_start")
-    assert refused.status == 409 and "may not run on this node (a)" in refused.json()["error"]["message"]
-    assert b.request("POST", "/task/slow/_start").status == 202
+    forwarded = a.request("POST", "/task/slow/_start")  # a may not run it: b does
+    assert forwarded.status == 202, forwarded.text
+    assert b.wait_run(forwarded.json()["run_id"])["node"] == "b"
+    refused = a.request("POST", "/task/nowhere/_start")
+    assert refused.status == 409 and "no live node it may run on" in refused.json()["error"]["message"]
     b.stop()
     runs = {task: a.runs(task) for task in ("everywhere", "only_b", "zone_a")}
     assert a.stop() == 0
@@ -201,6 +204,11 @@ def test_stop_and_delete_reach_the_node_that_holds_the_run(
     b = node(daemon_factory, url, "b", ledger).start()
     run_id = b.start_task("slow", {"seconds": "60.75"})
     b.wait_run(run_id, states=("running",))
+    # Node a shows the task as the cluster sees it: running, on b.
+    seen = a.request("GET", "/task/slow").json()
+    assert seen["status"] == "running" and seen["last_run"]["id"] == run_id
+    listed = {t["id"]: t for t in a.request("GET", "/tasks").json()["tasks"]}
+    assert listed["slow"]["status"] == "running"
     asked = time.monotonic()
     resp = a.request("POST", "/task/slow/_stop")  # asked of the node that does not hold it
     assert resp.status == 200 and resp.json()["stopped"] == [run_id], resp.text
@@ -208,6 +216,7 @@ def test_stop_and_delete_reach_the_node_that_holds_the_run(
     wait_for(lambda: not processes_matching("sleep 60.75"), timeout=5, what="the run's process gone")
     assert time.monotonic() - asked <= 5.0
     assert a.request("POST", "/task/slow/_stop").status == 409  # nothing active anywhere now
+    assert a.request("GET", "/task/slow").json()["status"] == "stopped"
     second = b.start_task("slow", {"seconds": "60.8"})
     b.wait_run(second, states=("running",))
     resp = a.request("DELETE", "/task/slow")

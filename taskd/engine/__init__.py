@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -18,7 +19,7 @@ import structlog
 
 from taskd.clock import Clock, SystemClock, utc
 from taskd.config import Config
-from taskd.engine.nodes import LEASE_S, Membership
+from taskd.engine.nodes import LEASE_S, Membership, alive
 from taskd.engine.policy import FirePlan, admit, catch_up, claim_key, eligible, overload, plan_fire, task_status
 from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
 from taskd.engine.runs import RunTable, stop_grace, wait_runs
@@ -34,6 +35,8 @@ from taskd.slots import SlotPool
 from taskd.store.base import Fire, LogLine, RunQuery, Store
 
 log = structlog.get_logger("taskd.engine")
+FORWARD_TIMEOUT_S = 5.0
+"""How long a manual start forwarded to another node waits for its answer."""
 CLAIM_DELAY_S = 0.05
 """With several nodes, a node with every slot busy waits this long before claiming a fire (one half
 busy, half as long): the least loaded node tends to claim first."""
@@ -82,7 +85,8 @@ class Engine:
         self._accepting = False
         self._hurry = asyncio.Event()
         self._digest = config_digest(config)
-        self._claims: set[asyncio.Task[None]] = set()  # fires being claimed from the cluster
+        self._claims: set[asyncio.Task[None]] = set()  # fires being claimed, replies being sent
+        self._requests: dict[str, asyncio.Future[dict[str, Any]]] = {}  # starts asked of other nodes
         self.membership = Membership(
             store, self.clock, config.node.name, config.node.labels, self._describe, self._lease_lost
         )
@@ -423,6 +427,20 @@ class Engine:
         return active
 
     # -- other nodes (a shared PostgreSQL store) -----------------------------------------------------
+    def _start_for_another(self, message: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"op": "started", "request": message.get("request")}
+        try:
+            params = message.get("params")
+            run = self.start_run(
+                str(message.get("task_id")), Trigger.MANUAL, params=params if isinstance(params, dict) else None
+            )
+            reply |= {"run_id": run.id, "state": str(run.state)}
+        except (Conflict, UnknownTask) as exc:
+            reply |= {"error": str(exc), "reason": getattr(exc, "reason", "not_found")}
+        task = asyncio.get_running_loop().create_task(self._tell(reply))
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
     async def _remote_active(self, task_id: str) -> list[str]:
         """The task's active runs that other nodes hold."""
         if not self.store.clustered:
@@ -444,9 +462,49 @@ class Engine:
             runs = await asyncio.gather(*(self.store.get_run(run_id) for run_id in pending))
             pending = [run.id for run in runs if run is not None and run.state in ACTIVE_STATES]
 
+    async def start_elsewhere(self, task_id: str, params: Mapping[str, Any] | None) -> tuple[str, str]:
+        """Start a manual run on a live node the task's placement allows, when this node may not
+        run it; answers (run id, state). Raises Conflict when no such node answers in time."""
+        entry = self.entry(task_id)
+        now = self.clock.time()
+        nodes = [
+            node
+            for node in await self.store.nodes()
+            if node.name != self.membership.name
+            and alive(node, now)
+            and eligible(entry.config.placement, node.name, node.labels)
+        ]
+        if not nodes:
+            raise Conflict(f"task {task_id!r} may not run on this node, and no live node it may run on", "placement")
+        target = min(nodes, key=lambda node: node.slots_in_use / max(node.slots, 1))  # the least loaded
+        request = uuid.uuid4().hex
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._requests[request] = answer
+        try:
+            await self._tell(
+                {"op": "start", "to": target.name, "task_id": task_id, "params": dict(params or {}), "request": request}
+            )
+            reply = await asyncio.wait_for(answer, FORWARD_TIMEOUT_S)
+        except TimeoutError:
+            raise Conflict(f"node {target.name} did not answer within {FORWARD_TIMEOUT_S:g} s", "placement") from None
+        finally:
+            self._requests.pop(request, None)
+        if reply.get("error"):
+            raise Conflict(str(reply["error"]), str(reply.get("reason") or "conflict"))
+        return str(reply["run_id"]), str(reply["state"])
+
     def _on_control(self, message: dict[str, Any]) -> None:
         """What another node asks of this one."""
         if message.get("from") == self.membership.incarnation:
+            return
+        if message.get("op") == "started":
+            waiting = self._requests.get(str(message.get("request")))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message)
+            return
+        if message.get("op") == "start":
+            if message.get("to") == self.membership.name:
+                self._start_for_another(message)
             return
         task_id = str(message.get("task_id"))
         if message.get("op") == "stop":

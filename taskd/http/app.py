@@ -20,7 +20,7 @@ from taskd import __version__
 from taskd.engine import Engine, TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.http import dashboard, events, openapi
-from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail
+from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail, with_cluster
 from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
@@ -247,6 +247,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         every = [views.row(e, now) for e in entries]
         every.sort(key=lambda v: (v[key] is None, v[key] or ""), reverse=descending)
         rows = every[offset : offset + limit]
+    await with_cluster(rows, engine, request.app[STORE], engine.clock.time())
     return _json({"tasks": rows, "total": len(entries), "limit": limit, "offset": offset})
 
 
@@ -254,6 +255,7 @@ async def get_task(request: web.Request) -> web.Response:
     engine, store = request.app[ENGINE], request.app[STORE]
     entry = _entry(request)
     view = request.app[VIEWS].detail(entry, _now(engine))
+    await with_cluster([view], engine, store, engine.clock.time())
     # Asked together: the store answers them in turn, but the loop waits once, not three times.
     stats, (recent, _), fires = await asyncio.gather(
         store.task_stats(entry.id),
@@ -295,12 +297,18 @@ async def start_task(request: web.Request) -> web.Response:
     entry = _entry(request)
     params = await _read_start_body(request)
     try:
-        run = engine.start_run(entry.id, Trigger.MANUAL, params=params)
+        try:
+            run = engine.start_run(entry.id, Trigger.MANUAL, params=params)
+            run_id, state = run.id, str(run.state)
+        except Conflict as exc:
+            if exc.reason != "placement" or not request.app[STORE].clustered:
+                raise
+            run_id, state = await engine.start_elsewhere(entry.id, params)  # a node it may run on
     except Overloaded as exc:
         raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
     except Conflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return _json({"run_id": run.id, "task_id": entry.id, "state": str(run.state)}, status=202)
+    return _json({"run_id": run_id, "task_id": entry.id, "state": state}, status=202)
 
 
 async def stop_task(request: web.Request) -> web.Response:

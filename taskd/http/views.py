@@ -11,8 +11,9 @@ from typing import Any
 from taskd.config import thaw
 from taskd.engine import Engine, TaskEntry
 from taskd.engine.nodes import alive, differs
+from taskd.engine.policy import task_status
 from taskd.metrics import Snapshot
-from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, iso
+from taskd.models import AttemptRecord, RunRecord, RunState, RunSummary, StepRecord, iso
 from taskd.schedule import Schedule
 from taskd.schedule_words import describe
 from taskd.store.base import Fire, NodeInfo, Store, Transition
@@ -134,6 +135,28 @@ class TaskViews:
         epoch = now.timestamp()
         view["active_runs"] = [run.record.to_json(epoch) for run in self._engine.active_runs(entry.id)]
         return view
+
+
+async def with_cluster(views: list[dict[str, Any]], engine: Engine, store: Store, now: float) -> None:
+    """With several nodes on the store, a task's last run and status are the cluster's: another
+    node may have run it since this one last did."""
+    if not store.clustered or not views:
+        return
+    latest, active = await store.latest_runs([view["id"] for view in views])
+    for view in views:
+        task_id = view["id"]
+        run = latest.get(task_id)
+        mine = view["last_run"]
+        if run is not None and (mine is None or run.id >= mine["id"]):  # ids grow with the time queued
+            view["last_run"] = last_run_view(run, now)
+            view["duration"] = view["last_run"]["duration"] if view["last_run"] else None
+        entry = engine.entry(task_id)
+        view["status"] = task_status(
+            entry.config.enabled,
+            [RunState(s) for s in active.get(task_id, ())],
+            None if view["last_run"] is None else view["last_run"]["state"],
+            scheduled=entry.schedule is not None,
+        )
 
 
 def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Snapshot:

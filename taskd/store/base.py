@@ -254,6 +254,11 @@ class Store(ABC):
         one node only, whatever the number asking."""
         return list(claims)
 
+    async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
+        """Of these tasks, across every node: the latest run of each, and the states of its active
+        runs. Alone on the store, the engine knows this already: nothing to add."""
+        return {}, {}
+
     async def listen(self, callback: Callable[[dict[str, Any]], None]) -> None:  # noqa: B027  # alone: nothing
         """Hear the control messages other nodes send (`notify`); alone on the store, there are none."""
 

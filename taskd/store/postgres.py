@@ -212,6 +212,14 @@ SQL = {
         UPDATE nodes SET dead_at = $1 WHERE dead_at IS NULL AND heartbeat_at < $2 RETURNING name
     """,
     "nodes": "SELECT * FROM nodes ORDER BY name",
+    "latest_runs": """
+        SELECT DISTINCT ON (task_id) * FROM runs WHERE task_id = ANY($1::text[])
+        ORDER BY task_id, queued_at DESC, id DESC
+    """,
+    "active_states": """
+        SELECT task_id, state FROM runs
+        WHERE task_id = ANY($1::text[]) AND state IN ('queued', 'running', 'retrying')
+    """,
     "claim_fires": """
         INSERT INTO fire_claims (task_id, instant, node, claimed_at)
         SELECT c.task_id, c.instant, $3, extract(epoch FROM clock_timestamp())
@@ -423,6 +431,16 @@ class PostgresStore(BufferedStore):
             )
             for r in await self._require().fetch(SQL["nodes"])
         ]
+
+    async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
+        if not task_ids:
+            return {}, {}
+        pool = self._require()
+        latest = {r["task_id"]: run_from_row(r) for r in await pool.fetch(SQL["latest_runs"], list(task_ids))}
+        active: dict[str, list[str]] = {}
+        for row in await pool.fetch(SQL["active_states"], list(task_ids)):
+            active.setdefault(row["task_id"], []).append(row["state"])
+        return latest, active
 
     async def listen(self, callback: Callable[[dict[str, Any]], None]) -> None:
         """LISTEN on the control channel, on a connection of its own (made again if it drops: each
