@@ -306,14 +306,24 @@ class Api:
         return dict(resp.json())
 
 
+ON_POSTGRES = os.environ.get("TASKD_TEST_STORE") == "postgres"
+"""TASKD_TEST_STORE=postgres runs the in-process API tests on PostgreSQL instead of SQLite files."""
+
+
 @pytest.fixture
-async def api_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
-    """Make an `Api` from a config text (`base_config(...)`); everything is closed at the end."""
+async def api_factory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
+    """Make an `Api` from a config text (`base_config(...)`); everything is closed at the end.
+    With TASKD_TEST_STORE=postgres, a config on the default SQLite file uses a fresh PostgreSQL
+    schema instead."""
     made: list[tuple[Api, Store]] = []
 
     async def make(config: str, env: dict[str, str] | None = None, heartbeat_s: float = 15.0) -> Api:
         directory = tmp_path / f"api{len(made)}"
         directory.mkdir()
+        if ON_POSTGRES and "store: {path: ./var/taskd.db}" in config:
+            url = f"{POSTGRES_URL}?search_path={await postgres_schema(request)}_{len(made)}"
+            await _create_schema(url.rpartition("=")[2])
+            config = config.replace("store: {path: ./var/taskd.db}", f"store: {{url: '{url}'}}")
         (directory / "taskd.yml").write_text(textwrap.dedent(config).replace("{port}", "0"))
         loaded = load_config(directory / "taskd.yml", env or {})
         metrics = Metrics(__version__, per_task=loaded.metrics.per_task)
@@ -370,3 +380,13 @@ async def postgres_schema(request: pytest.FixtureRequest) -> str:
 
     request.addfinalizer(drop)
     return schema
+
+
+async def _create_schema(name: str) -> None:
+    import asyncpg
+
+    db = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    try:
+        await db.execute(f'CREATE SCHEMA IF NOT EXISTS "{name}"')
+    finally:
+        await db.close()

@@ -35,7 +35,8 @@ from taskd.store.rows import PARTIAL_STATE_INDEXES, attempt_params, run_from_row
 log = structlog.get_logger("taskd.store")
 
 CONTROL_CHANNEL = "taskd_control"
-"""The LISTEN/NOTIFY channel on which nodes tell each other to stop a task's runs or drop a task."""
+"""The LISTEN/NOTIFY channel on which nodes tell each other to stop a task's runs or drop a task,
+followed by the schema's name: NOTIFY reaches the whole database, and each schema is a cluster."""
 MIGRATION_LOCK = 0x7461736B64  # "taskd": the advisory lock held while the schema is migrated
 
 # Each entry moves the schema from version i to i + 1; never edit one that has shipped.
@@ -300,6 +301,7 @@ class PostgresStore(BufferedStore):
         self._pool: asyncpg.Pool | None = None
         self._joined: str | None = None  # the incarnation this store registered
         self._listener: asyncpg.Connection | None = None
+        self._channel = CONTROL_CHANNEL  # made the schema's own at open: clusters in one database stay apart
         self._on_message: Callable[[dict[str, Any]], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -313,6 +315,8 @@ class PostgresStore(BufferedStore):
             raise StoreError(f"cannot open the store at {redacted(self.url)}: {exc}") from exc
         try:
             await self._migrate()
+            current = await self._pool.fetchval("SELECT current_schema()")
+            self._channel = f"{CONTROL_CHANNEL}_{current}"[:63]
         except BaseException:
             await self._pool.close()
             self._pool = None
@@ -453,7 +457,7 @@ class PostgresStore(BufferedStore):
             return
         settings = {"search_path": self.schema} if self.schema else None
         listener = await asyncpg.connect(self.url, server_settings=settings)
-        await listener.add_listener(CONTROL_CHANNEL, self._heard)
+        await listener.add_listener(self._channel, self._heard)
         self._listener = listener
 
     def _heard(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -468,7 +472,7 @@ class PostgresStore(BufferedStore):
             self._on_message(message)
 
     async def notify(self, message: Mapping[str, Any]) -> None:
-        await self._require().execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, json.dumps(dict(message)))
+        await self._require().execute("SELECT pg_notify($1, $2)", self._channel, json.dumps(dict(message)))
 
     async def claim_fires(self, node: str, claims: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
         if not claims:
