@@ -4,6 +4,7 @@ and the real aiohttp app with the real engine and SQLite store in-process, on an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -15,7 +16,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -209,12 +210,21 @@ class Daemon:
 
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Make Daemon objects in tmp_path; whatever is still running at the end is killed."""
+    """Make Daemon objects in tmp_path; whatever is still running at the end is killed. With
+    TASKD_TEST_STORE=postgres, a config on the default SQLite file gets a PostgreSQL schema of its
+    own instead (one per daemon directory, dropped at the end)."""
     made: list[Daemon] = []
+    schemas: dict[Path, str] = {}
 
     def make(config: str, env: dict[str, str] | None = None, subdir: str = "d") -> Daemon:
         directory = tmp_path / subdir
         directory.mkdir(exist_ok=True)
+        if ON_POSTGRES and "store: {path: ./var/taskd.db}" in config:
+            if directory not in schemas:
+                schemas[directory] = f"taskd_test_{os.getpid()}_{abs(hash(str(directory))) % 10**9}"
+                _blocking(_create_schema(schemas[directory]))
+            url = f"{POSTGRES_URL}?search_path={schemas[directory]}"
+            config = config.replace("store: {path: ./var/taskd.db}", f"store: {{url: '{url}'}}")
         daemon = Daemon(directory, config, env)
         made.append(daemon)
         return daemon
@@ -224,6 +234,8 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.send_signal(signal.SIGKILL)
             daemon.proc.wait()
+    for schema in schemas.values():
+        _blocking(_drop_schema(schema))
 
 
 def processes_matching(marker: str) -> list[int]:
@@ -380,6 +392,22 @@ async def postgres_schema(request: pytest.FixtureRequest) -> str:
 
     request.addfinalizer(drop)
     return schema
+
+
+def _blocking(coro: Coroutine[Any, Any, None]) -> None:
+    """Run `coro` to its end from synchronous code, even where a loop runs (Playwright's sync API)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
+async def _drop_schema(name: str) -> None:
+    import asyncpg
+
+    db = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    try:
+        await db.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await db.close()
 
 
 async def _create_schema(name: str) -> None:
