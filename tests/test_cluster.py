@@ -8,7 +8,7 @@ import collections
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,13 @@ PIPELINES = """
 - {name: note, processors: [{shell: {command: 'echo "$TASKD_TASK_ID $TASKD_RUN_ID" >> "$LEDGER"'}}]}
 - {name: wait, processors: [{shell: {command: 'sleep "$TASKD_PARAM_SECONDS"'}}]}
 """
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    """A node killed by the test (or by the fixture after a failure) leaves its step's `sleep`."""
+    yield
+    kill_matching("sleep 60.")
 
 
 @pytest.fixture
@@ -209,6 +216,10 @@ def test_stop_and_delete_reach_the_node_that_holds_the_run(
     assert seen["status"] == "running" and seen["last_run"]["id"] == run_id
     listed = {t["id"]: t for t in a.request("GET", "/tasks").json()["tasks"]}
     assert listed["slow"]["status"] == "running"
+    running = a.request("GET", "/tasks?status=running").json()
+    assert [t["id"] for t in running["tasks"]] == ["slow"] and running["total"] == 1
+    statuses = [t["status"] for t in a.request("GET", "/tasks?sort=-status").json()["tasks"]]
+    assert "running" in statuses and statuses == sorted(statuses, reverse=True)
     asked = time.monotonic()
     resp = a.request("POST", "/task/slow/_stop")  # asked of the node that does not hold it
     assert resp.status == 200 and resp.json()["stopped"] == [run_id], resp.text

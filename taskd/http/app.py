@@ -219,6 +219,22 @@ async def list_tasks(request: web.Request) -> web.Response:
     descending = sort.startswith("-")
     if sort.lstrip("-") not in SORT_KEYS:
         raise ApiError(400, "bad_request", f"sort must be one of {', '.join(sorted(SORT_KEYS))} (prefix - to reverse)")
+    store = request.app[STORE]
+    if store.clustered and (status is not None or sort.lstrip("-") == "status"):
+        # Status as the cluster sees it: every matching task's, from the shared store.
+        now = _now(engine)
+        every = [
+            views.row(e, now)
+            for e in engine.entries()
+            if not needle or needle in e.id.lower() or needle in e.config.display_name.lower()
+        ]
+        await with_cluster(every, engine, store, engine.clock.time())
+        if status is not None:
+            every = [view for view in every if view["status"] == status]
+        key = sort.lstrip("-")
+        every.sort(key=lambda v: (v[key] is None, v[key] or ""), reverse=descending)
+        rows = every[offset : offset + limit]
+        return _json({"tasks": rows, "total": len(every), "limit": limit, "offset": offset})
     entries: list[TaskEntry]
     if needle or status is not None:
         entries = [
@@ -247,7 +263,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         every = [views.row(e, now) for e in entries]
         every.sort(key=lambda v: (v[key] is None, v[key] or ""), reverse=descending)
         rows = every[offset : offset + limit]
-    await with_cluster(rows, engine, request.app[STORE], engine.clock.time())
+    await with_cluster(rows, engine, store, engine.clock.time())
     return _json({"tasks": rows, "total": len(entries), "limit": limit, "offset": offset})
 
 
