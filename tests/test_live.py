@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -173,3 +174,22 @@ async def test_one_publish_wakes_every_waiting_follower() -> None:
         await asyncio.wait_for(asyncio.gather(*waits), 1)
         assert [e.line for e in a.pending()] == [e.line for e in b.pending()] == ["hello"]  # type: ignore[union-attr]
         assert other.pending() == []
+
+
+def test_followers_that_hang_up_cost_no_error(daemon_factory: Callable[..., Daemon]) -> None:
+    """A follower that closes its connection is let go quietly, however the stream goes on: no
+    handler error in the log when states are published to it, or when the daemon stops."""
+    config = base_config("- {id: quick, pipeline: p}", "- {name: p, processors: [{sleep: {duration: 0}}]}")
+    daemon = daemon_factory(config).start()
+    for path in ("/events", "/events", f"/run/{daemon.start_task('quick')}/log?follow=1"):
+        with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+            assert b"200 OK" in sock.recv(4096)
+    for _ in range(5):  # state changes published to the gone followers
+        daemon.wait_run(daemon.start_task("quick"))
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:  # and one gone at shutdown
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200 OK" in sock.recv(4096)
+        sock.shutdown(socket.SHUT_WR)
+        assert daemon.stop() == 0
+    assert "api_handler_failed" not in daemon.output()

@@ -139,27 +139,40 @@ async def follow_log(
     with _tracked(request), engine.live.follow_run(run_id) as subscription:
         # Subscribed before reading the history: a line written meanwhile is in both; seq dedupes.
         response = await _open(request)
-        for line in await store.run_log(run_id, after_seq):
-            await response.write(_line(line))
-            after_seq = line.seq
-        final = await _final(engine, store, run_id)
-        if final is None:
-            async for event in _incoming(request, subscription, response):
-                if isinstance(event, LogLine):
-                    if event.seq > after_seq:
-                        await response.write(_line(event))
-                        after_seq = event.seq
-                elif event.state not in ACTIVE_STATES:
-                    final = (event.state, event.error)
-                    break
-        if final is not None:
-            for event in subscription.pending():  # lines written just before the end
-                if isinstance(event, LogLine) and event.seq > after_seq:
+        with contextlib.suppress(ConnectionResetError):  # the follower went away: nobody to tell
+            await _stream_log(request, engine, store, run_id, after_seq, subscription, response)
+            await response.write_eof()
+        return response
+
+
+async def _stream_log(
+    request: web.Request,
+    engine: Engine,
+    store: Store,
+    run_id: str,
+    after_seq: int,
+    subscription: Subscription,
+    response: web.StreamResponse,
+) -> None:
+    for line in await store.run_log(run_id, after_seq):
+        await response.write(_line(line))
+        after_seq = line.seq
+    final = await _final(engine, store, run_id)
+    if final is None:
+        async for event in _incoming(request, subscription, response):
+            if isinstance(event, LogLine):
+                if event.seq > after_seq:
                     await response.write(_line(event))
                     after_seq = event.seq
-            await response.write(_event({"state": final[0], "error": final[1]}, name="end"))
-        await response.write_eof()
-        return response
+            elif event.state not in ACTIVE_STATES:
+                final = (event.state, event.error)
+                break
+    if final is not None:
+        for event in subscription.pending():  # lines written just before the end
+            if isinstance(event, LogLine) and event.seq > after_seq:
+                await response.write(_line(event))
+                after_seq = event.seq
+        await response.write(_event({"state": final[0], "error": final[1]}, name="end"))
 
 
 async def _final(engine: Engine, store: Store, run_id: str) -> tuple[str, str | None] | None:
@@ -177,15 +190,16 @@ async def follow_states(request: web.Request, engine: Engine) -> web.StreamRespo
     """Every run's state changes as they happen (`event: run`), with a comment heartbeat."""
     with _tracked(request), engine.live.follow_all() as subscription:
         response = await _open(request)
-        async for event in _incoming(request, subscription, response):
-            if isinstance(event, StateChange):
-                body = {
-                    "run_id": event.run_id,
-                    "task_id": event.task_id,
-                    "state": event.state,
-                    "at": iso(event.at),
-                    "error": event.error,
-                }
-                await response.write(_event(body, name="run"))
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the follower went away: nobody to tell
+            async for event in _incoming(request, subscription, response):
+                if isinstance(event, StateChange):
+                    body = {
+                        "run_id": event.run_id,
+                        "task_id": event.task_id,
+                        "state": event.state,
+                        "at": iso(event.at),
+                        "error": event.error,
+                    }
+                    await response.write(_event(body, name="run"))
+            await response.write_eof()
         return response

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskd.config import thaw
-from taskd.engine import Engine, TaskEntry
+from taskd.engine import Engine, TaskEntry, UnknownTask
 from taskd.engine.nodes import alive, differs
 from taskd.engine.policy import task_status
 from taskd.metrics import Snapshot
@@ -150,7 +150,10 @@ async def with_cluster(views: list[dict[str, Any]], engine: Engine, store: Store
         if run is not None and (mine is None or run.id >= mine["id"]):  # ids grow with the time queued
             view["last_run"] = last_run_view(run, now)
             view["duration"] = view["last_run"]["duration"] if view["last_run"] else None
-        entry = engine.entry(task_id)
+        try:
+            entry = engine.entry(task_id)
+        except UnknownTask:  # deleted while the store answered: the row stands as it was built
+            continue
         view["status"] = task_status(
             entry.config.enabled,
             [RunState(s) for s in active.get(task_id, ())],
