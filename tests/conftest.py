@@ -373,22 +373,13 @@ async def postgres_schema(request: pytest.FixtureRequest) -> str:
         if os.environ.get("TASKD_REQUIRE_POSTGRES"):
             raise
         pytest.skip(f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc}")
+    await db.close()
     schema = f"taskd_test_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**9}"
-    try:
-        await db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await db.execute(f'CREATE SCHEMA "{schema}"')
-    finally:
-        await db.close()
+    await _drop_schema(schema)
+    await _create_schema(schema)
 
     def drop() -> None:
-        async def run() -> None:
-            conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
-
-        asyncio.run(run())
+        _blocking(_drop_schema(schema))
 
     request.addfinalizer(drop)
     return schema
@@ -401,20 +392,18 @@ def _blocking(coro: Coroutine[Any, Any, None]) -> None:
 
 
 async def _drop_schema(name: str) -> None:
-    import asyncpg
-
-    db = await asyncpg.connect(POSTGRES_URL, timeout=5)
-    try:
-        await db.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await db.close()
+    await _schema_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 async def _create_schema(name: str) -> None:
+    await _schema_sql(f'CREATE SCHEMA IF NOT EXISTS "{name}"')
+
+
+async def _schema_sql(sql: str) -> None:
     import asyncpg
 
     db = await asyncpg.connect(POSTGRES_URL, timeout=5)
     try:
-        await db.execute(f'CREATE SCHEMA IF NOT EXISTS "{name}"')
+        await db.execute(sql)
     finally:
         await db.close()

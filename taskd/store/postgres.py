@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord
 from taskd.store.base import (
     STATS_WINDOW,
     Fire,
@@ -30,7 +30,18 @@ from taskd.store.base import (
     run_stats,
 )
 from taskd.store.buffer import Batch, BufferedStore
-from taskd.store.rows import PARTIAL_STATE_INDEXES, attempt_params, run_from_row, run_params, step_params
+from taskd.store.rows import (
+    PARTIAL_STATE_INDEXES,
+    attempt_from_row,
+    attempt_params,
+    fire_from_row,
+    log_from_row,
+    run_from_row,
+    run_params,
+    step_from_row,
+    step_params,
+    transition_from_row,
+)
 
 log = structlog.get_logger("taskd.store")
 
@@ -553,45 +564,19 @@ class PostgresStore(BufferedStore):
         return int(await pool.fetchval(f"SELECT count(*) FROM runs {clause}", *params))
 
     async def attempts(self, run_id: str) -> list[AttemptRecord]:
-        return [
-            AttemptRecord(
-                r["run_id"], r["number"], r["started_at"], StepState(r["state"]), r["finished_at"], r["error"]
-            )
-            for r in await self._fetch("attempts", run_id)
-        ]
+        return [attempt_from_row(r) for r in await self._fetch("attempts", run_id)]
 
     async def steps(self, run_id: str) -> list[StepRecord]:
-        return [
-            StepRecord(
-                r["run_id"],
-                r["attempt"],
-                r["idx"],
-                r["type"],
-                r["started_at"],
-                StepState(r["state"]),
-                r["finished_at"],
-                r["error"],
-            )
-            for r in await self._fetch("steps", run_id)
-        ]
+        return [step_from_row(r) for r in await self._fetch("steps", run_id)]
 
     async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]:
-        return [
-            LogLine(r["run_id"], r["seq"], r["ts"], r["stream"], r["line"])
-            for r in await self._fetch("run_log", run_id, after_seq)
-        ]
+        return [log_from_row(r) for r in await self._fetch("run_log", run_id, after_seq)]
 
     async def transitions(self, run_id: str) -> list[Transition]:
-        return [
-            Transition(r["run_id"], r["seq"], r["at"], r["state"], r["detail"])
-            for r in await self._fetch("transitions", run_id)
-        ]
+        return [transition_from_row(r) for r in await self._fetch("transitions", run_id)]
 
     async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
-        return [
-            Fire(r["task_id"], r["instant"], r["kind"], r["reason"], r["recorded_at"])
-            for r in await self._fetch("fires", task_id, limit, fresh=False)
-        ]
+        return [fire_from_row(r) for r in await self._fetch("fires", task_id, limit, fresh=False)]
 
     async def last_runs(self) -> dict[str, RunRecord]:
         return {run.task_id: run for run in map(run_from_row, await self._fetch("last_runs"))}

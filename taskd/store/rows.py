@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, Trigger
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger
+from taskd.store.base import Fire, LogLine, Transition
 
 PARTIAL_STATE_INDEXES = (
     (frozenset({"failed", "stopped", "interrupted"}), "state IN ('failed', 'stopped', 'interrupted')"),
@@ -65,3 +66,32 @@ def run_from_row(row: Row) -> RunRecord:
         priority=row["priority"],
         node=row["node"],
     )
+
+
+def attempt_from_row(r: Row) -> AttemptRecord:
+    return AttemptRecord(r["run_id"], r["number"], r["started_at"], StepState(r["state"]), r["finished_at"], r["error"])
+
+
+def step_from_row(r: Row) -> StepRecord:
+    return StepRecord(
+        r["run_id"],
+        r["attempt"],
+        r["idx"],
+        r["type"],
+        r["started_at"],
+        StepState(r["state"]),
+        r["finished_at"],
+        r["error"],
+    )
+
+
+def log_from_row(r: Row) -> LogLine:
+    return LogLine(r["run_id"], r["seq"], r["ts"], r["stream"], r["line"])
+
+
+def transition_from_row(r: Row) -> Transition:
+    return Transition(r["run_id"], r["seq"], r["at"], r["state"], r["detail"])
+
+
+def fire_from_row(r: Row) -> Fire:
+    return Fire(r["task_id"], r["instant"], r["kind"], r["reason"], r["recorded_at"])
