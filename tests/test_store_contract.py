@@ -4,15 +4,18 @@ same."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import POSTGRES_URL, postgres_schema
 
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, new_run_id
 from taskd.store import Fire, LogLine, MemoryStore, RunQuery, SQLiteStore, Store, StoreError, Transition
+from taskd.store.base import RUN_SORTS
 from taskd.store.postgres import PostgresStore
 
 Reopen = Callable[[], Awaitable[Store]]
@@ -162,12 +165,15 @@ async def test_run_search_by_lists_text_and_every_sort_key(store: Store) -> None
     assert await ids(text="DISK FULL") == [1]  # error, any case
     assert await ids(text="srv") == [1, 0]  # error and params
     assert await ids(text="50%_") == [2]  # wildcards are literal
+    assert await ids(text="%_") == [2]  # shorter than three characters too
+    assert await ids(text='"who') == [2]  # a quote is a character like any other
+    assert await ids(text="ALICE") == [2]  # any case, in params too
     assert await ids(text="backup") == []  # the task id is the API's business (text_task_ids)
     assert await ids(text="zzz", text_task_ids=("cleanup",)) == [4]  # a task whose name matched
     assert await ids(sort="queued_at", descending=False) == [0, 1, 2, 3, 4]
     assert await ids(sort="started_at", descending=False) == [4, 0, 1, 2, 3]  # missing values first
     assert await ids(sort="started_at") == [3, 2, 1, 0, 4]  # and last, descending
-    # Ties (no value) are broken by run id, in the same direction; ids follow the queued time.
+    # Ties (no value) are broken by the queued time, then the run id, in the same direction.
     assert await ids(sort="duration") == [0, 1, 2, 4, 3]  # 30 s, 1 s, 0.5 s, then the unfinished
     assert await ids(sort="finished_at", descending=False, limit=2) == [3, 4]
     assert await ids(sort="finished_at", descending=False, offset=2) == [1, 2, 0]
@@ -175,6 +181,93 @@ async def test_run_search_by_lists_text_and_every_sort_key(store: Store) -> None
     assert await ids(sort="state", descending=False) == [0, 2, 1, 4, 3]
     with pytest.raises(ValueError, match="sort must be one of"):
         RunQuery(sort="color")
+
+
+async def test_a_text_search_follows_a_run_through_its_saves(store: Store) -> None:
+    """What `q` finds is what the run holds now: an error that a later attempt took away is no
+    longer found, and a run saved many times is found once."""
+    run = _record("flaky")
+    run.params = {"target": "/srv/alpha"}
+    plain = _record("plain")
+
+    async def found(text: str) -> list[str]:
+        runs, total = await store.list_runs(RunQuery(text=text))
+        assert total == len(runs)
+        return [r.id for r in runs]
+
+    for record in (run, plain):
+        store.save_run(record)
+    assert await found("alpha") == [run.id]
+    run.state, run.attempts, run.error = RunState.RETRYING, 1, "copy: disk full"
+    plain.state, plain.attempts, plain.error = RunState.RETRYING, 1, "exit code 3"
+    for record in (run, plain):
+        store.save_run(record)
+    assert await found("disk full") == [run.id]
+    assert await found("exit code") == [plain.id]
+    run.state, run.attempts, run.error = RunState.COMPLETED, 2, None
+    plain.state, plain.attempts, plain.error = RunState.COMPLETED, 2, None
+    for record in (run, plain):
+        store.save_run(record)
+    assert await found("disk full") == []
+    assert await found("exit code") == []
+    assert await found("alpha") == [run.id]  # params stay, once
+    failed = _record("broken")
+    store.save_run(failed)
+    failed.state, failed.attempts, failed.error = RunState.FAILED, 1, "HTTP 503 from upstream"
+    store.save_run(failed)
+    assert await found("503") == [failed.id]
+
+
+async def test_run_search_answers_as_the_reference_store_page_by_page(store: Store) -> None:
+    """Every filter, sort key, direction and page against the in-memory store as the reference.
+    SQLite reads a search through a filter's index (few matches) or in the sort's order (many),
+    chosen by the count: both ways are exercised here."""
+    rng = random.Random(11)
+    runs = []
+    for i in range(400):
+        state = rng.choice([RunState.COMPLETED] * 8 + [RunState.FAILED, RunState.RUNNING, RunState.QUEUED])
+        run = RunRecord(
+            id=new_run_id(1000.0 + rng.random() * 400),  # ids out of queued order: ties show the rule
+            task_id=rng.choice("abcde"),
+            trigger=rng.choice([Trigger.SCHEDULE, Trigger.SCHEDULE, Trigger.MANUAL]),
+            queued_at=1000.0 + i // 2,  # pairs queued at once: ties
+            state=state,
+            started_at=None if state is RunState.QUEUED else 1000.0 + i // 2 + rng.choice([0.0, 0.5]),
+            finished_at=1001.0 + i // 2 + rng.randrange(5) if state in (RunState.COMPLETED, RunState.FAILED) else None,
+            attempts=1,
+            error="copy: Disk full on /srv" if state is RunState.FAILED else None,
+            params={"target": f"/srv/{rng.choice(['alpha', 'beta'])}"} if rng.random() < 0.3 else {},
+        )
+        runs.append(run)
+    reference = MemoryStore()
+    await reference.open()
+    try:
+        for run in runs:
+            store.save_run(run)
+            reference.save_run(run)
+        filters: list[dict[str, Any]] = [
+            {},
+            {"states": ("completed",)},
+            {"states": ("failed", "running")},
+            {"task_ids": ("a", "b")},
+            {"triggers": ("manual",)},
+            {"triggers": ("schedule",), "states": ("completed",)},
+            {"since": 1050.0, "until": 1150.0},
+            {"text": "disk FULL"},
+            {"text": "/srv"},
+            {"text": "al", "text_task_ids": ("c",)},
+            {"text": "beta", "states": ("completed", "failed")},
+        ]
+        for spec in filters:
+            for sort in RUN_SORTS:
+                for descending in (True, False):
+                    for limit, offset in ((50, 0), (3, 0), (7, 21), (50, 390)):
+                        query = RunQuery(**spec, sort=sort, descending=descending, limit=limit, offset=offset)
+                        got, total = await store.list_runs(query)
+                        want, expected = await reference.list_runs(query)
+                        assert ([r.id for r in got], total) == ([r.id for r in want], expected), query
+    finally:
+        await reference.close()
 
 
 async def test_a_run_keeps_its_params_trigger_and_timings(store: Store) -> None:
@@ -252,6 +345,8 @@ async def test_recover_marks_active_runs_interrupted_after_a_restart(backend: tu
     assert (await reopened.attempts(running.id))[0].state is StepState.INTERRUPTED
     assert (await reopened.steps(running.id))[0].state is StepState.INTERRUPTED
     assert [(t.seq, t.state) for t in await reopened.transitions(running.id)][-1] == (3, "interrupted")
+    found, total = await reopened.list_runs(RunQuery(text="taskd exited"))  # the new error is searchable
+    assert total == 1 and found[0].id == running.id
     unchanged = await reopened.get_run(done.id)
     assert unchanged is not None and unchanged.state is RunState.COMPLETED
     assert await reopened.recover_interrupted(60.0) == []  # nothing twice

@@ -89,7 +89,8 @@ class NodeInfo:
 
 RUN_SORTS = ("queued_at", "started_at", "finished_at", "duration", "state", "task_id")
 """What run history can be sorted by. A run without the value (not started or not finished yet)
-sorts before every value, so it comes first ascending and last descending."""
+sorts before every value, so it comes first ascending and last descending. Runs with the same
+value are ordered by when they were queued, then by id, in the same direction."""
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,8 @@ class MemoryStore(BufferedStore):
             and (query.until is None or run.queued_at < query.until)
             and (needle is None or needle in _searched_text(run) or run.task_id in query.text_task_ids)
         ]
-        matching.sort(key=lambda run: (_sort_value(run, query.sort), run.id), reverse=query.descending)
+        # ties: by the queued time, then the run id, in the same direction
+        matching.sort(key=lambda run: (_sort_value(run, query.sort), run.queued_at, run.id), reverse=query.descending)
         page = matching[query.offset : query.offset + query.limit]
         return [copy.copy(run) for run in page], len(matching)
 

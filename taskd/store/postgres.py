@@ -540,8 +540,9 @@ class PostgresStore(BufferedStore):
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "DESC NULLS LAST" if query.descending else "ASC NULLS FIRST"
         tie = "DESC" if query.descending else "ASC"
+        ties = f"id {tie}" if query.sort == "queued_at" else f"queued_at {tie}, id {tie}"
         page = (
-            f"ORDER BY {SORT_COLUMNS[query.sort]} {order}, id {tie} LIMIT {arg(query.limit)} OFFSET {arg(query.offset)}"
+            f"ORDER BY {SORT_COLUMNS[query.sort]} {order}, {ties} LIMIT {arg(query.limit)} OFFSET {arg(query.offset)}"
         )
         pool = self._require()
         rows = await pool.fetch(f"SELECT * FROM runs {clause} {page}", *params)
