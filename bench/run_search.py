@@ -1,6 +1,7 @@
 """Run search on a large history: N runs in a real SQLite store (the daemon's schema, migrations and
-text index), and the `GET /runs` queries timed through `SQLiteStore.list_runs`, which the API calls
-(the reply's JSON and HTTP add well under a millisecond for 50 runs)."""
+text index), and the `GET /runs` queries timed through the store's `list_runs`, which the API calls
+(the reply's JSON and HTTP add well under a millisecond for 50 runs). The same history is then
+written to the PostgreSQL store, if the server is reachable, and the same queries timed there."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bench.cluster import POSTGRES, schema
 from bench.common import percentile
+
+if TYPE_CHECKING:
+    from taskd.store import Store
 
 QUERIES: dict[str, dict[str, Any]] = {
     "newest 50": {},
@@ -40,63 +45,77 @@ QUERIES: dict[str, dict[str, Any]] = {
 ERRORS = ["copy: disk full on /srv", "exit code 2", "timed out after 30s", "HTTP 503 from upstream"]
 
 
-def measure(runs: int = 1_000_000, repeats: int = 20) -> dict[str, Any]:
+def measure(runs: int = 1_000_000, repeats: int = 20, postgres_repeats: int = 5) -> dict[str, Any]:
+    from taskd.store.postgres import PostgresStore
+    from taskd.store.sqlite import SQLiteStore
+
     with tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp:
         path = Path(tmp) / "taskd.db"
         began = time.perf_counter()
-        now = _fill(path, runs)
+        now = asyncio.run(_fill(SQLiteStore(path), runs))
         fill_s = time.perf_counter() - began
-        results = asyncio.run(_time(path, now, repeats))
-    return {"runs": runs, "fill_s": round(fill_s, 1), "queries": results}
+        results = asyncio.run(_time(SQLiteStore(path), now, repeats))
+    out: dict[str, Any] = {"runs": runs, "fill_s": round(fill_s, 1), "queries": results}
+    try:
+        with schema() as url:
+            now = asyncio.run(_fill(PostgresStore(url), runs))
+            asyncio.run(_vacuum(url))
+            out["postgres"] = asyncio.run(_time(PostgresStore(url), now, postgres_repeats))
+    except OSError as exc:  # no PostgreSQL server here: the section says so
+        out["postgres"] = {"skipped": f"PostgreSQL at {POSTGRES} is not reachable: {exc}"}
+    return out
 
 
-def _fill(path: Path, count: int) -> float:
+async def _vacuum(url: str) -> None:
+    """What autovacuum does to a table that has grown for a while: statistics and the visibility map."""
+    import asyncpg
+
+    db = await asyncpg.connect(POSTGRES)
+    try:
+        await db.execute(f'VACUUM ANALYZE "{url.rsplit("search_path=", 1)[1]}".runs')
+    finally:
+        await db.close()
+
+
+async def _fill(store: Store, count: int) -> float:
     """`count` finished runs over the last 30 days, written through the store's own writer (so the
     text index is kept as the daemon keeps it): 1,000 tasks, 5% failed, 10% manual, 30% with params.
-    No ANALYZE: the daemon never runs it, so the planner works without statistics here too."""
+    SQLite gets no ANALYZE: the daemon never runs it, so the planner works without statistics here too."""
     from taskd.models import RunRecord, RunState, Trigger
-    from taskd.store.sqlite import SQLiteStore
 
     rng = random.Random(7)
     now = time.time()
     span = 30 * 86400
-
-    async def fill() -> None:
-        store = SQLiteStore(path)
-        await store.open()
-        try:
-            for i in range(count):
-                queued = now - span + span * i / count
-                failed = rng.random() < 0.05
-                started = queued + rng.random() * 0.1
-                run = RunRecord(
-                    id=f"{int(queued * 1000):012x}{i:08x}",
-                    task_id=f"t{rng.randrange(1000):05d}",
-                    trigger=Trigger.MANUAL if rng.random() < 0.1 else Trigger.SCHEDULE,
-                    queued_at=queued,
-                    state=RunState.FAILED if failed else RunState.COMPLETED,
-                    scheduled_at=queued,
-                    started_at=started,
-                    finished_at=started + rng.expovariate(1 / 5),
-                    attempts=1,
-                    error=rng.choice(ERRORS) if failed else None,
-                    params={"target": f"/srv-{rng.randrange(10_000):04d}"} if rng.random() < 0.3 else {},
-                )
-                store.save_run(run)
-                if i % 20_000 == 19_999:
-                    await store.flush()
-        finally:
-            await store.close()
-
-    asyncio.run(fill())
+    await store.open()
+    try:
+        for i in range(count):
+            queued = now - span + span * i / count
+            failed = rng.random() < 0.05
+            started = queued + rng.random() * 0.1
+            run = RunRecord(
+                id=f"{int(queued * 1000):012x}{i:08x}",
+                task_id=f"t{rng.randrange(1000):05d}",
+                trigger=Trigger.MANUAL if rng.random() < 0.1 else Trigger.SCHEDULE,
+                queued_at=queued,
+                state=RunState.FAILED if failed else RunState.COMPLETED,
+                scheduled_at=queued,
+                started_at=started,
+                finished_at=started + rng.expovariate(1 / 5),
+                attempts=1,
+                error=rng.choice(ERRORS) if failed else None,
+                params={"target": f"/srv-{rng.randrange(10_000):04d}"} if rng.random() < 0.3 else {},
+            )
+            store.save_run(run)
+            if i % 20_000 == 19_999:
+                await store.flush()
+    finally:
+        await store.close()
     return now
 
 
-async def _time(path: Path, now: float, repeats: int) -> dict[str, Any]:
+async def _time(store: Store, now: float, repeats: int) -> dict[str, Any]:
     from taskd.store import RunQuery
-    from taskd.store.sqlite import SQLiteStore
 
-    store = SQLiteStore(path)
     await store.open()
     out: dict[str, Any] = {}
     try:
