@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,6 +270,10 @@ SQL = {
 }
 
 
+_Text = tuple[str | None, dict[str, Any]]
+"""What a text search looks in: a run's error and params."""
+
+
 @dataclass(frozen=True)
 class _Term:
     """One condition of a run search. `sql` has {} where its column goes; `in_order` is how it is
@@ -334,7 +338,7 @@ class SQLiteStore(BufferedStore):
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._texts: dict[str, tuple[Any, Any]] = {}  # (error, params) of each active run written
+        self._texts: dict[str, _Text] = {}  # of each active run written
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -414,10 +418,9 @@ class SQLiteStore(BufferedStore):
 
     async def _commit(self, batch: Batch) -> None:
         db = self._require()
-        saved = [run_params(r) for r in batch.runs.values()]
-        unindexed, indexed, texts = self._text_changes(saved)
+        unindexed, indexed, texts = self._text_changes(batch.runs.values())
         rows: list[tuple[str, Sequence[Sequence[Any]]]] = [
-            ("save_run", saved),
+            ("save_run", [run_params(r) for r in batch.runs.values()]),
             ("unindex_text", unindexed),
             ("index_text", indexed),
             ("save_attempt", [attempt_params(a) for a in batch.attempts.values()]),
@@ -453,30 +456,24 @@ class SQLiteStore(BufferedStore):
                     self._texts[run_id] = text
 
     def _text_changes(
-        self, saved: list[tuple[Any, ...]]
-    ) -> tuple[list[tuple[str]], list[tuple[str]], dict[str, tuple[Any, Any] | None]]:
-        """What the text index needs for runs about to be saved (rows of `run_params`): the runs
-        whose text goes out, the runs whose text goes in, and what the store should remember once
-        they are committed. A run's text (error and params) is remembered from its first write
-        until its final one, so a run saved again unchanged costs the index nothing; a run's first
-        write has nothing to take out."""
+        self, runs: Iterable[RunRecord]
+    ) -> tuple[list[tuple[str]], list[tuple[str]], dict[str, _Text | None]]:
+        """What the text index needs for runs about to be saved: the runs whose text goes out, the
+        runs whose text goes in, and what the store should remember once they are committed. A
+        run's text (error and params) is remembered from its first write until its final one, so a
+        run saved again unchanged costs the index nothing; a run's first write has nothing to take out."""
         unindexed: list[tuple[str]] = []
         indexed: list[tuple[str]] = []
-        texts: dict[str, tuple[Any, Any] | None] = {}
-        for row in saved:
-            run_id, state, error, params = row[0], row[3], row[9], row[10]
-            text = (error, params)
-            has_text = error is not None or params != "{}"
-            before = self._texts.get(run_id)
-            if before is None:
-                if has_text:
-                    indexed.append((run_id,))
-            elif text != before:
-                if before[0] is not None or before[1] != "{}":
-                    unindexed.append((run_id,))
-                if has_text:
-                    indexed.append((run_id,))
-            texts[run_id] = text if state in ACTIVE_STATES else None
+        texts: dict[str, _Text | None] = {}
+        for run in runs:
+            text = (run.error, dict(run.params))
+            before = self._texts.get(run.id)
+            if before != text:
+                if before is not None and (before[0] is not None or before[1]):
+                    unindexed.append((run.id,))
+                if run.error is not None or run.params:
+                    indexed.append((run.id,))
+            texts[run.id] = text if run.state in ACTIVE_STATES else None
         return unindexed, indexed, texts
 
     def _retryable(self, exc: Exception) -> bool:
