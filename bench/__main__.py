@@ -510,8 +510,8 @@ later at every size from 1,000 tasks up.
   Memory stays flat once the bound is reached (see "Overload").
 - **Run search.** `runs` has an index for each sort key and for state, trigger and task. They
   are cheap to keep because the text index is written by the store, not by triggers: with an
-  insert or update trigger on `runs`, SQLite paid about 5 us more per index on each run's write
-  (25 us against 10 us a run with these indexes). A search counts its matches first, through an
+  insert or update trigger on `runs`, SQLite paid several times as much for each index on each
+  run's write. A search counts its matches first, through an
   index; when they are few it reads them through the filter's index and sorts them, when they are
   many it reads the runs in the order asked for (through the sort's index) and stops at the page.
   A count of most runs (completed, or scheduled) is all runs less the others. A text search finds
