@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from taskd.clock import Clock
 from taskd.processor import Context, Processor, StepFailed, StepPolicy, describe
 from taskd.retry import backoff_delay
 
@@ -42,7 +43,7 @@ class Hooks(Protocol):
     def ended(self, step: Step, state: str, exc: BaseException | None) -> None: ...
 
 
-async def run_main(steps: Sequence[Step], ctx: Context, hooks: Hooks) -> None:
+async def run_main(steps: Sequence[Step], ctx: Context, hooks: Hooks, clock: Clock) -> None:
     """The chain: steps without `when`, in order; returned mappings merge into ctx.data.
 
     A failing step ends the chain (the rest are recorded as skipped) and its exception
@@ -50,7 +51,7 @@ async def run_main(steps: Sequence[Step], ctx: Context, hooks: Hooks) -> None:
     """
     chain = [s for s in steps if s.policy.when is None]
     for position, step in enumerate(chain):
-        error = await _execute(step, ctx, hooks)
+        error = await _execute(step, ctx, hooks, clock)
         if error is None:
             continue
         if step.policy.on_error == "continue":
@@ -61,7 +62,7 @@ async def run_main(steps: Sequence[Step], ctx: Context, hooks: Hooks) -> None:
         raise error
 
 
-async def run_final(steps: Sequence[Step], ctx: Context, outcome: dict[str, Any], hooks: Hooks) -> None:
+async def run_final(steps: Sequence[Step], ctx: Context, outcome: dict[str, Any], hooks: Hooks, clock: Clock) -> None:
     """The final phase: steps with `when` matching the outcome. Their failures are recorded and
     logged but never change the outcome, which was decided before they ran."""
     ctx.outcome = outcome
@@ -73,17 +74,17 @@ async def run_final(steps: Sequence[Step], ctx: Context, outcome: dict[str, Any]
         if when != "always" and (when == "success") != succeeded:
             hooks.ended(step, "skipped", None)
             continue
-        error = await _execute(step, ctx, hooks)
+        error = await _execute(step, ctx, hooks, clock)
         if error is not None:
             ctx.info(f"{step.label} failed in the final phase ({describe(error)}); the run's outcome stands")
 
 
-async def _execute(step: Step, ctx: Context, hooks: Hooks) -> Exception | None:
+async def _execute(step: Step, ctx: Context, hooks: Hooks, clock: Clock) -> Exception | None:
     """Run one step, record it and merge what it returns; return its failure, if any.
     Cancellation is recorded and propagates."""
     hooks.started(step)
     try:
-        produced = await call_step(step, ctx)
+        produced = await call_step(step, ctx, clock)
     except asyncio.CancelledError as exc:
         hooks.ended(step, "stopped", exc)
         raise
@@ -96,15 +97,15 @@ async def _execute(step: Step, ctx: Context, hooks: Hooks) -> Exception | None:
     return None
 
 
-async def call_step(step: Step, ctx: Context) -> Mapping[str, Any] | None:
-    """One step with its own timeout and retries."""
+async def call_step(step: Step, ctx: Context, clock: Clock) -> Mapping[str, Any] | None:
+    """One step with its own timeout and retries, both measured on `clock`."""
     policy = step.policy
     tries = 1 + policy.retry.count
     if tries == 1 and policy.timeout is None:  # the common case, kept cheap
         return await step.processor.run(ctx)
     for attempt in range(1, tries + 1):
         try:
-            async with asyncio.timeout(policy.timeout) as deadline:
+            async with clock.timeout(policy.timeout) as deadline:
                 return await step.processor.run(ctx)
         except TimeoutError as exc:
             if not deadline.expired():
@@ -117,5 +118,5 @@ async def call_step(step: Step, ctx: Context) -> Mapping[str, Any] | None:
             raise error
         delay = backoff_delay(policy.retry.backoff, attempt, policy.retry.max_backoff)
         ctx.info(f"{step.label} failed ({describe(error)}); try {attempt + 1} of {tries} in {delay:g}s")
-        await asyncio.sleep(delay)
+        await clock.sleep(delay)
     raise AssertionError("unreachable")

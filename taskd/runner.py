@@ -160,7 +160,7 @@ class Run:
         self.recorder.enter(RunState.RETRYING, f"retry {attempt} of {policy.count} in {wait}")
         self.recorder.write("log", f"attempt {attempt} of {total} failed; retrying in {wait}")
         self.recorder.log.info("run_retrying", attempt=attempt, delay_s=round(delay, 3), error=error)
-        await asyncio.sleep(delay)
+        await self._clock.sleep(delay)
 
     def _context(self, number: int) -> Context:
         record, plan, recorder = self.record, self.plan, self.recorder
@@ -188,13 +188,13 @@ class Run:
         ctx = self._context(number)
         timeout = self.plan.task.timeout
         state, error = StepState.COMPLETED, None
-        deadline = asyncio.timeout(timeout) if timeout is not None else None
+        deadline = self._clock.timeout(timeout) if timeout is not None else None
         try:
             if deadline is None:
-                await run_main(self.plan.steps, ctx, recorder)
+                await run_main(self.plan.steps, ctx, recorder, self._clock)
             else:
                 async with deadline:
-                    await run_main(self.plan.steps, ctx, recorder)
+                    await run_main(self.plan.steps, ctx, recorder, self._clock)
         except TimeoutError:
             if deadline is not None and deadline.expired():
                 state, error = StepState.TIMED_OUT, f"attempt {number} timed out after {format_duration(timeout or 0)}"
@@ -233,7 +233,7 @@ class Run:
             "attempts": self.record.attempts,
             "duration": round(self.record.elapsed(self._clock.time()) or 0.0, 3),
         }
-        await run_final(self.plan.steps, ctx, outcome, self.recorder)
+        await run_final(self.plan.steps, ctx, outcome, self.recorder, self._clock)
 
     def _give_back_slot(self) -> None:
         if self._slot_held:

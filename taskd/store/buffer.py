@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from taskd.clock import Clock, SystemClock
 from taskd.models import AttemptRecord, RunRecord, StepRecord
 from taskd.store.base import Fire, LogLine, Store, StoreError, Transition
 
@@ -80,12 +81,13 @@ class Batch:
 class BufferedStore(Store):
     """The staged writes, flush and the writer task of every store; `_commit` is the backend's."""
 
-    def __init__(self, batch_window_s: float = 0.025, name: str = "store") -> None:
+    def __init__(self, batch_window_s: float = 0.025, name: str = "store", clock: Clock | None = None) -> None:
         # After the first write of a burst the writer waits this long for more, so a burst of runs
         # shares one commit and the commit's work does not interleave with the burst. A flush
         # cuts the wait short. kill -9 loses at most this window of writes.
         self._batch_window_s = batch_window_s
         self._name = name
+        self._clock: Clock = clock or SystemClock()
         self._batch = Batch()
         self._barriers: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
@@ -189,7 +191,8 @@ class BufferedStore(Store):
             if not self._barriers and not self._closing and self._batch_window_s > 0:
                 self._urgent.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self._batch_window_s)
+                    async with self._clock.timeout(self._batch_window_s):
+                        await self._urgent.wait()
             self._wakeup.clear()
             try:
                 await self._commit_pending()
@@ -200,7 +203,7 @@ class BufferedStore(Store):
                 failures += 1
                 if self._closing:
                     return
-                await asyncio.sleep(min(RETRY_PAUSE_S * 2 ** (failures - 1), MAX_RETRY_PAUSE_S))
+                await self._clock.sleep(min(RETRY_PAUSE_S * 2 ** (failures - 1), MAX_RETRY_PAUSE_S))
                 self._wakeup.set()
             if self._closing:
                 return
