@@ -19,6 +19,7 @@ from aiohttp import web
 
 from taskd import __version__, logs
 from taskd.clock import Clock, SystemClock
+from taskd.cluster import Coordinator, coordinator_for
 from taskd.config import Config, load_config, parse_listen
 from taskd.engine import Engine
 from taskd.errors import ConfigError, TaskdError
@@ -84,14 +85,15 @@ class Daemon:
         config = self.config
         async with contextlib.AsyncExitStack() as stack:
             metrics = Metrics(__version__, per_task=config.metrics.per_task)
-            store = open_store(config.store_location)
+            store = open_store(config.store_location, self.clock)
             store.commit_observer = metrics.store_committed
             await store.open()
             stack.push_async_callback(store.close)
-            engine = self.engine = Engine(config, store, clock=self.clock, metrics=metrics)
-            await engine.membership.join()  # first: another live process may hold this node's name
-            stack.push_async_callback(engine.membership.leave)
-            await self._recover(store)
+            coordinator = coordinator_for(store, config.node.name, config.node.labels, self.clock)
+            engine = self.engine = Engine(config, store, clock=self.clock, metrics=metrics, coordinator=coordinator)
+            await coordinator.join()  # first: another live process may hold this node's name
+            stack.push_async_callback(coordinator.leave)
+            await self._recover(coordinator)
             await engine.start()
             stack.push_async_callback(engine.shutdown, 0.0)  # if start-up fails from here on
             tune_gc()
@@ -105,7 +107,7 @@ class Daemon:
             stack.push_async_callback(self._drain, engine)
             self._install_signals()
             self._watch(store.writer, "store writer")
-            self._watch(engine.membership.task, "heartbeat")
+            self._watch(coordinator.task, "heartbeat")
             self._spawn(self._retention(store), "retention")
             self._start_watchdog()
             log.info(
@@ -123,9 +125,9 @@ class Daemon:
         log.info("taskd_stopped")
         return 0
 
-    async def _recover(self, store: Store) -> None:
+    async def _recover(self, coordinator: Coordinator) -> None:
         """Runs a dead process left active become interrupted; the children they left are killed."""
-        interrupted = await store.recover_interrupted(self.clock.time(), self.config.node.name)
+        interrupted = await coordinator.recover(self.clock.time())
         for run in interrupted:
             log.warning("run_interrupted", task_id=run.task_id, run_id=run.id, reason=run.error)
         killed = await asyncio.to_thread(kill_run_processes, [run.id for run in interrupted])
@@ -134,7 +136,7 @@ class Daemon:
 
     async def _drain(self, engine: Engine) -> None:
         grace_s = self.config.task.shutdown_timeout
-        log.info("taskd_stopping", active_runs=len(engine.runs), grace_s=grace_s)
+        log.info("taskd_stopping", active_runs=engine.load().active_runs, grace_s=grace_s)
         await engine.shutdown(grace_s)
 
     async def _cancel_side_tasks(self) -> None:
@@ -232,7 +234,7 @@ class Daemon:
                     log.info("retention_pruned", runs=removed)
             except StoreError as exc:
                 log.warning("retention_failed", error=str(exc))
-            await asyncio.sleep(RETENTION_INTERVAL_S)
+            await self.clock.sleep(RETENTION_INTERVAL_S)
 
     def _start_watchdog(self) -> None:
         usec = self.env.get("WATCHDOG_USEC")
@@ -248,7 +250,7 @@ class Daemon:
         while True:
             if self.engine.scheduler_running:
                 self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
+            await self.clock.sleep(interval)
 
 
 def run_daemon(config_path: str, config: Config, env: Mapping[str, str]) -> int:

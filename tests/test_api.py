@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from conftest import Api, Daemon, base_config, ts, wait_for
 
-from taskd.http.views import with_cluster
-
 TASKS = """
 - {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok, time_zone: Europe/Berlin}
 - {id: beta, pipeline: bad}
@@ -297,21 +295,22 @@ async def test_a_run_read_while_it_ends_is_shown_as_it_was_when_read(
 async def test_a_lone_node_lists_itself(api: Api) -> None:
     (node,) = (await api.request("GET", "/nodes")).json()["nodes"]
     assert node["this"] and node["alive"] and not node["config_differs"] and node["dead_at"] is None
-    assert node["name"] == api.engine.membership.name and node["slots"] == 10 and node["slots_in_use"] == 0
+    assert node["name"] == api.engine.node_name and node["slots"] == 10 and node["slots_in_use"] == 0
 
 
-async def test_a_task_deleted_while_the_cluster_is_asked_keeps_the_row_it_had(api: Api) -> None:
-    """On a shared store the task list asks the store for the cluster's view of its rows; a task
-    deleted meanwhile keeps its row as it was built instead of failing the request."""
+async def test_a_task_deleted_while_the_cluster_is_asked_keeps_the_row_it_had(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task list asks the coordinator for what other nodes hold of its rows; a task deleted
+    meanwhile keeps its row instead of failing the request."""
 
-    class Shared:
-        clustered = True
+    async def latest_elsewhere(task_ids: list[str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        await api.engine.delete_task("alpha")  # deleted while the other nodes are asked
+        return {}, {task_id: ["running"] for task_id in task_ids}
 
-        async def latest_runs(self, task_ids: list[str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
-            await api.engine.delete_task("alpha")  # deleted while the store answers
-            return {}, {task_id: ["running"] for task_id in task_ids}
-
-    rows = [api.engine.entry(task_id) for task_id in ("alpha", "beta")]
-    views = [{"id": e.id, "last_run": None, "duration": None, "status": "scheduled"} for e in rows]
-    await with_cluster(views, api.engine, Shared(), 0.0)  # type: ignore[arg-type]
-    assert [v["status"] for v in views] == ["scheduled", "running"]
+    monkeypatch.setattr(api.engine.coordinator, "latest_elsewhere", latest_elsewhere)
+    resp = await api.request("GET", "/tasks?limit=2")
+    assert resp.status == 200, resp.text
+    assert [(t["id"], t["status"]) for t in resp.json()["tasks"]] == [("alpha", "running"), ("beta", "running")]
+    monkeypatch.undo()
+    assert [t["id"] for t in (await api.request("GET", "/tasks")).json()["tasks"]] == ["beta", "gamma"]

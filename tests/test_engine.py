@@ -463,7 +463,7 @@ async def test_placement_alone_on_a_store_runs_what_this_node_may_and_records_th
         "  - {id: elsewhere, schedule: '*/10 * * * * *', pipeline: note, placement: {nodes: [other-node]}}\n"
         "  - {id: labelled, schedule: '*/10 * * * * *', pipeline: note, placement: {labels: {zone: eu}}}"
     )
-    assert engine.membership.name == name
+    assert engine.node_name == name
     await harness.advance(10)
     await harness.settle()
     assert len(await harness.runs("here")) == 1 and len(await harness.runs("mine")) == 1

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("taskd.errors", "taskd"),
     ("taskd.models", "taskd.durations", "taskd.clock"),
     ("taskd.yamldoc", "taskd.schedule", "taskd.retry", "taskd.slots", "taskd.systemd", "taskd.logs", "taskd.metrics"),
-    ("taskd.store", "taskd.live", "taskd.schedule_words"),
+    ("taskd.store", "taskd.cluster", "taskd.live", "taskd.schedule_words"),
     ("taskd.processor",),
     ("taskd.procgroup", "taskd.processors"),
     ("taskd.config",),
@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
 CONFINED = {
     "apscheduler": ("taskd.engine.timer",),
     "aiosqlite": ("taskd.store.sqlite",),
-    "asyncpg": ("taskd.store.postgres",),
+    "asyncpg": ("taskd.cluster.postgres", "taskd.store.postgres"),
     "prometheus_client": ("taskd.metrics",),
 }
 

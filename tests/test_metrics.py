@@ -64,7 +64,7 @@ async def test_runs_durations_lateness_slots_and_timestamps(api_factory: ApiFact
     late = api.engine.start_run("ok", Trigger.SCHEDULE, scheduled_at=api.engine.clock.time() - 0.25)
     await asyncio.wait_for(late.done.wait(), 10)
     slow = await api.start_task("slow")
-    await until(lambda: api.engine.slots.held == 1)
+    await until(lambda: api.engine.load().slots_in_use == 1)
 
     samples = await scrape(api)
     assert value(samples, "taskd_runs_total", task="ok", state="completed") == 3
@@ -98,8 +98,8 @@ async def test_skipped_fires_are_counted_by_task_and_reason(api_factory: ApiFact
     group = api.engine.entry("slow").group
     assert group is not None
     base = datetime(2030, 1, 1, tzinfo=UTC)
-    api.engine.on_group_fire(group, [base, base + timedelta(minutes=1)])  # the loop was late: one coalesced
-    api.engine.on_group_fire(group, [base + timedelta(minutes=2)])  # the run is still active: forbid
+    api.engine.firing.on_group_fire(group, [base, base + timedelta(minutes=1)])  # the loop was late: one coalesced
+    api.engine.firing.on_group_fire(group, [base + timedelta(minutes=2)])  # the run is still active: forbid
     async with asyncio.timeout(10):  # on a shared (PostgreSQL) store, a fire is claimed first
         while (  # noqa: ASYNC110  # polled with a deadline
             "taskd_fires_skipped_total" not in (samples := await scrape(api))

@@ -82,7 +82,7 @@ async def test_queued_runs_start_by_priority_then_fifo(api_factory: ApiFactory) 
         )
     )
     blocker = await api.start_task("blocker")
-    await until(lambda: api.engine.slots.held == 1)
+    await until(lambda: api.engine.load().slots_in_use == 1)
     order = ["low", "mid_a", "high", "mid_b"]
     ids = {name: await api.start_task(name) for name in order}
     assert [await api.run_state(i) for i in ids.values()] == ["queued"] * 4

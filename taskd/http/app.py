@@ -20,7 +20,8 @@ from taskd import __version__
 from taskd.engine import Engine, TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.http import dashboard, events, openapi
-from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail, with_cluster
+from taskd.http.selection import TASK_SORTS, TaskQuery, select_tasks
+from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail
 from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
@@ -204,74 +205,52 @@ def _entry(request: web.Request) -> TaskEntry:
 # -- handlers ------------------------------------------------------------------------------------
 
 TASK_STATUSES = ("scheduled", "manual", "disabled", *(str(state) for state in RunState))
-SORT_KEYS = {"id", "name", "status", "next_run", "priority"}
+
+
+def _task_query(request: web.Request) -> TaskQuery:
+    status = request.query.get("status") or None
+    if status is not None and status not in TASK_STATUSES:
+        raise ApiError(400, "bad_request", f"status must be one of {', '.join(TASK_STATUSES)}")
+    sort = request.query.get("sort") or "id"
+    if sort.lstrip("-") not in TASK_SORTS:
+        raise ApiError(400, "bad_request", f"sort must be one of {', '.join(sorted(TASK_SORTS))} (prefix - to reverse)")
+    return TaskQuery(
+        text=request.query.get("q") or "",
+        status=status,
+        sort=sort.lstrip("-"),
+        descending=sort.startswith("-"),
+        limit=_int_arg(request, "limit", 100, 1, MAX_LIMIT),
+        offset=_int_arg(request, "offset", 0, 0, 10**9),
+    )
 
 
 async def list_tasks(request: web.Request) -> web.Response:
     engine, views = request.app[ENGINE], request.app[VIEWS]
-    limit = _int_arg(request, "limit", 100, 1, MAX_LIMIT)
-    offset = _int_arg(request, "offset", 0, 0, 10**9)
-    status = request.query.get("status") or None
-    if status is not None and status not in TASK_STATUSES:
-        raise ApiError(400, "bad_request", f"status must be one of {', '.join(TASK_STATUSES)}")
-    needle = (request.query.get("q") or "").lower()
-    sort = request.query.get("sort") or "id"
-    descending = sort.startswith("-")
-    if sort.lstrip("-") not in SORT_KEYS:
-        raise ApiError(400, "bad_request", f"sort must be one of {', '.join(sorted(SORT_KEYS))} (prefix - to reverse)")
-    store = request.app[STORE]
-    if store.clustered and (status is not None or sort.lstrip("-") == "status"):
-        # Status as the cluster sees it: every matching task's, from the shared store.
-        now = _now(engine)
-        every = [
-            views.row(e, now)
-            for e in engine.entries()
-            if not needle or needle in e.id.lower() or needle in e.config.display_name.lower()
-        ]
-        await with_cluster(every, engine, store, engine.clock.time())
-        if status is not None:
-            every = [view for view in every if view["status"] == status]
-        key = sort.lstrip("-")
-        every.sort(key=lambda v: (v[key] is None, v[key] or ""), reverse=descending)
-        rows = every[offset : offset + limit]
-        return _json({"tasks": rows, "total": len(every), "limit": limit, "offset": offset})
-    entries: list[TaskEntry]
-    if needle or status is not None:
-        entries = [
-            e
-            for e in engine.entries()
-            if (not needle or needle in e.id.lower() or needle in e.config.display_name.lower())
-            and (status is None or engine.status(e.id) == status)
-        ]
-    else:
-        entries = list(engine.entries())
+    query = _task_query(request)
+    entries = engine.entries()
     now = _now(engine)
-    key = sort.lstrip("-")
-    if key == "id":
-        if descending:
-            entries.reverse()
-        rows = [views.row(e, now) for e in entries[offset : offset + limit]]
-    elif key in ("name", "priority"):
-        attribute = {
-            "id": lambda e: e.id,
-            "name": lambda e: e.config.display_name,
-            "priority": lambda e: e.config.priority,
-        }
-        entries.sort(key=attribute[key], reverse=descending)
-        rows = [views.row(e, now) for e in entries[offset : offset + limit]]
-    else:
-        every = [views.row(e, now) for e in entries]
-        every.sort(key=lambda v: (v[key] is None, v[key] or ""), reverse=descending)
-        rows = every[offset : offset + limit]
-    await with_cluster(rows, engine, store, engine.clock.time())
-    return _json({"tasks": rows, "total": len(entries), "limit": limit, "offset": offset})
+    # Statuses come from every node: asked for all tasks when the page depends on them, else for the page.
+    states = await engine.task_states(entries) if query.needs_status else {}
+
+    def value(entry: TaskEntry, field: str) -> Any:
+        if field == "status":
+            return states[entry.id].status
+        if field == "next_run":
+            return views.next_run(entry, now)
+        return {"id": entry.id, "name": entry.config.display_name, "priority": entry.config.priority}[field]
+
+    page, total = select_tasks(entries, query, value)
+    if not query.needs_status:
+        states = await engine.task_states(page)
+    rows = [views.row(entry, states[entry.id], now) for entry in page]
+    return _json({"tasks": rows, "total": total, "limit": query.limit, "offset": query.offset})
 
 
 async def get_task(request: web.Request) -> web.Response:
     engine, store = request.app[ENGINE], request.app[STORE]
     entry = _entry(request)
-    view = request.app[VIEWS].detail(entry, _now(engine))
-    await with_cluster([view], engine, store, engine.clock.time())
+    states = await engine.task_states([entry])
+    view = request.app[VIEWS].detail(entry, states[entry.id], _now(engine))
     # Asked together: the store answers them in turn, but the loop waits once, not three times.
     stats, (recent, _), fires = await asyncio.gather(
         store.task_stats(entry.id),
@@ -313,13 +292,7 @@ async def start_task(request: web.Request) -> web.Response:
     entry = _entry(request)
     params = await _read_start_body(request)
     try:
-        try:
-            run = engine.start_run(entry.id, Trigger.MANUAL, params=params)
-            run_id, state = run.id, str(run.state)
-        except Conflict as exc:
-            if exc.reason != "placement" or not request.app[STORE].clustered:
-                raise
-            run_id, state = await engine.start_elsewhere(entry.id, params)  # a node it may run on
+        run_id, state = await engine.start_manual(entry.id, params)
     except Overloaded as exc:
         raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
     except Conflict as exc:
@@ -453,6 +426,7 @@ async def health(request: web.Request) -> web.Response:
     code = 200 if status == "ok" else 503
     if not authorized(request):
         return _json({"status": status}, status=code)
+    load = engine.load()
     body = {
         "status": status,
         "store": "ok" if store_ok else "unreachable",
@@ -460,10 +434,10 @@ async def health(request: web.Request) -> web.Response:
         "version": __version__,
         "uptime_s": round(engine.clock.time() - engine.started_at, 3),
         "tasks": engine.task_count,
-        "active_runs": len(engine.runs),
-        "slots": {"limit": engine.slots.limit, "held": engine.slots.held, "waiting": engine.slots.waiting},
+        "active_runs": load.active_runs,
+        "slots": {"limit": load.slots, "held": load.slots_in_use, "waiting": load.slots_waiting},
         "pending_writes": store.pending_writes,
-        "overloaded": engine.overloaded,
+        "overloaded": load.overloaded,
     }
     return _json(body, status=code)
 
@@ -491,8 +465,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def list_nodes(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    nodes = await request.app[STORE].nodes()
-    return _json({"nodes": node_views(nodes, engine.membership.name, engine.clock.time())})
+    nodes = await engine.nodes()
+    return _json({"nodes": node_views(nodes, engine.node_name, engine.clock.time())})
 
 
 async def processors(request: web.Request) -> web.Response:

@@ -8,15 +8,14 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
+from taskd.cluster import NodeInfo, alive, differs
 from taskd.config import thaw
-from taskd.engine import Engine, TaskEntry, UnknownTask
-from taskd.engine.nodes import alive, differs
-from taskd.engine.policy import task_status
+from taskd.engine import Engine, TaskEntry, TaskState
 from taskd.metrics import Snapshot
-from taskd.models import AttemptRecord, RunRecord, RunState, RunSummary, StepRecord, iso
+from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, iso
 from taskd.schedule import Schedule
 from taskd.schedule_words import describe
-from taskd.store.base import Fire, NodeInfo, Store, Transition
+from taskd.store.base import Fire, Store, Transition
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -100,22 +99,21 @@ class TaskViews:
             return None
         return self.next_fires.iso(entry.schedule, now)
 
-    def row(self, entry: TaskEntry, now: datetime) -> dict[str, Any]:
-        engine = self._engine
-        last = engine.last_run(entry.id)
+    def row(self, entry: TaskEntry, state: TaskState, now: datetime) -> dict[str, Any]:
+        last = state.last_run
         epoch = now.timestamp()
         last_view = _finished_view(last) if isinstance(last, RunSummary) else last_run_view(last, epoch)
         return {
             **self._static_view(entry),
-            "status": engine.status(entry.id),
+            "status": state.status,
             "last_run": last_view,
             "next_run": self.next_run(entry, now),
             "duration": None if last_view is None else last_view["duration"],
         }
 
-    def detail(self, entry: TaskEntry, now: datetime) -> dict[str, Any]:
+    def detail(self, entry: TaskEntry, state: TaskState, now: datetime) -> dict[str, Any]:
         """The row plus the definition as written, upcoming fires and active runs."""
-        view = self.row(entry, now)
+        view = self.row(entry, state, now)
         task = entry.config
         view["definition"] = {
             **thaw(task.model_dump(mode="json")),
@@ -137,34 +135,10 @@ class TaskViews:
         return view
 
 
-async def with_cluster(views: list[dict[str, Any]], engine: Engine, store: Store, now: float) -> None:
-    """With several nodes on the store, a task's last run and status are the cluster's: another
-    node may have run it since this one last did."""
-    if not store.clustered or not views:
-        return
-    latest, active = await store.latest_runs([view["id"] for view in views])
-    for view in views:
-        task_id = view["id"]
-        run = latest.get(task_id)
-        mine = view["last_run"]
-        if run is not None and (mine is None or run.id >= mine["id"]):  # ids grow with the time queued
-            view["last_run"] = last_run_view(run, now)
-            view["duration"] = view["last_run"]["duration"] if view["last_run"] else None
-        try:
-            entry = engine.entry(task_id)
-        except UnknownTask:  # deleted while the store answered: the row stands as it was built
-            continue
-        view["status"] = task_status(
-            entry.config.enabled,
-            [RunState(s) for s in active.get(task_id, ())],
-            None if view["last_run"] is None else view["last_run"]["state"],
-            scheduled=entry.schedule is not None,
-        )
-
-
 def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Snapshot:
     """What GET /metrics reads of the daemon's state."""
     now = datetime.fromtimestamp(engine.clock.time(), UTC)
+    load = engine.load()
     upcoming: dict[str, float] = {}
     for entry in engine.entries():
         if entry.schedule is not None and entry.config.enabled:
@@ -172,11 +146,11 @@ def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Sna
             if when is not None:
                 upcoming[entry.id] = when
     return Snapshot(
-        active=collections.Counter(str(run.state) for run in engine.runs.unfinished()),
-        slots=engine.slots.limit,
-        slots_in_use=engine.slots.held,
+        active=collections.Counter(load.active),
+        slots=load.slots,
+        slots_in_use=load.slots_in_use,
         pending_writes=store.pending_writes,
-        overloaded=engine.overloaded is not None,
+        overloaded=load.overloaded is not None,
         next_fires=upcoming,
     )
 

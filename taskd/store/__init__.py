@@ -6,18 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from taskd.clock import Clock
 from taskd.store.base import MEMORY, Fire, LogLine, RunQuery, Store, StoreError, Transition
 from taskd.store.memory import MemoryStore
 from taskd.store.sqlite import SQLiteStore
 
 
-def open_store(location: str | Path) -> Store:
+def open_store(location: str | Path, clock: Clock | None = None) -> Store:
     """The store for `location`: `:memory:` for the in-memory store, a `postgresql://` URL for
     PostgreSQL, else a SQLite file path. The store is returned unopened; `await store.open()`
-    creates or migrates it."""
+    creates or migrates it. Its write window and retries are timed on `clock`."""
     text = str(location)
     if text == MEMORY:
-        return MemoryStore()
+        return MemoryStore(clock=clock)
     if text.startswith(("postgresql://", "postgres://")):
         try:  # asyncpg is an optional dependency (the `postgres` extra): imported only when asked for
             from taskd.store.postgres import PostgresStore
@@ -26,8 +27,8 @@ def open_store(location: str | Path) -> Store:
                 f"store.url needs the asyncpg driver ({exc}); install taskd with the postgres extra: "
                 "pip install 'taskd[postgres]'"
             ) from None
-        return PostgresStore(text)
-    return SQLiteStore(location)
+        return PostgresStore(text, clock=clock)
+    return SQLiteStore(location, clock=clock)
 
 
 __all__ = [

@@ -8,11 +8,9 @@ per event. Reads first wait until everything written before them is committed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,10 +23,6 @@ MEMORY = ":memory:"
 
 class StoreError(TaskdError):
     """The store cannot be opened or used."""
-
-
-class NodeNameInUse(StoreError):
-    """Another process that is still renewing its lease holds this node name."""
 
 
 def redacted(location: str) -> str:
@@ -69,22 +63,6 @@ class Fire:
     kind: str
     reason: str
     recorded_at: float
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """One taskd process sharing the store, as it describes itself at each heartbeat."""
-
-    name: str
-    incarnation: str  # new at every start: a node that comes back is not taken for its old self
-    labels: Mapping[str, str]
-    version: str
-    config_digest: str  # of its tasks and pipelines: nodes that differ are flagged
-    started_at: float
-    slots: int
-    slots_in_use: int
-    heartbeat_at: float = 0.0
-    dead_at: float | None = None  # when another node found its lease expired
 
 
 RUN_SORTS = ("queued_at", "started_at", "finished_at", "duration", "state", "task_id")
@@ -146,7 +124,12 @@ class Store(ABC):
     @abstractmethod
     async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
         """Mark runs left queued/running/retrying by a dead process as interrupted; return them.
-        In a store that several nodes share, only `node`'s runs (and runs of no node)."""
+        With `node`, only that node's runs (and runs of no node): other nodes may share the store."""
+
+    @abstractmethod
+    async def interrupt_runs_of(self, node: str, now: float, why: Callable[[RunRecord], str]) -> list[RunRecord]:
+        """Mark the active runs of `node` interrupted, each for the reason `why` gives (another node
+        found the node's lease expired); return them."""
 
     # -- writes (staged, batched) --------------------------------------------------------------
     @abstractmethod
@@ -212,6 +195,11 @@ class Store(ABC):
         """The most recent run of every task that has one."""
 
     @abstractmethod
+    async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
+        """Of these tasks: the latest run of each, and the states of its active runs, whichever
+        node holds them."""
+
+    @abstractmethod
     async def last_successes(self) -> dict[str, float]:
         """task id -> when its latest completed run finished."""
 
@@ -231,40 +219,6 @@ class Store(ABC):
     @abstractmethod
     async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
         """Apply retention; return how many runs were removed."""
-
-    # -- nodes: a store that several processes share coordinates them (PostgreSQL); the others
-    # -- hold one node, this process, and grant it every fire.
-    clustered: bool = False
-    """Whether other processes may share this store (fires must then be claimed)."""
-
-    _self_node: NodeInfo | None = None
-
-    async def heartbeat(self, node: NodeInfo, lease_s: float) -> tuple[bool, list[str]]:
-        """Register or renew this node's lease. Answers whether it still holds its lease (False:
-        another node found it expired and took over its runs), and the nodes whose lease this
-        call found expired (their active runs are now interrupted)."""
-        self._self_node = dataclasses.replace(node, heartbeat_at=time.time())
-        return True, []
-
-    async def nodes(self) -> list[NodeInfo]:
-        """Every node that has joined, the dead ones too, by name."""
-        return [self._self_node] if self._self_node is not None else []
-
-    async def claim_fires(self, node: str, claims: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
-        """Of the (task, instant) fires given, those this node won and must run: each is won by
-        one node only, whatever the number asking."""
-        return list(claims)
-
-    async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
-        """Of these tasks, across every node: the latest run of each, and the states of its active
-        runs. Alone on the store, the engine knows this already: nothing to add."""
-        return {}, {}
-
-    async def listen(self, callback: Callable[[dict[str, Any]], None]) -> None:  # noqa: B027  # alone: nothing
-        """Hear the control messages other nodes send (`notify`); alone on the store, there are none."""
-
-    async def notify(self, message: Mapping[str, Any]) -> None:  # noqa: B027  # alone: nobody to tell
-        """Send a control message to every other node (stop a task's runs, a task deleted)."""
 
 
 STATS_WINDOW = 1000

@@ -9,8 +9,10 @@ from __future__ import annotations
 import copy
 import json
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from taskd.clock import Clock
 from taskd.models import ACTIVE_STATES, AttemptRecord, RunRecord, RunState, StepRecord, StepState
 from taskd.store.base import STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
@@ -19,8 +21,8 @@ from taskd.store.buffer import Batch, BufferedStore
 class MemoryStore(BufferedStore):
     """Run history in dictionaries."""
 
-    def __init__(self, batch_window_s: float = 0.0) -> None:
-        super().__init__(batch_window_s, name="memory-store")
+    def __init__(self, batch_window_s: float = 0.0, clock: Clock | None = None) -> None:
+        super().__init__(batch_window_s, name="memory-store", clock=clock)
         self._open = False
         self._run_rows: dict[str, RunRecord] = {}
         self._attempt_rows: dict[tuple[str, int], AttemptRecord] = {}
@@ -74,11 +76,24 @@ class MemoryStore(BufferedStore):
 
     async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
         await self._read()
+        return self._interrupt(
+            lambda run: node is None or run.node in (None, node),
+            now,
+            lambda run: f"taskd exited while this run was {run.state}; marked interrupted at start-up",
+        )
+
+    async def interrupt_runs_of(self, node: str, now: float, why: Callable[[RunRecord], str]) -> list[RunRecord]:
+        await self._read()
+        return self._interrupt(lambda run: run.node == node, now, why)
+
+    def _interrupt(
+        self, which: Callable[[RunRecord], bool], now: float, why: Callable[[RunRecord], str]
+    ) -> list[RunRecord]:
         found = []
         for run in self._run_rows.values():
-            if run.state not in ACTIVE_STATES:
+            if run.state not in ACTIVE_STATES or not which(run):
                 continue
-            reason = f"taskd exited while this run was {run.state}; marked interrupted at start-up"
+            reason = why(run)
             run.error = f"{run.error}; {reason}" if run.error else reason
             run.state = RunState.INTERRUPTED
             run.finished_at = now
@@ -151,6 +166,21 @@ class MemoryStore(BufferedStore):
             if best is None or run.queued_at >= best.queued_at:
                 latest[run.task_id] = run
         return {task_id: copy.copy(run) for task_id, run in latest.items()}
+
+    async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
+        await self._read()
+        wanted = set(task_ids)
+        latest: dict[str, RunRecord] = {}
+        active: dict[str, list[str]] = {}
+        for run in self._run_rows.values():
+            if run.task_id not in wanted:
+                continue
+            best = latest.get(run.task_id)
+            if best is None or (run.queued_at, run.id) > (best.queued_at, best.id):
+                latest[run.task_id] = run
+            if run.state in ACTIVE_STATES:
+                active.setdefault(run.task_id, []).append(str(run.state))
+        return {task_id: copy.copy(run) for task_id, run in latest.items()}, active
 
     async def last_successes(self) -> dict[str, float]:
         await self._read()

@@ -47,7 +47,7 @@ def step_params(s: StepRecord) -> tuple[Any, ...]:
 class Row(Protocol):
     """A database row read by column name (sqlite3.Row, asyncpg.Record)."""
 
-    def __getitem__(self, key: str, /) -> Any: ...
+    def __getitem__(self, key: str | int, /) -> Any: ...
 
 
 def run_from_row(row: Row) -> RunRecord:

@@ -1,11 +1,13 @@
-"""The SQLite store: aiosqlite, WAL, versioned schema; staged writes committed in batches by the
-write buffer; queries on a second, read-only connection. Every SQL statement is in `SQL`."""
+"""The SQLite store: aiosqlite, WAL, versioned schema (`PRAGMA user_version`); staged writes
+committed in batches by the write buffer; queries on a second, read-only connection. What SQLite
+words its own way (its DDL, the latest runs, the trigram text index and run search) is here; the
+rest is the shared SQL layer (`sql`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,27 +15,12 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from taskd.models import (
-    ACTIVE_STATES,
-    AttemptRecord,
-    RunRecord,
-    RunState,
-    StepRecord,
-    Trigger,
-)
-from taskd.store.base import Fire, LogLine, RunQuery, StoreError, Transition, run_stats
-from taskd.store.buffer import Batch, BufferedStore
-from taskd.store.rows import (
-    attempt_from_row,
-    attempt_params,
-    fire_from_row,
-    log_from_row,
-    run_from_row,
-    run_params,
-    step_from_row,
-    step_params,
-    transition_from_row,
-)
+from taskd.clock import Clock
+from taskd.models import ACTIVE_STATES, RunRecord, RunState, Trigger
+from taskd.store.base import RunQuery, StoreError
+from taskd.store.buffer import Batch
+from taskd.store.rows import Row, run_from_row
+from taskd.store.sql import ACTIVE, STATEMENTS, SQLStore
 
 log = structlog.get_logger("taskd.store")
 
@@ -190,20 +177,17 @@ SORT_COLUMNS = {
 }
 
 SQL = {
-    "save_run": """
-        INSERT INTO runs (id, task_id, trigger, state, scheduled_at, queued_at, started_at, finished_at,
-                          attempts, error, params, priority, node)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
-            finished_at = excluded.finished_at, attempts = excluded.attempts, error = excluded.error
+    **STATEMENTS,
+    "active_runs": f"SELECT * FROM runs WHERE {ACTIVE} AND {{}}",
+    "last_runs": """
+        SELECT r.* FROM runs r
+        JOIN (SELECT task_id, max(queued_at) AS latest FROM runs GROUP BY task_id) m
+          ON r.task_id = m.task_id AND r.queued_at = m.latest
     """,
-    "save_attempt": """
-        INSERT OR REPLACE INTO attempts (run_id, number, state, started_at, finished_at, error)
-        VALUES (?, ?, ?, ?, ?, ?)
-    """,
-    "save_step": """
-        INSERT OR REPLACE INTO steps (run_id, attempt, idx, type, state, started_at, finished_at, error)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    "latest_runs": """
+        SELECT r.* FROM runs r
+        JOIN (SELECT task_id, max(queued_at) AS latest FROM runs WHERE {} GROUP BY task_id) m
+          ON r.task_id = m.task_id AND r.queued_at = m.latest
     """,
     "unindex_text": "DELETE FROM runs_text WHERE rowid = (SELECT rowid FROM runs WHERE id = ?)",
     "index_text": """
@@ -211,62 +195,6 @@ SQL = {
         SELECT rowid, coalesce(error, '') || ' ' || params FROM runs
         WHERE id = ? AND (error IS NOT NULL OR params != '{}')
     """,
-    "append_log": "INSERT OR IGNORE INTO run_logs (run_id, seq, ts, stream, line) VALUES (?, ?, ?, ?, ?)",
-    "record_transition": """
-        INSERT OR IGNORE INTO run_transitions (run_id, seq, at, state, detail) VALUES (?, ?, ?, ?, ?)
-    """,
-    "transitions": "SELECT * FROM run_transitions WHERE run_id = ? ORDER BY seq",
-    "delete_transitions": "DELETE FROM run_transitions WHERE run_id = ?",
-    "record_fire": "INSERT INTO fires (task_id, instant, kind, reason, recorded_at) VALUES (?, ?, ?, ?, ?)",
-    "set_last_fire": """
-        INSERT INTO task_state (task_id, last_fire) VALUES (?, ?)
-        ON CONFLICT (task_id) DO UPDATE SET last_fire = max(last_fire, excluded.last_fire)
-    """,
-    "add_tombstone": "INSERT OR REPLACE INTO tombstones (task_id, definition_hash, deleted_at) VALUES (?, ?, ?)",
-    "remove_tombstone": "DELETE FROM tombstones WHERE task_id = ?",
-    "active_runs": "SELECT * FROM runs WHERE state IN ('queued', 'running', 'retrying')",
-    "interrupt_run": "UPDATE runs SET state = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
-    "interrupt_attempts": """
-        UPDATE attempts SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'
-    """,
-    "interrupt_steps": "UPDATE steps SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'",
-    "interrupt_transition": """
-        INSERT INTO run_transitions (run_id, seq, at, state, detail)
-        SELECT ?, coalesce(max(seq), 0) + 1, ?, 'interrupted', ? FROM run_transitions WHERE run_id = ?
-    """,
-    "get_run": "SELECT * FROM runs WHERE id = ?",
-    "attempts": "SELECT * FROM attempts WHERE run_id = ? ORDER BY number",
-    "steps": "SELECT * FROM steps WHERE run_id = ? ORDER BY attempt, idx",
-    "run_log": "SELECT * FROM run_logs WHERE run_id = ? AND seq > ? ORDER BY seq",
-    "fires": "SELECT * FROM fires WHERE task_id = ? ORDER BY instant DESC LIMIT ?",
-    "last_runs": """
-        SELECT r.* FROM runs r
-        JOIN (SELECT task_id, max(queued_at) AS latest FROM runs GROUP BY task_id) m
-          ON r.task_id = m.task_id AND r.queued_at = m.latest
-    """,
-    "task_durations": """
-        SELECT state, finished_at - started_at AS duration FROM runs
-        WHERE task_id = ? AND state IN ('completed', 'failed', 'stopped', 'interrupted')
-        ORDER BY queued_at DESC LIMIT 1000
-    """,
-    "task_run_count": "SELECT count(*) FROM runs WHERE task_id = ?",
-    "last_successes": "SELECT task_id, max(finished_at) AS at FROM runs WHERE state = 'completed' GROUP BY task_id",
-    "tombstones": "SELECT task_id, definition_hash FROM tombstones",
-    "last_fires": "SELECT task_id, last_fire FROM task_state",
-    "old_runs": """
-        SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?
-        AND state NOT IN ('queued', 'running', 'retrying')
-    """,
-    "excess_runs": """
-        SELECT id FROM (
-            SELECT id, state, row_number() OVER (PARTITION BY task_id ORDER BY queued_at DESC) AS n FROM runs
-        ) WHERE n > ? AND state NOT IN ('queued', 'running', 'retrying')
-    """,
-    "delete_runs": "DELETE FROM runs WHERE id = ?",
-    "delete_attempts": "DELETE FROM attempts WHERE run_id = ?",
-    "delete_steps": "DELETE FROM steps WHERE run_id = ?",
-    "delete_logs": "DELETE FROM run_logs WHERE run_id = ?",
-    "delete_fires": "DELETE FROM fires WHERE recorded_at < ?",
 }
 
 
@@ -328,17 +256,59 @@ def _text_term(text: str, task_ids: tuple[str, ...]) -> _Term:
     )
 
 
-class SQLiteStore(BufferedStore):
+class _Tx:
+    """aiosqlite's connection as the shared layer's `Tx`."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self._db.execute(sql, args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._db.executemany(sql, rows)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        async with self._db.execute(sql, args) as cursor:
+            return list(await cursor.fetchall())
+
+
+class _Schema:
+    """The schema's version is `PRAGMA user_version`; each migration is a transaction of its own."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def version(self) -> int:
+        row = await (await self._db.execute("PRAGMA user_version")).fetchone()
+        return int(row[0]) if row else 0
+
+    async def upgrade(self, script: str, target: int) -> None:
+        await self._db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;")
+
+
+class SQLiteStore(SQLStore):
     """Run history in one SQLite file."""
 
-    def __init__(self, path: Path | str, batch_window_s: float = 0.025, busy_timeout_s: float = 5.0) -> None:
-        super().__init__(batch_window_s, name="store")
+    SQL = SQL
+    MIGRATIONS = MIGRATIONS
+
+    def __init__(
+        self,
+        path: Path | str,
+        batch_window_s: float = 0.025,
+        busy_timeout_s: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(batch_window_s, name="store", clock=clock)
         self.path = Path(path)
+        self.where = str(self.path)
         self._busy_timeout_ms = int(busy_timeout_s * 1000)  # how long a commit waits for a lock
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one transaction at a time on the writing connection
         self._texts: dict[str, _Text] = {}  # of each active run written
+        self._staged_texts: dict[str, _Text | None] = {}  # of the batch being committed
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -356,35 +326,17 @@ class SQLiteStore(BufferedStore):
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             await self._migrate()
+            # Queries get their own connection: in WAL mode a reader never waits for the writer.
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = aiosqlite.Row
+            await self._reader.execute("PRAGMA query_only = 1")
         except (aiosqlite.Error, StoreError) as exc:
             await db.close()
             self._db = None
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot prepare the store at {self.path}: {exc}") from exc
-        try:
-            # Queries get their own connection: in WAL mode a reader never waits for the writer.
-            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-            self._reader.row_factory = aiosqlite.Row
-            await self._reader.execute("PRAGMA query_only = 1")
-        except aiosqlite.Error as exc:
-            await db.close()
-            self._db = None
-            raise StoreError(f"cannot open the store at {self.path} for reading: {exc}") from exc
         self._start_writer()
-
-    async def _migrate(self) -> None:
-        assert self._db is not None
-        row = await (await self._db.execute("PRAGMA user_version")).fetchone()
-        version = int(row[0]) if row else 0
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"the store at {self.path} has schema version {version}, newer than this taskd "
-                f"understands ({len(MIGRATIONS)}); upgrade taskd or use another store.path"
-            )
-        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self._db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;")
-            log.info("store_migrated", path=str(self.path), version=target)
 
     async def close(self) -> None:
         if self._db is None:
@@ -396,64 +348,61 @@ class SQLiteStore(BufferedStore):
         await self._db.close()
         self._db = None
 
-    async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
+    def _retryable(self, exc: Exception) -> bool:
+        """The database locked or busy, the disk full or failing: a later commit may succeed.
+        A constraint or programming error would fail again: that batch is dropped (and logged)."""
+        return isinstance(exc, (aiosqlite.OperationalError, OSError))
+
+    # -- the shared layer's needs ----------------------------------------------------------------
+    def _require(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        return self._reader
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Tx]:
         db = self._require()
-        rows = await (await db.execute(SQL["active_runs"])).fetchall()
-        runs = [run_from_row(r) for r in rows]
         async with self._lock:
             await db.execute("BEGIN")
-            for run in runs:
-                reason = f"taskd exited while this run was {run.state}; marked interrupted at start-up"
-                run.error = f"{run.error}; {reason}" if run.error else reason
-                run.state = RunState.INTERRUPTED
-                run.finished_at = now
-                await db.execute(SQL["interrupt_run"], (now, run.error, run.id))
-                await db.execute(SQL["unindex_text"], (run.id,))
-                await db.execute(SQL["index_text"], (run.id,))
-                await db.execute(SQL["interrupt_transition"], (run.id, now, reason, run.id))
-                await db.execute(SQL["interrupt_attempts"], (now, run.id))
-                await db.execute(SQL["interrupt_steps"], (now, run.id))
-            await db.execute("COMMIT")
-        return runs
-
-    async def _commit(self, batch: Batch) -> None:
-        db = self._require()
-        unindexed, indexed, texts = self._text_changes(batch.runs.values())
-        rows: list[tuple[str, Sequence[Sequence[Any]]]] = [
-            ("save_run", [run_params(r) for r in batch.runs.values()]),
-            ("unindex_text", unindexed),
-            ("index_text", indexed),
-            ("save_attempt", [attempt_params(a) for a in batch.attempts.values()]),
-            ("save_step", [step_params(s) for s in batch.steps.values()]),
-            ("append_log", batch.logs),
-            ("record_transition", batch.transitions),
-            ("record_fire", [(f.task_id, f.instant, f.kind, f.reason, f.recorded_at) for f in batch.fires]),
-            ("set_last_fire", list(batch.last_fires.items())),
-        ]
-        async with self._lock:
             try:
-                await db.execute("BEGIN")
-                for name, params in rows:
-                    if params:
-                        await db.executemany(SQL[name], params)
-                for tombstone in batch.tombstones:
-                    if tombstone.definition_hash is None:
-                        await db.execute(SQL["remove_tombstone"], (tombstone.task_id,))
-                    else:
-                        await db.execute(
-                            SQL["add_tombstone"],
-                            (tombstone.task_id, tombstone.definition_hash, tombstone.deleted_at),
-                        )
+                yield _Tx(db)
                 await db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(Exception):
                     await db.execute("ROLLBACK")
                 raise
-            for run_id, text in texts.items():
-                if text is None:
-                    self._texts.pop(run_id, None)
-                else:
-                    self._texts[run_id] = text
+
+    @contextlib.asynccontextmanager
+    async def _schema(self) -> AsyncIterator[_Schema]:
+        yield _Schema(self._require())
+
+    async def _fetch_sql(self, sql: str, args: Sequence[Any]) -> list[Row]:
+        async with self._read().execute(sql, args) as cursor:
+            return list(await cursor.fetchall())
+
+    def _any(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"{column} IN ({', '.join('?' * len(values))})", list(values)
+
+    def _text_rows(self, batch: Batch) -> list[tuple[str, Sequence[Sequence[Any]]]]:
+        unindexed, indexed, self._staged_texts = self._text_changes(batch.runs.values())
+        return [("unindex_text", unindexed), ("index_text", indexed)]
+
+    def _committed(self, batch: Batch) -> None:
+        for run_id, text in self._staged_texts.items():
+            if text is None:
+                self._texts.pop(run_id, None)
+            else:
+                self._texts[run_id] = text
+        self._staged_texts = {}
+
+    async def _reindex(self, tx: _Tx, run_id: str) -> None:  # type: ignore[override]
+        await tx.execute(SQL["unindex_text"], (run_id,))
+        await tx.execute(SQL["index_text"], (run_id,))
 
     def _text_changes(
         self, runs: Iterable[RunRecord]
@@ -476,41 +425,14 @@ class SQLiteStore(BufferedStore):
             texts[run.id] = text if run.state in ACTIVE_STATES else None
         return unindexed, indexed, texts
 
-    def _retryable(self, exc: Exception) -> bool:
-        """The database locked or busy, the disk full or failing: a later commit may succeed.
-        A constraint or programming error would fail again: that batch is dropped (and logged)."""
-        return isinstance(exc, (aiosqlite.OperationalError, OSError))
-
-    # -- reads -----------------------------------------------------------------------------------
-    def _require(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StoreError("the store is not open")
-        return self._db
-
-    def _read(self) -> aiosqlite.Connection:
-        if self._reader is None:
-            raise StoreError("the store is not open")
-        return self._reader
-
-    async def _fetch(self, name: str, params: tuple[Any, ...] = (), fresh: bool = True) -> list[aiosqlite.Row]:
-        """Run a named query; `fresh` first waits for what was written before (read-your-writes)."""
-        if fresh:
-            await self.flush()
-        async with self._read().execute(SQL[name], params) as cursor:
-            return list(await cursor.fetchall())
-
     async def ping(self) -> bool:
         try:
-            db = self._require()
-            async with db.execute("SELECT 1") as cursor:
+            async with self._require().execute("SELECT 1") as cursor:
                 return (await cursor.fetchone()) is not None
         except (StoreError, aiosqlite.Error, ValueError):
             return False
 
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        rows = await self._fetch("get_run", (run_id,))
-        return run_from_row(rows[0]) if rows else None
-
+    # -- run search ------------------------------------------------------------------------------
     async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
         if query.fresh:
             await self.flush()
@@ -526,9 +448,7 @@ class SQLiteStore(BufferedStore):
             terms.append(_text_term(query.text, query.text_task_ids))
         clause, params = _where(terms)
         if len(terms) == 1 and terms[0].alone is not None:
-            async with self._read().execute(*terms[0].alone) as cursor:
-                row = await cursor.fetchone()
-                total = int(row[0]) if row else 0
+            total = await self._number(*terms[0].alone)
         else:
             total = await self._count(query, clause, params)
         if query.offset >= total:
@@ -541,22 +461,18 @@ class SQLiteStore(BufferedStore):
         order = "DESC" if query.descending else "ASC"
         ties = f"id {order}" if query.sort == "queued_at" else f"queued_at {order}, id {order}"
         sql = f"SELECT * FROM runs {clause} ORDER BY {SORT_COLUMNS[query.sort]} {order}, {ties} LIMIT ? OFFSET ?"
-        async with self._read().execute(sql, [*params, query.limit, query.offset]) as cursor:
-            rows = list(await cursor.fetchall())
+        rows = await self._fetch_sql(sql, [*params, query.limit, query.offset])
         return [run_from_row(r) for r in rows], total
 
     async def _size(self) -> int:
         """About how many runs there are (at least as many): the largest rowid, read off the end of
         the table, where count(*) would visit every page."""
-        async with self._read().execute("SELECT max(rowid) FROM runs") as cursor:
-            row = await cursor.fetchone()
-            return int(row[0]) if row and row[0] is not None else 0
+        return await self._number("SELECT max(rowid) FROM runs")
 
     async def _count(self, query: RunQuery, clause: str, params: list[str | float]) -> int:
         """How many runs the search matches. Most runs completed and were scheduled: a search for
         those by state or by trigger alone counts all runs (SQLite counts a whole table without
         reading its rows) and takes away the runs with the other values, which are few."""
-        db = self._read()
         narrowed = query.task_ids or query.since is not None or query.until is not None or query.text
         by_state = (query.states, RunState.COMPLETED, list(RunState), query.triggers)
         by_trigger = (query.triggers, Trigger.SCHEDULE, list(Trigger), query.states)
@@ -565,63 +481,5 @@ class SQLiteStore(BufferedStore):
                 others = sorted({str(value) for value in every} - set(values))
                 marks = ", ".join("?" * len(others))
                 sql = f"SELECT (SELECT count(*) FROM runs) - count(*) FROM runs WHERE {column} IN ({marks})"
-                async with db.execute(sql, others) as cursor:
-                    row = await cursor.fetchone()
-                    return int(row[0]) if row else 0
-        async with db.execute(f"SELECT count(*) FROM runs {clause}", params) as cursor:
-            row = await cursor.fetchone()
-            return int(row[0]) if row else 0
-
-    async def attempts(self, run_id: str) -> list[AttemptRecord]:
-        return [attempt_from_row(r) for r in await self._fetch("attempts", (run_id,))]
-
-    async def steps(self, run_id: str) -> list[StepRecord]:
-        return [step_from_row(r) for r in await self._fetch("steps", (run_id,))]
-
-    async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]:
-        return [log_from_row(r) for r in await self._fetch("run_log", (run_id, after_seq))]
-
-    async def transitions(self, run_id: str) -> list[Transition]:
-        return [transition_from_row(r) for r in await self._fetch("transitions", (run_id,))]
-
-    async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
-        return [fire_from_row(r) for r in await self._fetch("fires", (task_id, limit), fresh=False)]
-
-    async def last_runs(self) -> dict[str, RunRecord]:
-        return {run.task_id: run for run in map(run_from_row, await self._fetch("last_runs"))}
-
-    async def last_successes(self) -> dict[str, float]:
-        return {r["task_id"]: r["at"] for r in await self._fetch("last_successes")}
-
-    async def task_stats(self, task_id: str) -> dict[str, Any]:
-        counted, rows = await asyncio.gather(
-            self._fetch("task_run_count", (task_id,), fresh=False),
-            self._fetch("task_durations", (task_id,), fresh=False),
-        )
-        return run_stats(int(counted[0][0]), [(r["state"], r["duration"]) for r in rows])
-
-    async def tombstones(self) -> dict[str, str]:
-        return {r["task_id"]: r["definition_hash"] for r in await self._fetch("tombstones")}
-
-    async def last_fires(self) -> dict[str, float]:
-        return {r["task_id"]: r["last_fire"] for r in await self._fetch("last_fires")}
-
-    async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
-        await self.flush()
-        db = self._require()
-        doomed: set[str] = set()
-        if days > 0:
-            async with db.execute(SQL["old_runs"], (now - days * 86400,)) as cursor:
-                doomed.update(r[0] for r in await cursor.fetchall())
-        if max_runs_per_task > 0:
-            async with db.execute(SQL["excess_runs"], (max_runs_per_task,)) as cursor:
-                doomed.update(r[0] for r in await cursor.fetchall())
-        async with self._lock:
-            await db.execute("BEGIN")
-            ids = [(run_id,) for run_id in doomed]
-            for name in ("delete_runs", "delete_attempts", "delete_steps", "delete_logs", "delete_transitions"):
-                await db.executemany(SQL[name], ids)
-            if days > 0:
-                await db.execute(SQL["delete_fires"], (now - days * 86400,))
-            await db.execute("COMMIT")
-        return len(doomed)
+                return await self._number(sql, others)
+        return await self._number(f"SELECT count(*) FROM runs {clause}", params)

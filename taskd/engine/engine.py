@@ -1,0 +1,438 @@
+"""The engine: the facade the daemon and the API talk to.
+
+It keeps the registry of tasks (reloads, tombstones), starts runs under the concurrency and load
+policies, and stops and deletes them, here and, through its coordinator, on the other nodes.
+Firing (`firing`) and the dealings with other nodes (`remote`) are its parts; everything reads one
+clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+
+from taskd.clock import Clock, SystemClock
+from taskd.cluster import Coordinator, LocalCoordinator, NodeInfo
+from taskd.config import Config
+from taskd.engine.firing import Firing, TimerFactory
+from taskd.engine.policy import admit, eligible, overload, task_status
+from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
+from taskd.engine.remote import Remote
+from taskd.engine.runs import RunTable, stop_grace, wait_runs
+from taskd.engine.timer import APSchedulerTimer
+from taskd.errors import Conflict, Overloaded, UnknownTask
+from taskd.live import LiveHub
+from taskd.metrics import Metrics
+from taskd.models import RunRecord, RunState, RunSummary, Trigger, new_run_id
+from taskd.processor import ProcessorType
+from taskd.processors import registry
+from taskd.runner import Run
+from taskd.slots import SlotPool
+from taskd.store.base import LogLine, Store
+
+log = structlog.get_logger("taskd.engine")
+_DEBUG = logging.getLogger("taskd.engine")
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A task's status and last run, as every node sees them."""
+
+    status: str
+    last_run: RunRecord | RunSummary | None
+
+
+@dataclass(frozen=True)
+class Load:
+    """How busy the engine is now."""
+
+    slots: int
+    slots_in_use: int
+    slots_waiting: int
+    active: Mapping[str, int]  # unfinished runs by state
+    overloaded: str | None  # why new runs are refused, while they are
+
+    @property
+    def active_runs(self) -> int:
+        return sum(self.active.values())
+
+
+class Engine:
+    """Owns the registry of tasks, the timer that fires them, and every active run."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        kinds: Mapping[str, ProcessorType] | None = None,
+        clock: Clock | None = None,
+        timer: TimerFactory = APSchedulerTimer,
+        metrics: Metrics | None = None,
+        live: LiveHub | None = None,
+        coordinator: Coordinator | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.kinds = kinds if kinds is not None else registry().types
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = metrics
+        self.live = live or LiveHub()
+        self._events = _RunEvents(metrics, self.live)
+        self.slots = SlotPool(config.task.max_concurrent_tasks)
+        self.runs = RunTable()
+        self.started_at = self.clock.time()
+        self._builder = StepBuilder()
+        self._tasks: dict[str, TaskEntry] = {}
+        self._held_back: dict[str, str] = {}
+        self._tombstones: dict[str, str] = {}
+        self._sorted: tuple[TaskEntry, ...] | None = None
+        self._accepting = False
+        self._hurry = asyncio.Event()
+        self._digest = config_digest(config)
+        self.coordinator = coordinator or LocalCoordinator(store, config.node.name, config.node.labels, self.clock)
+        self._remote = Remote(self, self.coordinator, store, self.runs, self.clock)
+        self.coordinator.attach(self._describe, self._lease_lost, self._remote.heard)
+        self.firing = Firing(self, timer, self.coordinator, store, self.slots, self.clock, metrics)
+        self._overload: str | None = None  # why new runs are refused, while they are
+        self._overload_since = 0.0
+        self._shed = 0  # runs refused since the overload began
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register the configured tasks, start firing, and catch up on missed fires."""
+        self._tombstones = await self.store.tombstones()
+        self.runs.seed(await self.store.last_runs())
+        if self.metrics is not None:
+            self.metrics.seed_last_successes(await self.store.last_successes())
+        self._apply(self.config)
+        await self.coordinator.join()
+        self._accepting = True
+        self.firing.timer.start()
+        await self.firing.catch_up()
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def scheduler_running(self) -> bool:
+        return self.firing.timer.running and self._accepting
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop firing; let active runs finish for up to `grace_s` (or until `hurry()`), then stop them."""
+        self._accepting = False
+        self.firing.stop()
+        if len(self.runs):
+            log.info("draining_runs", count=len(self.runs), grace_s=grace_s)
+        await self.runs.drain(grace_s, f"daemon shutdown after the {grace_s:g}s grace period", self._hurry)
+        await self.coordinator.leave()
+        await self.store.flush()
+
+    def hurry(self) -> None:
+        """Cut a shutdown's grace period short: the runs still active are stopped now."""
+        self._hurry.set()
+
+    @property
+    def hurried(self) -> bool:
+        return self._hurry.is_set()
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self.firing.track(task)
+
+    # -- configuration -----------------------------------------------------------------------------
+    def _apply(self, config: Config) -> RegistryDiff:
+        """Make the registry match `config`. Active runs are not touched."""
+        wanted = [self._builder.entry(config, task) for task in config.tasks]
+        change = diff(self._tasks, wanted, self._tombstones)
+        for task_id in change.restored:
+            self.store.remove_tombstone(task_id)
+            del self._tombstones[task_id]
+            log.info("task_restored", task_id=task_id, reason="definition changed since it was deleted")
+        for task_id in change.removed:
+            self.firing.unschedule(task_id)
+            if self.metrics is not None:
+                self.metrics.forget_task(task_id)
+        for task_id in (*change.added, *change.changed):
+            self.firing.schedule(change.tasks[task_id])
+        self._tasks = dict(change.tasks)
+        self._held_back = dict(change.held_back)
+        self._digest = config_digest(config)
+        self.config = config
+        self._sorted = None
+        self.slots.set_limit(config.task.max_concurrent_tasks)
+        if change.held_back:
+            log.warning(
+                "tasks_held_back",
+                task_ids=sorted(change.held_back),
+                reason="deleted through the API; edit their YAML definition to bring them back",
+            )
+        return change
+
+    def reload(self, config: Config) -> dict[str, list[str]]:
+        """Switch to a new, already validated config. Runs in progress keep their definition."""
+        changes = self._apply(config).summary()
+        log.info("config_reloaded", **{k: v for k, v in changes.items() if v})
+        return changes
+
+    # -- runs ------------------------------------------------------------------------------------
+    def start_run(
+        self,
+        task_id: str,
+        trigger: Trigger,
+        params: Mapping[str, Any] | None = None,
+        scheduled_at: float | None = None,
+    ) -> Run:
+        """Create a run and start it, applying the task's concurrency policy."""
+        if not self._accepting:
+            raise Conflict("taskd is shutting down", "shutting_down")
+        entry = self.entry(task_id)
+        me = self.coordinator.name
+        if entry.config.placement != "any" and not eligible(entry.config.placement, me, self.coordinator.labels):
+            raise Conflict(f"task {task_id!r} may not run on this node ({me}): see its placement", "placement")
+        self._admit_load()
+        task = entry.config
+        # `allow` never needs the list of active runs; with thousands of them, building it costs.
+        active = self.runs.active_states(task_id) if task.concurrency != "allow" else []
+        admission = admit(task_id, task.concurrency, active)
+        for run_id in admission.stop:
+            replaced = self.runs.get(run_id)
+            if replaced is not None:
+                replaced.stop("replaced by a newer run")
+        after = [run for run in map(self.runs.get, admission.after) if run is not None]
+        now = self.clock.time()
+        record = RunRecord(
+            id=new_run_id(now),
+            task_id=task_id,
+            trigger=trigger,
+            queued_at=now,
+            scheduled_at=scheduled_at,
+            params={**entry.params, **params} if params else dict(entry.params),
+            priority=task.priority,
+            node=me,
+        )
+        run = Run(record, entry.plan, self.store, self.slots, self.clock, self._events)
+        run.queue()
+        self.runs.add(run)
+        run.start(after)
+        if _DEBUG.isEnabledFor(logging.DEBUG):
+            log.debug("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
+        return run
+
+    async def start_manual(self, task_id: str, params: Mapping[str, Any] | None = None) -> tuple[str, str]:
+        """Start a manual run here, or on a node the task's placement allows when it excludes this
+        one; answers (run id, state)."""
+        try:
+            run = self.start_run(task_id, Trigger.MANUAL, params=params)
+        except Conflict as exc:
+            if exc.reason != "placement":
+                raise
+            return await self._remote.start(task_id, params)
+        return run.id, str(run.state)
+
+    def _describe(self) -> tuple[str, int, int]:
+        """What the heartbeat tells the cluster: config digest, slot limit, slots in use."""
+        return self._digest, self.slots.limit, self.slots.held
+
+    def _lease_lost(self) -> None:
+        """Another node found this node's lease expired and took over its runs: stop them here."""
+        for run in self.runs.unfinished():
+            run.stop("this node lost its lease; another node took over its runs")
+
+    def _load(self) -> str | None:
+        config = self.config
+        waiting = len(self.runs) - self.slots.held
+        return overload(
+            self.store.pending_writes,
+            config.store.max_pending,
+            waiting,
+            config.task.max_waiting_runs,
+            self._overload is not None,
+        )
+
+    def _admit_load(self) -> None:
+        """Refuse a new run (Overloaded) while the store or the slots cannot keep up."""
+        why = self._load()
+        if why is None:
+            if self._overload is not None:
+                log.warning(
+                    "overload_ended",
+                    refused=self._shed,
+                    lasted_s=round(self.clock.time() - self._overload_since, 3),
+                )
+                self._overload = None
+            return
+        if self._overload is None:
+            self._overload_since, self._shed = self.clock.time(), 0
+            log.warning("overloaded", reason=why, action="new runs are refused until it has caught up")
+        self._overload = why
+        self._shed += 1
+        raise Overloaded(f"taskd is overloaded: {why}; try again later", retry_after_s=1)
+
+    @property
+    def overloaded(self) -> str | None:
+        """Why taskd refuses new runs now, or None (as the next start would find it)."""
+        return self._load()
+
+    def load(self) -> Load:
+        """Slots, waiting and active runs, and whether new runs are refused, as of now."""
+        slots = self.slots
+        active = collections.Counter(str(run.state) for run in self.runs.unfinished())
+        return Load(slots.limit, slots.held, slots.waiting, active, self._load())
+
+    async def stop_task(self, task_id: str, reason: str) -> list[str]:
+        """Stop every active run of the task, on every node; wait (bounded by their stop grace)
+        until they end."""
+        entry = self.entry(task_id)
+        active = self.runs.active(task_id)
+        remote = await self.coordinator.active_elsewhere(task_id)
+        if not active and not remote:
+            raise Conflict(f"task {task_id!r} has no active run")
+        for run in active:
+            run.stop(reason)
+        if remote:
+            await self._remote.stop(task_id, reason)
+        await asyncio.gather(wait_runs(active, stop_grace(active)), self._remote.wait(remote, entry.plan.stop_grace_s))
+        return [run.id for run in active] + remote
+
+    async def delete_task(self, task_id: str) -> list[str]:
+        """Stop active runs (on every node), remove the task (from every node), and keep a
+        tombstone so it stays deleted."""
+        entry = self.entry(task_id)
+        remote = await self.coordinator.active_elsewhere(task_id)
+        active = self.drop(task_id, entry.definition_hash)
+        self.store.add_tombstone(task_id, entry.definition_hash, self.clock.time())
+        await self._remote.drop(task_id, entry.definition_hash)
+        await asyncio.gather(wait_runs(active, stop_grace(active)), self._remote.wait(remote, entry.plan.stop_grace_s))
+        await self.store.flush()
+        log.info("task_deleted", task_id=task_id, stopped=[r.id for r in active] + remote)
+        return [run.id for run in active] + remote
+
+    def drop(self, task_id: str, definition_hash: str) -> list[Run]:
+        """Stop the task's runs here and take it out of the registry; return the runs stopped."""
+        active = self.runs.active(task_id)
+        for run in active:
+            run.stop("task deleted")
+        self.firing.unschedule(task_id)
+        self._tasks.pop(task_id, None)
+        self._sorted = None
+        self._tombstones[task_id] = definition_hash
+        self._held_back[task_id] = definition_hash
+        if self.metrics is not None:
+            self.metrics.forget_task(task_id)
+        return active
+
+    # -- reading the registry ----------------------------------------------------------------------
+    @property
+    def tasks(self) -> Mapping[str, TaskEntry]:
+        return self._tasks
+
+    def entry(self, task_id: str) -> TaskEntry:
+        entry = self._tasks.get(task_id)
+        if entry is None:
+            raise UnknownTask(f"task {task_id!r} does not exist")
+        return entry
+
+    def entries(self) -> tuple[TaskEntry, ...]:
+        """Every task, by id; cached until the registry changes."""
+        if self._sorted is None:
+            self._sorted = tuple(self._tasks[k] for k in sorted(self._tasks))
+        return self._sorted
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def held_back(self) -> Mapping[str, str]:
+        """Tasks kept deleted by a tombstone: id -> definition hash."""
+        return MappingProxyType(self._held_back)
+
+    def has_task(self, task_id: str) -> bool:
+        return task_id in self._tasks
+
+    def knows(self, task_id: str) -> bool:
+        """Whether the task is defined, or deleted and held back (its history is still asked for)."""
+        return task_id in self._tasks or task_id in self._held_back
+
+    def status(self, task_id: str) -> str:
+        """The task's status as this node knows it."""
+        entry = self._tasks[task_id]
+        last = self.runs.last(task_id)
+        return task_status(
+            entry.config.enabled,
+            (run.state for run in self.runs.active(task_id)),
+            None if last is None else str(last.state),
+            scheduled=entry.schedule is not None,
+        )
+
+    async def task_states(self, entries: Sequence[TaskEntry]) -> dict[str, TaskState]:
+        """Each task's status and last run as the nodes sharing the store see them: another node
+        may have run it since this one last did."""
+        latest, elsewhere = await self.coordinator.latest_elsewhere([entry.id for entry in entries])
+        states: dict[str, TaskState] = {}
+        for entry in entries:
+            last = self.runs.last(entry.id)
+            other = latest.get(entry.id)
+            if other is not None and (last is None or other.id >= last.id):  # ids grow with the time queued
+                last = other
+            active = [run.state for run in self.runs.active(entry.id)]
+            active += [RunState(state) for state in elsewhere.get(entry.id, ())]
+            status = task_status(
+                entry.config.enabled,
+                active,
+                None if last is None else str(last.state),
+                scheduled=entry.schedule is not None,
+            )
+            states[entry.id] = TaskState(status, last)
+        return states
+
+    def active_runs(self, task_id: str) -> list[Run]:
+        return self.runs.active(task_id)
+
+    def live_run(self, run_id: str) -> Run | None:
+        return self.runs.get(run_id)
+
+    @property
+    def node_name(self) -> str:
+        return self.coordinator.name
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The nodes sharing the store (this one alone, on a store no other process shares)."""
+        return await self.coordinator.nodes()
+
+
+class _RunEvents:
+    """What runs tell as they go: counted by the metrics, streamed to live followers."""
+
+    def __init__(self, metrics: Metrics | None, live: LiveHub) -> None:
+        self._metrics = metrics
+        self._live = live
+
+    def run_finished(self, task_id: str, state: str, duration_s: float | None, finished_at: float) -> None:
+        if self._metrics is not None:
+            self._metrics.run_finished(task_id, state, duration_s, finished_at)
+
+    def first_step_started(self, lateness_s: float) -> None:
+        if self._metrics is not None:
+            self._metrics.first_step_started(lateness_s)
+
+    def state_entered(self, run_id: str, task_id: str, state: str, at: float, error: str | None) -> None:
+        self._live.state_entered(run_id, task_id, state, at, error)
+
+    def line_written(self, line: LogLine) -> None:
+        self._live.line_written(line)
+
+
+def config_digest(config: Config) -> str:
+    """A digest of every task's definition (with its pipeline): nodes with the same one run the
+    same tasks the same way."""
+    lines = sorted(f"{task.id} {config.definition_hash(task)}" for task in config.tasks)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

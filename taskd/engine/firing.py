@@ -1,0 +1,227 @@
+"""Schedules becoming runs: the timer's jobs (one per schedule and zone, shared by the tasks on it),
+the claim of each fire among the nodes, starting the fired tasks in chunks, and catching up at
+start-up with fires missed while the daemon was down."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from taskd.clock import Clock, utc
+from taskd.cluster import Coordinator
+from taskd.engine.policy import FirePlan, catch_up, claim_key, eligible, plan_fire
+from taskd.engine.registry import TaskEntry
+from taskd.engine.timer import FireCallback, Timer
+from taskd.errors import Conflict, Overloaded
+from taskd.metrics import Metrics
+from taskd.models import Trigger
+from taskd.slots import SlotPool
+from taskd.store.base import Fire, Store
+
+log = structlog.get_logger("taskd.engine")
+
+CLAIM_DELAY_S = 0.05
+"""With other nodes alive, a node with every slot busy waits this long before claiming a fire (one
+half busy, half as long): the least loaded node tends to claim first."""
+FIRE_CHUNK = 250
+"""A fire starts its tasks' runs this many at a time, letting the event loop serve the API and
+begin the runs already started in between, so a fire of thousands of tasks does not hold the
+loop for the whole burst."""
+
+TimerFactory = Callable[[FireCallback], Timer]
+
+
+class Starter(Protocol):
+    """What firing needs of the engine: its tasks, whether it takes new runs, and starting one."""
+
+    @property
+    def tasks(self) -> Mapping[str, TaskEntry]: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+    def start_run(
+        self, task_id: str, trigger: Trigger, params: Mapping[str, Any] | None = None, scheduled_at: float | None = None
+    ) -> object: ...
+
+
+class Firing:
+    """The timer's jobs and what each fire becomes."""
+
+    def __init__(
+        self,
+        engine: Starter,
+        timer: TimerFactory,
+        coordinator: Coordinator,
+        store: Store,
+        slots: SlotPool,
+        clock: Clock,
+        metrics: Metrics | None,
+    ) -> None:
+        self._engine = engine
+        self._coordinator = coordinator
+        self._store = store
+        self._slots = slots
+        self._clock = clock
+        self._metrics = metrics
+        self._groups: dict[str, dict[str, None]] = {}  # timer job -> task ids, in order
+        self._claims: set[asyncio.Task[None]] = set()
+        self.timer: Timer = timer(self.on_group_fire)
+
+    # -- the timer's jobs --------------------------------------------------------------------------
+    def schedule(self, entry: TaskEntry) -> None:
+        self.unschedule(entry.id)
+        group = entry.group
+        if group is None or entry.schedule is None:
+            return
+        members = self._groups.get(group)
+        if members is None:
+            members = self._groups[group] = {}
+            self.timer.add(group, entry.schedule)
+        members[entry.id] = None
+
+    def unschedule(self, task_id: str) -> None:
+        for group, members in list(self._groups.items()):
+            if task_id in members:
+                del members[task_id]
+                if not members:
+                    del self._groups[group]
+                    self.timer.remove(group)
+                return
+
+    @property
+    def groups(self) -> Mapping[str, Mapping[str, None]]:
+        return self._groups
+
+    def stop(self) -> None:
+        """No more fires: the timer stops and the claims in flight are dropped."""
+        self.timer.shutdown()
+        for claim in list(self._claims):
+            claim.cancel()
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep a background step of firing (or of answering another node) until it is done."""
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
+    # -- fires -------------------------------------------------------------------------------------
+    def on_group_fire(self, group: str, run_times: list[datetime]) -> None:
+        """Called by the timer when a schedule is due: fire its tasks, higher priority first."""
+        members = self._groups.get(group)
+        if not members or not self._engine.accepting or not run_times:
+            return
+        tasks = self._engine.tasks
+        fire = plan_fire([t.timestamp() for t in run_times])
+        ordered = sorted(members, key=lambda task_id: -tasks[task_id].config.priority)
+        if any(tasks[task_id].config.placement != "any" for task_id in ordered):
+            ordered = self._placed(ordered, fire)
+        me = self._coordinator.name
+        keys = {claim_key(task_id, tasks[task_id].config.placement, me): task_id for task_id in ordered}
+        claims = [(key, fire.instant) for key in keys]
+        won = self._coordinator.claim_at_once(claims)
+        if won is not None:  # nobody to compete with: the fire starts now, on this turn of the loop
+            self._fire_won(ordered, keys, won, fire)
+        else:
+            self.track(asyncio.get_running_loop().create_task(self._claimed_fire(ordered, keys, claims, fire)))
+
+    def _placed(self, ordered: list[str], fire: FirePlan) -> list[str]:
+        """The tasks of a fire that may run on this node. With no other node alive, the node records
+        the others as skipped: no node could run them."""
+        me, labels, tasks = self._coordinator.name, self._coordinator.labels, self._engine.tasks
+        placed = [t for t in ordered if eligible(tasks[t].config.placement, me, labels)]
+        if self._coordinator.alone and len(placed) < len(ordered):
+            now = self._clock.time()
+            for task_id in set(ordered) - set(placed):
+                why = f"placement: this node ({me}) is not one the task may run on"
+                self.skip(Fire(task_id, fire.instant, "skipped", why, now), "placement")
+        return placed
+
+    async def _claimed_fire(
+        self, ordered: list[str], keys: dict[str, str], claims: list[tuple[str, float]], fire: FirePlan
+    ) -> None:
+        """Each fire runs on the one node that claims it first (or, for `placement: all`, once on
+        every node). A busier node waits a little before claiming, so that the least loaded node
+        tends to win."""
+        busy = self._slots.held / self._slots.limit
+        if busy > 0 and not self._coordinator.alone:
+            await self._clock.sleep(CLAIM_DELAY_S * min(busy, 1.0))
+        try:
+            won = await self._coordinator.claim_fires(claims)
+        except Exception as exc:  # the store is unreachable: another node may claim these fires
+            log.warning("fire_claim_failed", tasks=len(ordered), error=f"{type(exc).__name__}: {exc}")
+            return
+        self._fire_won(ordered, keys, won, fire)
+
+    def _fire_won(self, ordered: list[str], keys: dict[str, str], won: list[tuple[str, float]], fire: FirePlan) -> None:
+        mine = {keys[key] for key, _ in won}
+        if mine and self._engine.accepting:
+            tasks = self._engine.tasks
+            self._fire_from([task_id for task_id in ordered if task_id in mine and task_id in tasks], 0, fire)
+
+    def _fire_from(self, ordered: list[str], start: int, fire: FirePlan) -> None:
+        """Fire `ordered[start:]`, FIRE_CHUNK tasks now and the rest in later turns of the loop."""
+        end = start + FIRE_CHUNK
+        tasks = self._engine.tasks
+        for task_id in ordered[start:end]:
+            if task_id in tasks:  # a reload or a DELETE between two chunks may remove it
+                self._fire(task_id, fire)
+        if end < len(ordered):
+            asyncio.get_running_loop().call_soon(self._fire_from, ordered, end, fire)
+
+    def _fire(self, task_id: str, fire: FirePlan) -> None:
+        """`task_id` is due: one run for the fire's instant, the coalesced instants recorded."""
+        now = self._clock.time()
+        self._store.set_last_fire(task_id, fire.instant)
+        for missed in fire.coalesced:
+            self.skip(Fire(task_id, missed, "skipped", "coalesced: the event loop was late", now), "coalesced")
+        try:
+            self._engine.start_run(task_id, Trigger.SCHEDULE, scheduled_at=fire.instant)
+        except Conflict as exc:
+            self.skip(Fire(task_id, fire.instant, "skipped", str(exc), now), exc.reason)
+            if not isinstance(exc, Overloaded):  # an overload is logged once, when it begins and ends
+                log.info("fire_skipped", task_id=task_id, reason=str(exc))
+
+    def skip(self, fire: Fire, reason: str) -> None:
+        """A fire that did not become a run: recorded, and counted by reason."""
+        self._store.record_fire(fire)
+        if self._metrics is not None:
+            self._metrics.fire_skipped(fire.task_id, reason)
+
+    async def catch_up(self) -> None:
+        """At start-up, deal with fires missed while the daemon was down (misfire policy), each
+        claimed so that it is dealt with once among the nodes."""
+        last_fires = await self._store.last_fires()
+        now = utc(self._clock)
+        due = []
+        me, labels = self._coordinator.name, self._coordinator.labels
+        for entry in list(self._engine.tasks.values()):
+            if not eligible(entry.config.placement, me, labels):
+                continue
+            schedule = entry.schedule if entry.config.enabled else None
+            missed = catch_up(schedule, entry.config.misfire, _instant(last_fires.get(entry.id)), now)
+            if missed is not None:
+                due.append((entry, missed))
+        if due:
+            claims = [(claim_key(e.id, e.config.placement, me), m.instant.timestamp()) for e, m in due]
+            won = set(await self._coordinator.claim_fires(claims))
+            due = [(e, m) for (e, m), claim in zip(due, claims, strict=True) if claim in won]
+        for entry, missed in due:
+            latest = missed.instant.timestamp()
+            self._store.set_last_fire(entry.id, latest)
+            if missed.run:
+                log.info("catch_up_run", task_id=entry.id, missed=missed.count, more=missed.capped)
+                try:
+                    self._engine.start_run(entry.id, Trigger.CATCH_UP, scheduled_at=latest)
+                except Conflict as exc:
+                    self.skip(Fire(entry.id, latest, "skipped", str(exc), self._clock.time()), exc.reason)
+            else:
+                self.skip(Fire(entry.id, latest, "missed", missed.reason, self._clock.time()), "missed_while_down")
+                log.info("fires_missed", task_id=entry.id, missed=missed.count, more=missed.capped)
+
+
+def _instant(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

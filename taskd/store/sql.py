@@ -1,0 +1,322 @@
+"""The SQL layer shared by the SQLite and PostgreSQL stores: the statements both speak, commit
+assembly, readers, recovery, retention and the migration loop. A dialect brings its connections,
+its DDL and migrations, the statements it words differently, and its own run search.
+
+Statements are written once with `?` placeholders; PostgreSQL numbers them (`numbered`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+import structlog
+
+from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord
+from taskd.store.base import STATS_WINDOW, Fire, LogLine, StoreError, Transition, run_stats
+from taskd.store.buffer import Batch, BufferedStore
+from taskd.store.rows import (
+    Row,
+    attempt_from_row,
+    attempt_params,
+    fire_from_row,
+    log_from_row,
+    run_from_row,
+    run_params,
+    step_from_row,
+    step_params,
+    transition_from_row,
+)
+
+log = structlog.get_logger("taskd.store")
+
+ACTIVE = "state IN ('queued', 'running', 'retrying')"
+FINISHED = "state IN ('completed', 'failed', 'stopped', 'interrupted')"
+
+STATEMENTS: dict[str, str] = {
+    "save_run": """
+        INSERT INTO runs (id, task_id, trigger, state, scheduled_at, queued_at, started_at, finished_at,
+                          attempts, error, params, priority, node)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
+            finished_at = excluded.finished_at, attempts = excluded.attempts, error = excluded.error
+        WHERE runs.state <> 'interrupted'
+    """,
+    "save_attempt": """
+        INSERT INTO attempts (run_id, number, state, started_at, finished_at, error) VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT (run_id, number) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
+            finished_at = excluded.finished_at, error = excluded.error
+    """,
+    "save_step": """
+        INSERT INTO steps (run_id, attempt, idx, type, state, started_at, finished_at, error)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (run_id, attempt, idx) DO UPDATE SET type = excluded.type, state = excluded.state,
+            started_at = excluded.started_at, finished_at = excluded.finished_at, error = excluded.error
+    """,
+    "append_log": "INSERT INTO run_logs (run_id, seq, ts, stream, line) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    "record_transition": """
+        INSERT INTO run_transitions (run_id, seq, at, state, detail) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+    """,
+    "record_fire": "INSERT INTO fires (task_id, instant, kind, reason, recorded_at) VALUES (?, ?, ?, ?, ?)",
+    "set_last_fire": """
+        INSERT INTO task_state (task_id, last_fire) VALUES (?, ?)
+        ON CONFLICT (task_id) DO UPDATE SET last_fire = CASE
+            WHEN excluded.last_fire > task_state.last_fire THEN excluded.last_fire ELSE task_state.last_fire END
+    """,
+    "add_tombstone": """
+        INSERT INTO tombstones (task_id, definition_hash, deleted_at) VALUES (?, ?, ?)
+        ON CONFLICT (task_id) DO UPDATE SET definition_hash = excluded.definition_hash, deleted_at = excluded.deleted_at
+    """,
+    "remove_tombstone": "DELETE FROM tombstones WHERE task_id = ?",
+    "interrupt_run": "UPDATE runs SET state = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
+    "interrupt_attempts": """
+        UPDATE attempts SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'
+    """,
+    "interrupt_steps": "UPDATE steps SET state = 'interrupted', finished_at = ? WHERE run_id = ? AND state = 'running'",
+    "interrupt_transition": """
+        INSERT INTO run_transitions (run_id, seq, at, state, detail)
+        SELECT ?, coalesce(max(seq), 0) + 1, ?, 'interrupted', ? FROM run_transitions WHERE run_id = ?
+    """,
+    "get_run": "SELECT * FROM runs WHERE id = ?",
+    "attempts": "SELECT * FROM attempts WHERE run_id = ? ORDER BY number",
+    "steps": "SELECT * FROM steps WHERE run_id = ? ORDER BY attempt, idx",
+    "run_log": "SELECT * FROM run_logs WHERE run_id = ? AND seq > ? ORDER BY seq",
+    "transitions": "SELECT * FROM run_transitions WHERE run_id = ? ORDER BY seq",
+    "fires": "SELECT * FROM fires WHERE task_id = ? ORDER BY instant DESC, id DESC LIMIT ?",
+    "task_durations": f"""
+        SELECT state, finished_at - started_at AS duration FROM runs WHERE task_id = ? AND {FINISHED}
+        ORDER BY queued_at DESC LIMIT {STATS_WINDOW}
+    """,
+    "task_run_count": "SELECT count(*) FROM runs WHERE task_id = ?",
+    "last_successes": "SELECT task_id, max(finished_at) AS at FROM runs WHERE state = 'completed' GROUP BY task_id",
+    "tombstones": "SELECT task_id, definition_hash FROM tombstones",
+    "last_fires": "SELECT task_id, last_fire FROM task_state",
+    "active_states": f"SELECT task_id, state FROM runs WHERE {ACTIVE} AND {{}}",
+    "old_runs": f"SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? AND NOT {ACTIVE}",
+    "excess_runs": f"""
+        SELECT id FROM (
+            SELECT id, state, row_number() OVER (PARTITION BY task_id ORDER BY queued_at DESC) AS n FROM runs
+        ) ranked WHERE n > ? AND NOT {ACTIVE}
+    """,
+    "delete_runs": "DELETE FROM runs WHERE id = ?",
+    "delete_attempts": "DELETE FROM attempts WHERE run_id = ?",
+    "delete_steps": "DELETE FROM steps WHERE run_id = ?",
+    "delete_logs": "DELETE FROM run_logs WHERE run_id = ?",
+    "delete_transitions": "DELETE FROM run_transitions WHERE run_id = ?",
+    "delete_fires": "DELETE FROM fires WHERE recorded_at < ?",
+}
+"""The statements every dialect speaks alike. A dialect adds `active_runs` (its lock, `{}` for the
+condition) and `last_runs`/`latest_runs` (the latest run of each task, `{}` for a task filter)."""
+
+
+def numbered(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1`, `$2`, ... (no statement here has `?` in a literal)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+
+class Tx(Protocol):
+    """One connection inside a transaction, with the calls both drivers offer."""
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
+
+
+class Schema(Protocol):
+    """The schema's version, read and moved forward inside the lock the dialect holds for it."""
+
+    async def version(self) -> int: ...
+
+    async def upgrade(self, script: str, target: int) -> None: ...
+
+
+Why = Callable[[RunRecord], str]
+"""Why a run is marked interrupted, given the run as it was."""
+
+
+def restarted(run: RunRecord) -> str:
+    return f"taskd exited while this run was {run.state}; marked interrupted at start-up"
+
+
+class SQLStore(BufferedStore):
+    """Run history in a SQL database; the dialect subclass supplies what differs."""
+
+    SQL: ClassVar[Mapping[str, str]]
+    MIGRATIONS: ClassVar[Sequence[str]]
+    where: str
+    """Where the store is, fit for messages and logs."""
+
+    # -- what a dialect supplies ---------------------------------------------------------------------
+    @abstractmethod
+    def _transaction(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        """A transaction on the writing connection: committed at the end, rolled back on error."""
+
+    @abstractmethod
+    def _schema(self) -> contextlib.AbstractAsyncContextManager[Schema]:
+        """The schema, held against other processes migrating it at the same time."""
+
+    @abstractmethod
+    async def _fetch_sql(self, sql: str, args: Sequence[Any]) -> list[Row]:
+        """Run a query on a reading connection."""
+
+    def _sql(self, text: str) -> str:
+        """A statement made up at run time, in the dialect's placeholders."""
+        return text
+
+    @abstractmethod
+    def _any(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        """A condition that holds when `column` is one of `values`, with its arguments."""
+
+    def _text_rows(self, batch: Batch) -> list[tuple[str, Sequence[Sequence[Any]]]]:
+        """Statements that keep a text index in step with the runs of a batch (after they are saved)."""
+        return []
+
+    def _committed(self, batch: Batch) -> None:
+        """Told once a batch is committed."""
+
+    async def _reindex(self, tx: Tx, run_id: str) -> None:
+        """Keep a text index in step with a run whose error was changed in place."""
+
+    # -- the schema --------------------------------------------------------------------------------
+    async def _migrate(self) -> None:
+        async with self._schema() as schema:
+            version = await schema.version()
+            if version > len(self.MIGRATIONS):
+                raise StoreError(
+                    f"the store at {self.where} has schema version {version}, newer than this taskd "
+                    f"understands ({len(self.MIGRATIONS)}); upgrade taskd or use another store"
+                )
+            for target, script in enumerate(self.MIGRATIONS[version:], start=version + 1):
+                await schema.upgrade(script, target)
+                log.info("store_migrated", store=self.where, version=target)
+
+    # -- writes ------------------------------------------------------------------------------------
+    async def _commit(self, batch: Batch) -> None:
+        rows: list[tuple[str, Sequence[Sequence[Any]]]] = [
+            ("save_run", [run_params(r) for r in batch.runs.values()]),
+            *self._text_rows(batch),
+            ("save_attempt", [attempt_params(a) for a in batch.attempts.values()]),
+            ("save_step", [step_params(s) for s in batch.steps.values()]),
+            ("append_log", batch.logs),
+            ("record_transition", batch.transitions),
+            ("record_fire", [(f.task_id, f.instant, f.kind, f.reason, f.recorded_at) for f in batch.fires]),
+            ("set_last_fire", list(batch.last_fires.items())),
+        ]
+        async with self._transaction() as tx:
+            for name, params in rows:
+                if params:
+                    await tx.executemany(self.SQL[name], params)
+            for tombstone in batch.tombstones:
+                if tombstone.definition_hash is None:
+                    await tx.execute(self.SQL["remove_tombstone"], (tombstone.task_id,))
+                else:
+                    args = (tombstone.task_id, tombstone.definition_hash, tombstone.deleted_at)
+                    await tx.execute(self.SQL["add_tombstone"], args)
+        self._committed(batch)
+
+    async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
+        async with self._transaction() as tx:
+            if node is None:
+                return await self.interrupt(tx, "TRUE", (), now, restarted)
+            return await self.interrupt(tx, "(node IS NULL OR node = ?)", (node,), now, restarted)
+
+    async def interrupt_runs_of(self, node: str, now: float, why: Why) -> list[RunRecord]:
+        async with self._transaction() as tx:
+            return await self.interrupt(tx, "node = ?", (node,), now, why)
+
+    async def interrupt(self, tx: Tx, which: str, args: Sequence[Any], now: float, why: Why) -> list[RunRecord]:
+        """Mark the active runs matching `which` interrupted, with their attempts, steps and a transition."""
+        runs: list[RunRecord] = []
+        for row in await tx.fetch(self._sql(self.SQL["active_runs"].format(which)), args):
+            run = run_from_row(row)
+            reason = why(run)
+            run.error = f"{run.error}; {reason}" if run.error else reason
+            run.state, run.finished_at = RunState.INTERRUPTED, now
+            await tx.execute(self.SQL["interrupt_run"], (now, run.error, run.id))
+            await self._reindex(tx, run.id)
+            await tx.execute(self.SQL["interrupt_transition"], (run.id, now, reason, run.id))
+            await tx.execute(self.SQL["interrupt_attempts"], (now, run.id))
+            await tx.execute(self.SQL["interrupt_steps"], (now, run.id))
+            runs.append(run)
+        return runs
+
+    async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
+        await self.flush()
+        cutoff = now - days * 86400
+        async with self._transaction() as tx:
+            doomed: set[str] = set()
+            if days > 0:
+                doomed.update(r[0] for r in await tx.fetch(self.SQL["old_runs"], (cutoff,)))
+            if max_runs_per_task > 0:
+                doomed.update(r[0] for r in await tx.fetch(self.SQL["excess_runs"], (max_runs_per_task,)))
+            ids = [(run_id,) for run_id in sorted(doomed)]
+            for name in ("delete_runs", "delete_attempts", "delete_steps", "delete_logs", "delete_transitions"):
+                if ids:
+                    await tx.executemany(self.SQL[name], ids)
+            if days > 0:
+                await tx.execute(self.SQL["delete_fires"], (cutoff,))
+        return len(doomed)
+
+    # -- reads -------------------------------------------------------------------------------------
+    async def _fetch(self, name: str, *args: Any, fresh: bool = True) -> list[Row]:
+        """Run a named query; `fresh` first waits for what was written before (read-your-writes)."""
+        if fresh:
+            await self.flush()
+        return await self._fetch_sql(self.SQL[name], args)
+
+    async def _number(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """The number a query answers (0 for NULL)."""
+        rows = await self._fetch_sql(sql, args)
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        rows = await self._fetch("get_run", run_id)
+        return run_from_row(rows[0]) if rows else None
+
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        return [attempt_from_row(r) for r in await self._fetch("attempts", run_id)]
+
+    async def steps(self, run_id: str) -> list[StepRecord]:
+        return [step_from_row(r) for r in await self._fetch("steps", run_id)]
+
+    async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]:
+        return [log_from_row(r) for r in await self._fetch("run_log", run_id, after_seq)]
+
+    async def transitions(self, run_id: str) -> list[Transition]:
+        return [transition_from_row(r) for r in await self._fetch("transitions", run_id)]
+
+    async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
+        return [fire_from_row(r) for r in await self._fetch("fires", task_id, limit, fresh=False)]
+
+    async def last_runs(self) -> dict[str, RunRecord]:
+        return {run.task_id: run for run in map(run_from_row, await self._fetch("last_runs"))}
+
+    async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
+        if not task_ids:
+            return {}, {}
+        condition, args = self._any("task_id", task_ids)
+        await self.flush()
+        latest = await self._fetch_sql(self._sql(self.SQL["latest_runs"].format(condition)), args)
+        active: dict[str, list[str]] = {}
+        for row in await self._fetch_sql(self._sql(self.SQL["active_states"].format(condition)), args):
+            active.setdefault(row["task_id"], []).append(row["state"])
+        return {r["task_id"]: run_from_row(r) for r in latest}, active
+
+    async def last_successes(self) -> dict[str, float]:
+        return {r["task_id"]: r["at"] for r in await self._fetch("last_successes")}
+
+    async def task_stats(self, task_id: str) -> dict[str, Any]:
+        counted = await self._fetch("task_run_count", task_id, fresh=False)
+        rows = await self._fetch("task_durations", task_id, fresh=False)
+        return run_stats(int(counted[0][0]), [(r["state"], r["duration"]) for r in rows])
+
+    async def tombstones(self) -> dict[str, str]:
+        return {r["task_id"]: r["definition_hash"] for r in await self._fetch("tombstones")}
+
+    async def last_fires(self) -> dict[str, float]:
+        return {r["task_id"]: r["last_fire"] for r in await self._fetch("last_fires")}
