@@ -220,4 +220,3 @@ async def test_what_other_nodes_hold_is_seen_from_every_node(cluster: Cluster) -
     latest, active = await b.latest_elsewhere(["t", "never"])
     assert latest["t"].id == running.id != older.id and "never" not in latest
     assert active == {"t": ["running"]}
-

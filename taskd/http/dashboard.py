@@ -3,6 +3,10 @@
 The page holds no data (it asks the API for everything, with the token the operator typed), so it
 is served without the token. Nothing is fetched from anywhere else: the Content-Security-Policy
 allows this origin only, and the files are read once and kept in memory.
+
+The files served are those of the package's `dashboard` directory with a known extension: the
+entry module `app.js` and the ES modules it imports, the stylesheet and the icon. A name is looked
+up in that listing, never joined to a path, so nothing outside the directory can be asked for.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import functools
 import hashlib
 from importlib.resources import files
+from pathlib import PurePosixPath
 
 from aiohttp import web
 
-FILES = {
-    "app.js": "text/javascript",
-    "style.css": "text/css",
-    "favicon.svg": "image/svg+xml",
+TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
 }
 POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -27,6 +32,17 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+@functools.cache
+def served() -> dict[str, str]:
+    """Each file served under /ui/, with its content type."""
+    found = {}
+    for entry in (files("taskd") / "dashboard").iterdir():
+        kind = TYPES.get(PurePosixPath(entry.name).suffix)
+        if kind is not None and entry.is_file():
+            found[entry.name] = kind
+    return found
 
 
 @functools.cache
@@ -48,7 +64,7 @@ async def page(request: web.Request) -> web.Response:
 
 async def asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    content_type = FILES.get(name)
+    content_type = served().get(name)
     if content_type is None:
         raise web.HTTPNotFound(text=f"no dashboard file {name!r}")
     return _answer(request, _read(name), content_type)

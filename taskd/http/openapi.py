@@ -283,7 +283,7 @@ def document() -> dict[str, Any]:
         },
         "/ui/{name}": {
             "get": {
-                "summary": "A file of the dashboard: app.js, style.css or favicon.svg (no token needed)",
+                "summary": "A dashboard file: app.js, the modules it imports, style.css, favicon.svg (no token)",
                 "security": [{}],
                 "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {

@@ -1,0 +1,131 @@
+// @ts-check
+// The daemon's API: every call carries the token when there is one, and a refused token becomes
+// Unauthorized, which signs the page out. The shapes below are the parts of the answers the page reads.
+
+import { getToken } from "./state.js";
+
+/**
+ * @typedef {object} LastRun
+ * @property {string} id
+ * @property {string} state
+ * @property {number | null} duration
+ *
+ * @typedef {object} Task
+ * @property {string} id
+ * @property {string} name
+ * @property {string} status
+ * @property {string | null} schedule
+ * @property {string | null} schedule_text
+ * @property {Record<string, unknown>} params  the defaults of the params a run may be given
+ * @property {LastRun | null} last_run
+ * @property {string | null} next_run
+ *
+ * @typedef {object} Run
+ * @property {string} id
+ * @property {string} task_id
+ * @property {string} state
+ * @property {string} trigger
+ * @property {string | null} scheduled_at
+ * @property {string} queued_at
+ * @property {string | null} started_at
+ * @property {string | null} finished_at
+ * @property {number | null} duration
+ * @property {string | null} error
+ * @property {Record<string, unknown>} params
+ *
+ * @typedef {object} Step
+ * @property {number} index
+ * @property {string} type
+ * @property {string} state
+ * @property {number | null} duration
+ * @property {string | null} error
+ *
+ * @typedef {object} Attempt
+ * @property {number} number
+ * @property {string} state
+ * @property {number | null} duration
+ * @property {string | null} error
+ * @property {Step[]} steps
+ *
+ * @typedef {Run & { attempt_list: Attempt[] }} RunDetail
+ * @typedef {{ tasks: Task[], total: number }} TaskPage
+ * @typedef {{ runs: Run[], total: number }} RunPage
+ * @typedef {{ slots: { held: number, limit: number } }} Health
+ */
+
+export class Unauthorized extends Error {}
+
+/** @returns {Record<string, string>} */
+export function authHeaders() {
+  const token = getToken();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+/**
+ * @param {string} path
+ * @param {RequestInit & { headers?: Record<string, string> }} [options]
+ * @returns {Promise<unknown>}
+ */
+export async function api(path, options = {}) {
+  const resp = await fetch(path, { ...options, headers: { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) } });
+  if (resp.status === 401) throw new Unauthorized("the API refused the token");
+  const body = await resp.json().catch(() => null);
+  if (!resp.ok) throw new Error(body?.error?.message || `${resp.status} ${resp.statusText}`);
+  return body;
+}
+
+// Whether the API accepts the current token (or needs none). Asked of /health, which answers
+// without a token but shows its details only to an accepted one: no request is refused on the way.
+export async function accepted() {
+  const resp = await fetch("/health", { headers: { Accept: "application/json", ...authHeaders() } });
+  const body = await resp.json().catch(() => ({}));
+  return "version" in body;
+}
+
+/** @returns {Promise<Health>} */
+export function health() {
+  return /** @type {Promise<Health>} */ (api("/health"));
+}
+
+/** @param {number} limit @param {number} offset @returns {Promise<TaskPage>} */
+export function tasks(limit, offset) {
+  return /** @type {Promise<TaskPage>} */ (api(`/tasks?limit=${limit}&offset=${offset}`));
+}
+
+/** The run search of GET /runs. @param {URLSearchParams} query @returns {Promise<RunPage>} */
+export function runs(query) {
+  return /** @type {Promise<RunPage>} */ (api(`/runs?${query}`));
+}
+
+/** A task's last runs, newest first. @param {string} taskId @param {number} limit @returns {Promise<RunPage>} */
+export function taskRuns(taskId, limit) {
+  return /** @type {Promise<RunPage>} */ (api(`/task/${encodeURIComponent(taskId)}/runs?limit=${limit}`));
+}
+
+/** @param {string} runId @returns {Promise<RunDetail>} */
+export function run(runId) {
+  return /** @type {Promise<RunDetail>} */ (api(`/run/${encodeURIComponent(runId)}`));
+}
+
+/**
+ * @param {string} taskId
+ * @param {Record<string, unknown> | null} params  null: the task's defaults
+ * @returns {Promise<{ run_id: string }>}
+ */
+export function startTask(taskId, params) {
+  return /** @type {Promise<{ run_id: string }>} */ (api(`/task/${encodeURIComponent(taskId)}/_start`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(params ? { params } : {}),
+  }));
+}
+
+/** @param {string} taskId @returns {Promise<{ stopped: string[] }>} */
+export function stopTask(taskId) {
+  return /** @type {Promise<{ stopped: string[] }>} */ (api(`/task/${encodeURIComponent(taskId)}/_stop`, { method: "POST" }));
+}
+
+/** @param {string} taskId */
+export async function deleteTask(taskId) {
+  await api(`/task/${encodeURIComponent(taskId)}`, { method: "DELETE" });
+}

@@ -1,0 +1,104 @@
+// @ts-check
+// One run: its facts, its attempts with their steps, and its log, followed as it is written until
+// the run ends.
+
+import * as API from "./api.js";
+import { h, render, seconds, stateBadge, taskRunsLink, when } from "./dom.js";
+import { keyedRows } from "./rows.js";
+import { events } from "./sse.js";
+
+/** @typedef {import("./state.js").View} View */
+/** @typedef {{ key: string, attempt: API.Attempt, step: API.Step | null }} Line  an attempt's row, or one of its steps' */
+/** @typedef {{ seq: number, time: string, stream: string, line: string }} LogLine */
+
+/**
+ * @param {View} ctx
+ * @param {string} id
+ */
+export async function runView(ctx, id) {
+  const facts = h("dl", { class: "facts" });
+  const attempts = h("div");
+  const log = h("pre", { class: "log", "aria-label": "Log", tabindex: "0" });
+  const ending = h("p", { role: "status", id: "run-end" });
+  const heading = h("h1", {}, "Run ", h("code", {}, id));
+  render(heading, facts, h("h2", {}, "Attempts"), attempts, h("h2", {}, "Log"), log, ending);
+  const tbody = h("tbody");
+  const table = h("table", { "aria-label": "Attempts and steps" },
+    h("thead", {}, h("tr", {}, ["Attempt", "Step", "Type", "State", "Duration", "Error"].map((name) => h("th", { scope: "col" }, name)))),
+    tbody);
+  const none = h("p", { class: "muted" }, "No attempt has begun yet.");
+  const rows = keyedRows(tbody, (/** @type {Line} */ line) => line.key, () => {
+    const row = h("tr", {});
+    return { row, update: (line) => row.replaceChildren(...lineCells(line)) };
+  });
+  async function draw() {
+    const run = await API.run(id);
+    /** @param {string} label @param {import("./dom.js").Child[]} value */
+    const fact = (label, ...value) => [h("dt", {}, label), h("dd", {}, ...value)];
+    facts.replaceChildren(
+      ...fact("Task", taskRunsLink(run.task_id)),
+      ...fact("State", stateBadge(run.state)),
+      ...fact("Trigger", run.trigger),
+      ...fact("Params", Object.keys(run.params).length ? h("code", {}, JSON.stringify(run.params)) : h("span", { class: "muted" }, "none")),
+      ...fact("Scheduled", when(run.scheduled_at)),
+      ...fact("Queued", when(run.queued_at)),
+      ...fact("Started", when(run.started_at)),
+      ...fact("Finished", when(run.finished_at)),
+      ...fact("Duration", seconds(run.duration)),
+      ...(run.error ? fact("Error", h("span", { class: "error" }, run.error)) : []),
+    );
+    rows.draw(run.attempt_list.flatMap((attempt) => [
+      { key: `${attempt.number}`, attempt, step: null },
+      ...attempt.steps.map((step) => ({ key: `${attempt.number}.${step.index}`, attempt, step })),
+    ]));
+    attempts.replaceChildren(run.attempt_list.length ? table : none);
+  }
+  await draw();
+  ctx.refresh = draw;
+  const controller = new AbortController();
+  ctx.cleanups.push(() => controller.abort());
+  follow(id, { log, ending, draw, failed: ctx.failed }, controller.signal);
+}
+
+/** @param {Line} line */
+function lineCells({ attempt, step }) {
+  if (!step) {
+    return [h("th", { scope: "row" }, `#${attempt.number}`), h("td", {}, "—"), h("td", {}, ""), h("td", {}, stateBadge(attempt.state)), h("td", {}, seconds(attempt.duration)), h("td", {}, attempt.error || "")];
+  }
+  return [h("td", {}, ""), h("td", {}, String(step.index + 1)), h("td", {}, step.type), h("td", {}, stateBadge(step.state)), h("td", {}, seconds(step.duration)), h("td", {}, step.error || "")];
+}
+
+/**
+ * Appends the run's log lines as they are written; at the end, says how the run ended and draws it
+ * once more. A dropped stream is taken up again after the last line shown, a few times.
+ * @param {string} id
+ * @param {{ log: HTMLElement, ending: HTMLElement, draw: () => Promise<void>, failed: (error: unknown) => void }} into
+ * @param {AbortSignal} signal
+ */
+async function follow(id, { log, ending, draw, failed }, signal) {
+  let last = 0;
+  for (let tries = 0; tries < 5 && !signal.aborted; tries++) {
+    try {
+      /** @type {Record<string, string>} */
+      const headers = last ? { "Last-Event-ID": String(last) } : {};
+      for await (const event of events(`/run/${encodeURIComponent(id)}/log?follow=1`, signal, headers)) {
+        if (event.event === "end") {
+          const end = /** @type {{ state: string, error: string | null }} */ (JSON.parse(event.data));
+          ending.replaceChildren("The run ended: ", stateBadge(end.state), end.error ? ` — ${end.error}` : "");
+          await draw();
+          return;
+        }
+        if (event.event === "error") break;
+        const data = /** @type {LogLine} */ (JSON.parse(event.data));
+        last = data.seq;
+        const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+        log.append(h("span", { class: data.stream }, `${new Date(data.time).toLocaleTimeString()} [${data.stream}] ${data.line}\n`));
+        if (atBottom) log.scrollTop = log.scrollHeight;
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+      if (error instanceof API.Unauthorized) return failed(error);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}

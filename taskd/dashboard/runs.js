@@ -1,0 +1,113 @@
+// @ts-check
+// The run search: filters by state, task, trigger, time and text, columns sorted from their header,
+// and pages; each run links to its own page.
+
+import * as API from "./api.js";
+import { h, PAGE, pages, render, runLink, seconds, stateBadge, taskRunsLink, when } from "./dom.js";
+import { keyedRows } from "./rows.js";
+import { vocabulary } from "./schema.js";
+import { getView } from "./state.js";
+
+/** @type {Array<[string, string | null]>} each column's label, and the sort key of GET /runs if it sorts */
+const COLUMNS = [
+  ["Run", null], ["Task", "task_id"], ["State", "state"], ["Trigger", null], ["Queued", "queued_at"],
+  ["Started", "started_at"], ["Finished", "finished_at"], ["Duration", "duration"], ["Error", null],
+];
+
+/** The value of a datetime-local input, in the browser's time zone. @param {string | null} iso */
+function toLocalInput(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return "";
+  const pad = (/** @type {number} */ n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+/**
+ * @param {import("./state.js").View} ctx
+ * @param {URLSearchParams} query
+ */
+export async function runsView(ctx, query) {
+  const { states, triggers } = await vocabulary();
+  if (getView() !== ctx) return; // the operator went elsewhere while the lists were read
+  const offset = Number(query.get("offset") || 0);
+  const sort = query.get("sort") || "-queued_at";
+  /** @param {string} label @param {HTMLInputElement | HTMLSelectElement} control */
+  const field = (label, control) => h("label", { for: control.id }, label, control);
+  /** @param {string[]} values @param {string | null} chosen */
+  const options = (values, chosen) => [h("option", { value: "" }, "any"), values.map((v) => h("option", { value: v, selected: chosen === v }, v))];
+  const state = h("select", { id: "f-state", name: "state" }, options(states, query.get("state")));
+  const trigger = h("select", { id: "f-trigger", name: "trigger" }, options(triggers, query.get("trigger")));
+  const task = h("input", { id: "f-task", name: "task_id", value: query.get("task_id") || "", size: 16 });
+  const since = h("input", { id: "f-since", name: "since", type: "datetime-local", value: toLocalInput(query.get("since")) });
+  const until = h("input", { id: "f-until", name: "until", type: "datetime-local", value: toLocalInput(query.get("until")) });
+  const text = h("input", { id: "f-q", name: "q", type: "search", value: query.get("q") || "", size: 18 });
+  const form = h("form", {
+    class: "filters",
+    role: "search",
+    "aria-label": "Filter runs",
+    onsubmit: (event) => {
+      event.preventDefault();
+      const next = new URLSearchParams();
+      for (const [name, control] of /** @type {const} */ ([["state", state], ["trigger", trigger], ["task_id", task], ["q", text]])) {
+        if (control.value.trim()) next.set(name, control.value.trim());
+      }
+      for (const [name, control] of /** @type {const} */ ([["since", since], ["until", until]])) {
+        if (control.value) next.set(name, new Date(control.value).toISOString());
+      }
+      if (sort !== "-queued_at") next.set("sort", sort);
+      location.hash = `#/runs?${next}`;
+    },
+  },
+    field("State", state), field("Task", task), field("Trigger", trigger), field("Since", since), field("Until", until), field("Search", text),
+    h("button", { type: "submit", class: "primary" }, "Apply"),
+    h("button", { type: "button", onclick: () => { location.hash = "#/runs"; } }, "Clear"),
+  );
+  const header = COLUMNS.map(([label, key]) => {
+    if (!key) return h("th", { scope: "col" }, label);
+    const active = sort.replace(/^-/, "") === key;
+    const descending = sort.startsWith("-");
+    const next = new URLSearchParams(query);
+    next.delete("offset");
+    next.set("sort", active && !descending ? `-${key}` : key);
+    return h("th", { scope: "col", "aria-sort": active ? (descending ? "descending" : "ascending") : null },
+      h("button", { type: "button", class: "sort", onclick: () => { location.hash = `#/runs?${next}`; } }, label, active ? (descending ? " ▼" : " ▲") : ""));
+  });
+  const tbody = h("tbody");
+  const pager = h("div", { class: "pager" });
+  const summary = h("p", { class: "muted", role: "status" });
+  render(h("h1", {}, "Runs"), form, summary, h("table", { "aria-label": "Runs" }, h("thead", {}, h("tr", {}, header)), tbody), pager);
+  const rows = keyedRows(tbody, (/** @type {API.Run} */ run) => run.id, (run) => {
+    const row = h("tr", { "data-run": run.id });
+    return { row, update: (run) => row.replaceChildren(...runCells(run)) };
+  });
+  const params = new URLSearchParams(query);
+  params.set("limit", String(PAGE));
+  params.set("offset", String(offset));
+  params.set("sort", sort);
+  async function draw() {
+    const body = await API.runs(params);
+    rows.draw(body.runs);
+    summary.textContent = `${body.total.toLocaleString()} run${body.total === 1 ? "" : "s"} match.`;
+    const base = new URLSearchParams(query);
+    base.delete("offset");
+    pager.replaceChildren(...pages(body.total, offset, "#/runs", base));
+  }
+  await draw();
+  ctx.refresh = draw;
+}
+
+/** @param {API.Run} run */
+function runCells(run) {
+  return [
+    h("th", { scope: "row" }, runLink(run, h("code", {}, run.id))),
+    h("td", {}, taskRunsLink(run.task_id)),
+    h("td", {}, stateBadge(run.state)),
+    h("td", {}, run.trigger),
+    h("td", {}, when(run.queued_at)),
+    h("td", {}, when(run.started_at)),
+    h("td", {}, when(run.finished_at)),
+    h("td", {}, seconds(run.duration)),
+    h("td", {}, run.error || ""),
+  ];
+}
