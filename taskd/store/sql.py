@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib.resources import files
 from typing import Any, ClassVar, Protocol
 
 import structlog
 
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord
-from taskd.store.base import STATS_WINDOW, Fire, LogLine, StoreError, Transition, run_stats
+from taskd.store.base import STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
 from taskd.store.rows import (
     Row,
@@ -100,15 +101,34 @@ STATEMENTS: dict[str, str] = {
             SELECT id, state, row_number() OVER (PARTITION BY task_id ORDER BY queued_at DESC) AS n FROM runs
         ) ranked WHERE n > ? AND NOT {ACTIVE}
     """,
-    "delete_runs": "DELETE FROM runs WHERE id = ?",
-    "delete_attempts": "DELETE FROM attempts WHERE run_id = ?",
-    "delete_steps": "DELETE FROM steps WHERE run_id = ?",
-    "delete_logs": "DELETE FROM run_logs WHERE run_id = ?",
-    "delete_transitions": "DELETE FROM run_transitions WHERE run_id = ?",
     "delete_fires": "DELETE FROM fires WHERE recorded_at < ?",
 }
 """The statements every dialect speaks alike. A dialect adds `active_runs` (its lock, `{}` for the
-condition) and `last_runs`/`latest_runs` (the latest run of each task, `{}` for a task filter)."""
+condition) and `latest_runs` (the latest run of each task, `{}` for a task filter)."""
+
+SORT_COLUMNS = {
+    "queued_at": "queued_at",
+    "started_at": "started_at",
+    "finished_at": "finished_at",
+    "duration": "(finished_at - started_at)",
+    "state": "state",
+    "task_id": "task_id",
+}
+"""What each sort key of run search orders by."""
+
+
+RUN_TABLES = {"runs": "id", "attempts": "run_id", "steps": "run_id", "run_logs": "run_id", "run_transitions": "run_id"}
+"""Where a run's rows are, by the column holding its id."""
+PRUNE_CHUNK = 1000
+"""Retention deletes runs this many at a time."""
+
+
+def migrations(dialect: str) -> list[str]:
+    """The dialect's schema migrations in order: the scripts `migrations/<dialect>/NNNN.sql`."""
+    folder = files("taskd.store") / "migrations" / dialect
+    return [
+        script.read_text() for script in sorted(folder.iterdir(), key=lambda f: f.name) if script.name.endswith(".sql")
+    ]
 
 
 def numbered(sql: str) -> str:
@@ -118,29 +138,17 @@ def numbered(sql: str) -> str:
 
 
 class Tx(Protocol):
-    """One connection inside a transaction, with the calls both drivers offer."""
+    """A connection inside a transaction, with aiosqlite's calls (asyncpg's are adapted)."""
 
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None: ...
+    async def execute(self, sql: str, args: Sequence[Any], /) -> Any: ...
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any: ...
 
-    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Row]: ...
-
-
-class Schema(Protocol):
-    """The schema's version, read and moved forward inside the lock the dialect holds for it."""
-
-    async def version(self) -> int: ...
-
-    async def upgrade(self, script: str, target: int) -> None: ...
+    async def execute_fetchall(self, sql: str, args: Sequence[Any], /) -> Iterable[Row]: ...
 
 
 Why = Callable[[RunRecord], str]
 """Why a run is marked interrupted, given the run as it was."""
-
-
-def restarted(run: RunRecord) -> str:
-    return f"taskd exited while this run was {run.state}; marked interrupted at start-up"
 
 
 class SQLStore(BufferedStore):
@@ -148,17 +156,27 @@ class SQLStore(BufferedStore):
 
     SQL: ClassVar[Mapping[str, str]]
     MIGRATIONS: ClassVar[Sequence[str]]
+    SORT_COLUMNS: ClassVar[Mapping[str, str]] = SORT_COLUMNS
     where: str
     """Where the store is, fit for messages and logs."""
 
     # -- what a dialect supplies ---------------------------------------------------------------------
     @abstractmethod
-    def _transaction(self) -> contextlib.AbstractAsyncContextManager[Tx]:
-        """A transaction on the writing connection: committed at the end, rolled back on error."""
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        """A transaction on a writing connection: committed at the end, rolled back on error."""
 
     @abstractmethod
-    def _schema(self) -> contextlib.AbstractAsyncContextManager[Schema]:
-        """The schema, held against other processes migrating it at the same time."""
+    def _schema(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        """A connection on which the schema is read and migrated, held against other processes
+        migrating it at the same time."""
+
+    @abstractmethod
+    async def _version(self, db: Tx) -> int:
+        """The schema's version (0: no schema yet)."""
+
+    @abstractmethod
+    async def _upgrade(self, db: Tx, script: str, target: int) -> None:
+        """Run a migration script and record the version it leads to."""
 
     @abstractmethod
     async def _fetch_sql(self, sql: str, args: Sequence[Any]) -> list[Row]:
@@ -182,17 +200,38 @@ class SQLStore(BufferedStore):
     async def _reindex(self, tx: Tx, run_id: str) -> None:
         """Keep a text index in step with a run whose error was changed in place."""
 
+    # -- run search: what both dialects' searches start from ----------------------------------------
+    def _filters(self, query: RunQuery) -> list[tuple[str, str, list[Any]]]:
+        """The search's conditions but its text: (column, condition with {} for the column, arguments)."""
+        found = [
+            (column, *self._any("{}", values))
+            for column, values in (("task_id", query.task_ids), ("state", query.states), ("trigger", query.triggers))
+            if values
+        ]
+        if query.since is not None:
+            found.append(("queued_at", "{} >= ?", [query.since]))
+        if query.until is not None:
+            found.append(("queued_at", "{} < ?", [query.until]))
+        return found
+
+    def _order_by(self, query: RunQuery, nulls_descending: str = "", nulls_ascending: str = "") -> str:
+        """The search's order; runs with the same value come by queued time, then id, the same way."""
+        way = "DESC" if query.descending else "ASC"
+        nulls = nulls_descending if query.descending else nulls_ascending
+        ties = f"id {way}" if query.sort == "queued_at" else f"queued_at {way}, id {way}"
+        return f"ORDER BY {self.SORT_COLUMNS[query.sort]} {way}{nulls}, {ties}"
+
     # -- the schema --------------------------------------------------------------------------------
     async def _migrate(self) -> None:
-        async with self._schema() as schema:
-            version = await schema.version()
+        async with self._schema() as db:
+            version = await self._version(db)
             if version > len(self.MIGRATIONS):
                 raise StoreError(
                     f"the store at {self.where} has schema version {version}, newer than this taskd "
                     f"understands ({len(self.MIGRATIONS)}); upgrade taskd or use another store"
                 )
             for target, script in enumerate(self.MIGRATIONS[version:], start=version + 1):
-                await schema.upgrade(script, target)
+                await self._upgrade(db, script, target)
                 log.info("store_migrated", store=self.where, version=target)
 
     # -- writes ------------------------------------------------------------------------------------
@@ -207,7 +246,7 @@ class SQLStore(BufferedStore):
             ("record_fire", [(f.task_id, f.instant, f.kind, f.reason, f.recorded_at) for f in batch.fires]),
             ("set_last_fire", list(batch.last_fires.items())),
         ]
-        async with self._transaction() as tx:
+        async with self.transaction() as tx:
             for name, params in rows:
                 if params:
                     await tx.executemany(self.SQL[name], params)
@@ -220,19 +259,22 @@ class SQLStore(BufferedStore):
         self._committed(batch)
 
     async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
-        async with self._transaction() as tx:
+        def why(run: RunRecord) -> str:
+            return f"taskd exited while this run was {run.state}; marked interrupted at start-up"
+
+        async with self.transaction() as tx:
             if node is None:
-                return await self.interrupt(tx, "TRUE", (), now, restarted)
-            return await self.interrupt(tx, "(node IS NULL OR node = ?)", (node,), now, restarted)
+                return await self.interrupt(tx, "TRUE", (), now, why)
+            return await self.interrupt(tx, "(node IS NULL OR node = ?)", (node,), now, why)
 
     async def interrupt_runs_of(self, node: str, now: float, why: Why) -> list[RunRecord]:
-        async with self._transaction() as tx:
+        async with self.transaction() as tx:
             return await self.interrupt(tx, "node = ?", (node,), now, why)
 
     async def interrupt(self, tx: Tx, which: str, args: Sequence[Any], now: float, why: Why) -> list[RunRecord]:
         """Mark the active runs matching `which` interrupted, with their attempts, steps and a transition."""
         runs: list[RunRecord] = []
-        for row in await tx.fetch(self._sql(self.SQL["active_runs"].format(which)), args):
+        for row in await tx.execute_fetchall(self._sql(self.SQL["active_runs"].format(which)), args):
             run = run_from_row(row)
             reason = why(run)
             run.error = f"{run.error}; {reason}" if run.error else reason
@@ -248,16 +290,17 @@ class SQLStore(BufferedStore):
     async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
         await self.flush()
         cutoff = now - days * 86400
-        async with self._transaction() as tx:
+        async with self.transaction() as tx:
             doomed: set[str] = set()
             if days > 0:
-                doomed.update(r[0] for r in await tx.fetch(self.SQL["old_runs"], (cutoff,)))
+                doomed.update(r[0] for r in await tx.execute_fetchall(self.SQL["old_runs"], (cutoff,)))
             if max_runs_per_task > 0:
-                doomed.update(r[0] for r in await tx.fetch(self.SQL["excess_runs"], (max_runs_per_task,)))
-            ids = [(run_id,) for run_id in sorted(doomed)]
-            for name in ("delete_runs", "delete_attempts", "delete_steps", "delete_logs", "delete_transitions"):
-                if ids:
-                    await tx.executemany(self.SQL[name], ids)
+                doomed.update(r[0] for r in await tx.execute_fetchall(self.SQL["excess_runs"], (max_runs_per_task,)))
+            ids = sorted(doomed)
+            for start in range(0, len(ids), PRUNE_CHUNK):
+                for table, column in RUN_TABLES.items():
+                    condition, args = self._any(column, ids[start : start + PRUNE_CHUNK])
+                    await tx.execute(self._sql(f"DELETE FROM {table} WHERE {condition}"), args)
             if days > 0:
                 await tx.execute(self.SQL["delete_fires"], (cutoff,))
         return len(doomed)
@@ -294,7 +337,9 @@ class SQLStore(BufferedStore):
         return [fire_from_row(r) for r in await self._fetch("fires", task_id, limit, fresh=False)]
 
     async def last_runs(self) -> dict[str, RunRecord]:
-        return {run.task_id: run for run in map(run_from_row, await self._fetch("last_runs"))}
+        await self.flush()
+        rows = await self._fetch_sql(self._sql(self.SQL["latest_runs"].format("TRUE")), ())
+        return {run.task_id: run for run in map(run_from_row, rows)}
 
     async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
         if not task_ids:
