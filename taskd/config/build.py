@@ -39,84 +39,101 @@ def _build_pipeline(
     broken_plugins: Mapping[str, str],
 ) -> PipelineConfig | None:
     """Validate each `{type: options}` step against its processor type's options model."""
-    steps: list[ProcessorConfig] = []
-    ok = True
     base: KeyPath = ("pipelines", index, "processors")
-    for j, entry in enumerate(spec.processors):
-        path = (*base, j)
-        if not isinstance(entry, dict) or len(entry) != 1:
-            doc.problem(path, "each processor is a single-key mapping such as '- shell: {command: ...}'")
-            ok = False
-            continue
-        ((name, options),) = entry.items()
-        kind = kinds.get(name)
-        if kind is None:
-            available = sorted(kinds)
-            broken = broken_plugins.get(name)
-            doc.problem(
-                (*path, name),
-                with_suggestion(f"unknown processor type {name!r}", name, available)
-                + f"; available: {', '.join(available)}"
-                + (f" (the plugin {name!r} failed to load: {broken})" if broken else ""),
-            )
-            ok = False
-            continue
-        if options is None:
-            options = {}
-        if not isinstance(options, dict):
-            doc.problem((*path, name), f"options of {name!r} must be a mapping, got {describe_value(options)}")
-            ok = False
-            continue
-        own = set(kind.options.model_fields) | {f.alias for f in kind.options.model_fields.values() if f.alias}
-        common = {k: v for k, v in options.items() if k in COMMON_OPTIONS and k not in own}
-        specific = {k: v for k, v in options.items() if k not in common}
-        parsed = policy = None
-        try:
-            parsed = kind.options.model_validate(specific)
-        except ValidationError as exc:
-            for error in exc.errors():
-                loc = (*path, name, *error["loc"])
-                allowed_model = kind.options
-                message = describe_error(error, allowed_model, tuple(error["loc"]))
-                if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
-                    message += f"; every processor also takes: {', '.join(sorted(COMMON_OPTIONS))}"
-                doc.problem(loc, message)
-        try:
-            policy = StepPolicy.model_validate(common)
-        except ValidationError as exc:
-            for error in exc.errors():
-                doc.problem((*path, name, *error["loc"]), describe_error(error, StepPolicy, tuple(error["loc"])))
-        if parsed is None or policy is None:
-            ok = False
-            continue
-        if kind.when_option is not None:
-            alias = getattr(parsed, kind.when_option, None)
-            if alias is not None and policy.when is not None and alias != policy.when:
-                doc.problem(
-                    (*path, name, "when"), f"when ({policy.when}) and {kind.when_option} ({alias}) disagree; give one"
-                )
-                ok = False
-                continue
-            when = policy.when or alias or kind.default_when
-            policy = policy.model_copy(update={"when": when})
-        elif policy.when is None and kind.default_when is not None:
-            policy = policy.model_copy(update={"when": kind.default_when})
-        try:
-            processor = kind.build(parsed)
-        except Exception as exc:  # a plugin's constructor: anything it raises is this step's error
-            doc.problem((*path, name), f"processor {name!r} cannot be built from these options: {describe(exc)}")
-            ok = False
-            continue
-        steps.append(ProcessorConfig(name, parsed, Source(doc.file, doc.line_of(path)), processor, policy))
-    if not ok:
+    steps = [_build_step(entry, (*base, j), doc, kinds, broken_plugins) for j, entry in enumerate(spec.processors)]
+    built = [step for step in steps if step is not None]
+    if len(built) < len(steps):
         return None
     return PipelineConfig(
         spec.name,
-        tuple(steps),
+        tuple(built),
         Source(doc.file, doc.line_of(base[:2])),
         Path(doc.file).absolute().parent,
         spec.description,
     )
+
+
+def _build_step(
+    entry: Any, path: KeyPath, doc: Document, kinds: Mapping[str, ProcessorType], broken_plugins: Mapping[str, str]
+) -> ProcessorConfig | None:
+    """One step of a pipeline, or None with its problems recorded on `doc`."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        doc.problem(path, "each processor is a single-key mapping such as '- shell: {command: ...}'")
+        return None
+    ((name, options),) = entry.items()
+    kind = _step_kind(name, (*path, name), doc, kinds, broken_plugins)
+    if kind is None:
+        return None
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        doc.problem((*path, name), f"options of {name!r} must be a mapping, got {describe_value(options)}")
+        return None
+    parsed, policy = _step_options(kind, options, (*path, name), doc)
+    if parsed is None or policy is None:
+        return None
+    policy = _step_when(kind, parsed, policy, (*path, name), doc)
+    if policy is None:
+        return None
+    try:
+        processor = kind.build(parsed)
+    except Exception as exc:  # a plugin's constructor: anything it raises is this step's error
+        doc.problem((*path, name), f"processor {name!r} cannot be built from these options: {describe(exc)}")
+        return None
+    return ProcessorConfig(name, parsed, Source(doc.file, doc.line_of(path)), processor, policy)
+
+
+def _step_kind(
+    name: str, path: KeyPath, doc: Document, kinds: Mapping[str, ProcessorType], broken_plugins: Mapping[str, str]
+) -> ProcessorType | None:
+    """The processor type a step names, or None with a message naming the types there are."""
+    kind = kinds.get(name)
+    if kind is None:
+        available = sorted(kinds)
+        broken = broken_plugins.get(name)
+        doc.problem(
+            path,
+            with_suggestion(f"unknown processor type {name!r}", name, available)
+            + f"; available: {', '.join(available)}"
+            + (f" (the plugin {name!r} failed to load: {broken})" if broken else ""),
+        )
+    return kind
+
+
+def _step_options(
+    kind: ProcessorType, options: dict[str, Any], path: KeyPath, doc: Document
+) -> tuple[Any, StepPolicy | None]:
+    """A step's options split into the processor's own (validated by its model) and the options
+    every processor takes (its policy); None for either part that has problems."""
+    own = set(kind.options.model_fields) | {f.alias for f in kind.options.model_fields.values() if f.alias}
+    common = {k: v for k, v in options.items() if k in COMMON_OPTIONS and k not in own}
+    specific = {k: v for k, v in options.items() if k not in common}
+    parsed = policy = None
+    try:
+        parsed = kind.options.model_validate(specific)
+    except ValidationError as exc:
+        for error in exc.errors():
+            message = describe_error(error, kind.options, tuple(error["loc"]))
+            if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+                message += f"; every processor also takes: {', '.join(sorted(COMMON_OPTIONS))}"
+            doc.problem((*path, *error["loc"]), message)
+    try:
+        policy = StepPolicy.model_validate(common)
+    except ValidationError as exc:
+        for error in exc.errors():
+            doc.problem((*path, *error["loc"]), describe_error(error, StepPolicy, tuple(error["loc"])))
+    return parsed, policy
+
+
+def _step_when(kind: ProcessorType, parsed: Any, policy: StepPolicy, path: KeyPath, doc: Document) -> StepPolicy | None:
+    """The step's policy with its final-phase condition: `when:`, or the processor's own word for
+    it (`send_alert`'s `condition:`), or the type's default. None when the two disagree."""
+    alias = getattr(parsed, kind.when_option, None) if kind.when_option is not None else None
+    if alias is not None and policy.when is not None and alias != policy.when:
+        doc.problem((*path, "when"), f"when ({policy.when}) and {kind.when_option} ({alias}) disagree; give one")
+        return None
+    when = policy.when or alias or kind.default_when
+    return policy if when == policy.when else policy.model_copy(update={"when": when})
 
 
 def _items(doc: Document, key: str) -> list[Any]:
@@ -142,52 +159,13 @@ def build_config(
     `kinds` are the processor types steps may use; `broken_plugins` (entry point name -> reason)
     explains an unknown type that a plugin failed to provide.
     """
-    broken = broken_plugins or {}
     documents = [main, *includes]
     root = _validate(main, MainFile, main.data) if main.data is not None else None
     for doc in includes:
         if doc.data is not None:
             _validate(doc, IncludedFile, doc.data)
-
-    pipelines: dict[str, PipelineConfig] = {}
-    pipeline_sources: dict[str, Source] = {}
-    for doc in documents:
-        for i, raw in enumerate(_items(doc, "pipelines")):
-            name = _raw_str(raw, "name")
-            if name is not None and name in pipeline_sources:
-                doc.problem(
-                    ("pipelines", i, "name"), f"duplicate pipeline name {name!r} (also at {pipeline_sources[name]})"
-                )
-                continue
-            if name is not None:
-                pipeline_sources[name] = Source(doc.file, doc.line_of(("pipelines", i)))
-            spec = _validate(doc, PipelineSpec, raw, ("pipelines", i))
-            built = _build_pipeline(spec, i, doc, kinds, broken) if spec is not None else None
-            if built is not None:
-                pipelines[built.name] = built
-
-    tasks: list[TaskConfig] = []
-    task_sources: dict[str, Source] = {}
-    for doc in documents:
-        for i, raw in enumerate(_items(doc, "tasks")):
-            task_id = _raw_str(raw, "id")
-            if task_id is not None and task_id in task_sources:
-                doc.problem(("tasks", i, "id"), f"duplicate task id {task_id!r} (also at {task_sources[task_id]})")
-                continue
-            if task_id is not None:
-                task_sources[task_id] = Source(doc.file, doc.line_of(("tasks", i)))
-            task = _validate(doc, TaskConfig, raw, ("tasks", i))
-            if task is not None:
-                tasks.append(task)
-            ref = _raw_str(raw, "pipeline")
-            if ref is not None and ref not in pipeline_sources:
-                known = sorted(pipeline_sources)
-                doc.problem(
-                    ("tasks", i, "pipeline"),
-                    with_suggestion(f"unknown pipeline {ref!r}", ref, known)
-                    + (f"; defined pipelines: {', '.join(known)}" if known else "; no pipelines are defined"),
-                )
-
+    pipelines, pipeline_sources = _pipelines(documents, kinds, broken_plugins or {})
+    tasks, task_sources = _tasks(documents, pipeline_sources)
     problems = [msg for doc in documents for msg in doc.messages()]
     if problems or not isinstance(root, MainFile):
         raise ConfigError(problems or [f"{main.file}:1: invalid configuration"])
@@ -204,3 +182,52 @@ def build_config(
         task_sources=types.MappingProxyType(task_sources),
         files=(path, *(Path(d.file) for d in includes)),
     )
+
+
+def _pipelines(
+    documents: Sequence[Document], kinds: Mapping[str, ProcessorType], broken_plugins: Mapping[str, str]
+) -> tuple[dict[str, PipelineConfig], dict[str, Source]]:
+    """Every file's pipelines that build, and where each name is defined (duplicates are problems)."""
+    pipelines: dict[str, PipelineConfig] = {}
+    sources: dict[str, Source] = {}
+    for doc in documents:
+        for i, raw in enumerate(_items(doc, "pipelines")):
+            name = _raw_str(raw, "name")
+            if name is not None and name in sources:
+                doc.problem(("pipelines", i, "name"), f"duplicate pipeline name {name!r} (also at {sources[name]})")
+                continue
+            if name is not None:
+                sources[name] = Source(doc.file, doc.line_of(("pipelines", i)))
+            spec = _validate(doc, PipelineSpec, raw, ("pipelines", i))
+            built = _build_pipeline(spec, i, doc, kinds, broken_plugins) if spec is not None else None
+            if built is not None:
+                pipelines[built.name] = built
+    return pipelines, sources
+
+
+def _tasks(
+    documents: Sequence[Document], pipeline_sources: Mapping[str, Source]
+) -> tuple[list[TaskConfig], dict[str, Source]]:
+    """Every file's valid tasks, and where each id is defined (duplicates and unknown pipelines are problems)."""
+    tasks: list[TaskConfig] = []
+    sources: dict[str, Source] = {}
+    for doc in documents:
+        for i, raw in enumerate(_items(doc, "tasks")):
+            task_id = _raw_str(raw, "id")
+            if task_id is not None and task_id in sources:
+                doc.problem(("tasks", i, "id"), f"duplicate task id {task_id!r} (also at {sources[task_id]})")
+                continue
+            if task_id is not None:
+                sources[task_id] = Source(doc.file, doc.line_of(("tasks", i)))
+            task = _validate(doc, TaskConfig, raw, ("tasks", i))
+            if task is not None:
+                tasks.append(task)
+            ref = _raw_str(raw, "pipeline")
+            if ref is not None and ref not in pipeline_sources:
+                known = sorted(pipeline_sources)
+                doc.problem(
+                    ("tasks", i, "pipeline"),
+                    with_suggestion(f"unknown pipeline {ref!r}", ref, known)
+                    + (f"; defined pipelines: {', '.join(known)}" if known else "; no pipelines are defined"),
+                )
+    return tasks, sources
