@@ -11,9 +11,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "taskd"
 
 
 def test_no_function_grades_d_or_worse() -> None:
-    graded = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        for block in cc_visit(path.read_text()):
-            graded.append((f"{path.relative_to(PACKAGE.parent)}:{block.lineno} {block.name}", cc_rank(block.complexity)))
+    graded = [
+        (f"{path.relative_to(PACKAGE.parent)}:{block.lineno} {block.name}", cc_rank(block.complexity))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for block in cc_visit(path.read_text())
+    ]
     assert len(graded) > 500  # every module was read
     assert [(name, rank) for name, rank in graded if rank not in "ABC"] == []
