@@ -106,6 +106,11 @@ class _Child(asyncio.SubprocessProtocol):
             self.stderr_tail.append(line.strip()[:500])
 
 
+STRAGGLER_WAIT_S = 0.25
+"""How long the end of a step waits for its pipes to close before looking for its processes again."""
+PIPE_ROUNDS = 4
+
+
 class ShellProcessor:
     def __init__(self, options: ShellOptions) -> None:
         self.options = options
@@ -145,7 +150,10 @@ class ShellProcessor:
         except (OSError, ValueError) as exc:
             raise StepFailed(f"cannot start {args[0]!r} in {cwd}: {exc}") from None
         except BaseException:
-            # Stopped while the child was being started: asyncio kills the main process only.
+            # Stopped while the child was being started: asyncio kills the main process only, and
+            # what it forked may still be starting (mid setsid or exec) at the first scan.
+            await _kill_run_processes(ctx.run_id)
+            await asyncio.shield(asyncio.sleep(STRAGGLER_WAIT_S))
             await _kill_run_processes(ctx.run_id)
             raise
         pid = transport.get_pid()
@@ -159,8 +167,14 @@ class ShellProcessor:
             # anything it started that left the group (setsid, double forks).
             signal_group(pid, signal.SIGKILL)
             await _kill_run_processes(ctx.run_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(child.closed.wait(), timeout=1)
+            # A process that was still starting during the scan (mid setsid or exec) holds the
+            # step's pipes open: scan again until they close.
+            for _ in range(PIPE_ROUNDS):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(child.closed.wait(), timeout=STRAGGLER_WAIT_S)
+                if child.closed.is_set():
+                    break
+                await _kill_run_processes(ctx.run_id)
             transport.close()
         if code != 0:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
