@@ -1,5 +1,9 @@
 """Shared fixtures: a real `taskd run` subprocess on a free loopback port, with a temp SQLite file;
-and the real aiohttp app with the real engine and SQLite store in-process, on an ephemeral port."""
+and the real aiohttp app with the real engine and SQLite store in-process, on an ephemeral port.
+
+Two tiers: `tests/unit/` runs in-process (no process started, no PostgreSQL server unless the whole
+suite runs on it with TASKD_TEST_STORE=postgres, no browser), and a unit test that starts a process
+fails; `tests/e2e/` holds the real daemons, clusters on PostgreSQL, systemd checks and the browser."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
 from taskd import __version__
+from taskd.clock import Clock
 from taskd.config import load_config
 from taskd.engine import Engine
 from taskd.http.app import create_app
@@ -34,6 +39,30 @@ from taskd.metrics import Metrics
 from taskd.store import Store, open_store
 
 T = TypeVar("T")
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A unit test that starts a process, or reaches PostgreSQL when the suite is not running on
+    it, fails (even when the code under test caught the refusal): it belongs in tests/e2e."""
+    if UNIT not in Path(str(request.node.path)).parents:
+        yield
+        return
+    tried: list[str] = []
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        tried.append(repr(args[1:3])[:200])
+        raise AssertionError("a unit test may not start a process or reach PostgreSQL: move it to tests/e2e")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refused)
+    if not ON_POSTGRES:
+        import asyncpg
+
+        monkeypatch.setattr(asyncpg, "connect", refused)
+        monkeypatch.setattr(asyncpg, "create_pool", refused)
+    yield
+    assert tried == [], "a unit test started a process or reached PostgreSQL: move it to tests/e2e"
 
 
 def free_port() -> int:
@@ -324,12 +353,14 @@ ON_POSTGRES = os.environ.get("TASKD_TEST_STORE") == "postgres"
 
 @pytest.fixture
 async def api_factory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
-    """Make an `Api` from a config text (`base_config(...)`); everything is closed at the end.
-    With TASKD_TEST_STORE=postgres, a config on the default SQLite file uses a fresh PostgreSQL
-    schema instead."""
+    """Make an `Api` from a config text (`base_config(...)`), its engine on `clock` (the system's by
+    default); everything is closed at the end. With TASKD_TEST_STORE=postgres, a config on the
+    default SQLite file uses a fresh PostgreSQL schema instead."""
     made: list[tuple[Api, Store]] = []
 
-    async def make(config: str, env: dict[str, str] | None = None, heartbeat_s: float = 15.0) -> Api:
+    async def make(
+        config: str, env: dict[str, str] | None = None, heartbeat_s: float = 15.0, clock: Clock | None = None
+    ) -> Api:
         directory = tmp_path / f"api{len(made)}"
         directory.mkdir()
         if ON_POSTGRES and "store: {path: ./var/taskd.db}" in config:
@@ -342,7 +373,7 @@ async def api_factory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIt
         store = open_store(loaded.store_location)
         store.commit_observer = metrics.store_committed
         await store.open()
-        engine = Engine(loaded, store, metrics=metrics)
+        engine = Engine(loaded, store, metrics=metrics, clock=clock)
         await engine.start()
         app = create_app(engine, store, loaded.api.token, loaded.api.max_body_bytes, metrics, heartbeat_s)
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))

@@ -1,22 +1,19 @@
-"""The store contract: every test here runs against the in-memory store, SQLite on a real file and
-PostgreSQL (a schema of its own in the local server's `test` database), and all must behave the
-same."""
+"""The store contract: every store (the in-memory one, SQLite on a real file and PostgreSQL) must
+pass these and answer alike. A test module imports these tests and provides a `backend` fixture:
+an open store and a function that reopens it (`opened`)."""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import POSTGRES_URL, postgres_schema
 
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, new_run_id
-from taskd.store import Fire, LogLine, MemoryStore, RunQuery, SQLiteStore, Store, StoreError, Transition
+from taskd.store import Fire, LogLine, MemoryStore, RunQuery, Store, StoreError, Transition
 from taskd.store.base import RUN_SORTS
-from taskd.store.postgres import PostgresStore
 
 Reopen = Callable[[], Awaitable[Store]]
 
@@ -31,20 +28,9 @@ def _record(
     return RunRecord(id=new_run_id(at), task_id=task_id, trigger=trigger, queued_at=at, state=state)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Reopen]]:
-    """An open store, and a function that closes it and opens it again (a restart). The PostgreSQL
-    store gets a schema of its own in the `test` database, dropped afterwards."""
-    memory = MemoryStore()
-    schema = await postgres_schema(request) if request.param == "postgres" else None
-
-    def make() -> Store:
-        if request.param == "memory":
-            return memory
-        if request.param == "postgres":
-            return PostgresStore(POSTGRES_URL, schema=schema)
-        return SQLiteStore(tmp_path / "t.db")
-
+async def opened(make: Callable[[], Store]) -> AsyncIterator[tuple[Store, Reopen]]:
+    """A `backend` fixture's body: an open store from `make`, and a function that closes it and
+    opens it again (a restart)."""
     current = make()
     await current.open()
 

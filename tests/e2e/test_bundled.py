@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tree(root: Path) -> set[str]:

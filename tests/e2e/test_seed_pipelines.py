@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import Daemon, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

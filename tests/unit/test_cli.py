@@ -1,23 +1,19 @@
-"""The command line: `cli.main(argv)` in-process, and the real entry points (`taskd` and
-`python -m taskd`) once each."""
+"""The command line through `cli.main(argv)`, in-process."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from taskd import __version__, client
+from taskd import client
 from taskd.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -40,24 +36,6 @@ def taskd(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Re
             except SystemExit as exit:  # argparse: --help, --version and usage errors
                 code = exit.code if isinstance(exit.code, int) else 1
     return Result(code, out.getvalue(), err.getvalue())
-
-
-def test_console_script_is_installed() -> None:
-    # Beside the interpreter (a venv's bin/), or on PATH for an installation into the system.
-    beside = Path(sys.executable).with_name("taskd")
-    script = str(beside) if beside.exists() else shutil.which("taskd")
-    assert script, "pip install -e . should put a `taskd` script beside python or on PATH"
-    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stdout.startswith("taskd ")
-
-
-def test_python_dash_m_taskd_runs_the_same_command_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "taskd", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0
-    assert result.stdout.strip() == f"taskd {__version__}"
-    assert taskd("--version").stdout == result.stdout
 
 
 @pytest.mark.parametrize(

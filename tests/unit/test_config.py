@@ -378,7 +378,7 @@ def test_all_errors_of_all_files_are_reported_in_one_pass(tmp_path: Path) -> Non
 
 
 def test_the_bundled_config_is_valid() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     config = load_config(root / "taskd.yml", {})
     assert {t.id for t in config.tasks} == {"health_check", "self_ping", "data_backup", "log_rotation"}
     assert all(config.schedule_for(t) is not None for t in config.tasks)

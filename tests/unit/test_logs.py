@@ -59,7 +59,8 @@ async def test_log_task_execution_says_which_ending_runs_write_a_line(
     extra = "" if setting is None else f"task: {{log_task_execution: {setting}}}\n"
     config = base_config(
         "- {id: good, pipeline: ok}\n- {id: bad, pipeline: ko}",
-        "- {name: ok, processors: [{sleep: {duration: 0}}]}\n- {name: ko, processors: [{shell: {command: 'exit 3'}}]}",
+        "- {name: ok, processors: [{sleep: {duration: 0}}]}\n"
+        "- {name: ko, processors: [{python: {function: 'fake_steps:fail'}}]}",
     ).replace("task: {max_concurrent_tasks: 10, shutdown_timeout: 5s}\n", extra)
     api = await api_factory(config)
     out = io.StringIO()

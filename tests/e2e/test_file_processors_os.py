@@ -1,0 +1,141 @@
+"""File processors against what the operating system refuses: a full tmpfs, a permission
+denied to another user."""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port
+
+from taskd.processor import Context, StepFailed
+from taskd.processors import registry
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def write(self, stream: str, text: str) -> None:
+        self.lines.append((stream, text))
+
+
+def ctx(base: Path, task_id: str = "backup", **data: Any) -> Context:
+    c = Context(
+        task_id=task_id, task_name="Backup", run_id="r1", attempt=1, trigger="manual", params={"dest": "out"},
+        log=Lines(), base_dir=base, time_zone="Europe/Berlin",
+    )  # fmt: skip
+    c.data.update(data)
+    return c
+
+
+def build(kind: str, **options: Any) -> Any:
+    spec = registry().types[kind]
+    return spec.build(spec.options.model_validate(options))
+
+
+def same_tree(left: Path, right: Path) -> bool:
+    compared = filecmp.dircmp(left, right)
+    if compared.left_only or compared.right_only or compared.diff_files or compared.funny_files:
+        return False
+    return all(same_tree(left / d, right / d) for d in compared.common_dirs)
+
+
+# -- copy ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, to fill up for real."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_full_disk_fails_the_step_and_leaves_nothing_behind(tmp_path: Path, tiny_disk: Path) -> None:
+    (tmp_path / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    with pytest.raises(StepFailed, match="no space left on device"):
+        await build("copy", source="big.bin", destination=str(tiny_disk / "big.bin")).run(ctx(tmp_path))
+    assert list(tiny_disk.iterdir()) == []
+    with pytest.raises(StepFailed, match="no space left on device"):
+        await build("compress", path="big.bin", algorithm="gzip", destination=str(tiny_disk / "b.gz"), level=0).run(
+            ctx(tmp_path)
+        )
+    assert list(tiny_disk.iterdir()) == []
+
+
+def test_permission_denied_is_a_clear_step_failure(tmp_path: Path) -> None:
+    """Run as `nobody` (root reads everything): the child imports all it needs, then drops privileges."""
+    base = Path("/tmp") / f"taskd-perm-{os.getpid()}"
+    base.mkdir(mode=0o755, exist_ok=True)
+    try:
+        secret = base / "secret.txt"
+        secret.write_text("root only")
+        secret.chmod(0o600)
+        script = textwrap.dedent(
+            f"""
+            import asyncio, os, sys
+            sys.path[:0] = [{str(Path(__file__).parents[1] / "unit")!r}, {str(Path(__file__).parents[1])!r}]
+            from test_file_processors import build, ctx
+            from taskd.processor import StepFailed
+            import taskd.processors.files, concurrent.futures.thread, pathlib
+            os.setgid(65534); os.setuid(65534)
+            copy = build("copy", source={str(secret)!r}, destination="/tmp/never-{os.getpid()}")
+            async def main():
+                try:
+                    await copy.run(ctx(pathlib.Path("/tmp")))
+                except StepFailed as exc:
+                    print("FAILED:", exc)
+            asyncio.run(main())
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert "FAILED:" in result.stdout, result.stderr
+        assert "permission denied" in result.stdout and "secret.txt" in result.stdout
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# -- compress ------------------------------------------------------------------------------------
+
+
+# -- rotate --------------------------------------------------------------------------------------
+
+
+# -- upload --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A real S3-compatible server (moto in server mode) on loopback."""
+    boto3 = pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    port = free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="backups")
+        yield {"endpoint": endpoint}
+    with contextlib.suppress(Exception):
+        server.stop()
+
+
+# -- checks --------------------------------------------------------------------------------------
