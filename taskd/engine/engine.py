@@ -232,7 +232,7 @@ class Engine:
         try:
             run = self.start_run(task_id, Trigger.MANUAL, params=params)
         except Conflict as exc:
-            if exc.reason != "placement":
+            if exc.reason != "placement" or self.coordinator.alone:
                 raise
             return await self._remote.start(task_id, params)
         return run.id, str(run.state)

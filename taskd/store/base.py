@@ -197,7 +197,7 @@ class Store(ABC):
     @abstractmethod
     async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
         """Of these tasks: the latest run of each, and the states of its active runs, whichever
-        node holds them."""
+        node holds them (may lag the last batch of writes)."""
 
     @abstractmethod
     async def last_successes(self) -> dict[str, float]:

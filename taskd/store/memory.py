@@ -168,7 +168,7 @@ class MemoryStore(BufferedStore):
         return {task_id: copy.copy(run) for task_id, run in latest.items()}
 
     async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
-        await self._read()
+        await self._read(fresh=False)
         wanted = set(task_ids)
         latest: dict[str, RunRecord] = {}
         active: dict[str, list[str]] = {}

@@ -345,7 +345,6 @@ class SQLStore(BufferedStore):
         if not task_ids:
             return {}, {}
         condition, args = self._any("task_id", task_ids)
-        await self.flush()
         latest = await self._fetch_sql(self._sql(self.SQL["latest_runs"].format(condition)), args)
         active: dict[str, list[str]] = {}
         for row in await self._fetch_sql(self._sql(self.SQL["active_states"].format(condition)), args):

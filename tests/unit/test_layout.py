@@ -144,3 +144,33 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     found = set(imports(source, "taskd.store.x"))
     assert {"taskd.engine", "taskd.engine.Engine", "taskd.http.app"} <= found
     assert layer_of("taskd.engine") > layer_of("taskd.store.x")
+
+
+def _attributes(package: str) -> Iterator[tuple[str, ast.Attribute]]:
+    for name, path in modules().items():
+        if name == package or name.startswith(package + "."):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Attribute):
+                    yield name, node
+
+
+@pytest.mark.parametrize("package", ["taskd.engine", "taskd.http"])
+def test_the_engine_and_the_api_never_ask_whether_the_store_is_shared(package: str) -> None:
+    """They talk to whichever coordinator they were given: one node or many is the coordinator's business."""
+    asked = [f"{name}: .{node.attr}" for name, node in _attributes(package) if node.attr in ("clustered", "shared")]
+    assert asked == []
+
+
+def test_the_api_calls_the_engine_and_never_reaches_through_it() -> None:
+    """The HTTP layer uses the engine's own methods, not its slot pool, run table, coordinator or timer."""
+    inner = {"slots", "runs", "membership", "coordinator", "firing", "timer", "store", "_tasks"}
+    reached = [
+        f"{name}: engine.{node.attr}"
+        for name, node in _attributes("taskd.http")
+        if node.attr in inner
+        and (
+            (isinstance(node.value, ast.Name) and node.value.id == "engine")
+            or (isinstance(node.value, ast.Attribute) and node.value.attr == "_engine")
+        )
+    ]
+    assert reached == []
