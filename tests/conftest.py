@@ -29,6 +29,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
+from support.chain import harness, receiver  # noqa: F401  # fixtures of the chain tests in both tiers
 
 from taskd import __version__
 from taskd.clock import Clock

@@ -10,16 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Api, Daemon, base_config, wait_for
-
-TASKS = """
-- {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok, time_zone: Europe/Berlin}
-- {id: beta, pipeline: bad}
-- {id: gamma, enabled: false, schedule: '@hourly', pipeline: ok}
-"""
-PIPELINES = """
-- {name: ok, processors: [{log: {message: fine}}]}
-- {name: bad, processors: [{shell: {command: 'exit 2'}}]}
-"""
+from support.api import PIPELINES, TASKS
 
 
 @pytest.fixture

@@ -3,51 +3,18 @@ denied to another user."""
 
 from __future__ import annotations
 
-import contextlib
-import filecmp
 import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import free_port
+from support.files import ctx
+from support.processors import build
 
-from taskd.processor import Context, StepFailed
-from taskd.processors import registry
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def write(self, stream: str, text: str) -> None:
-        self.lines.append((stream, text))
-
-
-def ctx(base: Path, task_id: str = "backup", **data: Any) -> Context:
-    c = Context(
-        task_id=task_id, task_name="Backup", run_id="r1", attempt=1, trigger="manual", params={"dest": "out"},
-        log=Lines(), base_dir=base, time_zone="Europe/Berlin",
-    )  # fmt: skip
-    c.data.update(data)
-    return c
-
-
-def build(kind: str, **options: Any) -> Any:
-    spec = registry().types[kind]
-    return spec.build(spec.options.model_validate(options))
-
-
-def same_tree(left: Path, right: Path) -> bool:
-    compared = filecmp.dircmp(left, right)
-    if compared.left_only or compared.right_only or compared.diff_files or compared.funny_files:
-        return False
-    return all(same_tree(left / d, right / d) for d in compared.common_dirs)
-
+from taskd.processor import StepFailed
 
 # -- copy ----------------------------------------------------------------------------------------
 
@@ -117,25 +84,6 @@ def test_permission_denied_is_a_clear_step_failure(tmp_path: Path) -> None:
 
 
 # -- upload --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, str]]:
-    """A real S3-compatible server (moto in server mode) on loopback."""
-    boto3 = pytest.importorskip("boto3")
-    server_module = pytest.importorskip("moto.server")
-    port = free_port()
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        endpoint = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="backups")
-        yield {"endpoint": endpoint}
-    with contextlib.suppress(Exception):
-        server.stop()
 
 
 # -- checks --------------------------------------------------------------------------------------

@@ -11,15 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon, base_config
-
-TASKS = """
-- {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok}
-- {id: beta, pipeline: bad}
-"""
-PIPELINES = """
-- {name: ok, processors: [{log: {message: fine}}]}
-- {name: bad, processors: [{shell: {command: 'exit 2'}}]}
-"""
+from support.openapi import PIPELINES, TASKS
 
 
 def test_schemathesis_finds_nothing_against_a_live_daemon(

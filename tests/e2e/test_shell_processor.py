@@ -4,35 +4,12 @@ missing programs, and background children killed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp import web
+from support.processors import build, ctx
 
-from taskd.processor import Context, StepFailed
-from taskd.processors import registry
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def write(self, stream: str, text: str) -> None:
-        self.lines.append((stream, text))
-
-
-def ctx(tmp_path: Path, **params: Any) -> Context:
-    return Context(
-        task_id="t", task_name="T", run_id="r1", attempt=1, trigger="manual", params=params,
-        log=Lines(), base_dir=tmp_path, time_zone="UTC",
-    )  # fmt: skip
-
-
-def build(kind: str, **options: Any) -> Any:
-    spec = registry().types[kind]
-    return spec.build(spec.options.model_validate(options))
+from taskd.processor import StepFailed
 
 
 async def test_shell_streams_output_and_passes_params_as_environment(tmp_path: Path) -> None:
@@ -87,29 +64,3 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[str]:
-    async def ok(request: web.Request) -> web.Response:
-        body = await request.text()
-        return web.json_response({"method": request.method, "body": body, "h": request.headers.get("X-T")})
-
-    async def teapot(_: web.Request) -> web.Response:
-        return web.Response(status=418, text="short and stout")
-
-    async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(1)
-        return web.Response(text="late")
-
-    app = web.Application()
-    app.router.add_route("*", "/ok", ok)
-    app.router.add_get("/teapot", teapot)
-    app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()

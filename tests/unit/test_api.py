@@ -10,16 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import Api, base_config, ts
-
-TASKS = """
-- {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok, time_zone: Europe/Berlin}
-- {id: beta, pipeline: bad}
-- {id: gamma, enabled: false, schedule: '@hourly', pipeline: ok}
-"""
-PIPELINES = """
-- {name: ok, processors: [{log: {message: fine}}]}
-- {name: bad, processors: [{copy: {source: ./no-such-source, destination: ./copied}}]}
-"""
+from support.api import PIPELINES, TASKS
 
 
 @pytest.fixture

@@ -12,36 +12,14 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import free_port
+from support.files import ctx
+from support.processors import build
 
-from taskd.processor import Context, StepFailed
-from taskd.processors import registry
+from taskd.processor import StepFailed
 from taskd.processors.files import select_for_deletion
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def write(self, stream: str, text: str) -> None:
-        self.lines.append((stream, text))
-
-
-def ctx(base: Path, task_id: str = "backup", **data: Any) -> Context:
-    c = Context(
-        task_id=task_id, task_name="Backup", run_id="r1", attempt=1, trigger="manual", params={"dest": "out"},
-        log=Lines(), base_dir=base, time_zone="Europe/Berlin",
-    )  # fmt: skip
-    c.data.update(data)
-    return c
-
-
-def build(kind: str, **options: Any) -> Any:
-    spec = registry().types[kind]
-    return spec.build(spec.options.model_validate(options))
 
 
 def make_tree(root: Path) -> Path:

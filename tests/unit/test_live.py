@@ -3,53 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 from conftest import Api, base_config
+from support.live import PIPELINES, TASKS, sse
 
 from taskd.live import LiveHub
 from taskd.store.base import LogLine
 
 ApiFactory = Callable[..., Awaitable[Api]]
-
-TASKS = """
-- {id: talk, pipeline: talk, concurrency: allow}
-- {id: quiet, pipeline: quiet}
-"""
-PIPELINES = """
-- {name: talk, processors: [{shell: {command: 'echo one; sleep 0.4; echo two; echo oops >&2; sleep 0.2'}}]}
-- {name: quiet, processors: [{log: {message: done}}]}
-"""
-
-
-async def sse(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The events of a stream as {event, id, data, received}; comments come as {"comment": text}."""
-    event: dict[str, Any] = {}
-    async for raw in response.content:
-        line = raw.decode().rstrip("\n")
-        if not line:
-            if event:
-                event["received"] = time.time()
-                yield event
-            event = {}
-        elif line.startswith(":"):
-            yield {"comment": line[1:].strip()}
-        else:
-            name, _, value = line.partition(": ")
-            event[name] = json.loads(value) if name == "data" else value
-
-
-async def follow(api: Api, run_id: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    async with api.client.get(
-        f"/run/{run_id}/log?follow=1", headers={"Accept": "text/event-stream", **(headers or {})}
-    ) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"] == "text/event-stream"
-        return [event async for event in sse(response) if "comment" not in event]
 
 
 async def test_events_stream_run_states_with_a_heartbeat(api_factory: ApiFactory) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import Api, base_config, until
-from prometheus_client.parser import text_string_to_metric_families
+from support.metrics import PIPELINES, TASKS, parse, value
 
 from taskd import __version__
 from taskd.metrics import CONTENT_TYPE, Metrics, Snapshot
@@ -21,32 +21,6 @@ from taskd.models import Trigger
 
 ROOT = Path(__file__).resolve().parents[2]
 ApiFactory = Callable[..., Awaitable[Api]]
-
-TASKS = """
-- {id: ok, pipeline: fine, schedule: '0 3 * * *'}
-- {id: bad, pipeline: broken}
-- {id: slow, pipeline: slow}
-"""
-PIPELINES = """
-- {name: fine, processors: [{log: {message: fine}}]}
-- {name: broken, processors: [{copy: {source: ./no-such-source, destination: ./copied}}]}
-- {name: slow, processors: [{sleep: {duration: 30s}}]}
-"""
-
-
-def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Sample name -> [(labels, value)], as Prometheus reads the exposition."""
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return samples
-
-
-def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
-    found = [v for found, v in samples.get(name, []) if all(found.get(k) == w for k, w in labels.items())]
-    assert len(found) == 1, (name, labels, samples.get(name))
-    return found[0]
 
 
 async def scrape(api: Api) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -5,17 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from conftest import Api, base_config
+from support.openapi import PIPELINES, TASKS
 
 from taskd.http.openapi import document
-
-TASKS = """
-- {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok}
-- {id: beta, pipeline: bad}
-"""
-PIPELINES = """
-- {name: ok, processors: [{log: {message: fine}}]}
-- {name: bad, processors: [{shell: {command: 'exit 2'}}]}
-"""
 
 
 async def test_the_document_describes_every_route_and_nothing_else(api_factory: Callable[..., Awaitable[Api]]) -> None:

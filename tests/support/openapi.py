@@ -1,0 +1,13 @@
+"""The tasks and pipelines the OpenAPI tests describe."""
+
+from __future__ import annotations
+
+TASKS = """
+- {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok}
+- {id: beta, pipeline: bad}
+"""
+
+PIPELINES = """
+- {name: ok, processors: [{log: {message: fine}}]}
+- {name: bad, processors: [{shell: {command: 'exit 2'}}]}
+"""
