@@ -82,9 +82,16 @@ class FakeClock:
     def timeout(self, seconds: float | None) -> Deadline:
         return _FakeDeadline(self, seconds)
 
-    def at(self, instant: float, callback: Callable[[], None]) -> None:
-        """Call `callback` once the clock reaches `instant`."""
-        heapq.heappush(self._waiters, (instant, next(self._order), callback))
+    def at(self, instant: float, callback: Callable[[], None]) -> int:
+        """Call `callback` once the clock reaches `instant`; returns a number that `forget` takes."""
+        number = next(self._order)
+        heapq.heappush(self._waiters, (instant, number, callback))
+        return number
+
+    def forget(self, number: int) -> None:
+        """Drop a waiter that is no longer waited for (a deadline whose block has ended)."""
+        self._waiters = [waiter for waiter in self._waiters if waiter[1] != number]
+        heapq.heapify(self._waiters)
 
     @property
     def next_wakeup(self) -> float | None:
@@ -141,20 +148,25 @@ class _FakeDeadline:
         self._seconds = seconds
         self._inner = asyncio.timeout(None)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: int | None = None
         self._inside = False
 
     async def __aenter__(self) -> Self:
         await self._inner.__aenter__()
         self._loop = asyncio.get_running_loop()
         self._inside = True
-        if self._seconds is not None:
-            self._clock.at(self._clock.now + self._seconds, self._expire)
+        if self._seconds is not None and self._seconds <= 0:
+            self._expire()  # as asyncio's: no time at all expires at the next await
+        elif self._seconds is not None:
+            self._waiter = self._clock.at(self._clock.now + self._seconds, self._expire)
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         self._inside = False
+        if self._waiter is not None:
+            self._clock.forget(self._waiter)
         await self._inner.__aexit__(kind, exc, tb)
         return None
 

@@ -53,11 +53,13 @@ class NodeInfo:
 @dataclass(frozen=True)
 class Beat:
     """What a heartbeat found: whether this node still holds its lease (False: another node found
-    it expired and took over its runs), the nodes whose lease this beat found expired, and every node."""
+    it expired and took over its runs), the nodes whose lease this beat found expired, every node, and
+    the time of the beat on the clock leases are timed by."""
 
     kept: bool
     expired: list[str]
     nodes: list[NodeInfo]
+    now: float  # on the clock the leases are timed by (PostgreSQL's: the server's)
 
 
 Describe = Callable[[], tuple[str, int, int]]
@@ -137,6 +139,7 @@ class Coordinator(ABC):
                 break
             except NodeNameInUse:
                 if self.clock.time() >= deadline:
+                    await self._left()
                     raise
                 log.info("waiting_for_lease", node=self.name, reason="this node's previous process may still hold it")
                 await self.clock.sleep(HEARTBEAT_S)
@@ -164,9 +167,9 @@ class Coordinator(ABC):
             log.error("lease_lost", node=self.name, action="stopping this node's runs; another node took them over")
             self.incarnation = uuid.uuid4().hex  # join again, as a new node
             self._lease_lost()
-        now = self.clock.time()
-        self._others_alive = any(n.name != self.name and alive(n, now) for n in found.nodes)
-        self._compare(found.nodes, now)
+        # Liveness on the leases' own clock: a node whose clock is off does not take the others for dead.
+        self._others_alive = any(n.name != self.name and alive(n, found.now) for n in found.nodes)
+        self._compare(found.nodes, found.now)
 
     async def _beating(self) -> None:
         while True:

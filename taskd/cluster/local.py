@@ -72,7 +72,7 @@ class LocalCoordinator(Coordinator):
         for name in expired:
             nodes[name] = dataclasses.replace(nodes[name], dead_at=now)
             await self.store.interrupt_runs_of(name, now, lease_expired(name))
-        return Beat(kept, expired, await self.nodes())
+        return Beat(kept, expired, await self.nodes(), now)
 
     async def nodes(self) -> list[NodeInfo]:
         return [self.hub.nodes[name] for name in sorted(self.hub.nodes)]

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from taskd.clock import Clock
-from taskd.cluster.base import LEASE_S, Beat, Coordinator, NodeInfo, NodeNameInUse, lease_expired
+from taskd.cluster.base import LEASE_S, Beat, Coordinator, NodeInfo, NodeNameInUse, lease_expired, log
 from taskd.store.postgres import PostgresStore
 
 CONTROL_CHANNEL = "taskd_control"
@@ -82,7 +82,6 @@ class PostgresCoordinator(Coordinator):
         return True
 
     async def _heartbeat(self, me: NodeInfo) -> Beat:
-        await self._listen()
         async with self._pg.transaction() as tx:
             db = tx.db
             now = float(await db.fetchval(SQL["server_now"])) if self._server_time else self.clock.time()
@@ -102,11 +101,22 @@ class PostgresCoordinator(Coordinator):
             expired = [r["name"] for r in await db.fetch(SQL["expire_nodes"], now, now - LEASE_S)]
             for name in expired:
                 await self._pg.interrupt(tx, "node = ?", [name], now, lease_expired(name))
-            if now - self._pruned_at > CLAIMS_PRUNED_EVERY_S:
-                await db.execute(SQL["delete_claims"], now - CLAIMS_KEPT_S)
-                self._pruned_at = now
             nodes = [_node(r) for r in await db.fetch(SQL["nodes"])]
-        return Beat(kept, expired, nodes)
+        await self._listen()  # once the node holds its name: a refused process hears nothing
+        await self._prune_claims(now)
+        return Beat(kept, expired, nodes, now)
+
+    async def _prune_claims(self, now: float) -> None:
+        """Forget old fire claims, hourly, outside the lease's transaction: a slow delete never holds
+        the lease back, and a failed one never fails the heartbeat."""
+        if now - self._pruned_at < CLAIMS_PRUNED_EVERY_S:
+            return
+        try:
+            await self._pool().execute(SQL["delete_claims"], now - CLAIMS_KEPT_S)
+        except Exception as exc:  # tried again at the next beat
+            log.warning("claims_prune_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._pruned_at = now
 
     async def nodes(self) -> list[NodeInfo]:
         return [_node(r) for r in await self._pool().fetch(SQL["nodes"])]

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from taskd.clock import Clock, SystemClock
-from taskd.cluster import Coordinator, LocalCoordinator, NodeInfo
+from taskd.cluster import Coordinator, NodeInfo, coordinator_for
 from taskd.config import Config
 from taskd.engine.firing import Firing, TimerFactory
 from taskd.engine.policy import admit, eligible, overload, task_status
@@ -97,7 +97,7 @@ class Engine:
         self._accepting = False
         self._hurry = asyncio.Event()
         self._digest = config_digest(config)
-        self.coordinator = coordinator or LocalCoordinator(store, config.node.name, config.node.labels, self.clock)
+        self.coordinator = coordinator or coordinator_for(store, config.node.name, config.node.labels, self.clock)
         self._remote = Remote(self, self.coordinator, store, self.runs, self.clock)
         self.coordinator.attach(self._describe, self._lease_lost, self._remote.heard)
         self.firing = Firing(self, timer, self.coordinator, store, self.slots, self.clock, metrics)

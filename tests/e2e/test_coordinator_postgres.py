@@ -4,6 +4,7 @@ of the local server, leases timed by a fake clock instead of the server's."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from conftest import POSTGRES_URL, postgres_schema
@@ -11,7 +12,7 @@ from contract_coordinator import *  # noqa: F403  # the contract's tests, run he
 from contract_coordinator import Cluster
 
 from taskd.clock import FakeClock
-from taskd.cluster import Coordinator
+from taskd.cluster import Coordinator, NodeNameInUse
 from taskd.cluster.postgres import PostgresCoordinator
 from taskd.store.postgres import PostgresStore
 
@@ -43,3 +44,24 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
         await node.leave()
     for opened in stores:
         await opened.close()
+
+
+async def test_a_process_refused_its_node_name_listens_to_nothing(cluster: Cluster) -> None:
+    """Only the process that holds a name hears what is said to it: a second one, refused, opens
+    no listening connection, and what its attempts opened is closed."""
+    a = cluster.node("a")
+    await a.beat()
+    again = cluster.node("a")
+    with pytest.raises(NodeNameInUse):
+        await again.beat()
+    assert isinstance(again, PostgresCoordinator) and again._listener is None
+    assert a._listener is not None and not a._listener.is_closed()  # type: ignore[attr-defined]
+
+
+async def test_an_engine_on_a_postgresql_store_coordinates_through_it(cluster: Cluster, tmp_path: Path) -> None:
+    from taskd.config import load_config
+    from taskd.engine import Engine
+
+    (tmp_path / "taskd.yml").write_text("tasks: []\npipelines: []\n")
+    engine = Engine(load_config(tmp_path / "taskd.yml", {}), cluster.store)
+    assert isinstance(engine.coordinator, PostgresCoordinator)

@@ -29,3 +29,21 @@ async def cluster() -> AsyncIterator[Cluster]:
     for node in made.made:
         await node.leave()
     await store.close()
+
+
+async def test_liveness_is_judged_on_the_leases_clock_not_the_nodes_own() -> None:
+    """A node whose own clock runs ahead of the clock its leases are timed by (PostgreSQL's server)
+    still sees the other nodes alive."""
+    from taskd.cluster.base import Beat, NodeInfo
+
+    ahead = FakeClock(1_800_000_100.0)  # 100 s ahead of the leases' clock
+    store = MemoryStore()
+
+    class Skewed(LocalCoordinator):
+        async def _heartbeat(self, me: NodeInfo) -> Beat:
+            other = NodeInfo("b", "i-b", {}, "v", "d", 0.0, 1, 0, heartbeat_at=1_800_000_000.0)
+            return Beat(True, [], [me, other], now=1_800_000_000.5)
+
+    node = Skewed(store, "a", {}, ahead)
+    await node.beat()
+    assert not node.alone

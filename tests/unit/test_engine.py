@@ -334,13 +334,6 @@ async def test_hurry_cuts_the_shutdown_grace_short(harness: Harness) -> None:
     harness.engine = None
 
 
-def test_a_fake_clock_never_goes_backwards() -> None:
-    clock = FakeClock(10)
-    assert clock.advance(5) == 15
-    with pytest.raises(ValueError):
-        clock.advance(-1)
-
-
 # -- the pure parts ------------------------------------------------------------------------------
 
 Q, R, T = RunState.QUEUED, RunState.RUNNING, RunState.RETRYING
