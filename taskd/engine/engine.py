@@ -364,35 +364,23 @@ class Engine:
 
     def status(self, task_id: str) -> str:
         """The task's status as this node knows it."""
-        entry = self._tasks[task_id]
-        last = self.runs.last(task_id)
-        return task_status(
-            entry.config.enabled,
-            (run.state for run in self.runs.active(task_id)),
-            None if last is None else str(last.state),
-            scheduled=entry.schedule is not None,
-        )
+        return self._state(self._tasks[task_id], None, ()).status
 
     async def task_states(self, entries: Sequence[TaskEntry]) -> dict[str, TaskState]:
         """Each task's status and last run as the nodes sharing the store see them: another node
         may have run it since this one last did."""
         latest, elsewhere = await self.coordinator.latest_elsewhere([entry.id for entry in entries])
-        states: dict[str, TaskState] = {}
-        for entry in entries:
-            last = self.runs.last(entry.id)
-            other = latest.get(entry.id)
-            if other is not None and (last is None or other.id >= last.id):  # ids grow with the time queued
-                last = other
-            active = [run.state for run in self.runs.active(entry.id)]
-            active += [RunState(state) for state in elsewhere.get(entry.id, ())]
-            status = task_status(
-                entry.config.enabled,
-                active,
-                None if last is None else str(last.state),
-                scheduled=entry.schedule is not None,
-            )
-            states[entry.id] = TaskState(status, last)
-        return states
+        return {entry.id: self._state(entry, latest.get(entry.id), elsewhere.get(entry.id, ())) for entry in entries}
+
+    def _state(self, entry: TaskEntry, other: RunRecord | None, elsewhere: Sequence[str]) -> TaskState:
+        """The task's state from this node's runs, the latest run another node reported and the
+        states of the active runs other nodes hold."""
+        last = self.runs.last(entry.id)
+        if other is not None and (last is None or other.id >= last.id):  # ids grow with the time queued
+            last = other
+        active = [run.state for run in self.runs.active(entry.id)] + [RunState(state) for state in elsewhere]
+        final = None if last is None else str(last.state)
+        return TaskState(task_status(entry.config.enabled, active, final, scheduled=entry.schedule is not None), last)
 
     def active_runs(self, task_id: str) -> list[Run]:
         return self.runs.active(task_id)
