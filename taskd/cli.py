@@ -1,14 +1,17 @@
-"""Command line: the daemon's verbs (`run`, `check`, `next`, `processors`) and the client's
+"""Command line: the daemon's verbs (`run`, `check`, `next`, `processors`, `backup`) and the client's
 (`tasks`, `task`, `start`, `stop`, `delete`, `runs`, `show`, `logs`, `status`; see taskd.client)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from taskd import __version__, client
 from taskd import schedule as schedules
@@ -18,6 +21,7 @@ from taskd.errors import ConfigError, ScheduleError
 DEFAULT_CONFIG = "taskd.yml"
 
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
@@ -59,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     nxt.add_argument("--tz", default="UTC", help="IANA time zone the expression is evaluated in (default UTC)")
     nxt.add_argument("--after", type=_instant, default=None, help="ISO-8601 instant (default: now); naive = in --tz")
     nxt.add_argument("--count", "-n", type=_positive_int, default=5, help="how many instants (default 5)")
+    backup = sub.add_parser(
+        "backup",
+        help="copy the SQLite store to a file, safely while the daemon runs",
+        description="Copy the configuration's SQLite store to DEST with SQLite's online backup (a consistent "
+        "copy, also while the daemon runs). To restore: stop taskd, put DEST in place of store.path, start taskd. "
+        "Exit 0 when copied, 1 when the store cannot be read or DEST cannot be written, 2 on usage errors "
+        "(a PostgreSQL store: use pg_dump).",
+    )
+    backup.add_argument("destination", metavar="DEST", help="the file to write (must not exist)")
+    backup.add_argument("-c", "--config", default=default_config, help=config_help)
     procs = sub.add_parser(
         "processors",
         help="list processor types and their options",
@@ -104,6 +118,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if args.command == "processors":
         return cmd_processors(args)
+    if args.command == "backup":
+        return cmd_backup(args)
     if args.command in client.COMMANDS:
         return client.run_command(args, os.environ)
     raise AssertionError(args.command)
@@ -175,6 +191,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     return run_daemon(args.config, config, os.environ)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from taskd.store import MEMORY
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    if config.store.url or config.store_location == MEMORY:
+        print("taskd backup: copies a SQLite store; for PostgreSQL use pg_dump", file=sys.stderr)
+        return EXIT_USAGE
+    source, destination = Path(config.store_location), Path(args.destination)
+    if destination.exists():
+        print(f"taskd backup: {destination} exists; give a new file", file=sys.stderr)
+        return EXIT_USAGE
+    if not source.exists():
+        print(f"taskd backup: there is no store at {source}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src:
+            with contextlib.closing(sqlite3.connect(destination)) as dst:
+                src.backup(dst)
+                runs = dst.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except (sqlite3.Error, OSError) as exc:
+        destination.unlink(missing_ok=True)
+        print(f"taskd backup: cannot copy {source} to {destination}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{source} -> {destination}: {runs} runs")
+    return EXIT_OK
 
 
 def cmd_processors(args: argparse.Namespace) -> int:

@@ -2,8 +2,8 @@
 
 It finds the daemon from `--url`/`TASKD_URL` (and `--token`/`TASKD_TOKEN`), else from the
 configuration's `api.listen` and `api.token` (unix sockets included). Exit codes: 0 success; 1 the
-awaited run did not complete, or the daemon refused (409); 2 usage; 3 not found; 4 the daemon cannot
-be reached.
+awaited run did not complete, a stopped run had not ended by `stop`'s deadline, or the daemon
+refused (409); 2 usage; 3 not found; 4 the daemon cannot be reached.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from taskd.errors import ConfigError, TaskdError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 DEFAULT_URL = "http://127.0.0.1:8080"
 FINAL = ("completed", "failed", "stopped", "interrupted")
+STOP_TIMEOUT_S = 60.0
+"""How long `taskd stop` polls the runs the daemon still reports stopping (it has waited up to 10 s
+itself): a shell step is killed `kill_grace` after SIGTERM, 5 s by default."""
+POLL_S = 0.2
 
 
 class ClientError(TaskdError):
@@ -73,8 +77,21 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
     start.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a run param")
     start.add_argument("--wait", action="store_true", help="wait until the run ends")
     start.add_argument("--follow", action="store_true", help="print the run's log until it ends")
-    stop = command("stop", "stop a task's active runs", "Stop every active run of the task.")
+    stop = command(
+        "stop",
+        "stop a task's active runs",
+        "Stop every active run of the task and wait until they have ended: the daemon answers once they "
+        "have, or after 10 s with those still stopping, which this command then polls until --timeout. "
+        "Exit 1 when some have still not ended then, or when the task has no active run (409).",
+    )
     stop.add_argument("task_id", metavar="ID")
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=STOP_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for runs still stopping after the daemon's answer (default {STOP_TIMEOUT_S:g})",
+    )
     delete = command("delete", "delete a task", "Stop the task's runs and delete it (it stays deleted).")
     delete.add_argument("task_id", metavar="ID")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -299,10 +316,53 @@ async def _await_end(api: _Api, run_id: str, out: TextIO | None) -> tuple[str, s
 
 async def _stop(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     body = await api.call("POST", f"/task/{args.task_id}/_stop")
+    stopped = [str(run_id) for run_id in body["stopped"]]
+    stopping = [str(run_id) for run_id in body.get("stopping") or ()]  # 202: not ended yet
+    if stopping and not args.json:
+        print(f"still stopping: {', '.join(stopping)}; waiting up to {args.timeout:g}s", file=sys.stderr)
+    ended, left = await _await_final(api, stopping, args.timeout)
     if args.json:
-        return _print_json(body, out)
-    print(f"stopped {', '.join(body['stopped'])}", file=out)
-    return EXIT_OK
+        _print_json({**body, "stopped": stopped + list(ended), "stopping": list(left)}, out)
+    else:
+        shown = stopped + [run_id if state == "stopped" else f"{run_id} ({state})" for run_id, state in ended.items()]
+        if shown:
+            print(f"stopped {', '.join(shown)}", file=out)
+        if left:
+            still = ", ".join(f"{run_id} ({state})" for run_id, state in left.items())
+            print(f"taskd stop: not stopped after {args.timeout:g}s: {still}", file=sys.stderr)
+    return EXIT_FAILED if left else EXIT_OK
+
+
+async def _await_final(api: _Api, run_ids: Sequence[str], timeout_s: float) -> tuple[dict[str, str], dict[str, str]]:
+    """Poll the runs until each is in a final state or `timeout_s` has passed: (the runs that
+    ended, those that had not), each with its last state seen."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    ended: dict[str, str] = {}
+    left = dict.fromkeys(run_ids, "unknown")
+    while left:
+        for run_id in list(left):
+            state = await _run_state(api, run_id)
+            if state in FINAL:
+                ended[run_id] = state
+                del left[run_id]
+            else:
+                left[run_id] = state
+        remaining = deadline - loop.time()
+        if not left or remaining <= 0:
+            break
+        await asyncio.sleep(min(POLL_S, remaining))
+    return ended, left
+
+
+async def _run_state(api: _Api, run_id: str) -> str:
+    try:
+        run = await api.call("GET", f"/run/{run_id}")
+    except ClientError as exc:
+        if exc.code != EXIT_NOT_FOUND:
+            raise
+        return "unknown"
+    return str(run["state"])
 
 
 async def _delete(api: _Api, args: argparse.Namespace, out: TextIO) -> int:

@@ -10,7 +10,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol, Self
@@ -62,6 +62,18 @@ class FakeClock:
         self.now = start.timestamp() if isinstance(start, datetime) else float(start)
         self._waiters: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
+        self._catch_up: list[Callable[[], Awaitable[None]]] = []
+
+    def waits_for(self, catch_up: Callable[[], Awaitable[None]]) -> None:
+        """Let `run_for` await `catch_up` before each step forward: work done in real time (a
+        store's commit in its thread) finishes before the fake time moves on."""
+        self._catch_up.append(catch_up)
+
+    async def _settle(self) -> None:
+        await settle()
+        for catch_up in self._catch_up:
+            await catch_up()
+            await settle()
 
     def time(self) -> float:
         return self.now
@@ -119,13 +131,13 @@ class FakeClock:
         if seconds < 0:
             raise ValueError("a clock does not go backwards")
         target = self.now + seconds
-        await settle()
+        await self._settle()
         while self._waiters and self._waiters[0][0] <= target:
             self.now = max(self.now, self._waiters[0][0])
             self._wake()
-            await settle()
+            await self._settle()
         self.now = target
-        await settle()
+        await self._settle()
         return self.now
 
     def _wake(self) -> None:

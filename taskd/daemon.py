@@ -8,6 +8,7 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import stat
 import time
 from collections.abc import Coroutine, Mapping
@@ -23,6 +24,7 @@ from taskd.cluster import Coordinator, coordinator_for
 from taskd.config import Config, load_config, parse_listen
 from taskd.engine import Engine
 from taskd.errors import ConfigError, TaskdError
+from taskd.faults import RELOAD, RETENTION, STORE_KINDS, STORE_UNREACHABLE
 from taskd.http.app import create_app
 from taskd.metrics import Metrics
 from taskd.processor import describe
@@ -34,11 +36,24 @@ from taskd.systemd import Notifier
 log = structlog.get_logger("taskd.daemon")
 
 RETENTION_INTERVAL_S = 3600.0
+RETENTION_RETRY_S = 300.0
+"""After a failed prune, how long until the next try."""
+STORE_WATCH_S = 1.0
+"""How often the daemon asks the store whether it is still there (file, server)."""
+
+EXIT_OK = 0
+"""Stopped by SIGTERM or SIGINT: systemd's Restart=on-failure leaves it stopped."""
+EXIT_FAILURE = 1
+"""Anything else: cannot start, a fault it cannot survive, a bug. systemd restarts it."""
+EXIT_CONFIG = 2
+"""The configuration cannot start (RestartPreventExitStatus=2: restarting cannot fix it)."""
 
 
 class StartupError(TaskdError):
     """The daemon cannot start (port in use, socket path unusable)."""
 
+
+LISTEN_BACKLOG = 128
 
 GC_THRESHOLDS = (300_000, 10, 10)
 
@@ -78,20 +93,26 @@ class Daemon:
         self.clock: Clock = clock or SystemClock()
         self.notifier = Notifier(env.get("NOTIFY_SOCKET"))
         self._stop = asyncio.Event()
+        self._exit_code = EXIT_OK
         self._side_tasks: list[asyncio.Task[None]] = []
         self.engine: Engine | None = None
+        self.store: Store | None = None
 
     async def run(self) -> int:
         config = self.config
         async with contextlib.AsyncExitStack() as stack:
             metrics = Metrics(__version__, per_task=config.metrics.per_task)
-            store = open_store(config.store_location, self.clock)
+            store = self.store = open_store(config.store_location, self.clock)
             store.commit_observer = metrics.store_committed
+            # Start-up order: what makes this process the store's only daemon (its lock, a node
+            # name) and its socket come first; nothing is recovered, killed or fired before both.
             await store.open()
             stack.push_async_callback(store.close)
+            sock = self._bind(config)
+            stack.callback(sock.close)
             coordinator = coordinator_for(store, config.node.name, config.node.labels, self.clock)
             engine = self.engine = Engine(config, store, clock=self.clock, metrics=metrics, coordinator=coordinator)
-            await coordinator.join()  # first: another live process may hold this node's name
+            await coordinator.join()  # another live process may hold this node's name
             stack.push_async_callback(coordinator.leave)
             await self._recover(coordinator)
             await engine.start()
@@ -101,14 +122,15 @@ class Daemon:
             runner = web.AppRunner(app)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
-            address = await self._listen(runner, config)
+            address = await self._serve(runner, sock, config)
             stack.push_async_callback(self._cancel_side_tasks)
             # Unwound first: runs drain while the API still answers, then the rest closes.
             stack.push_async_callback(self._drain, engine)
             self._install_signals()
             self._watch(store.writer, "store writer")
             self._watch(coordinator.task, "heartbeat")
-            self._spawn(self._retention(store), "retention")
+            self._spawn(self._retention(store, engine), "retention")
+            self._spawn(self._watch_store(engine), "store watch")
             self._start_watchdog()
             log.info(
                 "taskd_ready",
@@ -122,8 +144,8 @@ class Daemon:
             self.notifier.notify("READY=1", f"STATUS=taskd {__version__}: {engine.task_count} tasks")
             await self._stop.wait()
             self.notifier.notify("STOPPING=1")
-        log.info("taskd_stopped")
-        return 0
+        log.info("taskd_stopped", exit_code=self._exit_code)
+        return self._exit_code
 
     async def _recover(self, coordinator: Coordinator) -> None:
         """Runs a dead process left active become interrupted; the children they left are killed."""
@@ -144,19 +166,34 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
-    async def _listen(self, runner: web.AppRunner, config: Config) -> str:
+    def _bind(self, config: Config) -> socket.socket:
+        """The API's listening socket, bound before anything else happens: a second daemon given
+        a taken port fails here, before it touches a run. Served once the daemon is ready
+        (connections made meanwhile wait in the backlog)."""
         target = parse_listen(config.api.listen)
         try:
             if isinstance(target, str):
                 path = _prepare_socket_path(target)
-                await web.UnixSite(runner, str(path)).start()
-                os.chmod(path, 0o660)
-                return f"unix:{path}"
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.bind(str(path))
+                    os.chmod(path, 0o660)
+                    sock.listen(LISTEN_BACKLOG)
+                except OSError:
+                    sock.close()
+                    raise
+                return sock
             host, port = target
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG, reuse_port=False)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.api.listen}: {exc.strerror or exc}") from None
-        bound = runner.addresses[0] if runner.addresses else (host, port)
+
+    async def _serve(self, runner: web.AppRunner, sock: socket.socket, config: Config) -> str:
+        await web.SockSite(runner, sock).start()
+        if sock.family == socket.AF_UNIX:
+            return f"unix:{sock.getsockname()}"
+        bound = sock.getsockname()
         return f"{bound[0]}:{bound[1]}"
 
     # -- signals and reload ----------------------------------------------------------------------
@@ -167,7 +204,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
 
     def request_stop(self, why: str = "requested") -> None:
-        """Stop gracefully; asked again while draining, stop the remaining runs at once."""
+        """Stop gracefully (exit 0: SIGTERM, SIGINT); asked again while draining, stop the
+        remaining runs at once."""
         if not self._stop.is_set():
             log.info("stop_requested", signal=why, grace_s=self.config.task.shutdown_timeout)
             self._stop.set()
@@ -175,9 +213,17 @@ class Daemon:
             log.warning("stop_hurried", signal=why, reason="asked again while draining: remaining runs stop now")
             self.engine.hurry()
 
+    def fail(self, why: str) -> None:
+        """Stop because of a fault the daemon cannot survive: exit 1, so that systemd restarts it."""
+        self._exit_code = EXIT_FAILURE
+        log.error("taskd_failing", reason=why, exit_code=EXIT_FAILURE)
+        self.request_stop(why)
+
     async def reload(self) -> bool:
-        """Re-read the configuration; keep the running one when the new one has errors."""
+        """Re-read the configuration; keep the running one when the new one has errors. Never
+        stops the daemon: a refusal is logged and shown by /health until a reload succeeds."""
         assert self.engine is not None
+        faults = self.engine.faults
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             try:
@@ -186,6 +232,13 @@ class Daemon:
                 log.error(
                     "config_reload_failed", path=self.config_path, errors=list(exc.problems), kept="previous config"
                 )
+                faults.set(RELOAD, f"reload refused, the previous configuration runs: {'; '.join(exc.problems)}")
+                return False
+            except Exception as exc:  # a bug, or the file unreadable in a way load_config missed
+                log.exception(
+                    "config_reload_failed", path=self.config_path, errors=[describe(exc)], kept="previous config"
+                )
+                faults.set(RELOAD, f"reload refused, the previous configuration runs: {describe(exc)}")
                 return False
             if config.api != self.config.api or config.store != self.config.store:
                 log.warning("restart_needed", reason="api: and store: changes take effect at the next start")
@@ -195,7 +248,9 @@ class Daemon:
                 log.exception(
                     "config_reload_failed", path=self.config_path, errors=[describe(exc)], kept="previous config"
                 )
+                faults.set(RELOAD, f"reload refused, the previous configuration runs: {describe(exc)}")
                 return False
+            faults.clear(RELOAD)
             logs.set_level(config.log.level, config.task.debug, config.task.log_task_execution)
             logs.set_access(config.log.access)
             self.config = config
@@ -221,20 +276,43 @@ class Daemon:
             exc = finished.exception()
             if exc is not None:
                 log.error("side_task_failed", task=name, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-                self.request_stop(f"{name} failed")
+                self.fail(f"{name} failed: {type(exc).__name__}: {exc}")
 
         task.add_done_callback(done)
 
-    async def _retention(self, store: Store) -> None:
+    async def _retention(self, store: Store, engine: Engine) -> None:
+        """Prune history hourly. A failed prune (its transaction rolled back) is logged, shown by
+        /health and tried again sooner; it never stops the daemon."""
         while True:
             retention = self.config.store.retention
             try:
                 removed = await store.prune(self.clock.time(), retention.days, retention.max_runs_per_task)
-                if removed:
-                    log.info("retention_pruned", runs=removed)
-            except StoreError as exc:
-                log.warning("retention_failed", error=str(exc))
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("retention_failed", error=error, retry_in_s=RETENTION_RETRY_S)
+                engine.faults.set(RETENTION, f"the last prune failed and is tried again: {error}")
+                await self.clock.sleep(RETENTION_RETRY_S)
+                continue
+            engine.faults.clear(RETENTION)
+            if removed:
+                log.info("retention_pruned", runs=removed)
             await self.clock.sleep(RETENTION_INTERVAL_S)
+
+    async def _watch_store(self, engine: Engine) -> None:
+        """Every second: is the store still there? A store fault that lasts past store.max_outage
+        stops the daemon with exit 1, so that systemd restarts it on a fresh connection or file."""
+        while True:
+            await self.clock.sleep(STORE_WATCH_S)
+            try:
+                await engine.check_store()
+            except Exception as exc:  # the check itself failing is a fault of the store too
+                engine.faults.set(STORE_UNREACHABLE, f"the store cannot be checked: {type(exc).__name__}: {exc}")
+            since = engine.faults.outage_since()
+            limit = self.config.store.max_outage
+            if since is not None and self.clock.time() - since > limit:
+                reasons = "; ".join(f.reason for f in engine.faults.current() if f.kind in STORE_KINDS)
+                self.fail(f"the store has been failing for more than store.max_outage ({limit:g} s): {reasons}")
+                return
 
     def _start_watchdog(self) -> None:
         usec = self.env.get("WATCHDOG_USEC")
@@ -254,11 +332,23 @@ class Daemon:
 
 
 def run_daemon(config_path: str, config: Config, env: Mapping[str, str]) -> int:
-    """Set up logging and run the daemon on an already loaded config until it is told to stop."""
+    """Set up logging and run the daemon on an already loaded config until it is told to stop;
+    returns the exit code (EXIT_OK only after SIGTERM/SIGINT)."""
     task, log_section = config.task, config.log
     logs.configure(log_section.level, log_section.format, None, task.debug, task.log_task_execution, log_section.access)
+    daemon = Daemon(config_path, config, env)
     try:
-        return asyncio.run(Daemon(config_path, config, env).run())
+        return asyncio.run(daemon.run())
     except (StartupError, StoreError) as exc:
-        log.error("taskd_cannot_start", error=str(exc))
-        return 1
+        log.error("taskd_cannot_start", error=str(exc), exit_code=EXIT_FAILURE)
+        return EXIT_FAILURE
+    except ConfigError as exc:
+        log.error("taskd_cannot_start", error="; ".join(exc.problems), exit_code=EXIT_CONFIG)
+        return EXIT_CONFIG
+    except Exception as exc:
+        explained = daemon.store.explain(exc) if daemon.store is not None else None
+        if explained is not None:
+            log.error("taskd_cannot_continue", error=str(explained), exit_code=EXIT_FAILURE)
+        else:
+            log.exception("taskd_crashed", error=f"{type(exc).__name__}: {exc}", exit_code=EXIT_FAILURE)
+        return EXIT_FAILURE

@@ -28,6 +28,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from taskd.faults import KINDS as FAULT_KINDS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ALL_TASKS = ""
 """The `task` label of every per-task series when `metrics.per_task` is off: one series for all."""
@@ -47,6 +49,8 @@ class Snapshot:
     pending_writes: int = 0
     overloaded: bool = False
     next_fires: Mapping[str, float] = field(default_factory=dict)  # task -> epoch seconds
+    faults: frozenset[str] = frozenset()  # the kinds of fault current
+    faults_raised: Mapping[str, int] = field(default_factory=dict)  # kind -> times raised
 
 
 class Metrics:
@@ -214,6 +218,18 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "taskd_store_pending_writes", "Writes staged and not yet committed.", value=snapshot.pending_writes
         )
+        current = GaugeMetricFamily(
+            "taskd_fault",
+            "1 while a fault the daemon survives is current (store_write, store_file, store_unreachable,"
+            " reload, retention); /health gives the reason.",
+            labels=["kind"],
+        )
+        raised = CounterMetricFamily("taskd_faults", "Times each kind of fault began.", labels=["kind"])
+        for kind in FAULT_KINDS:
+            current.add_metric([kind], int(kind in snapshot.faults))
+            raised.add_metric([kind], snapshot.faults_raised.get(kind, 0))
+        yield current
+        yield raised
         yield GaugeMetricFamily(
             "taskd_overloaded",
             "1 while new runs are refused because the store or the slots cannot keep up.",

@@ -38,6 +38,9 @@ class RunSink(Protocol):
 
     def record_transition(self, transition: Transition) -> None: ...
 
+    async def durable(self) -> None:
+        """Wait until what was recorded so far is committed."""
+
 
 class RunObserver(Protocol):
     """Who hears of a run as it goes: the metrics count it, live followers watch it."""

@@ -58,6 +58,7 @@ class Run:
         self.record = record
         self.plan = plan
         self.recorder = RunRecorder(record, sink, clock, observer)
+        self._sink = sink
         self._slots = slots
         self._clock = clock
         self._done: asyncio.Event | None = None  # made when someone waits: most runs are never waited for
@@ -123,6 +124,9 @@ class Run:
         task = self.plan.task
         total = 1 + task.retry.count
         try:
+            # The run's start is committed before its first step can begin: after a crash, every
+            # run that did anything is in the store (and is marked interrupted at the restart).
+            await self._sink.durable()
             for previous in after:
                 await previous.done.wait()
             for attempt in range(1, total + 1):

@@ -15,6 +15,18 @@ KeyPath = tuple[str | int, ...]
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR = "tag:yaml.org,2002:str"
 
+MAX_ALIAS_EXPANSION = 100_000
+"""How many values aliases may repeat in one file: far more than any real configuration
+repeats, and far fewer than a "billion laughs" document (nested aliases) would expand to."""
+
+
+class _AliasBomb(Exception):
+    """Aliases expanded to more values than MAX_ALIAS_EXPANSION."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
 
 @dataclass
 class Document:
@@ -24,6 +36,8 @@ class Document:
     data: Any
     lines: dict[KeyPath, int]
     problems: list[tuple[int, str]] = field(default_factory=list)
+    _seen: set[int] = field(default_factory=set, repr=False)  # the nodes converted once
+    _repeated: int = 0  # values converted again through an alias
 
     def line_of(self, path: Sequence[str | int]) -> int:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -77,12 +91,29 @@ def parse_document(file: str, text: str, env: Mapping[str, str]) -> Document:
         doc.problems.append((1, "the file is empty; expected a mapping such as 'tasks:' and 'pipelines:'"))
         return doc
     loader = yaml.SafeLoader("")
-    doc.data = _convert(node, (), doc, loader, env)
+    try:
+        doc.data = _convert(node, (), doc, loader, env)
+    except _AliasBomb as exc:
+        doc.data = None
+        doc.problems.append(
+            (exc.line, f"aliases expand to more than {MAX_ALIAS_EXPANSION} values; nested aliases are refused")
+        )
+    except yaml.MarkedYAMLError as exc:  # an unknown tag, a bad merge key (`<<`), a bad value
+        doc.data = None
+        mark = exc.problem_mark or exc.context_mark
+        what = "; ".join(p for p in (exc.context, exc.problem) if p)
+        doc.problems.append((mark.line + 1 if mark else 1, f"YAML error: {what}"))
     return doc
 
 
 def _convert(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoader, env: Mapping[str, str]) -> Any:
     doc.lines.setdefault(path, node.start_mark.line + 1)
+    if id(node) in doc._seen:  # reached again through an alias
+        doc._repeated += 1
+        if doc._repeated > MAX_ALIAS_EXPANSION:
+            raise _AliasBomb(node.start_mark.line + 1)
+    else:
+        doc._seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}

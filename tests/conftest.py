@@ -32,12 +32,13 @@ from multidict import CIMultiDict
 from support.chain import harness, receiver  # noqa: F401  # fixtures of the chain tests in both tiers
 
 from taskd import __version__
-from taskd.clock import Clock
+from taskd.clock import Clock, FakeClock
 from taskd.config import load_config
 from taskd.engine import Engine
 from taskd.http.app import create_app
 from taskd.metrics import Metrics
 from taskd.store import Store, open_store
+from taskd.store.buffer import BufferedStore
 
 T = TypeVar("T")
 UNIT = Path(__file__).resolve().parent / "unit"
@@ -374,6 +375,8 @@ async def api_factory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIt
         store = open_store(loaded.store_location)
         store.commit_observer = metrics.store_committed
         await store.open()
+        if isinstance(clock, FakeClock) and isinstance(store, BufferedStore):
+            clock.waits_for(store.settled)
         engine = Engine(loaded, store, metrics=metrics, clock=clock)
         await engine.start()
         app = create_app(engine, store, loaded.api.token, loaded.api.max_body_bytes, metrics, heartbeat_s)

@@ -220,3 +220,50 @@ async def test_what_other_nodes_hold_is_seen_from_every_node(cluster: Cluster) -
     latest, active = await b.latest_elsewhere(["t", "never"])
     assert latest["t"].id == running.id != older.id and "never" not in latest
     assert active == {"t": ["running"]}
+
+
+async def test_fires_a_dead_node_claimed_and_never_started_are_adopted_by_a_survivor(cluster: Cluster) -> None:
+    a, b = cluster.node("a"), cluster.node("b")
+    adopted: list[tuple[str, float]] = []
+    b.attach(lambda: ("digest-1", 10, 0), lambda: None, lambda message: None, adopt=adopted.extend)
+    await a.beat()
+    await b.beat()
+    now = cluster.clock.time()
+    fires = [("lost", now), ("started", now), ("every@a", now)]
+    assert sorted(await a.claim_fires(fires)) == sorted(fires)
+    # `a` started one of them (its run is in the store), then died before the others.
+    run = RunRecord(new_run_id(now), "started", Trigger.SCHEDULE, now, state=RunState.RUNNING, node="a")
+    run.scheduled_at = now
+    cluster.store.save_run(run)
+    await cluster.store.flush()
+    cluster.clock.advance(LEASE_S + HEARTBEAT_S)
+    await b.beat()
+    # Only the fire with no run, and not a's own copy of a placement-all fire.
+    assert adopted == [("lost", now)]
+    cluster.clock.advance(LEASE_S + HEARTBEAT_S)
+    await b.beat()
+    assert adopted == [("lost", now)]  # once
+
+
+async def test_a_process_taking_over_a_dead_nodes_name_adopts_its_unstarted_fires(cluster: Cluster) -> None:
+    """kill -9 and a restart under the same name, before any other node found the lease expired."""
+    old, other = cluster.node("a"), cluster.node("b")
+    await old.beat()
+    await other.beat()
+    now = cluster.clock.time()
+    assert await old.claim_fires([("lost", now)]) == [("lost", now)]
+    cluster.clock.advance(LEASE_S + HEARTBEAT_S)  # `old` died; the restarted process waited out its lease
+    new = cluster.node("a")
+    adopted: list[tuple[str, float]] = []
+    new.attach(lambda: ("digest-1", 10, 0), lambda: None, lambda message: None, adopt=adopted.extend)
+    await new.beat()
+    assert adopted == [("lost", now)]
+
+
+async def test_processes_joining_with_one_name_at_once_never_both_hold_it(cluster: Cluster) -> None:
+    for attempt in range(5):
+        twins = [cluster.node(f"twin{attempt}") for _ in range(2)]
+        outcomes = await asyncio.gather(*(twin.beat() for twin in twins), return_exceptions=True)
+        refused = [outcome for outcome in outcomes if isinstance(outcome, NodeNameInUse)]
+        assert len(refused) == 1, outcomes
+        assert all(outcome is None or isinstance(outcome, NodeNameInUse) for outcome in outcomes), outcomes

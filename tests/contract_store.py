@@ -4,6 +4,7 @@ an open store and a function that reopens it (`opened`)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ import pytest
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, new_run_id
 from taskd.store import Fire, LogLine, MemoryStore, RunQuery, Store, StoreError, Transition
 from taskd.store.base import RUN_SORTS
+from taskd.store.buffer import Batch, BufferedStore
 
 Reopen = Callable[[], Awaitable[Store]]
 
@@ -409,3 +411,77 @@ async def test_a_closed_store_refuses_reads_and_answers_ping_false(backend: tupl
         await store.get_run("x")
     await store.close()  # closing twice is harmless
     await store.open()  # and the fixture closes it again
+
+
+async def test_text_that_cannot_be_encoded_is_kept_mended_and_costs_no_other_row(store: Store) -> None:
+    """A lone surrogate (JSON's "\\ud800" decodes to one) or a NUL in a param or a log line: the
+    run and the rest of its batch are stored; the bad characters become U+FFFD where the database
+    cannot hold them."""
+    runs = [_record() for _ in range(20)]
+    runs[7].params = {"note": "bad \ud800 half", "emoji": "\U0001f600"}
+    runs[12].params = {"nul": "a\x00b"}
+    for run in runs:
+        store.save_run(run)
+        store.append_log(LogLine(run.id, 1, time.time(), "log", "fine"))
+    store.append_log(LogLine(runs[7].id, 2, time.time(), "stdout", "x\ud800y"))
+    store.append_log(LogLine(runs[12].id, 2, time.time(), "stdout", "x\x00y"))
+    await store.flush()
+    for run in runs:
+        stored = await store.get_run(run.id)
+        assert stored is not None, f"run {run.id} lost with its batch"
+        assert (await store.run_log(run.id))[0].line == "fine"
+    mended = await store.get_run(runs[7].id)
+    assert mended is not None and mended.params["note"] in ("bad \ud800 half", "bad \ufffd half")
+    assert mended.params["emoji"] == "\U0001f600"  # a valid pair is not a lone surrogate
+    assert (await store.run_log(runs[7].id))[1].line in ("x\ud800y", "x\ufffdy")
+    nul = await store.get_run(runs[12].id)
+    assert nul is not None and nul.params["nul"] in ("a\x00b", "a\ufffdb")
+    assert (await store.run_log(runs[12].id))[1].line in ("x\x00y", "x\ufffdy")
+
+
+async def test_durable_returns_once_committed_through_failed_commits(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(store, BufferedStore)
+    failures = 2
+    commit = type(store)._commit
+
+    async def flaky(self: Any, batch: Batch) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError(28, "No space left on device")
+        await commit(self, batch)
+
+    monkeypatch.setattr(type(store), "_commit", flaky)
+    run = _record()
+    store.save_run(run)
+    await asyncio.wait_for(store.durable(), timeout=30)
+    assert failures == 0 and store.pending_writes == 0 and not store.failing
+    monkeypatch.undo()
+    assert await store.get_run(run.id) is not None
+
+
+async def test_durable_asked_while_a_commit_is_under_way_returns_when_it_is_done(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing more staged: the commit under way holds everything, and the next (empty) round of
+    the writer must still release the waiter."""
+    assert isinstance(store, BufferedStore)
+    entered, release = asyncio.Event(), asyncio.Event()
+    commit = type(store)._commit
+
+    async def slow(self: Any, batch: Batch) -> None:
+        entered.set()
+        await release.wait()
+        await commit(self, batch)
+
+    monkeypatch.setattr(type(store), "_commit", slow)
+    store.save_run(_record())
+    flushing = asyncio.create_task(store.flush())
+    await asyncio.wait_for(entered.wait(), timeout=10)
+    waiting = asyncio.create_task(store.durable())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(flushing, waiting), timeout=10)

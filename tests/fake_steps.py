@@ -3,6 +3,7 @@ told, in-process, and count their calls (`function: "fake_steps:fail"`)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from typing import Any
 
@@ -32,3 +33,44 @@ async def fail_first(ctx: Context, times: int, key: str = "step") -> dict[str, A
     if calls <= times:
         raise StepFailed(f"call {calls} fails on purpose")
     return {"calls": calls}
+
+
+STARTED: list[str] = []
+"""The runs whose `note_start` step began, in order."""
+
+
+async def note_start(ctx: Context) -> None:
+    """Note that this run's step began."""
+    STARTED.append(ctx.run_id)
+
+
+class Gate:
+    """What a `stop_when_let` step tells its test, and what the test lets it do."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()  # the step is running
+        self.stopping = asyncio.Event()  # the step has been told to stop (and goes on regardless)
+        self.opened = asyncio.Event()  # the test lets it stop
+
+
+GATES: dict[str, Gate] = {}
+
+
+def gate(key: str) -> Gate:
+    """A fresh gate for the `stop_when_let` steps called with `key` (made on the test's loop)."""
+    GATES[key] = Gate()
+    return GATES[key]
+
+
+async def stop_when_let(ctx: Context, key: str) -> None:
+    """Run until stopped, then ignore the stop until the test opens the gate `key` (or the run's
+    param `gate`): a step that overruns its stop grace. A second stop ends it at once."""
+    held = GATES[str(ctx.params.get("gate", key))]
+    held.entered.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        held.stopping.set()
+        ctx.info("told to stop; going on until let")
+        await held.opened.wait()
+        raise

@@ -11,7 +11,7 @@ import collections
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -28,6 +28,10 @@ HEARTBEAT_S = 1.0
 LEASE_S = 5.0
 """A node whose lease has not been renewed for this long is dead: another node interrupts its runs
 (so within LEASE_S + HEARTBEAT_S of its death) and its fires go to the others."""
+ORPHANS_WITHIN_S = 60.0
+"""How recent a dead node's fire claims must be (claimed this long before its lease was found
+expired, at most) to be adopted when it has no run: older claims are of fires long dealt with,
+whose runs retention may have removed."""
 
 
 class NodeNameInUse(StoreError):
@@ -60,6 +64,8 @@ class Beat:
     expired: list[str]
     nodes: list[NodeInfo]
     now: float  # on the clock the leases are timed by (PostgreSQL's: the server's)
+    adopted: list[tuple[str, float]] = field(default_factory=list)
+    """Fires the expired nodes had claimed and not started (no run): now this node's to run."""
 
 
 Describe = Callable[[], tuple[str, int, int]]
@@ -79,15 +85,25 @@ class Coordinator(ABC):
         self._describe: Describe = lambda: ("", 1, 0)
         self._lease_lost: Callable[[], None] = lambda: None
         self._on_message: Callable[[Message], None] | None = None
+        self._adopt: Callable[[list[tuple[str, float]]], None] = lambda fires: None
         self._task: asyncio.Task[None] | None = None
         self._joined = False
         self._differing: frozenset[str] = frozenset()
         self._others_alive = False
 
-    def attach(self, describe: Describe, lease_lost: Callable[[], None], on_message: Callable[[Message], None]) -> None:
-        """The engine's side: how to describe this node, what to do when its lease is lost, and
-        who hears the messages other nodes send."""
+    def attach(
+        self,
+        describe: Describe,
+        lease_lost: Callable[[], None],
+        on_message: Callable[[Message], None],
+        adopt: Callable[[list[tuple[str, float]]], None] | None = None,
+    ) -> None:
+        """The engine's side: how to describe this node, what to do when its lease is lost, who
+        hears the messages other nodes send, and who runs the fires a dead node claimed and never
+        started (their claims are this node's once its heartbeat finds that node dead)."""
         self._describe, self._lease_lost, self._on_message = describe, lease_lost, on_message
+        if adopt is not None:
+            self._adopt = adopt
 
     # -- what a coordinator supplies -----------------------------------------------------------------
     @property
@@ -163,6 +179,14 @@ class Coordinator(ABC):
         found = await self._heartbeat(self.info())
         if found.expired:
             log.warning("nodes_expired", nodes=found.expired, action="their active runs are marked interrupted")
+        if found.adopted:
+            log.warning(
+                "fires_adopted",
+                fires=len(found.adopted),
+                from_nodes=found.expired,
+                reason="claimed by a node that died before starting them: run here",
+            )
+            self._adopt(found.adopted)
         if not found.kept:
             log.error("lease_lost", node=self.name, action="stopping this node's runs; another node took them over")
             self.incarnation = uuid.uuid4().hex  # join again, as a new node

@@ -13,7 +13,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 
 from taskd.clock import Clock
-from taskd.cluster.base import LEASE_S, Beat, Coordinator, NodeInfo, NodeNameInUse, lease_expired
+from taskd.cluster.base import LEASE_S, ORPHANS_WITHIN_S, Beat, Coordinator, NodeInfo, NodeNameInUse, lease_expired
 from taskd.store.base import Store
 
 CLAIMS_KEPT_S = 600.0
@@ -26,7 +26,7 @@ class Hub:
     def __init__(self) -> None:
         self.nodes: dict[str, NodeInfo] = {}
         self.members: list[LocalCoordinator] = []
-        self.claims: set[tuple[str, float]] = set()
+        self.claims: dict[tuple[str, float], tuple[str, float]] = {}  # (key, instant) -> (node, claimed at)
         self._claimed: list[tuple[float, str]] = []  # (instant, key), to forget old claims in order
 
 
@@ -55,6 +55,7 @@ class LocalCoordinator(Coordinator):
         now = self.clock.time()
         nodes = self.hub.nodes
         held = nodes.get(me.name)
+        heirs_of: list[str] = []  # the previous process of this name, dead: its orphans are ours
         if held is None or (held.incarnation != me.incarnation and self._registered != me.incarnation):
             if held is not None and held.dead_at is None and held.heartbeat_at >= now - LEASE_S:
                 raise NodeNameInUse(
@@ -62,6 +63,8 @@ class LocalCoordinator(Coordinator):
                     f"{now - held.heartbeat_at:.1f} s ago); give each node its own node.name"
                 )
             nodes[me.name] = dataclasses.replace(me, heartbeat_at=now)
+            if held is not None and held.incarnation != me.incarnation:
+                heirs_of.append(me.name)
             self._registered = me.incarnation
             kept = True
         else:
@@ -72,7 +75,24 @@ class LocalCoordinator(Coordinator):
         for name in expired:
             nodes[name] = dataclasses.replace(nodes[name], dead_at=now)
             await self.store.interrupt_runs_of(name, now, lease_expired(name))
-        return Beat(kept, expired, await self.nodes(), now)
+        adopted = await self._adopt_orphans([*expired, *heirs_of], now)
+        return Beat(kept, expired, await self.nodes(), now, adopted)
+
+    async def _adopt_orphans(self, expired: list[str], now: float) -> list[tuple[str, float]]:
+        """The recent claims of the expired nodes that have no run become this node's."""
+        if not expired:
+            return []
+        claims = self.hub.claims
+        orphans = [
+            claim
+            for claim, (node, claimed_at) in claims.items()
+            if node in expired and "@" not in claim[0] and claimed_at >= now - ORPHANS_WITHIN_S
+        ]
+        started = await self.store.scheduled_runs(orphans)
+        adopted = [claim for claim in orphans if claim not in started]
+        for claim in adopted:
+            claims[claim] = (self.name, now)
+        return adopted
 
     async def nodes(self) -> list[NodeInfo]:
         return [self.hub.nodes[name] for name in sorted(self.hub.nodes)]
@@ -86,13 +106,13 @@ class LocalCoordinator(Coordinator):
         hub, won = self.hub, []
         for claim in claims:
             if claim not in hub.claims:
-                hub.claims.add(claim)
+                hub.claims[claim] = (self.name, self.clock.time())
                 heapq.heappush(hub._claimed, (claim[1], claim[0]))
                 won.append(claim)
         horizon = self.clock.time() - CLAIMS_KEPT_S
         while hub._claimed and hub._claimed[0][0] < horizon:
             instant, key = heapq.heappop(hub._claimed)
-            hub.claims.discard((key, instant))
+            hub.claims.pop((key, instant), None)
         return won
 
     async def _send(self, payload: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from taskd.clock import Clock
-from taskd.cluster.base import LEASE_S, Beat, Coordinator, NodeInfo, NodeNameInUse, lease_expired, log
+from taskd.cluster.base import LEASE_S, ORPHANS_WITHIN_S, Beat, Coordinator, NodeInfo, NodeNameInUse, lease_expired, log
 from taskd.store.postgres import PostgresStore
 
 CONTROL_CHANNEL = "taskd_control"
@@ -24,7 +24,11 @@ CLAIMS_KEPT_S = 86_400.0
 """How long a claimed fire is remembered: longer than any clock skew or catch-up could ask again."""
 CLAIMS_PRUNED_EVERY_S = 3600.0
 
+NODE_LOCK_CLASS = 0x7461736B
+"""The first key of the advisory locks that serialize heartbeats of one node name ("task")."""
+
 SQL = {
+    "lock_node_name": "SELECT pg_advisory_xact_lock($1::int, hashtext($2))",
     "server_now": "SELECT extract(epoch FROM clock_timestamp())::double precision",
     "node_row": "SELECT * FROM nodes WHERE name = $1 FOR UPDATE",
     "join_node": """
@@ -50,11 +54,19 @@ SQL = {
     "nodes": "SELECT * FROM nodes ORDER BY name",
     "claim_fires": """
         INSERT INTO fire_claims (task_id, instant, node, claimed_at)
-        SELECT c.task_id, c.instant, $3, extract(epoch FROM clock_timestamp())
+        SELECT c.task_id, c.instant, $3, coalesce($4::double precision, extract(epoch FROM clock_timestamp()))
         FROM unnest($1::text[], $2::double precision[]) AS c(task_id, instant)
         ON CONFLICT DO NOTHING RETURNING task_id, instant
     """,
     "delete_claims": "DELETE FROM fire_claims WHERE instant < $1",
+    # A placement-all claim (`task@node`) is the dead node's own copy of the fire: not adopted.
+    "adopt_claims": """
+        UPDATE fire_claims c SET node = $2, claimed_at = $3::double precision
+        WHERE c.node = ANY($1::text[]) AND c.claimed_at >= $3::double precision - $4::double precision
+          AND position('@' in c.task_id) = 0
+          AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.task_id = c.task_id AND r.scheduled_at = c.instant)
+        RETURNING c.task_id, c.instant
+    """,
 }
 
 
@@ -84,8 +96,12 @@ class PostgresCoordinator(Coordinator):
     async def _heartbeat(self, me: NodeInfo) -> Beat:
         async with self._pg.transaction() as tx:
             db = tx.db
+            # Two processes given the same name at once take turns here: the second sees the first's
+            # fresh lease and is refused, where both would otherwise find the name free.
+            await db.execute(SQL["lock_node_name"], NODE_LOCK_CLASS, me.name)
             now = float(await db.fetchval(SQL["server_now"])) if self._server_time else self.clock.time()
             held = await db.fetchrow(SQL["node_row"], me.name)
+            heirs_of: list[str] = []  # the previous process of this name, dead: its orphans are ours
             if held is None or (held["incarnation"] != me.incarnation and self._registered != me.incarnation):
                 if held is not None and held["dead_at"] is None and held["heartbeat_at"] >= now - LEASE_S:
                     raise NodeNameInUse(
@@ -93,6 +109,8 @@ class PostgresCoordinator(Coordinator):
                         f"{now - held['heartbeat_at']:.1f} s ago); give each node its own node.name"
                     )
                 await db.execute(SQL["join_node"], *_node_params(me), now)
+                if held is not None and held["incarnation"] != me.incarnation:
+                    heirs_of.append(me.name)
                 self._registered = me.incarnation
                 kept = True
             else:
@@ -101,10 +119,14 @@ class PostgresCoordinator(Coordinator):
             expired = [r["name"] for r in await db.fetch(SQL["expire_nodes"], now, now - LEASE_S)]
             for name in expired:
                 await self._pg.interrupt(tx, "node = ?", [name], now, lease_expired(name))
+            adopted: list[tuple[str, float]] = []
+            if expired or heirs_of:
+                rows = await db.fetch(SQL["adopt_claims"], [*expired, *heirs_of], me.name, now, ORPHANS_WITHIN_S)
+                adopted = [(r["task_id"], r["instant"]) for r in rows]
             nodes = [_node(r) for r in await db.fetch(SQL["nodes"])]
         await self._listen()  # once the node holds its name: a refused process hears nothing
         await self._prune_claims(now)
-        return Beat(kept, expired, nodes, now)
+        return Beat(kept, expired, nodes, now, adopted)
 
     async def _prune_claims(self, now: float) -> None:
         """Forget old fire claims, hourly, outside the lease's transaction: a slow delete never holds
@@ -125,7 +147,8 @@ class PostgresCoordinator(Coordinator):
         if not claims:
             return []
         keys, instants = [key for key, _ in claims], [instant for _, instant in claims]
-        rows = await self._pool().fetch(SQL["claim_fires"], keys, instants, self.name)
+        at = None if self._server_time else self.clock.time()
+        rows = await self._pool().fetch(SQL["claim_fires"], keys, instants, self.name, at)
         return [(r["task_id"], r["instant"]) for r in rows]
 
     async def _send(self, payload: str) -> None:

@@ -188,6 +188,11 @@ class StoreSection(Section):
         description="writes staged for the store and not yet committed, at most; past it taskd is"
         " overloaded: fires are skipped and manual starts refused (503) until half of them are written",
     )
+    max_outage: Duration = Field(
+        600.0,
+        description="how long the store may stay unwritable or unreachable before taskd exits 1 to be"
+        " restarted (writes are kept and retried until then; /health says degraded)",
+    )
 
     @field_validator("url")
     @classmethod

@@ -120,9 +120,12 @@ export function startTask(taskId, params) {
   }));
 }
 
-/** @param {string} taskId @returns {Promise<{ stopped: string[] }>} */
+/**
+ * Stopped: the runs that have ended; stopping: those that have not yet (the answer is then 202).
+ * @param {string} taskId @returns {Promise<{ stopped: string[], stopping: string[] }>}
+ */
 export function stopTask(taskId) {
-  return /** @type {Promise<{ stopped: string[] }>} */ (api(`/task/${encodeURIComponent(taskId)}/_stop`, { method: "POST" }));
+  return /** @type {Promise<{ stopped: string[], stopping: string[] }>} */ (api(`/task/${encodeURIComponent(taskId)}/_stop`, { method: "POST" }));
 }
 
 /** @param {string} taskId */

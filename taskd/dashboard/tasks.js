@@ -90,7 +90,8 @@ function taskActions(task, ctx) {
     h("button", { type: "button", onclick: act(() => start(null)) }, "Start"), " ",
     h("button", { type: "button", onclick: act(async () => {
       const body = await API.stopTask(task.id);
-      notice(`Stopped ${body.stopped.length} run(s) of ${task.id}.`);
+      const still = body.stopping.length ? `; ${body.stopping.length} still stopping` : "";
+      notice(`Stopped ${body.stopped.length} run(s) of ${task.id}${still}.`);
     }) }, "Stop"), " ",
     h("button", { type: "button", class: "danger", onclick: act(async () => {
       const ok = await confirmDialog(`Delete the task ${task.id}? Its active runs are stopped, and it stays deleted until its YAML definition changes.`, "Delete");

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from taskd.engine.remote import Remote
 from taskd.engine.runs import RunTable, stop_grace, wait_runs
 from taskd.engine.timer import APSchedulerTimer
 from taskd.errors import Conflict, Overloaded, UnknownTask
+from taskd.faults import STORE_FILE, STORE_UNREACHABLE, STORE_WRITE, Faults
 from taskd.live import LiveHub
 from taskd.metrics import Metrics
 from taskd.models import RunRecord, RunState, RunSummary, Trigger, new_run_id
@@ -36,10 +38,19 @@ from taskd.processor import ProcessorType
 from taskd.processors import registry
 from taskd.runner import Run
 from taskd.slots import SlotPool
-from taskd.store.base import LogLine, Store
+from taskd.store.base import LogLine, Store, StoreError
 
 log = structlog.get_logger("taskd.engine")
 _DEBUG = logging.getLogger("taskd.engine")
+MANUAL_COMMIT_WAIT_S = 10.0
+"""How long a manual start waits for its run to be committed before answering anyway."""
+STOP_WAIT_S = 10.0
+"""How long a stop waits, at most, for the runs it stopped to end before it answers with those
+still stopping. A run ends within its stop grace (its slowest step's, a second more: for a shell
+step SIGTERM, `kill_grace`, 5 s by default, then SIGKILL); another node's once its holder has
+stopped it and committed its end, or a lease after a dead holder's last heartbeat (about 6 s).
+10 s covers those, and keeps the answer within what HTTP clients and proxies wait for whatever
+grace a step asks; `taskd stop` polls the runs still stopping."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,14 @@ class TaskState:
 
     status: str
     last_run: RunRecord | RunSummary | None
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    """What a stop did: the runs that have ended, and those told to stop that have not yet."""
+
+    stopped: list[str]
+    stopping: list[str]
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,8 @@ class Engine:
         self.slots = SlotPool(config.task.max_concurrent_tasks)
         self.runs = RunTable()
         self.started_at = self.clock.time()
+        self.faults = Faults(self.clock.time)
+        store.fault_observer = self._store_fault
         self._builder = StepBuilder()
         self._tasks: dict[str, TaskEntry] = {}
         self._held_back: dict[str, str] = {}
@@ -99,7 +120,9 @@ class Engine:
         self._digest = config_digest(config)
         self.coordinator = coordinator or coordinator_for(store, config.node.name, config.node.labels, self.clock)
         self._remote = Remote(self, self.coordinator, store, self.runs, self.clock)
-        self.coordinator.attach(self._describe, self._lease_lost, self._remote.heard)
+        self.coordinator.attach(
+            self._describe, self._lease_lost, self._remote.heard, adopt=lambda fires: self.firing.adopt(fires)
+        )
         self.firing = Firing(self, timer, self.coordinator, store, self.slots, self.clock, metrics)
         self._overload: str | None = None  # why new runs are refused, while they are
         self._overload_since = 0.0
@@ -235,7 +258,30 @@ class Engine:
             if exc.reason != "placement" or self.coordinator.alone:
                 raise
             return await self._remote.start(task_id, params)
+        # Answered once the run is committed, so a run the caller was told about survives a crash.
+        # While commits fail the answer does not wait for them (the run is kept for the retried
+        # commit, and its steps wait for it); a store that hangs mid-commit costs a bounded wait.
+        if not self.store.failing:
+            with contextlib.suppress(TimeoutError, StoreError):
+                async with self.clock.timeout(MANUAL_COMMIT_WAIT_S):
+                    await self.store.flush()
         return run.id, str(run.state)
+
+    async def check_store(self) -> None:
+        """Ask the store what is wrong with it now (gone, replaced, unreachable): raise or clear
+        those faults. Commit failures are reported by the store's writer as they happen."""
+        found = await self.store.problem()
+        for kind in (STORE_FILE, STORE_UNREACHABLE):
+            if found is not None and found[0] == kind:
+                self.faults.set(*found)
+            else:
+                self.faults.clear(kind)
+
+    def _store_fault(self, reason: str | None) -> None:
+        if reason is None:
+            self.faults.clear(STORE_WRITE)
+        else:
+            self.faults.set(STORE_WRITE, reason)
 
     def _describe(self) -> tuple[str, int, int]:
         """What the heartbeat tells the cluster: config digest, slot limit, slots in use."""
@@ -287,9 +333,10 @@ class Engine:
         active = collections.Counter(str(run.state) for run in self.runs.unfinished())
         return Load(slots.limit, slots.held, slots.waiting, active, self._load())
 
-    async def stop_task(self, task_id: str, reason: str) -> list[str]:
-        """Stop every active run of the task, on every node; wait (bounded by their stop grace)
-        until they end."""
+    async def stop_task(self, task_id: str, reason: str) -> StopOutcome:
+        """Stop every active run of the task, on every node; wait until they end, for their stop
+        grace (and a lease, for another node's) but `STOP_WAIT_S` at most. A run counts as stopped
+        once it has reached its final state: here, or for another node's, in the store."""
         entry = self.entry(task_id)
         active = self.runs.active(task_id)
         remote = await self.coordinator.active_elsewhere(task_id)
@@ -299,8 +346,17 @@ class Engine:
             run.stop(reason)
         if remote:
             await self._remote.stop(task_id, reason)
-        await asyncio.gather(wait_runs(active, stop_grace(active)), self._remote.wait(remote, entry.plan.stop_grace_s))
-        return [run.id for run in active] + remote
+        _, unseen = await asyncio.gather(
+            wait_runs(active, min(stop_grace(active), STOP_WAIT_S), clock=self.clock),
+            self._remote.wait(remote, entry.plan.stop_grace_s, STOP_WAIT_S),
+        )
+        outcome = StopOutcome(
+            stopped=[run.id for run in active if run.finished] + [run_id for run_id in remote if run_id not in unseen],
+            stopping=[run.id for run in active if not run.finished] + unseen,
+        )
+        if outcome.stopping:
+            log.warning("runs_still_stopping", task_id=task_id, run_ids=outcome.stopping, reason=reason)
+        return outcome
 
     async def delete_task(self, task_id: str) -> list[str]:
         """Stop active runs (on every node), remove the task (from every node), and keep a

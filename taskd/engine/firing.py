@@ -35,6 +35,10 @@ loop for the whole burst."""
 TimerFactory = Callable[[FireCallback], Timer]
 
 
+CLAIM_TIMEOUT_S = 10.0
+"""How long a fire's claim may wait for the store before the fire is skipped as store_unavailable."""
+
+
 class Starter(Protocol):
     """What firing needs of the engine: its tasks, whether it takes new runs, and starting one."""
 
@@ -70,6 +74,7 @@ class Firing:
         self._metrics = metrics
         self._groups: dict[str, dict[str, None]] = {}  # timer job -> task ids, in order
         self._claims: set[asyncio.Task[None]] = set()
+        self._adopted: list[tuple[str, float]] = []  # adopted before the engine accepted runs
         self.timer: Timer = timer(self.on_group_fire)
 
     # -- the timer's jobs --------------------------------------------------------------------------
@@ -150,9 +155,15 @@ class Firing:
         if busy > 0 and not self._coordinator.alone:
             await self._clock.sleep(CLAIM_DELAY_S * min(busy, 1.0))
         try:
-            won = await self._coordinator.claim_fires(claims)
-        except Exception as exc:  # the store is unreachable: another node may claim these fires
-            log.warning("fire_claim_failed", tasks=len(ordered), error=f"{type(exc).__name__}: {exc}")
+            async with self._clock.timeout(CLAIM_TIMEOUT_S):
+                won = await self._coordinator.claim_fires(claims)
+        except Exception as exc:  # the store is unreachable: recorded (when it is back) and counted
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("fire_claim_failed", tasks=len(ordered), error=error, action="skipped: store_unavailable")
+            now = self._clock.time()
+            why = f"store_unavailable: this node could not reach the store to claim the fire ({error})"
+            for task_id in ordered:
+                self.skip(Fire(task_id, fire.instant, "skipped", why, now), "store_unavailable")
             return
         self._fire_won(ordered, keys, won, fire)
 
@@ -185,6 +196,22 @@ class Firing:
             if not isinstance(exc, Overloaded):  # an overload is logged once, when it begins and ends
                 log.info("fire_skipped", task_id=task_id, reason=str(exc))
 
+    def adopt(self, fires: list[tuple[str, float]]) -> None:
+        """Run the fires a dead node claimed and never started (the coordinator made them this
+        node's claims). A task this node does not have, or may not run, is recorded as skipped."""
+        if not self._engine.accepting:  # a node taking over its dead predecessor's name: at start-up
+            self._adopted.extend(fires)
+            return
+        tasks, me, labels = self._engine.tasks, self._coordinator.name, self._coordinator.labels
+        for task_id, instant in sorted(fires, key=lambda fire: fire[1]):
+            entry = tasks.get(task_id)
+            if entry is None or not eligible(entry.config.placement, me, labels):
+                why = f"adopted from a dead node, but this node ({me}) does not have the task or may not run it"
+                self.skip(Fire(task_id, instant, "skipped", why, self._clock.time()), "placement")
+                continue
+            log.warning("fire_adopted", task_id=task_id, instant=instant)
+            self._fire(task_id, FirePlan(instant))
+
     def skip(self, fire: Fire, reason: str) -> None:
         """A fire that did not become a run: recorded, and counted by reason."""
         self._store.record_fire(fire)
@@ -193,7 +220,11 @@ class Firing:
 
     async def catch_up(self) -> None:
         """At start-up, deal with fires missed while the daemon was down (misfire policy), each
-        claimed so that it is dealt with once among the nodes."""
+        claimed so that it is dealt with once among the nodes. First, the fires adopted while
+        joining (a dead predecessor's unstarted claims)."""
+        adopted, self._adopted = self._adopted, []
+        if adopted:
+            self.adopt(adopted)
         last_fires = await self._store.last_fires()
         now = utc(self._clock)
         due = []

@@ -84,19 +84,43 @@ class Remote:
 
     # -- asking other nodes --------------------------------------------------------------------------
     async def stop(self, task_id: str, reason: str) -> None:
-        await self._coordinator.send(StopRuns(task_id, reason))
+        """Ask the other nodes to stop the task's runs. When the message cannot be sent (the
+        store's connection is down) their runs go on: `wait` does not see them end."""
+        try:
+            await self._coordinator.send(StopRuns(task_id, reason))
+        except Exception as exc:
+            if not self._store.owns(exc):
+                raise
+            log.warning("stop_not_sent", task_id=task_id, error=f"{type(exc).__name__}: {exc}")
 
     async def drop(self, task_id: str, definition_hash: str) -> None:
         await self._coordinator.send(DropTask(task_id, definition_hash))
 
-    async def wait(self, run_ids: list[str], grace_s: float) -> None:
-        """Wait (at most `grace_s` and a lease) until other nodes have ended these runs."""
-        deadline = self._clock.time() + grace_s + LEASE_S
+    async def wait(self, run_ids: list[str], grace_s: float, most_s: float | None = None) -> list[str]:
+        """Wait until the store shows that other nodes have ended these runs: at most `grace_s`
+        and a lease (a dead holder's runs are marked interrupted by then), or `most_s` when that
+        is shorter. Returns the runs not seen ended: still active, or not readable."""
+        limit = grace_s + LEASE_S if most_s is None else min(grace_s + LEASE_S, most_s)
+        deadline = self._clock.time() + limit
         pending = list(run_ids)
         while pending and self._clock.time() < deadline:
-            await self._clock.sleep(REMOTE_POLL_S)
-            runs = await asyncio.gather(*(self._store.get_run(run_id) for run_id in pending))
-            pending = [run.id for run in runs if run is not None and run.state in ACTIVE_STATES]
+            await self._clock.sleep(min(REMOTE_POLL_S, deadline - self._clock.time()))
+            pending = await self._not_ended(pending)
+        return pending
+
+    async def _not_ended(self, run_ids: list[str]) -> list[str]:
+        """Of these runs, those the store does not show in a final state (all of them while the
+        store cannot be read: an end nobody can see is not confirmed)."""
+        found = await asyncio.gather(*(self._store.get_run(run_id) for run_id in run_ids), return_exceptions=True)
+        pending = []
+        for run_id, run in zip(run_ids, found, strict=True):
+            if isinstance(run, BaseException):
+                if not self._store.owns(run):
+                    raise run
+                pending.append(run_id)
+            elif run is None or run.state in ACTIVE_STATES:
+                pending.append(run_id)
+        return pending
 
     async def start(self, task_id: str, params: Mapping[str, Any] | None) -> tuple[str, str]:
         """Start a manual run on a live node the task's placement allows, when this node may not

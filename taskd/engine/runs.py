@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from taskd.clock import Clock
 from taskd.models import RunRecord, RunState, RunSummary
 from taskd.runner import Run
 
@@ -81,8 +83,11 @@ def stop_grace(runs: Iterable[Run]) -> float:
     return max((run.plan.stop_grace_s for run in runs), default=0.0)
 
 
-async def wait_runs(runs: Iterable[Run], limit_s: float, cut_short: asyncio.Event | None = None) -> None:
-    """Wait until every run has ended, `limit_s` seconds have passed, or `cut_short` is set."""
+async def wait_runs(
+    runs: Iterable[Run], limit_s: float, cut_short: asyncio.Event | None = None, clock: Clock | None = None
+) -> None:
+    """Wait until every run has ended, `limit_s` seconds have passed (of `clock`'s time, else the
+    event loop's), or `cut_short` is set."""
     waits = [asyncio.ensure_future(run.done.wait()) for run in runs]
     if not waits:
         return
@@ -90,7 +95,12 @@ async def wait_runs(runs: Iterable[Run], limit_s: float, cut_short: asyncio.Even
     watched: list[asyncio.Future[Any]] = [everything]
     if cut_short is not None:
         watched.append(asyncio.ensure_future(cut_short.wait()))
-    await asyncio.wait(watched, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+    if clock is None:
+        await asyncio.wait(watched, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+    else:
+        with contextlib.suppress(TimeoutError):
+            async with clock.timeout(limit_s):
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     for future in watched:
         future.cancel()
     for wait in waits:

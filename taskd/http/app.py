@@ -19,6 +19,7 @@ from aiohttp import web
 from taskd import __version__
 from taskd.engine import Engine, TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
+from taskd.faults import STORE_KINDS
 from taskd.http import dashboard, events, openapi
 from taskd.http.selection import TASK_SORTS, TaskQuery, select_tasks
 from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail
@@ -83,7 +84,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             message = f"request body too large: {exc.text}"
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         raise ApiError(exc.status, code, message, headers) from None
-    except Exception:
+    except Exception as exc:
+        store = request.app[STORE]
+        if store.owns(exc):  # the store failed the request, not the request itself
+            reason = str(store.explain(exc) or f"{type(exc).__name__}: {exc}")
+            log.warning("api_store_unavailable", method=request.method, path=request.path, error=reason)
+            raise ApiError(503, "store_unavailable", f"the store cannot answer now: {reason}") from None
         log.exception("api_handler_failed", method=request.method, path=request.path)
         raise ApiError(500, "internal", "internal error; see the daemon log") from None
 
@@ -304,10 +310,14 @@ async def stop_task(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     entry = _entry(request)
     try:
-        stopped = await engine.stop_task(entry.id, "stopped through the API")
+        outcome = await engine.stop_task(entry.id, "stopped through the API")
     except Conflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return _json({"task_id": entry.id, "stopped": stopped})
+    # 200 only when every run it stopped has ended; 202 while some are still stopping.
+    return _json(
+        {"task_id": entry.id, "stopped": outcome.stopped, "stopping": outcome.stopping},
+        status=202 if outcome.stopping else 200,
+    )
 
 
 async def delete_task(request: web.Request) -> web.Response:
@@ -419,17 +429,24 @@ async def run_log(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
+    """`ok` (200); `degraded` (503) while the store has a fault or the scheduler is stopped. Faults
+    that leave the daemon serving (a refused reload, a failed prune) are listed with status `ok`."""
     engine, store = request.app[ENGINE], request.app[STORE]
-    store_ok = await store.ping()
+    faults = engine.faults
+    await engine.check_store()  # now: the daemon's watch may not have seen it yet
     scheduler_ok = engine.scheduler_running
-    status = "ok" if store_ok and scheduler_ok else "unavailable"
-    code = 200 if status == "ok" else 503
+    healthy = faults.healthy and scheduler_ok
+    status = "ok" if healthy else "degraded"
+    code = 200 if healthy else 503
+    current = faults.current()
     if not authorized(request):
-        return _json({"status": status}, status=code)
+        return _json({"status": status, "faults": [fault.kind for fault in current]}, status=code)
     load = engine.load()
+    store_fault = next((fault for fault in current if fault.kind in STORE_KINDS), None)
     body = {
         "status": status,
-        "store": "ok" if store_ok else "unreachable",
+        "faults": [{"kind": f.kind, "reason": f.reason, "since": iso(f.since)} for f in current],
+        "store": "ok" if store_fault is None else store_fault.kind,
         "scheduler": "running" if scheduler_ok else "stopped",
         "version": __version__,
         "uptime_s": round(engine.clock.time() - engine.started_at, 3),

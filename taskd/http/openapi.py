@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from taskd import __version__
+from taskd.engine import STOP_WAIT_S
+from taskd.faults import KINDS as FAULT_KINDS
 from taskd.models import RunState, Trigger
 from taskd.store.base import RUN_SORTS
 
@@ -33,9 +35,21 @@ def _object(required: list[str], properties: dict[str, Any], extra: bool = False
 
 
 INSTANT = {"type": "string", "format": "date-time"}
+_FAULT_KIND = {"type": "string", "enum": list(FAULT_KINDS)}
+_FAULTS = {
+    "type": "array",
+    "description": "kinds only without the token; with it, each fault's kind, reason and start",
+    "items": {
+        "oneOf": [
+            _FAULT_KIND,
+            _object(["kind", "reason", "since"], {"kind": _FAULT_KIND, "reason": {"type": "string"}, "since": INSTANT}),
+        ]
+    },
+}
 ERRORS = {
     "400": _error("malformed input"),
     "401": _error("missing or wrong bearer token"),
+    "503": _error("the store cannot answer now (code store_unavailable; the reason is in the message)"),
 }
 RUN_PROPERTIES = {
     "id": {"type": "string"},
@@ -133,6 +147,17 @@ RUN_LIST = _json(
 )
 
 
+_RUN_IDS = {"type": "array", "items": {"type": "string"}}
+STOP_ANSWER = _object(
+    ["task_id", "stopped", "stopping"],
+    {
+        "task_id": {"type": "string"},
+        "stopped": {**_RUN_IDS, "description": "the runs stopped that have ended"},
+        "stopping": {**_RUN_IDS, "description": "the runs told to stop that have not ended yet"},
+    },
+)
+
+
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
     paths: dict[str, Any] = {
@@ -209,7 +234,10 @@ def document() -> dict[str, Any]:
                     "409": _error("the task's concurrency policy refuses another run"),
                     "413": _error("the body is larger than api.max_body_bytes"),
                     "503": {
-                        **_error("taskd is overloaded (store.max_pending, task.max_waiting_runs); try again later"),
+                        **_error(
+                            "taskd is overloaded (store.max_pending, task.max_waiting_runs; try again later), "
+                            "or the store cannot answer now"
+                        ),
                         "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
                     },
                 },
@@ -218,15 +246,13 @@ def document() -> dict[str, Any]:
         "/task/{id}/_stop": {
             "post": {
                 "summary": "Stop the task's active runs",
+                "description": f"Stops the runs here and on the other nodes, and waits ({STOP_WAIT_S:g} s at most) "
+                "until they have ended: 200 when every one has, 202 with those still stopping when some have not. "
+                "GET /run/{run_id} tells when a run still stopping has ended.",
                 "parameters": [_task_id()],
                 "responses": {
-                    "200": _json(
-                        _object(
-                            ["task_id", "stopped"],
-                            {"task_id": {"type": "string"}, "stopped": {"type": "array", "items": {"type": "string"}}},
-                        ),
-                        "the runs stopped",
-                    ),
+                    "200": _json(STOP_ANSWER, "every run stopped has ended (`stopping` is empty)"),
+                    "202": _json(STOP_ANSWER, "some runs told to stop have not ended yet: they are in `stopping`"),
                     **ERRORS,
                     "404": _error("no such task"),
                     "409": _error("nothing to stop"),
@@ -307,11 +333,18 @@ def document() -> dict[str, Any]:
         },
         "/health": {
             "get": {
-                "summary": "Liveness and readiness (details with the token)",
+                "summary": "Liveness and readiness, with the current faults (their reasons with the token)",
                 "security": [{}, {"bearer": []}],
                 "responses": {
-                    "200": _json(_object(["status"], {"status": {"const": "ok"}}, extra=True), "healthy"),
-                    "503": _json(_object(["status"], {"status": {"const": "unavailable"}}, extra=True), "not ready"),
+                    "200": _json(
+                        _object(["status", "faults"], {"status": {"const": "ok"}, "faults": _FAULTS}, extra=True),
+                        "serving (a refused reload or a failed prune is listed in faults)",
+                    ),
+                    "503": _json(
+                        _object(["status", "faults"], {"status": {"const": "degraded"}, "faults": _FAULTS}, extra=True),
+                        "the store has a fault (commits fail, its file is gone, it is unreachable) or the "
+                        "scheduler is stopped",
+                    ),
                 },
             }
         },

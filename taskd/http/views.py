@@ -152,6 +152,8 @@ def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Sna
         pending_writes=store.pending_writes,
         overloaded=load.overloaded is not None,
         next_fires=upcoming,
+        faults=frozenset(fault.kind for fault in engine.faults.current()),
+        faults_raised=dict(engine.faults.raised),
     )
 
 

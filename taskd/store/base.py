@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from taskd.errors import TaskdError
+from taskd.faults import STORE_UNREACHABLE
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord
 
 MEMORY = ":memory:"
@@ -101,6 +102,8 @@ class Store(ABC):
 
     commit_observer: Callable[[float], None] | None = None
     """Told how long each commit took, in seconds (the metrics)."""
+    fault_observer: Callable[[str | None], None] | None = None
+    """Told why commits fail (after each failed commit), and None once one succeeds again."""
 
     @abstractmethod
     async def open(self) -> None:
@@ -164,9 +167,32 @@ class Store(ABC):
     async def flush(self) -> None:
         """Wait until every write staged so far is committed."""
 
+    @property
+    def failing(self) -> bool:
+        """Whether the last commit failed (writes are kept and retried)."""
+        return False
+
+    @abstractmethod
+    async def durable(self) -> None:
+        """Like `flush`, but through commit failures: returns once the writes staged so far are
+        committed (or dropped for good as unwritable), however long the store is down."""
+
     # -- reads -----------------------------------------------------------------------------------
     @abstractmethod
     async def ping(self) -> bool: ...
+
+    def owns(self, exc: BaseException) -> bool:
+        """Whether `exc` came from the store (its database, its connection, its disk)."""
+        return isinstance(exc, (StoreError, OSError))
+
+    def explain(self, exc: BaseException) -> StoreError | None:
+        """`exc`, raised by the database, as a StoreError that tells the operator what to do (a
+        damaged file), or None when it says nothing about the store itself."""
+        return None
+
+    async def problem(self) -> tuple[str, str] | None:
+        """What is wrong with the store right now, as a fault (kind, reason), or None."""
+        return None if await self.ping() else (STORE_UNREACHABLE, "the store does not answer")
 
     @abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None: ...
@@ -198,6 +224,10 @@ class Store(ABC):
     async def latest_runs(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
         """Of these tasks: the latest run of each, and the states of its active runs, whichever
         node holds them (may lag the last batch of writes)."""
+
+    @abstractmethod
+    async def scheduled_runs(self, fires: Sequence[tuple[str, float]]) -> set[tuple[str, float]]:
+        """Of these (task id, instant) fires, those that have a run (`scheduled_at` the instant)."""
 
     @abstractmethod
     async def last_successes(self) -> dict[str, float]:

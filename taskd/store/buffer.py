@@ -90,6 +90,7 @@ class BufferedStore(Store):
         self._clock: Clock = clock or SystemClock()
         self._batch = Batch()
         self._barriers: list[asyncio.Future[None]] = []
+        self._durables: list[asyncio.Future[None]] = []  # released by a successful commit only
         self._wakeup = asyncio.Event()
         self._urgent = asyncio.Event()
         self._closing = False
@@ -98,6 +99,7 @@ class BufferedStore(Store):
         self._in_flight = 0  # writes in the batch being committed
         self.commits = 0
         self.failed_commits = 0
+        self._failing = False
 
     @abstractmethod
     async def _commit(self, batch: Batch) -> None:
@@ -122,11 +124,22 @@ class BufferedStore(Store):
         if writer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-        await self._commit_pending()
+        try:
+            await self._commit_pending()
+        finally:
+            durables, self._durables = self._durables, []
+            for future in durables:
+                if not future.done():
+                    future.set_exception(StoreError("the store closed before these writes could be committed"))
 
     @property
     def writer(self) -> asyncio.Task[None] | None:
         return self._writer
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last commit failed."""
+        return self._failing
 
     @property
     def pending_writes(self) -> int:
@@ -183,12 +196,32 @@ class BufferedStore(Store):
         self._urgent.set()
         await future
 
+    async def durable(self) -> None:
+        """Wait until every write staged so far is committed, however long the store takes to come
+        back: a run's start is on disk before its first step begins. Runs starting together share
+        one commit (a group commit: the write window is cut short, and what is staged while a
+        commit is under way goes in the next one)."""
+        if self._writer is None or (not self._batch and not self._committing):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._durables.append(future)
+        self._wakeup.set()
+        self._urgent.set()
+        await future
+
+    async def settled(self, limit_s: float = 1.0) -> None:
+        """Wait (at most `limit_s` of real time) until no `durable()` is waiting: tests on a fake
+        clock let its time pass only once the store has caught up."""
+        waiting = [future for future in self._durables if not future.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=limit_s)
+
     # -- the writer ------------------------------------------------------------------------------
     async def _write_loop(self) -> None:
         failures = 0
         while True:
             await self._wakeup.wait()
-            if not self._barriers and not self._closing and self._batch_window_s > 0:
+            if not self._barriers and not self._durables and not self._closing and self._batch_window_s > 0:
                 self._urgent.clear()
                 with contextlib.suppress(TimeoutError):
                     async with self._clock.timeout(self._batch_window_s):
@@ -211,6 +244,7 @@ class BufferedStore(Store):
     async def _commit_pending(self) -> None:
         """Commit everything staged so far, then release the flushes waiting for it."""
         barriers, self._barriers = self._barriers, []
+        durables, self._durables = self._durables, []
         batch, self._batch = self._batch, Batch()
         if batch:
             self._committing = True
@@ -219,14 +253,20 @@ class BufferedStore(Store):
             try:
                 await self._commit(batch)
                 self.commits += 1
+                self._failing = False
                 if self.commit_observer is not None:
                     self.commit_observer(time.perf_counter() - started)
             except BaseException as exc:
                 self.failed_commits += 1
+                self._failing = True
                 kept = isinstance(exc, Exception) and self._retryable(exc)
                 if kept:  # ahead of what was staged meanwhile, to be committed again
                     batch.absorb(self._batch)
                     self._batch = batch
+                    self._durables[:0] = durables
+                    durables = []
+                if self.fault_observer is not None:
+                    self.fault_observer(f"commits fail: {type(exc).__name__}: {exc}")
                 log.error(
                     "store_write_failed",
                     store=self._name,
@@ -238,10 +278,15 @@ class BufferedStore(Store):
                 for barrier in barriers:
                     if not barrier.done():
                         barrier.set_exception(StoreError("the store could not commit; see the daemon log"))
+                for future in durables:  # dropped for good (logged): waiting longer gains nothing
+                    if not future.done():
+                        future.set_result(None)
                 raise
             finally:
                 self._committing = False
                 self._in_flight = 0
-        for barrier in barriers:
-            if not barrier.done():
-                barrier.set_result(None)
+            if self.fault_observer is not None and self.failed_commits:
+                self.fault_observer(None)
+        for waiter in (*barriers, *durables):  # committed (or dropped for good: logged above)
+            if not waiter.done():
+                waiter.set_result(None)

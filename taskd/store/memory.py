@@ -107,6 +107,12 @@ class MemoryStore(BufferedStore):
             found.append(copy.copy(run))
         return found
 
+    async def scheduled_runs(self, fires: Sequence[tuple[str, float]]) -> set[tuple[str, float]]:
+        await self.flush()
+        wanted = set(fires)
+        found = ((r.task_id, r.scheduled_at) for r in self._run_rows.values() if r.scheduled_at is not None)
+        return {fire for fire in found if fire in wanted}
+
     async def ping(self) -> bool:
         return self._open
 

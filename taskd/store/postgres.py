@@ -11,6 +11,7 @@ Chosen by `store: {url: "postgresql://user@host:5432/db"}`. asyncpg, not psycopg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from taskd.clock import Clock
+from taskd.faults import STORE_UNREACHABLE
 from taskd.models import RunRecord, RunState
 from taskd.store.base import RunQuery, StoreError, redacted
 from taskd.store.rows import PARTIAL_STATE_INDEXES, Row, run_from_row
@@ -41,6 +43,8 @@ SQL = {
         "latest_runs": "SELECT DISTINCT ON (task_id) * FROM runs WHERE {} ORDER BY task_id, queued_at DESC, id DESC",
     }.items()
 }
+
+PING_TIMEOUT_S = 2.0
 
 RETRYABLE = (
     OSError,
@@ -162,9 +166,18 @@ class PostgresStore(SQLStore):
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.require().fetchval("SELECT 1") == 1)
-        except (StoreError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                return bool(await self.require().fetchval("SELECT 1") == 1)
+        except (StoreError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             return False
+
+    def owns(self, exc: BaseException) -> bool:
+        return isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)) or super().owns(exc)
+
+    async def problem(self) -> tuple[str, str] | None:
+        if await self.ping():
+            return None
+        return STORE_UNREACHABLE, f"PostgreSQL at {self.where} does not answer (within {PING_TIMEOUT_S:g} s)"
 
     # -- run search ------------------------------------------------------------------------------
     async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:

@@ -8,6 +8,7 @@ Statements are written once with `?` placeholders; PostgreSQL numbers them (`num
 from __future__ import annotations
 
 import contextlib
+import re
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.resources import files
@@ -95,6 +96,7 @@ STATEMENTS: dict[str, str] = {
     "tombstones": "SELECT task_id, definition_hash FROM tombstones",
     "last_fires": "SELECT task_id, last_fire FROM task_state",
     "active_states": f"SELECT task_id, state FROM runs WHERE {ACTIVE} AND {{}}",
+    "scheduled_run": "SELECT 1 FROM runs WHERE task_id = ? AND scheduled_at = ? LIMIT 1",
     "old_runs": f"SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? AND NOT {ACTIVE}",
     "excess_runs": f"""
         SELECT id FROM (
@@ -145,6 +147,26 @@ class Tx(Protocol):
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any: ...
 
     async def execute_fetchall(self, sql: str, args: Sequence[Any], /) -> Iterable[Row]: ...
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff\x00]")
+_LONE_SURROGATE_ESCAPE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|\\u0000"
+)
+
+
+def mended(row: Sequence[Any]) -> tuple[Any, ...]:
+    """`row` with text no database can store replaced by U+FFFD: lone surrogates (a str holding
+    one cannot be encoded as UTF-8; escaped in JSON, PostgreSQL refuses it) and NUL characters
+    (PostgreSQL's text cannot hold them)."""
+    return tuple(
+        _LONE_SURROGATE_ESCAPE.sub(r"\\ufffd", _LONE_SURROGATE.sub("\ufffd", value))
+        if isinstance(value, str)
+        else value
+        for value in row
+    )
 
 
 Why = Callable[[RunRecord], str]
@@ -246,17 +268,51 @@ class SQLStore(BufferedStore):
             ("record_fire", [(f.task_id, f.instant, f.kind, f.reason, f.recorded_at) for f in batch.fires]),
             ("set_last_fire", list(batch.last_fires.items())),
         ]
-        async with self.transaction() as tx:
-            for name, params in rows:
-                if params:
-                    await tx.executemany(self.SQL[name], params)
-            for tombstone in batch.tombstones:
-                if tombstone.definition_hash is None:
-                    await tx.execute(self.SQL["remove_tombstone"], (tombstone.task_id,))
-                else:
-                    args = (tombstone.task_id, tombstone.definition_hash, tombstone.deleted_at)
-                    await tx.execute(self.SQL["add_tombstone"], args)
+        tombstones: list[tuple[str, Sequence[Any]]] = [
+            ("remove_tombstone", (t.task_id,))
+            if t.definition_hash is None
+            else ("add_tombstone", (t.task_id, t.definition_hash, t.deleted_at))
+            for t in batch.tombstones
+        ]
+        try:
+            async with self.transaction() as tx:
+                for name, params in rows:
+                    if params:
+                        await tx.executemany(self.SQL[name], params)
+                for name, args in tombstones:
+                    await tx.execute(self.SQL[name], args)
+        except Exception as exc:
+            if self._retryable(exc):
+                raise
+            # One bad value (text the database cannot encode, say) must not cost the rest of the
+            # batch: write it again row by row, and mend or drop only the rows that fail.
+            log.warning("store_batch_refused", store=self.where, error=f"{type(exc).__name__}: {exc}")
+            await self._commit_rows([(name, row) for name, params in rows for row in params] + tombstones)
         self._committed(batch)
+
+    async def _commit_rows(self, rows: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Write each row under a savepoint, in one transaction: a row refused as it is is written
+        again with its text mended, and dropped (and logged) only if that fails too."""
+        dropped = 0
+        async with self.transaction() as tx:
+            for name, row in rows:
+                for attempt in (row, mended(row)):
+                    await tx.execute("SAVEPOINT taskd_row", ())
+                    try:
+                        await tx.execute(self.SQL[name], attempt)
+                    except Exception as exc:
+                        await tx.execute("ROLLBACK TO SAVEPOINT taskd_row", ())
+                        if self._retryable(exc):
+                            raise
+                        error = f"{type(exc).__name__}: {exc}"
+                        continue
+                    await tx.execute("RELEASE SAVEPOINT taskd_row", ())
+                    break
+                else:
+                    dropped += 1
+                    log.error("store_row_dropped", store=self.where, statement=name, row=repr(row)[:500], error=error)
+        if dropped:
+            log.error("store_rows_dropped", store=self.where, rows=dropped, written=len(rows) - dropped)
 
     async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
         def why(run: RunRecord) -> str:
@@ -350,6 +406,13 @@ class SQLStore(BufferedStore):
         for row in await self._fetch_sql(self._sql(self.SQL["active_states"].format(condition)), args):
             active.setdefault(row["task_id"], []).append(row["state"])
         return {r["task_id"]: run_from_row(r) for r in latest}, active
+
+    async def scheduled_runs(self, fires: Sequence[tuple[str, float]]) -> set[tuple[str, float]]:
+        found: set[tuple[str, float]] = set()
+        for task_id, instant in fires:  # a few at a time: the fires a dead node left unstarted
+            if await self._fetch("scheduled_run", task_id, instant):
+                found.add((task_id, instant))
+        return found
 
     async def last_successes(self) -> dict[str, float]:
         return {r["task_id"]: r["at"] for r in await self._fetch("last_successes")}

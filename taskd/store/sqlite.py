@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ import aiosqlite
 import structlog
 
 from taskd.clock import Clock
+from taskd.faults import STORE_FILE
 from taskd.models import ACTIVE_STATES, RunRecord, RunState, Trigger
 from taskd.store.base import RunQuery, StoreError
 from taskd.store.buffer import Batch
@@ -41,6 +45,14 @@ SQL = {
         WHERE id = ? AND (error IS NOT NULL OR params != '{}')
     """,
 }
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 _Text = tuple[str | None, dict[str, Any]]
@@ -101,6 +113,26 @@ def _text_term(text: str, task_ids: tuple[str, ...]) -> _Term:
     )
 
 
+class StoreLocked(StoreError):
+    """Another process holds the store."""
+
+
+class StoreCorrupt(StoreError):
+    """The store's file is not a database SQLite can read."""
+
+
+def _corrupt(path: Path, exc: BaseException) -> StoreCorrupt:
+    return StoreCorrupt(
+        f"the store at {path} is damaged ({exc}). To recover: stop taskd, then either check it with "
+        f"`sqlite3 {path} 'PRAGMA integrity_check'` and rebuild it with `sqlite3 {path} .recover | sqlite3 "
+        f"{path}.recovered`, put back a copy made by `taskd backup`, or move the file aside to start with "
+        "an empty history"
+    )
+
+
+_CORRUPT_WORDS = ("malformed", "not a database", "file is encrypted", "disk image")
+
+
 class SQLiteStore(SQLStore):
     """Run history in one SQLite file."""
 
@@ -122,12 +154,54 @@ class SQLiteStore(SQLStore):
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on the writing connection
         self._texts: dict[str, _Text] = {}  # of each active run written
+        self._lock_fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._staged_texts: dict[str, _Text | None] = {}  # of the batch being committed
 
     # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _take_lock(self) -> None:
+        """One daemon per store: an exclusive lock on `<file>.lock`, held until close, with the
+        holder's pid in it. The kernel drops it when the process dies, kill -9 included."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store's lock file {self.lock_path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLocked(
+                f"the store {self.path} is in use by another taskd process (pid {holder}, holding "
+                f"{self.lock_path}); stop it first, or give this one its own store.path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+        self._take_lock()
+        try:
+            await self._open()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    async def _open(self) -> None:
+        try:
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
         except (OSError, aiosqlite.Error) as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
@@ -149,7 +223,10 @@ class SQLiteStore(SQLStore):
             self._db = None
             if isinstance(exc, StoreError):
                 raise
+            if any(word in str(exc) for word in _CORRUPT_WORDS):
+                raise _corrupt(self.path, exc) from None
             raise StoreError(f"cannot prepare the store at {self.path}: {exc}") from exc
+        self._identity = _identity(self.path)
         self._start_writer()
 
     async def close(self) -> None:
@@ -161,11 +238,13 @@ class SQLiteStore(SQLStore):
             self._reader = None
         await self._db.close()
         self._db = None
+        self._release_lock()
 
     def _retryable(self, exc: Exception) -> bool:
-        """The database locked or busy, the disk full or failing: a later commit may succeed.
-        A constraint or programming error would fail again: that batch is dropped (and logged)."""
-        return isinstance(exc, (aiosqlite.OperationalError, OSError))
+        """The database locked or busy, the disk full or failing, the file damaged: the writes are
+        kept (and the fault shown) until a commit succeeds or store.max_outage stops the daemon.
+        A constraint or programming error would fail again: that row is mended or dropped."""
+        return isinstance(exc, (aiosqlite.OperationalError, OSError)) or self.explain(exc) is not None
 
     # -- the shared layer's needs ----------------------------------------------------------------
     def _require(self) -> aiosqlite.Connection:
@@ -242,6 +321,23 @@ class SQLiteStore(SQLStore):
                 return (await cursor.fetchone()) is not None
         except (StoreError, aiosqlite.Error, ValueError):
             return False
+
+    def owns(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.Error) or super().owns(exc)
+
+    def explain(self, exc: BaseException) -> StoreError | None:
+        if isinstance(exc, sqlite3.DatabaseError) and any(word in str(exc) for word in _CORRUPT_WORDS):
+            return _corrupt(self.path, exc)
+        return None
+
+    async def problem(self) -> tuple[str, str] | None:
+        if self._identity is not None and _identity(self.path) != self._identity:
+            what = "removed" if not self.path.parent.exists() else "removed or replaced"
+            return STORE_FILE, (
+                f"the store file {self.path} (or its directory) was {what} while taskd had it open: "
+                "what is written now is lost at the next start; restore the file or restart taskd"
+            )
+        return await super().problem()
 
     # -- run search ------------------------------------------------------------------------------
     async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:

@@ -7,15 +7,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, base_config, free_port
+from conftest import Daemon, base_config, free_port, kill_matching, processes_matching, wait_for
 
 from taskd.cli import main
+from taskd.engine import STOP_WAIT_S
 
 TASKS = """
 - {id: hello, name: Say hello, pipeline: hello, params: {who: world}}
@@ -123,6 +125,40 @@ def test_stop_delete_and_the_exit_codes(daemon: Daemon) -> None:
     assert client("start", "hello", "-p", "nonsense", env=env).code == 2
     wrong = client("tasks", env={**env, "TASKD_TOKEN": "wrong"})
     assert wrong.code == 2 and "wrong bearer token" in wrong.err
+
+
+def test_stop_waits_for_runs_still_stopping_and_fails_at_its_deadline(
+    daemon_factory: Callable[..., Daemon], request: pytest.FixtureRequest
+) -> None:
+    """A shell step that ignores SIGTERM, with a `kill_grace` longer than the daemon waits: the
+    daemon answers that the run is still stopping (202), `taskd stop` polls it and exits 1 at its
+    deadline, naming it; asked again, the stop kills the group at once and `taskd stop` exits 0."""
+    marker = f"{800 + (os.getpid() % 50)}.{abs(hash(request.node.name)) % 10**6:06d}"
+    command = f"trap '' TERM; sleep {marker}"
+    daemon = daemon_factory(
+        base_config(
+            "- {id: deaf, pipeline: deaf}",
+            f"- {{name: deaf, processors: [{{shell: {{command: {json.dumps(command)}, kill_grace: 60s}}}}]}}",
+        )
+    ).start()
+    try:
+        env = {"TASKD_URL": f"http://127.0.0.1:{daemon.port}"}
+        run_id = daemon.start_task("deaf")
+        wait_for(lambda: processes_matching(f"sleep {marker}"), what="the child to start")
+        began = time.monotonic()
+        first = client("stop", "deaf", "--timeout", "1", env=env)
+        assert time.monotonic() - began >= STOP_WAIT_S - 0.1  # the daemon waited its bound, then said 202
+        assert first.code == 1 and first.out == "", first.err
+        assert f"still stopping: {run_id}" in first.err
+        assert f"not stopped after 1s: {run_id} (running)" in first.err
+        assert processes_matching(f"sleep {marker}") and daemon.run(run_id)["state"] == "running"
+        again = client("stop", "deaf", env=env)  # cancels the stop's grace: SIGKILL now
+        assert again.code == 0 and again.out.splitlines() == [f"stopped {run_id}"], again.err
+        run = daemon.run(run_id)
+        assert run["state"] == "stopped" and run["error"] == "stopped: stopped through the API"
+        assert not processes_matching(f"sleep {marker}")
+    finally:
+        kill_matching(f"sleep {marker}")
 
 
 def test_an_unreachable_daemon_is_exit_4_naming_the_address(tmp_path: Path) -> None:

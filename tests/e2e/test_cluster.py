@@ -141,9 +141,9 @@ def test_kill_9_at_random_while_fires_go_on_loses_no_fire_and_runs_none_twice(
 ) -> None:
     """Three nodes, three per-second tasks; one node at a time is killed with kill -9 and started
     again. Counted from the store and from what the steps wrote: no fire ran twice, and every fire
-    away from a kill ran exactly once. Every node claims every fire, so the survivors take the next
-    fire at once: the failover window is the second of the kill, whose fires the dead node may
-    have claimed and not run."""
+    ran exactly once, those of the second of a kill included: every node claims every fire, so
+    the survivors take the next fire at once, and a fire the dead node claimed and never started
+    is adopted by whoever finds it dead first (a survivor, or its own restarted process)."""
     ledger = tmp_path / "ledger.txt"
     nodes = {name: node(daemon_factory, url, name, ledger).start() for name in ("a", "b", "c")}
     rng = random.Random(13)
@@ -166,14 +166,9 @@ def test_kill_9_at_random_while_fires_go_on_loses_no_fire_and_runs_none_twice(
     assert max(fires.values()) == 1, [f for f, n in fires.items() if n > 1]
     lines = ledger.read_text().split("\n")[:-1]
     assert len(lines) == len(set(lines))  # no run's step ran twice
-    checked = 0
     for second in range(int(began) + 2, int(ended) - 1):
-        if any(-1.5 <= second - at <= 1.5 for at in kills):
-            continue
-        checked += 1
         for task in ("t1", "t2", "t3"):
             assert fires[(task, _iso(second))] == 1, (task, _iso(second), kills)
-    assert checked >= 8, f"only {checked} seconds outside the failover windows to check"
 
 
 def test_placement_picks_the_nodes(daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path) -> None:
@@ -222,7 +217,7 @@ def test_stop_and_delete_reach_the_node_that_holds_the_run(
     assert "running" in statuses and statuses == sorted(statuses, reverse=True)
     asked = time.monotonic()
     resp = a.request("POST", "/task/slow/_stop")  # asked of the node that does not hold it
-    assert resp.status == 200 and resp.json()["stopped"] == [run_id], resp.text
+    assert resp.status == 200 and resp.json()["stopped"] == [run_id] and resp.json()["stopping"] == [], resp.text
     assert a.run(run_id)["state"] == "stopped"
     wait_for(lambda: not processes_matching("sleep 60.75"), timeout=5, what="the run's process gone")
     assert time.monotonic() - asked <= 5.0

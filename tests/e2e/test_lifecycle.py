@@ -64,7 +64,7 @@ def test_stop_during_a_run_takes_effect_within_a_second(daemon_factory: Callable
     began = time.monotonic()
     resp = daemon.request("POST", "/task/long/_stop")
     elapsed = time.monotonic() - began
-    assert resp.status == 200 and resp.json()["stopped"] == [run_id]
+    assert resp.status == 200 and resp.json() == {"task_id": "long", "stopped": [run_id], "stopping": []}
     assert elapsed < 1.0, elapsed
     run = daemon.run(run_id)
     assert run["state"] == "stopped" and "stopped through the API" in run["error"]

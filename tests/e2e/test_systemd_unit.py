@@ -31,7 +31,9 @@ def test_the_unit_runs_the_venv_on_etc_taskd_and_keeps_state_in_its_state_direct
     unit = service()
     assert unit["Type"] == "notify" and int(unit["WatchdogSec"]) > 0
     assert unit["ExecStart"] == "/opt/taskd/bin/taskd run -c /etc/taskd/taskd.yml"
-    assert unit["ExecStartPre"] == "/opt/taskd/bin/taskd check -c /etc/taskd/taskd.yml"
+    # No ExecStartPre: a failing one is an ordinary failure to systemd, restarted every RestartSec
+    # forever; `taskd run` itself exits 2 on a bad configuration.
+    assert "ExecStartPre" not in unit
     assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert unit["StateDirectory"] == "taskd" and unit["WorkingDirectory"] == "/var/lib/taskd"
     assert unit["ProtectSystem"] == "strict" and "ReadWritePaths" not in unit

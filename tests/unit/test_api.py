@@ -197,7 +197,7 @@ async def test_bearer_token_is_required_on_every_request(api_factory: Callable[.
     # /health answers without the token, with the bare status only; a wrong token gets no more.
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         bare = await api.request("GET", "/health", headers=headers)
-        assert bare.status == 200 and bare.json() == {"status": "ok"}
+        assert bare.status == 200 and bare.json() == {"status": "ok", "faults": []}
     full = await api.request("GET", "/health", headers={"Authorization": "Bearer s3cret-value"})
     assert full.status == 200 and full.json()["scheduler"] == "running" and "slots" in full.json()
 

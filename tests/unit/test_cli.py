@@ -13,7 +13,7 @@ from taskd import client
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["run"], ["check"], ["next"], ["processors"], *([c] for c in client.COMMANDS)],
+    [[], ["run"], ["check"], ["next"], ["processors"], ["backup"], *([c] for c in client.COMMANDS)],
 )
 def test_help_on_every_subcommand(command: list[str]) -> None:
     result = taskd(*command, "--help")
@@ -146,3 +146,16 @@ def test_processors_lists_option_types_in_words() -> None:
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("    ")}
     assert "one of gzip|bzip2|xz" in lines["algorithm"] and "duration" in lines["kill_grace"]
     assert "list of integers" in lines["expect"] and "string (optional)" in lines["cwd"]
+
+
+def test_backup_refuses_what_it_cannot_copy(tmp_path: Path) -> None:
+    config = tmp_path / "taskd.yml"
+    config.write_text("store: {url: 'postgresql://taskd@db.example/taskd'}\n")
+    refused = taskd("backup", str(tmp_path / "copy.db"), "-c", str(config))
+    assert refused.returncode == 2 and "pg_dump" in refused.stderr
+    config.write_text("store: {path: ./var/taskd.db}\n")
+    missing = taskd("backup", str(tmp_path / "copy.db"), "-c", str(config))
+    assert missing.returncode == 1 and "there is no store at" in missing.stderr
+    (tmp_path / "exists.db").write_text("")
+    taken = taskd("backup", str(tmp_path / "exists.db"), "-c", str(config))
+    assert taken.returncode == 2 and "exists" in taken.stderr

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "taskd"
 # Lowest first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, ...]] = [
     ("taskd.errors", "taskd"),
-    ("taskd.models", "taskd.durations", "taskd.clock"),
+    ("taskd.models", "taskd.durations", "taskd.clock", "taskd.faults"),
     ("taskd.yamldoc", "taskd.schedule", "taskd.retry", "taskd.slots", "taskd.systemd", "taskd.logs", "taskd.metrics"),
     ("taskd.store", "taskd.cluster", "taskd.live", "taskd.schedule_words"),
     ("taskd.processor",),
