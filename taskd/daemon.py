@@ -107,7 +107,7 @@ class Daemon:
             # Start-up order: what makes this process the store's only daemon (its lock, a node
             # name) and its socket come first; nothing is recovered, killed or fired before both.
             await store.open()
-            stack.push_async_callback(store.close)
+            stack.push_async_callback(self._close_store, store)
             sock = self._bind(config)
             stack.callback(sock.close)
             coordinator = coordinator_for(store, config.node.name, config.node.labels, self.clock)
@@ -146,6 +146,21 @@ class Daemon:
             self.notifier.notify("STOPPING=1")
         log.info("taskd_stopped", exit_code=self._exit_code)
         return self._exit_code
+
+    async def _close_store(self, store: Store) -> None:
+        """Commit what is staged and close. Writes that cannot be committed by now are lost: said
+        in the log, and the exit code is 1 whatever asked the daemon to stop."""
+        pending = store.pending_writes
+        try:
+            await store.close()
+        except Exception as exc:
+            self._exit_code = EXIT_FAILURE
+            log.error(
+                "store_writes_lost",
+                writes=pending,
+                error=str(store.explain(exc) or f"{type(exc).__name__}: {exc}"),
+                exit_code=EXIT_FAILURE,
+            )
 
     async def _recover(self, coordinator: Coordinator) -> None:
         """Runs a dead process left active become interrupted; the children they left are killed."""

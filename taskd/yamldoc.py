@@ -20,6 +20,14 @@ MAX_ALIAS_EXPANSION = 100_000
 repeats, and far fewer than a "billion laughs" document (nested aliases) would expand to."""
 
 
+class _AliasLoop(Exception):
+    """An alias inside the node it refers to (`x: &a [*a]`): the value would never end."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
 class _AliasBomb(Exception):
     """Aliases expanded to more values than MAX_ALIAS_EXPANSION."""
 
@@ -37,6 +45,7 @@ class Document:
     lines: dict[KeyPath, int]
     problems: list[tuple[int, str]] = field(default_factory=list)
     _seen: set[int] = field(default_factory=set, repr=False)  # the nodes converted once
+    _open: set[int] = field(default_factory=set, repr=False)  # the containers being converted
     _repeated: int = 0  # values converted again through an alias
 
     def line_of(self, path: Sequence[str | int]) -> int:
@@ -98,6 +107,12 @@ def parse_document(file: str, text: str, env: Mapping[str, str]) -> Document:
         doc.problems.append(
             (exc.line, f"aliases expand to more than {MAX_ALIAS_EXPANSION} values; nested aliases are refused")
         )
+    except _AliasLoop as exc:
+        doc.data = None
+        doc.problems.append((exc.line, "an alias refers to the node that contains it; its value would never end"))
+    except RecursionError:  # a merge key (`<<`) that reaches its own mapping, or nesting past Python's limit
+        doc.data = None
+        doc.problems.append((1, "the document nests too deep, or a merge key (<<) refers to its own mapping"))
     except yaml.MarkedYAMLError as exc:  # an unknown tag, a bad merge key (`<<`), a bad value
         doc.data = None
         mark = exc.problem_mark or exc.context_mark
@@ -114,6 +129,30 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoa
             raise _AliasBomb(node.start_mark.line + 1)
     else:
         doc._seen.add(id(node))
+    if isinstance(node, yaml.CollectionNode):
+        if id(node) in doc._open:
+            raise _AliasLoop(node.start_mark.line + 1)
+        doc._open.add(id(node))
+        try:
+            return _convert_collection(node, path, doc, loader, env)
+        finally:
+            doc._open.discard(id(node))
+    # Strings are by far the most common scalars and need no constructor.
+    value = node.value if node.tag == _STR else loader.construct_object(node, deep=True)
+    if isinstance(value, str) and "$" in value:
+        expanded = _expand(value, path, doc, env)
+        style = node.style if isinstance(node, yaml.ScalarNode) else None
+        if expanded != value and not style:  # plain: None from PyYAML's parser, "" from libyaml's
+            # An unquoted scalar gets the type its expanded text would have had if written out.
+            tag = loader.resolve(yaml.ScalarNode, expanded, (True, False))  # type: ignore[no-untyped-call]
+            return loader.construct_object(yaml.ScalarNode(tag, expanded), deep=True)
+        return expanded
+    return value
+
+
+def _convert_collection(
+    node: yaml.CollectionNode, path: KeyPath, doc: Document, loader: yaml.SafeLoader, env: Mapping[str, str]
+) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
@@ -131,19 +170,7 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoa
             doc.lines[(*path, key)] = line
             out[key] = _convert(value_node, (*path, key), doc, loader, env)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, (*path, i), doc, loader, env) for i, item in enumerate(node.value)]
-    # Strings are by far the most common scalars and need no constructor.
-    value = node.value if node.tag == _STR else loader.construct_object(node, deep=True)
-    if isinstance(value, str) and "$" in value:
-        expanded = _expand(value, path, doc, env)
-        style = node.style if isinstance(node, yaml.ScalarNode) else None
-        if expanded != value and not style:  # plain: None from PyYAML's parser, "" from libyaml's
-            # An unquoted scalar gets the type its expanded text would have had if written out.
-            tag = loader.resolve(yaml.ScalarNode, expanded, (True, False))  # type: ignore[no-untyped-call]
-            return loader.construct_object(yaml.ScalarNode(tag, expanded), deep=True)
-        return expanded
-    return value
+    return [_convert(item, (*path, i), doc, loader, env) for i, item in enumerate(node.value)]
 
 
 def _expand(text: str, path: KeyPath, doc: Document, env: Mapping[str, str]) -> str:

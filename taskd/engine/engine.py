@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -157,7 +156,8 @@ class Engine:
             log.info("draining_runs", count=len(self.runs), grace_s=grace_s)
         await self.runs.drain(grace_s, f"daemon shutdown after the {grace_s:g}s grace period", self._hurry)
         await self.coordinator.leave()
-        await self.store.flush()
+        if not self.store.failing:  # else closing the store makes its last attempt, and says what is lost
+            await self.store.flush()
 
     def hurry(self) -> None:
         """Cut a shutdown's grace period short: the runs still active are stopped now."""
@@ -251,20 +251,27 @@ class Engine:
 
     async def start_manual(self, task_id: str, params: Mapping[str, Any] | None = None) -> tuple[str, str]:
         """Start a manual run here, or on a node the task's placement allows when it excludes this
-        one; answers (run id, state)."""
+        one; answers (run id, state) once the run is committed. While the store cannot commit, or
+        when the commit does not come within MANUAL_COMMIT_WAIT_S, the start is refused
+        (StoreError: 503) and nothing of it runs: a run the caller was told about survives a crash."""
+        if self.store.failing:
+            self._admit_load()  # an overload says so first: it tells when to try again
+            raise StoreError("the store cannot commit (see /health); manual starts are refused until it can")
         try:
             run = self.start_run(task_id, Trigger.MANUAL, params=params)
         except Conflict as exc:
             if exc.reason != "placement" or self.coordinator.alone:
                 raise
             return await self._remote.start(task_id, params)
-        # Answered once the run is committed, so a run the caller was told about survives a crash.
-        # While commits fail the answer does not wait for them (the run is kept for the retried
-        # commit, and its steps wait for it); a store that hangs mid-commit costs a bounded wait.
-        if not self.store.failing:
-            with contextlib.suppress(TimeoutError, StoreError):
-                async with self.clock.timeout(MANUAL_COMMIT_WAIT_S):
-                    await self.store.flush()
+        try:
+            async with self.clock.timeout(MANUAL_COMMIT_WAIT_S):
+                await self.store.flush()  # raises when the commit holding the run fails
+        except (TimeoutError, StoreError) as exc:
+            why = "its start could not be committed" + (
+                f" within {MANUAL_COMMIT_WAIT_S:g} s" if isinstance(exc, TimeoutError) else ""
+            )
+            run.stop(why)  # its steps wait for that commit: none has begun
+            raise StoreError(f"the store did not commit the run; it was stopped ({why})") from None
         return run.id, str(run.state)
 
     async def check_store(self) -> None:

@@ -93,6 +93,7 @@ class BufferedStore(Store):
         self._durables: list[asyncio.Future[None]] = []  # released by a successful commit only
         self._wakeup = asyncio.Event()
         self._urgent = asyncio.Event()
+        self._closed = asyncio.Event()  # cuts a retry pause short
         self._closing = False
         self._committing = False
         self._writer: asyncio.Task[None] | None = None
@@ -113,11 +114,13 @@ class BufferedStore(Store):
     # -- lifecycle helpers for the backend -------------------------------------------------------
     def _start_writer(self) -> None:
         self._closing = False
+        self._closed.clear()
         self._writer = asyncio.create_task(self._write_loop(), name=f"taskd-{self._name}-writer")
 
     async def _stop_writer(self) -> None:
         """Stop the writer and commit what is still staged."""
         self._closing = True
+        self._closed.set()
         self._wakeup.set()
         self._urgent.set()
         writer, self._writer = self._writer, None
@@ -236,7 +239,9 @@ class BufferedStore(Store):
                 failures += 1
                 if self._closing:
                     return
-                await self._clock.sleep(min(RETRY_PAUSE_S * 2 ** (failures - 1), MAX_RETRY_PAUSE_S))
+                with contextlib.suppress(TimeoutError):
+                    async with self._clock.timeout(min(RETRY_PAUSE_S * 2 ** (failures - 1), MAX_RETRY_PAUSE_S)):
+                        await self._closed.wait()
                 self._wakeup.set()
             if self._closing:
                 return

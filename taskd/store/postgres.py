@@ -45,6 +45,7 @@ SQL = {
 }
 
 PING_TIMEOUT_S = 2.0
+POOL_CLOSE_S = 10.0
 
 RETRYABLE = (
     OSError,
@@ -120,8 +121,11 @@ class PostgresStore(SQLStore):
         try:
             await self._stop_writer()
         finally:
-            await self.pool.close()
-            self.pool = None
+            pool, self.pool = self.pool, None
+            try:  # a server gone mid-query would keep a graceful close waiting
+                await asyncio.wait_for(pool.close(), POOL_CLOSE_S)
+            except Exception:
+                pool.terminate()
 
     def require(self) -> asyncpg.Pool:
         if self.pool is None:

@@ -230,15 +230,19 @@ class SQLiteStore(SQLStore):
         self._start_writer()
 
     async def close(self) -> None:
+        """Commit what is staged and close; the connections are closed and the lock released even
+        when that last commit fails (its error is raised after)."""
         if self._db is None:
             return
-        await self._stop_writer()
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
-        await self._db.close()
-        self._db = None
-        self._release_lock()
+        try:
+            await self._stop_writer()
+        finally:
+            for connection in (self._reader, self._db):
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+            self._reader = self._db = None
+            self._release_lock()
 
     def _retryable(self, exc: Exception) -> bool:
         """The database locked or busy, the disk full or failing, the file damaged: the writes are

@@ -73,6 +73,7 @@ def test_a_configuration_that_cannot_start_exits_2(daemon_factory: Callable[...,
             id="alias-bomb",
         ),
         pytest.param("tasks: [\n", id="syntax-error"),
+        pytest.param("x: &r [*r]\n", id="self-alias"),
     ],
 )
 def test_a_reload_of_bad_yaml_is_refused_and_the_daemon_keeps_running(
@@ -203,7 +204,7 @@ def test_a_full_disk_is_degraded_loses_nothing_and_recovers(
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and health(daemon)[0] == 200:
         resp = daemon.request("POST", "/task/quick/_start", {"params": {"note": "x" * 2000}})
-        if resp.status == 202:
+        if resp.status == 202:  # committed before the answer
             accepted.append(resp.json()["run_id"])
     status, body = health(daemon)
     assert status == 503 and body["status"] == "degraded", body
@@ -211,10 +212,8 @@ def test_a_full_disk_is_degraded_loses_nothing_and_recovers(
     assert isinstance(faults, list) and faults[0]["kind"] == "store_write", body
     assert "full" in faults[0]["reason"] or "space" in faults[0]["reason"], faults
     assert daemon.request("GET", "/runs").status == 503  # a read that must wait for commits says why
-    for _ in range(5):  # accepted while the disk is full: kept, and run once it has room
-        resp = daemon.request("POST", "/task/quick/_start")
-        assert resp.status == 202, resp.text
-        accepted.append(resp.json()["run_id"])
+    refused = daemon.request("POST", "/task/quick/_start")  # no run accepted that a crash could lose
+    assert refused.status == 503 and refused.json()["error"]["code"] == "store_unavailable", refused.text
     filler.unlink()
     wait_for(lambda: health(daemon)[0] == 200, timeout=30, what="healthy once the disk has room")
     for run_id in accepted:
@@ -257,3 +256,25 @@ def test_a_damaged_store_gives_one_clear_error_and_exit_1(daemon_factory: Callab
     daemon.start()
     assert len(daemon.runs("quick")) == 30
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["sigterm", "max_outage"])
+def test_a_daemon_stopping_on_a_full_disk_exits_1_and_says_what_was_lost(
+    daemon_factory: Callable[..., Daemon], small_disk: Path, how: str
+) -> None:
+    """The last commit fails: the connections still close (no thread keeps the process alive), the
+    writes lost are logged, and the exit code is 1 even after SIGTERM."""
+    if ON_POSTGRES:
+        pytest.skip("the SQLite file on a full disk")
+    outage = ", max_outage: 2s" if how == "max_outage" else ""
+    config = base_config(
+        "- {id: nap, pipeline: nap}", "- {name: nap, processors: [{shell: {command: 'sleep 0.5'}}]}"
+    ).replace("{path: ./var/taskd.db}", f"{{path: {small_disk / 'taskd.db'}{outage}}}")
+    daemon = daemon_factory(config).start()
+    daemon.start_task("nap")
+    fill(small_disk)  # the nap's end cannot be committed
+    wait_for(lambda: health(daemon)[0] == 503, timeout=15, what="degraded")
+    if how == "sigterm":
+        daemon.send(signal.SIGTERM)
+    assert exited(daemon, timeout=30) == 1
+    assert "store_writes_lost" in daemon.output()

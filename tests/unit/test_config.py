@@ -402,3 +402,30 @@ def test_bad_durations(text: object) -> None:
 def test_format_duration_round_trips() -> None:
     for seconds in (0.25, 5, 90, 5400, 90061):
         assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "tasks:\n  - id: a\n    pipeline: !include other.yml\n",
+            "taskd.yml:3: YAML error: could not determine a constructor for the tag '!include'",
+        ),
+        (
+            "base: &b [1, 2]\ntasks:\n  - <<: *b\n    id: a\n",
+            "YAML error: while constructing a mapping; expected a mapping for merging",
+        ),
+        ("x: &r [*r]\n", "taskd.yml:1: an alias refers to the node that contains it"),
+        (
+            "".join(
+                f"{name}: &{name} [" + ",".join([f"*{prev}" if prev else "lol"] * 9) + "]\n"
+                for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+            ),
+            "aliases expand to more than 100000 values",
+        ),
+    ],
+    ids=["unknown-tag", "bad-merge-key", "self-alias", "alias-bomb"],
+)
+def test_yaml_no_loader_can_build_is_an_error_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
+    found = problems(tmp_path, text)
+    assert any(expected in message for message in found), found
