@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +316,7 @@ async def _await_end(api: _Api, run_id: str, out: TextIO | None) -> tuple[str, s
 
 
 async def _stop(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    began = time.monotonic()
     body = await api.call("POST", f"/task/{args.task_id}/_stop")
     stopped = [str(run_id) for run_id in body["stopped"]]
     stopping = [str(run_id) for run_id in body.get("stopping") or ()]  # 202: not ended yet
@@ -329,7 +331,8 @@ async def _stop(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
             print(f"stopped {', '.join(shown)}", file=out)
         if left:
             still = ", ".join(f"{run_id} ({state})" for run_id, state in left.items())
-            print(f"taskd stop: not stopped after {args.timeout:g}s: {still}", file=sys.stderr)
+            waited = f"{args.timeout:g}s after the daemon answered, {time.monotonic() - began:.1f}s in all"
+            print(f"taskd stop: not stopped {waited}: {still}", file=sys.stderr)
     return EXIT_FAILED if left else EXIT_OK
 
 

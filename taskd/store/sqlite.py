@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -155,6 +156,7 @@ class SQLiteStore(SQLStore):
         self._lock = asyncio.Lock()  # one transaction at a time on the writing connection
         self._texts: dict[str, _Text] = {}  # of each active run written
         self._lock_fd: int | None = None
+        self._file_fd: int | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._staged_texts: dict[str, _Text | None] = {}  # of the batch being committed
 
@@ -182,11 +184,26 @@ class SQLiteStore(SQLStore):
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        # The file itself too: another name for it (a hard link) has another lock file. SQLite locks
+        # with fcntl(), which flock() does not touch; this descriptor is closed only after SQLite's.
+        try:
+            self._file_fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._file_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._release_lock()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StoreLocked(
+                    f"the store {self.path} is in use by another taskd process under another name for the "
+                    "same file (a hard link); stop it first, or give this one its own store.path"
+                ) from None
+            raise StoreError(f"cannot open the store at {self.path}: {exc.strerror or exc}") from exc
 
     def _release_lock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)
+        for name in ("_file_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            setattr(self, name, None)
+            if fd is not None:
+                os.close(fd)
 
     async def open(self) -> None:
         try:

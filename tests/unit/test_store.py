@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -16,7 +17,7 @@ from taskd.models import RunRecord, RunState, Trigger, new_run_id
 from taskd.store import MEMORY, MemoryStore, RunQuery, StoreError, open_store
 from taskd.store.base import RUN_SORTS
 from taskd.store.rows import PARTIAL_STATE_INDEXES
-from taskd.store.sqlite import MIGRATIONS, SQLiteStore
+from taskd.store.sqlite import MIGRATIONS, SQLiteStore, StoreLocked
 
 
 async def test_creates_the_file_and_directory_in_wal_mode_with_a_schema_version(tmp_path: Path) -> None:
@@ -151,3 +152,20 @@ def test_the_partial_state_indexes_cover_every_state_but_completed() -> None:
     covered = set().union(*(states for states, _ in PARTIAL_STATE_INDEXES))
     assert covered | {"completed"} == {str(state) for state in RunState}
     assert "completed" not in covered
+
+
+async def test_one_store_one_daemon_the_file_is_locked_under_any_of_its_names(tmp_path: Path) -> None:
+    """A second open of the same file (as a second `taskd run` would) is refused naming the holder's
+    pid, through a hard link too; the lock goes with the first one's close."""
+    first = SQLiteStore(tmp_path / "taskd.db")
+    await first.open()
+    os.link(tmp_path / "taskd.db", tmp_path / "linked.db")
+    for name in ("taskd.db", "linked.db"):
+        with pytest.raises(StoreLocked, match="in use by another taskd process") as refused:
+            await SQLiteStore(tmp_path / name).open()
+        if name == "taskd.db":
+            assert f"pid {os.getpid()}" in str(refused.value) and str(tmp_path / "taskd.db") in str(refused.value)
+    await first.close()
+    again = SQLiteStore(tmp_path / "linked.db")
+    await again.open()
+    await again.close()
