@@ -28,7 +28,7 @@ from taskd.faults import RELOAD, RETENTION, STORE_KINDS, STORE_UNREACHABLE
 from taskd.http.app import create_app
 from taskd.metrics import Metrics
 from taskd.processor import describe
-from taskd.procgroup import kill_run_processes
+from taskd.procgroup import kill_run_processes, runs_with_processes
 from taskd.store import Store, StoreError, open_store
 from taskd.store.base import redacted
 from taskd.systemd import Notifier
@@ -163,11 +163,15 @@ class Daemon:
             )
 
     async def _recover(self, coordinator: Coordinator) -> None:
-        """Runs a dead process left active become interrupted; the children they left are killed."""
+        """Runs a dead process left active become interrupted; the children they left are killed:
+        those of every run of this node still running on this host, the runs another node already
+        marked interrupted included (nothing of this process runs yet)."""
         interrupted = await coordinator.recover(self.clock.time())
         for run in interrupted:
             log.warning("run_interrupted", task_id=run.task_id, run_id=run.id, reason=run.error)
-        killed = await asyncio.to_thread(kill_run_processes, [run.id for run in interrupted])
+        found = await asyncio.to_thread(runs_with_processes)
+        orphaned = {run.id for run in interrupted} | set(await coordinator.own_runs(sorted(found)))
+        killed = await asyncio.to_thread(kill_run_processes, sorted(orphaned))
         if killed:
             log.warning("orphans_killed", process_groups=killed, reason="left running by interrupted runs")
 

@@ -37,6 +37,21 @@ def kill_run_processes(run_ids: Iterable[str], proc_root: Path = Path("/proc"), 
     return killed
 
 
+def runs_with_processes(proc_root: Path = Path("/proc")) -> set[str]:
+    """The run ids (TASKD_RUN_ID) of every process that carries one, of any taskd on this host."""
+    prefix = b"TASKD_RUN_ID="
+    found: set[str] = set()
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        found.update(item[len(prefix) :].decode(errors="replace") for item in environ if item.startswith(prefix))
+    return found
+
+
 def _groups_with(wanted: set[bytes], proc_root: Path) -> set[int]:
     """The process groups of the processes whose environment holds one of `wanted`."""
     groups: set[int] = set()

@@ -267,3 +267,17 @@ async def test_processes_joining_with_one_name_at_once_never_both_hold_it(cluste
         refused = [outcome for outcome in outcomes if isinstance(outcome, NodeNameInUse)]
         assert len(refused) == 1, outcomes
         assert all(outcome is None or isinstance(outcome, NodeNameInUse) for outcome in outcomes), outcomes
+
+
+async def test_own_runs_are_the_runs_this_node_held_whatever_their_state_now(cluster: Cluster) -> None:
+    """What a restarted node kills at start-up: the processes of its own runs, those another node
+    already marked interrupted included, never another node's."""
+    a, b = cluster.node("a"), cluster.node("b")
+    await a.beat()
+    await b.beat()
+    mine = await cluster.run("mine", "a", RunState.INTERRUPTED)
+    unplaced = await cluster.run("unplaced", None)
+    theirs = await cluster.run("theirs", "b")
+    asked = [mine.id, unplaced.id, theirs.id, "not-a-run"]
+    assert sorted(await a.own_runs(asked)) == sorted([mine.id, unplaced.id])
+    assert sorted(await b.own_runs(asked)) == sorted([unplaced.id, theirs.id])  # a run of no node: anyone's

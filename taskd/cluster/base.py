@@ -10,7 +10,7 @@ import asyncio
 import collections
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -242,6 +242,16 @@ class Coordinator(ABC):
         """Runs a previous process of this node left active, marked interrupted: alone on the store,
         every active run; with other nodes, only this node's (and runs of no node)."""
         return await self.store.recover_interrupted(now, self.name if self.shared else None)
+
+    async def own_runs(self, run_ids: Iterable[str]) -> list[str]:
+        """Of these run ids, those of runs in the store that this node held (alone on the store:
+        every run in it). A run another node found this node dead and interrupted is one of them."""
+        own: list[str] = []
+        for run_id in run_ids:
+            run = await self.store.get_run(run_id)
+            if run is not None and (not self.shared or run.node in (None, self.name)):
+                own.append(run_id)
+        return own
 
     async def latest_elsewhere(self, task_ids: Sequence[str]) -> tuple[dict[str, RunRecord], dict[str, list[str]]]:
         """Of these tasks, as every node sees them: the latest run of each and the states of its
