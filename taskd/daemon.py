@@ -89,6 +89,8 @@ class Daemon:
     def __init__(self, config_path: str, config: Config, env: Mapping[str, str], clock: Clock | None = None) -> None:
         self.config_path = config_path
         self.config = config
+        self.started = config
+        """The configuration the daemon started with: its `api:` and `store:` hold until a restart."""
         self.env = env
         self.clock: Clock = clock or SystemClock()
         self.notifier = Notifier(env.get("NOTIFY_SOCKET"))
@@ -259,7 +261,7 @@ class Daemon:
                 )
                 faults.set(RELOAD, f"reload refused, the previous configuration runs: {describe(exc)}")
                 return False
-            if config.api != self.config.api or config.store != self.config.store:
+            if config.api != self.started.api or config.store != self.started.store:
                 log.warning("restart_needed", reason="api: and store: changes take effect at the next start")
             try:
                 self.engine.reload(config)
@@ -303,7 +305,7 @@ class Daemon:
         """Prune history hourly. A failed prune (its transaction rolled back) is logged, shown by
         /health and tried again sooner; it never stops the daemon."""
         while True:
-            retention = self.config.store.retention
+            retention = self.started.store.retention
             try:
                 removed = await store.prune(self.clock.time(), retention.days, retention.max_runs_per_task)
             except Exception as exc:
@@ -327,7 +329,7 @@ class Daemon:
             except Exception as exc:  # the check itself failing is a fault of the store too
                 engine.faults.set(STORE_UNREACHABLE, f"the store cannot be checked: {type(exc).__name__}: {exc}")
             since = engine.faults.outage_since()
-            limit = self.config.store.max_outage
+            limit = self.started.store.max_outage
             if since is not None and self.clock.time() - since > limit:
                 reasons = "; ".join(f.reason for f in engine.faults.current() if f.kind in STORE_KINDS)
                 self.fail(f"the store has been failing for more than store.max_outage ({limit:g} s): {reasons}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import fake_steps
 import pytest
+import structlog
 from conftest import ON_POSTGRES, Api, base_config, until
 
 from taskd.clock import FakeClock
@@ -167,3 +168,26 @@ async def test_a_store_fault_past_max_outage_stops_the_daemon_with_exit_1(
     assert not running.done()
     await clock.run_for(40)
     assert await asyncio.wait_for(running, 10) == 1
+
+
+async def test_a_reload_says_a_restart_is_needed_only_while_api_or_store_differ_from_the_running_ones(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    daemon = _daemon(tmp_path, CONFIG, clock)
+    running = asyncio.create_task(daemon.run())
+    await until(lambda: daemon.engine is not None and daemon.engine.scheduler_running, "ready")
+    path = tmp_path / "taskd.yml"
+    with structlog.testing.capture_logs() as logs:
+        path.write_text(
+            CONFIG.replace("max_concurrent_tasks: 10", "max_concurrent_tasks: 4").replace(
+                "./var/taskd.db}", "./var/taskd.db, max_outage: 1s}"
+            )
+        )
+        assert await daemon.reload()
+        path.write_text(CONFIG.replace("max_concurrent_tasks: 10", "max_concurrent_tasks: 5"))  # store: as running
+        assert await daemon.reload()
+    assert [line["event"] for line in logs if line["event"] == "restart_needed"] == ["restart_needed"]
+    assert daemon.engine is not None and daemon.engine.slots.limit == 5
+    daemon.request_stop("SIGTERM")
+    assert await asyncio.wait_for(running, 10) == 0
