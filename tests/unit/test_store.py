@@ -15,7 +15,7 @@ import pytest
 
 from taskd.models import RunRecord, RunState, Trigger, new_run_id
 from taskd.store import MEMORY, MemoryStore, RunQuery, StoreError, open_store
-from taskd.store.base import RUN_SORTS
+from taskd.store.base import RUN_SORTS, LogLine
 from taskd.store.rows import PARTIAL_STATE_INDEXES
 from taskd.store.sqlite import MIGRATIONS, SQLiteStore, StoreLocked
 
@@ -169,3 +169,33 @@ async def test_one_store_one_daemon_the_file_is_locked_under_any_of_its_names(tm
     again = SQLiteStore(tmp_path / "linked.db")
     await again.open()
     await again.close()
+
+
+async def test_a_prune_that_fails_midway_rolls_back_and_deletes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "taskd.db")
+    await store.open()
+    old = RunRecord(new_run_id(1000.0), "t", Trigger.MANUAL, 1000.0, state=RunState.COMPLETED)
+    old.finished_at = 1000.0
+    store.save_run(old)
+    store.append_log(LogLine(old.id, 1, 1000.0, "log", "kept"))
+    await store.flush()
+    calls = 0
+    any_of = SQLiteStore._any
+
+    def fails_second(self: SQLiteStore, column: str, values: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # after the first table's DELETE ran inside the transaction
+            raise sqlite3.OperationalError("database is locked")
+        return any_of(self, column, values)
+
+    monkeypatch.setattr(SQLiteStore, "_any", fails_second)
+    with pytest.raises(sqlite3.OperationalError):
+        await store.prune(10 * 86400.0, days=1, max_runs_per_task=0)
+    monkeypatch.undo()
+    assert await store.get_run(old.id) is not None
+    assert [line.line for line in await store.run_log(old.id)] == ["kept"]
+    assert await store.prune(10 * 86400.0, days=1, max_runs_per_task=0) == 1  # tried again later: done
+    await store.close()
