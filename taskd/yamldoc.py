@@ -14,6 +14,7 @@ KeyPath = tuple[str | int, ...]
 # libyaml's parser when PyYAML was built with it (the wheels are): ten times faster on big files.
 _COMPOSER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR = "tag:yaml.org,2002:str"
+_COLLECTIONS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 MAX_ALIAS_EXPANSION = 100_000
 """How many values aliases may repeat in one file: far more than any real configuration
@@ -153,6 +154,9 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document, loader: yaml.SafeLoa
 def _convert_collection(
     node: yaml.CollectionNode, path: KeyPath, doc: Document, loader: yaml.SafeLoader, env: Mapping[str, str]
 ) -> Any:
+    if node.tag not in _COLLECTIONS:  # `!foo {...}`, `!!python/object:... {...}`, `!!set`: no such thing here
+        where = format_path(path) or "top level"
+        doc.problems.append((node.start_mark.line + 1, f"{where}: YAML tag {node.tag!r} is not allowed here"))
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}

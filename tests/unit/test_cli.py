@@ -159,3 +159,24 @@ def test_backup_refuses_what_it_cannot_copy(tmp_path: Path) -> None:
     (tmp_path / "exists.db").write_text("")
     taken = taskd("backup", str(tmp_path / "exists.db"), "-c", str(config))
     assert taken.returncode == 2 and "exists" in taken.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tasks:\n  - id: a\n    pipeline: !include other.yml\n",
+        "task: !!python/object:os.system {a: 1}\n",
+        "base: &b [1, 2]\ntasks:\n  - <<: *b\n",
+        "x: &r [*r]\n",
+        "".join(
+            f"{name}: &{name} [" + ",".join([f"*{prev}" if prev else "lol"] * 9) + "]\n"
+            for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+        ),
+    ],
+    ids=["include", "python-object", "bad-merge", "self-alias", "alias-bomb"],
+)
+def test_check_refuses_yaml_no_config_can_hold_with_exit_2_and_no_traceback(tmp_path: Path, text: str) -> None:
+    (tmp_path / "taskd.yml").write_text(text)
+    result = taskd("check", "-c", str(tmp_path / "taskd.yml"))
+    assert result.returncode == 2, result
+    assert "taskd.yml:" in result.stderr and "Traceback" not in result.stderr

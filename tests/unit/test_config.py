@@ -423,8 +423,14 @@ def test_format_duration_round_trips() -> None:
             ),
             "aliases expand to more than 100000 values",
         ),
+        (
+            "task: !!python/object:os.system {a: 1}\n",
+            "taskd.yml:1: task: YAML tag 'tag:yaml.org,2002:python/object:os.system' is not allowed here",
+        ),
+        ("tasks: !foo []\n", "taskd.yml:1: tasks: YAML tag '!foo' is not allowed here"),
+        ("tasks: !!set {a}\n", "taskd.yml:1: tasks: YAML tag 'tag:yaml.org,2002:set' is not allowed here"),
     ],
-    ids=["unknown-tag", "bad-merge-key", "self-alias", "alias-bomb"],
+    ids=["unknown-tag", "bad-merge-key", "self-alias", "alias-bomb", "python-object", "own-tag", "set"],
 )
 def test_yaml_no_loader_can_build_is_an_error_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
     found = problems(tmp_path, text)
