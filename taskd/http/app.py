@@ -104,7 +104,9 @@ def authorized(request: web.Request) -> bool:
     if not token:
         return True
     scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())
+    # Bytes that are not UTF-8 arrive as surrogates: kept as they are, they simply do not match.
+    given = supplied.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, token.encode())
 
 
 @web.middleware
@@ -270,6 +272,33 @@ async def get_task(request: web.Request) -> web.Response:
     return _json(view)
 
 
+MAX_BODY_DEPTH = 32
+"""How deep a request body's objects and arrays may nest."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep `value` nests (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level <= MAX_BODY_DEPTH:
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 async def _read_start_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
@@ -277,9 +306,13 @@ async def _read_start_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ApiError(400, "bad_request", f"request body nests deeper than {MAX_BODY_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_request", f"request body is not valid JSON: {exc}") from None
+    if _depth(body) > MAX_BODY_DEPTH:
+        raise ApiError(400, "bad_request", f"request body nests deeper than {MAX_BODY_DEPTH} levels")
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", 'request body must be a JSON object such as {"params": {...}}')
     unknown = sorted(set(body) - {"params"})
@@ -420,8 +453,8 @@ async def run_log(request: web.Request) -> web.StreamResponse:
     run = await _run_or_404(request)
     if events.wants_stream(request):
         raw = request.headers.get("Last-Event-ID", "0") or "0"
-        if not raw.isdigit():
-            raise ApiError(400, "bad_request", f"Last-Event-ID must be a log line's sequence number, got {raw!r}")
+        if not raw.isdigit() or len(raw) > 18:
+            raise ApiError(400, "bad_request", f"Last-Event-ID must be a log line's sequence number, got {raw[:40]!r}")
         return await events.follow_log(request, request.app[ENGINE], store, run.id, int(raw))
     lines = await store.run_log(run.id)
     text = "".join(f"{iso(x.ts)} [{x.stream}] {x.line}\n" for x in lines)

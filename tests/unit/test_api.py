@@ -4,6 +4,7 @@ SQLite store serve on a loopback port in-process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -270,3 +271,42 @@ async def test_a_task_deleted_while_the_cluster_is_asked_keeps_the_row_it_had(
     assert [(t["id"], t["status"]) for t in resp.json()["tasks"]] == [("alpha", "running"), ("beta", "running")]
     monkeypatch.undo()
     assert [t["id"] for t in (await api.request("GET", "/tasks")).json()["tasks"]] == ["beta", "gamma"]
+
+
+async def test_bytes_that_are_not_utf8_in_authorization_are_a_401_not_a_500(
+    api_factory: Callable[..., Awaitable[Api]],
+) -> None:
+    config = base_config(TASKS, PIPELINES).replace(
+        "api: {listen: '127.0.0.1:{port}'}", "api: {listen: '127.0.0.1:{port}', token: 'tok'}"
+    )
+    api = await api_factory(config)
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.client.port)
+    writer.write(b"GET /tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xfd\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert json.loads(body)["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"params": {"a": NaN}}', "NaN is not a JSON number"),
+        (b'{"params": {"a": -Infinity}}', "-Infinity is not a JSON number"),
+        (b'{"params": {"a": 1e400}}', "1e400 is out of range"),
+        (b'{"params": {"a": ' + b"[" * 40 + b"]" * 40 + b"}}", "nests deeper than 32 levels"),
+        (b'{"params": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", "nests deeper than 32 levels"),
+    ],
+    ids=["nan", "infinity", "huge", "deep", "very-deep"],
+)
+async def test_a_start_body_json_cannot_answer_back_is_a_400(api: Api, raw: bytes, fragment: str) -> None:
+    resp = await api.request("POST", "/task/alpha/_start", raw=raw, headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and fragment in resp.json()["error"]["message"], resp.text
+
+
+async def test_a_last_event_id_past_any_sequence_number_is_a_400(api: Api) -> None:
+    run_id = await api.start_task("alpha")
+    resp = await api.request("GET", f"/run/{run_id}/log?follow=1", headers={"Last-Event-ID": "9" * 26})
+    assert resp.status == 400 and "Last-Event-ID" in resp.json()["error"]["message"], resp.text
