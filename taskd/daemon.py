@@ -75,9 +75,17 @@ def tune_gc() -> None:
 
 
 def _prepare_socket_path(target: str) -> Path:
-    """Create the socket's directory and remove a socket file left behind by a previous process."""
+    """Create the socket's directory and remove a socket file left behind by a previous process;
+    one that a live process still answers on is refused (StartupError), never taken from it."""
     path = Path(target)
     if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                pass  # nobody listens: a leftover
+            else:
+                raise StartupError(f"cannot listen on unix:{path}: another process is listening on it")
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
