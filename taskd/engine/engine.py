@@ -42,7 +42,7 @@ from taskd.store.base import LogLine, Store, StoreError
 log = structlog.get_logger("taskd.engine")
 _DEBUG = logging.getLogger("taskd.engine")
 MANUAL_COMMIT_WAIT_S = 10.0
-"""How long a manual start waits for its run to be committed before answering anyway."""
+"""How long a manual start waits for its run to be committed before it is refused (503) and stopped."""
 STOP_WAIT_S = 10.0
 """How long a stop waits, at most, for the runs it stopped to end before it answers with those
 still stopping. A run ends within its stop grace (its slowest step's, a second more: for a shell

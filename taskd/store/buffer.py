@@ -193,11 +193,7 @@ class BufferedStore(Store):
             return
         if not self._batch and not self._barriers and not self._committing:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._barriers.append(future)
-        self._wakeup.set()
-        self._urgent.set()
-        await future
+        await self._next_commit(self._barriers)
 
     async def durable(self) -> None:
         """Wait until every write staged so far is committed, however long the store takes to come
@@ -206,8 +202,12 @@ class BufferedStore(Store):
         commit is under way goes in the next one)."""
         if self._writer is None or (not self._batch and not self._committing):
             return
+        await self._next_commit(self._durables)
+
+    async def _next_commit(self, waiters: list[asyncio.Future[None]]) -> None:
+        """Wait among `waiters` for the commit of what is staged now, which starts at once."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._durables.append(future)
+        waiters.append(future)
         self._wakeup.set()
         self._urgent.set()
         await future
@@ -258,7 +258,7 @@ class BufferedStore(Store):
             try:
                 await self._commit(batch)
                 self.commits += 1
-                self._failing = False
+                recovered, self._failing = self._failing, False
                 if self.commit_observer is not None:
                     self.commit_observer(time.perf_counter() - started)
             except BaseException as exc:
@@ -290,7 +290,7 @@ class BufferedStore(Store):
             finally:
                 self._committing = False
                 self._in_flight = 0
-            if self.fault_observer is not None and self.failed_commits:
+            if recovered and self.fault_observer is not None:
                 self.fault_observer(None)
         for waiter in (*barriers, *durables):  # committed (or dropped for good: logged above)
             if not waiter.done():
