@@ -1,7 +1,9 @@
 """The command-line client: `taskd tasks`, `start`, `runs`, `logs -f`, ... against a running daemon.
 
-It finds the daemon from `--url`/`TASKD_URL` (and `--token`/`TASKD_TOKEN`), else from the
-configuration's `api.listen` and `api.token` (unix sockets included). Exit codes: 0 success; 1 the
+It finds the daemon from `--url`/`TASKD_URL` without reading the configuration, else from the
+configuration's `api.listen` (unix sockets included), else the default address. The token comes from
+`--token`, `--token-file`, `$TASKD_TOKEN`, `$TASKD_TOKEN_FILE`, the systemd credential `api-token`,
+else the configuration's `api.token`/`api.token_file`. Exit codes: 0 success; 1 the
 awaited run did not complete, a stopped run had not ended by `stop`'s deadline, or the daemon
 refused (409); 2 usage; 3 not found; 4 the daemon cannot be reached.
 """
@@ -17,11 +19,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from taskd.config import load_config, parse_listen
+from taskd.config.load import TOKEN_CREDENTIAL
 from taskd.errors import ConfigError, TaskdError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -60,8 +63,15 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
         where = parser.add_argument_group("daemon")
         where.add_argument("-c", "--config", default=default_config, help=config_help + "; gives api.listen, api.token")
-        where.add_argument("--url", default=None, help="daemon URL (default: $TASKD_URL, else from the config)")
+        where.add_argument(
+            "--url",
+            default=None,
+            help="daemon URL, http://host:port or unix:/path (default: $TASKD_URL, else from the config)",
+        )
         where.add_argument("--token", default=None, help="bearer token (default: $TASKD_TOKEN, else the config's)")
+        where.add_argument(
+            "--token-file", default=None, metavar="FILE", help="file holding the token (default: $TASKD_TOKEN_FILE)"
+        )
         parser.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
         return parser
 
@@ -133,20 +143,68 @@ def _confirmed(what: str) -> bool:
     return input(f"{what} and stop its runs? [y/N] ").strip().lower() in ("y", "yes")
 
 
-def find_daemon(args: argparse.Namespace, env: Mapping[str, str]) -> Target:
-    """--url/$TASKD_URL, else the configuration's api.listen; --token/$TASKD_TOKEN, else api.token."""
+def find_daemon(args: argparse.Namespace, env: Mapping[str, str], err: TextIO | None = None) -> Target:
+    """--url/$TASKD_URL (the configuration is not read), else the configuration's api.listen, else
+    the default address when the configuration is missing or broken (a warning on `err`)."""
     url = args.url or env.get("TASKD_URL")
-    token = args.token or env.get("TASKD_TOKEN") or None
+    token = _given_token(args, env)
     if url:
-        return Target(url.rstrip("/"), None, token)
+        return _target(url, token)
     if not Path(args.config).exists():
         return Target(DEFAULT_URL, None, token)
     try:
         config = load_config(args.config, env)
     except ConfigError as exc:
-        raise ClientError("cannot read the configuration:\n" + "\n".join(exc.problems), EXIT_USAGE) from None
-    token = token or config.api.token
-    listen = parse_listen(config.api.listen)
+        problems = "\n  ".join(exc.problems)
+        print(
+            f"taskd {args.command}: warning: cannot read {args.config}, trying {DEFAULT_URL}"
+            f" (give --url to skip the configuration):\n  {problems}",
+            file=err or sys.stderr,
+        )
+        return Target(DEFAULT_URL, None, token)
+    return _listen_target(config.api.listen, token or config.api.token)
+
+
+def _given_token(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """The token named outside the configuration: --token, --token-file, $TASKD_TOKEN,
+    $TASKD_TOKEN_FILE, then the systemd credential api-token."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        return _read_token(args.token_file)
+    if env.get("TASKD_TOKEN"):
+        return env["TASKD_TOKEN"]
+    if env.get("TASKD_TOKEN_FILE"):
+        return _read_token(env["TASKD_TOKEN_FILE"])
+    credential = Path(env.get("CREDENTIALS_DIRECTORY") or "/nonexistent") / TOKEN_CREDENTIAL
+    return _read_token(str(credential)) if credential.is_file() else None
+
+
+def _read_token(path: str) -> str:
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(f"cannot read the token file {path}: {exc}", EXIT_USAGE) from None
+    if not token:
+        raise ClientError(f"the token file {path} is empty", EXIT_USAGE)
+    return token
+
+
+def _target(url: str, token: str | None) -> Target:
+    """A --url: http(s)://host:port, or unix:/path for a unix socket."""
+    if url.startswith("unix:"):
+        path = url[len("unix:") :]
+        if not path:
+            raise ClientError("--url unix: needs a socket path, e.g. unix:/run/taskd/api.sock", EXIT_USAGE)
+        return Target("http://localhost", path, token)
+    parsed = urlsplit(url) if url.startswith(("http://", "https://")) else None
+    if parsed is None or not parsed.hostname or parsed.path not in ("", "/"):
+        raise ClientError(f"--url must be http://host:port or unix:/path, got {url!r}", EXIT_USAGE)
+    return Target(url.rstrip("/"), None, token)
+
+
+def _listen_target(listen_text: str, token: str | None) -> Target:
+    listen = parse_listen(listen_text)
     if isinstance(listen, str):
         return Target("http://localhost", listen, token)
     host, port = listen

@@ -121,7 +121,9 @@ class Daemon:
             sock = self._bind(config)
             stack.callback(sock.close)
             coordinator = coordinator_for(store, config.node.name, config.node.labels, self.clock)
-            engine = self.engine = Engine(config, store, clock=self.clock, metrics=metrics, coordinator=coordinator)
+            engine = self.engine = Engine(
+                config, store, clock=self.clock, metrics=metrics, coordinator=coordinator, environ=self.env
+            )
             await coordinator.join()  # another live process may hold this node's name
             stack.push_async_callback(coordinator.leave)
             await self._recover(coordinator)

@@ -6,6 +6,7 @@ group) import only this module, the durations and the errors. Nothing here does 
 
 from __future__ import annotations
 
+import os
 import string
 import types
 import typing
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from taskd.durations import parse_duration
+from taskd.environment import task_environment
 from taskd.errors import TaskdError
 
 
@@ -89,6 +91,8 @@ class Context:
     log: RunLog
     base_dir: Path
     time_zone: str
+    environment: Mapping[str, str] = field(default_factory=lambda: task_environment(os.environ))
+    """The variables the task's processes start with: never the daemon's own environment."""
     scheduled_at: float | None = None
     data: dict[str, Any] = field(default_factory=dict)
     make_logger: Callable[[], Any] = lambda: None

@@ -7,8 +7,8 @@ import asyncio
 import functools
 import logging
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from taskd.chain import Step, run_final, run_main
@@ -32,6 +32,8 @@ class RunPlan:
     steps: tuple[Step, ...]
     base_dir: Path
     time_zone: str
+    environment: Mapping[str, str] = field(default_factory=dict)
+    """The variables the task's processes start with (see taskd.environment)."""
 
     @functools.cached_property
     def has_final_phase(self) -> bool:
@@ -178,6 +180,7 @@ class Run:
             log=recorder,
             base_dir=plan.base_dir,
             time_zone=plan.time_zone,
+            environment=plan.environment,
             scheduled_at=record.scheduled_at,
             make_logger=lambda: recorder.log.bind(attempt=number),
             recent_log=recorder.recent_lines,

@@ -66,7 +66,10 @@ class Document:
         return [f"{self.file}:{line}: {text}" for line, text in sorted(self.problems, key=lambda p: p[0])]
 
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = re.compile(r"credential:[A-Za-z0-9_.-]+|[A-Za-z_][A-Za-z0-9_]*")
+CREDENTIAL = "credential:"
+"""`${credential:NAME}`: a systemd credential's content ($CREDENTIALS_DIRECTORY/NAME), looked up
+in `env` under that name by whoever supplies it (the config loader)."""
 
 
 def format_path(path: Sequence[str | int]) -> str:
@@ -179,7 +182,7 @@ def _convert_collection(
 
 def _expand(text: str, path: KeyPath, doc: Document, env: Mapping[str, str]) -> str:
     """`$$` -> `$`; `${VAR}` -> its value; `${VAR:-default}` -> its value, or `default` (itself
-    expanded, so defaults nest: `${A:-${B:-x}}`) when VAR is not set."""
+    expanded, so defaults nest: `${A:-${B:-x}}`) when VAR is not set; `${credential:NAME}` as VAR."""
     out: list[str] = []
     i = 0
     while True:
@@ -207,6 +210,12 @@ def _expand(text: str, path: KeyPath, doc: Document, env: Mapping[str, str]) -> 
             out.append(env[name])
         elif end > found.end():
             out.append(_expand(text[found.end() + 2 : end], path, doc, env))
+        elif name.startswith(CREDENTIAL):
+            doc.problem(
+                path,
+                f"credential {name[len(CREDENTIAL) :]} not found: taskd looks for it in $CREDENTIALS_DIRECTORY"
+                " (systemd's LoadCredential=)",
+            )
         else:
             doc.problem(
                 path,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from taskd.config.build import build_config
@@ -11,7 +12,7 @@ from taskd.config.model import Config
 from taskd.errors import ConfigError
 from taskd.processor import ProcessorType
 from taskd.processors import registry
-from taskd.yamldoc import Document, parse_document
+from taskd.yamldoc import CREDENTIAL, Document, parse_document
 
 
 def load_config(
@@ -33,6 +34,7 @@ def load_config(
         raise ConfigError([f"{display}: config file not found (looked for {main_path.name} in {where})"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{display}: cannot read config file: {exc}"]) from None
+    env = _Environ(env, read)
     main = parse_document(display, text, env)
     includes: list[Document] = []
     patterns = main.data.get("include") if isinstance(main.data, dict) else None
@@ -58,7 +60,83 @@ def load_config(
                     main.problem(("include", i), f"cannot read {file}: {exc}")
                     continue
                 includes.append(parse_document(str(file), included_text, env))
+    _default_token_file(main, env.credential_path(TOKEN_CREDENTIAL))
     if kinds is None:
         found = registry()
-        return build_config(main_path.absolute(), main, includes, found.types, found.errors)
-    return build_config(main_path.absolute(), main, includes, kinds)
+        config = build_config(main_path.absolute(), main, includes, found.types, found.errors)
+    else:
+        config = build_config(main_path.absolute(), main, includes, kinds)
+    token = config.api.token
+    if config.api.token_file:
+        token = _read_token(config.resolve(config.api.token_file), main, read)
+        config = replace(config, api=config.api.model_copy(update={"token": token}))
+    return replace(config, secrets=frozenset(env.secrets | ({token} if token else set())))
+
+
+TOKEN_CREDENTIAL = "api-token"
+"""The systemd credential taskd (and its CLI) take the API token from when the config names none."""
+
+
+def _default_token_file(main: Document, credential: Path | None) -> None:
+    """Under systemd with `LoadCredential=api-token:...`, the credential is the token unless the
+    config gives one itself."""
+    if credential is None or not isinstance(main.data, dict):
+        return
+    api = main.data.setdefault("api", {})
+    if isinstance(api, dict) and not api.get("token") and not api.get("token_file"):
+        api["token_file"] = str(credential)
+
+
+def _read_token(path: Path, main: Document, read: Callable[[Path], str]) -> str:
+    where = f"{main.file}:{main.line_of(('api', 'token_file'))}: api.token_file"
+    try:
+        token = read(path).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{where}: cannot read {path}: {exc}"]) from None
+    if not token:
+        raise ConfigError([f"{where}: {path} is empty"])
+    if any(c.isspace() for c in token):
+        raise ConfigError([f"{where}: the token in {path} holds whitespace; a bearer token cannot"])
+    return token
+
+
+class _Environ(Mapping[str, str]):
+    """The environment as ${...} in the config sees it: the process's variables, and
+    `credential:NAME` for a systemd credential's content, noted as a secret once read."""
+
+    def __init__(self, env: Mapping[str, str], read: Callable[[Path], str]) -> None:
+        self._env = env
+        self._read = read
+        self.secrets: set[str] = set()
+
+    def credential_path(self, name: str) -> Path | None:
+        directory = self._env.get("CREDENTIALS_DIRECTORY")
+        if not directory or "/" in name or name in (".", ".."):
+            return None
+        path = Path(directory) / name
+        return path if path.is_file() else None
+
+    def __getitem__(self, name: str) -> str:
+        if not name.startswith(CREDENTIAL):
+            return self._env[name]
+        path = self.credential_path(name[len(CREDENTIAL) :])
+        if path is None:
+            raise KeyError(name)
+        try:
+            value = self._read(path).rstrip("\n")
+        except (OSError, UnicodeDecodeError):
+            raise KeyError(name) from None
+        if value:
+            self.secrets.add(value)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and name.startswith(CREDENTIAL):
+            return self.credential_path(name[len(CREDENTIAL) :]) is not None
+        return name in self._env
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)

@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from taskd import schedule as schedules
 from taskd.config.schema import (
@@ -72,6 +73,10 @@ class PipelineConfig:
         return hashlib.sha256(json.dumps(steps, sort_keys=True, default=str).encode()).hexdigest()
 
 
+_LATER_FIELDS: dict[str, Any] = {"placement": "any", "secret_params": (), "env": {}, "pass_env": ()}
+"""Task fields added after tombstones existed, with their defaults."""
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole, validated configuration. Paths in it are resolved against the main file."""
@@ -87,6 +92,8 @@ class Config:
     pipelines: Mapping[str, PipelineConfig]
     task_sources: Mapping[str, Source] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    secrets: frozenset[str] = frozenset()
+    """Values shown as *** wherever they would appear: the API token and ${credential:NAME} values."""
 
     @property
     def base_dir(self) -> Path:
@@ -117,9 +124,9 @@ class Config:
 
     def definition_hash(self, task: TaskConfig) -> str:
         """A digest of the task's definition and its pipeline's, to tell when YAML changed."""
-        # Fields in their declared order; `placement` only when set, so that hashes taken before it
-        # existed (the tombstones of deleted tasks) still match.
-        unset = {"placement"} if task.placement == "any" else None
+        # Fields in their declared order; the ones added later only when set, so that hashes taken
+        # before they existed (the tombstones of deleted tasks) still match.
+        unset = {name for name, default in _LATER_FIELDS.items() if getattr(task, name) == default}
         digest = hashlib.sha256(task.model_dump_json(exclude=unset).encode())
         digest.update(self.pipelines[task.pipeline].digest.encode())
         digest.update(self.zone_for(task).encode())

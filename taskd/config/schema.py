@@ -118,6 +118,11 @@ class ApiSection(Section):
     token: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
         None, description="bearer token required on every request when set"
     )
+    token_file: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
+        None,
+        description="file holding the bearer token (relative to the config file); by default the"
+        " systemd credential api-token ($CREDENTIALS_DIRECTORY/api-token) when there is one",
+    )
     insecure: StrictBool = Field(False, description="allow a non-loopback listen address without a token")
     max_body_bytes: StrictInt = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="request body cap")
 
@@ -130,8 +135,10 @@ class ApiSection(Section):
     @model_validator(mode="after")
     def _safe_listen(self) -> ApiSection:
         """A non-loopback TCP address without a token is refused unless `insecure: true`."""
+        if self.token and self.token_file:
+            raise ValueError("give api.token or api.token_file, not both")
         target = parse_listen(self.listen)
-        if isinstance(target, str) or self.token or self.insecure or _is_loopback(target[0]):
+        if isinstance(target, str) or self.token or self.token_file or self.insecure or _is_loopback(target[0]):
             return self
         raise ValueError(
             f"refusing to listen on {self.listen} without api.token: anyone who can reach it could "
@@ -280,6 +287,17 @@ class TaskConfig(Section):
     priority: StrictInt = Field(0, ge=-1_000_000, le=1_000_000)
     time_zone: ZoneName | None = None
     params: Params = Field(default_factory=dict)
+    secret_params: tuple[StrictStr, ...] = Field(
+        (), description="params whose values are shown as *** in every answer, log, alert and page"
+    )
+    env: dict[StrictStr, StrictStr] = Field(
+        default_factory=dict, description="environment variables for the task's processes"
+    )
+    pass_env: tuple[Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], ...] = Field(
+        (),
+        description="names of the daemon's environment variables its processes also get (they get only"
+        " PATH, HOME, LANG, LC_*, TZ otherwise)",
+    )
     placement: Placement = Field(
         "any",
         description="with several nodes on one store: any (one node, the least busy first), all (every "

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -96,6 +97,7 @@ class Engine:
         metrics: Metrics | None = None,
         live: LiveHub | None = None,
         coordinator: Coordinator | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -109,7 +111,8 @@ class Engine:
         self.started_at = self.clock.time()
         self.faults = Faults(self.clock.time)
         store.fault_observer = self._store_fault
-        self._builder = StepBuilder()
+        # What the tasks' processes start from: the daemon's environment, filtered per task.
+        self._builder = StepBuilder(os.environ if environ is None else environ)
         self._tasks: dict[str, TaskEntry] = {}
         self._held_back: dict[str, str] = {}
         self._tombstones: dict[str, str] = {}

@@ -9,6 +9,7 @@ from typing import Any
 
 from taskd.chain import Step
 from taskd.config import Config, PipelineConfig, Source, TaskConfig, thaw
+from taskd.environment import task_environment
 from taskd.runner import RunPlan
 from taskd.schedule import Schedule
 
@@ -43,7 +44,8 @@ class StepBuilder:
     """A pipeline's steps, once per pipeline definition: every task using the pipeline shares them
     (processors hold no per-run state), and a reload that leaves the pipeline as it was keeps them."""
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = environ if environ is not None else {}
         self._built: dict[str, tuple[str, tuple[Step, ...]]] = {}  # pipeline -> (digest, steps)
 
     def steps(self, pipeline: PipelineConfig) -> tuple[Step, ...]:
@@ -67,7 +69,13 @@ class StepBuilder:
             time_zone=zone,
             definition_hash=config.definition_hash(task),
             source=config.task_sources.get(task.id),
-            plan=RunPlan(task=task, steps=steps, base_dir=pipeline.base_dir, time_zone=zone),
+            plan=RunPlan(
+                task=task,
+                steps=steps,
+                base_dir=pipeline.base_dir,
+                time_zone=zone,
+                environment=task_environment(self._environ, task.pass_env, task.env),
+            ),
             params=thaw(task.params),
         )
 

@@ -113,8 +113,13 @@ def authorized(request: web.Request) -> bool:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # GET /health answers without a token (a bare liveness status; the details need the token),
     # so load balancers, monitors and the bundled health pipelines can reach it.
+    # A method no route takes is a 405 for everyone: it reveals nothing the OpenAPI document does not.
+    unmatched = request.match_info.http_exception
+    if unmatched is not None and unmatched.status == 405:
+        return await handler(request)
     public = request.path in PUBLIC_PATHS or dashboard.is_public(request.path)
-    if public and request.method in ("GET", "HEAD"):
+    # A token that is sent is checked even where none is needed: a client with a wrong one hears so.
+    if public and request.method in ("GET", "HEAD") and ("Authorization" not in request.headers or authorized(request)):
         return await handler(request)
     if not authorized(request):
         raise ApiError(

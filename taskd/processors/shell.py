@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -118,7 +117,7 @@ class ShellProcessor:
         self.stop_grace_s = options.kill_grace + KILL_WAIT_S + 1.0
 
     def _environment(self, ctx: Context, options: ShellOptions) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(ctx.environment)
         env.update(
             TASKD_TASK_ID=ctx.task_id,
             TASKD_RUN_ID=ctx.run_id,

@@ -45,7 +45,7 @@ def client(*args: str, env: dict[str, str] | None = None, cwd: Path | None = Non
     """`taskd ARGS` in this process, the daemon in its own."""
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("TASKD_URL", "TASKD_TOKEN"):
+        for name in ("TASKD_URL", "TASKD_TOKEN", "TASKD_TOKEN_FILE", "CREDENTIALS_DIRECTORY"):
             patch.delenv(name, raising=False)
         for name, value in (env or {}).items():
             patch.setenv(name, value)
@@ -182,3 +182,51 @@ def test_the_client_reaches_a_daemon_on_a_unix_socket(daemon_factory: Callable[.
     assert started.code == 0, started.err
     assert started.json()["state"] == "completed"  # type: ignore[index]
     assert daemon.stop() == 0
+
+
+def test_the_client_works_when_the_local_configuration_does_not(daemon: Daemon, tmp_path: Path) -> None:
+    """--url never reads taskd.yml; without it, a broken one is a warning and the default is tried."""
+    broken = tmp_path / "taskd.yml"
+    broken.write_text("api: {listen: '${UNSET_VARIABLE_FOR_TEST}'}\ntasks: [\n")
+    url = f"http://127.0.0.1:{daemon.port}"
+    listed = client("tasks", "-c", str(broken), "--url", url, "--token", "cli-secret", "--json")
+    assert listed.code == 0, listed.err
+    assert listed.err == ""
+    from_env = client("tasks", "-c", str(broken), env={"TASKD_URL": url, "TASKD_TOKEN": "cli-secret"})
+    assert from_env.code == 0 and "hello" in from_env.out
+    fallback = client("status", "-c", str(broken), "--token", "cli-secret")
+    assert "warning: cannot read" in fallback.err and "http://127.0.0.1:8080" in fallback.err
+    assert "Traceback" not in fallback.err
+
+
+def test_a_refused_token_is_exit_2_for_every_command_status_included(daemon: Daemon, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{daemon.port}"
+    for command in (["status"], ["tasks"], ["task", "hello"], ["runs"], ["show", "x"], ["logs", "x"]):
+        result = client(*command, "--url", url, "--token", "wrong")
+        assert result.code == 2, (command, result)
+        assert "token" in result.err
+    token_file = tmp_path / "token"
+    token_file.write_text("cli-secret\n")
+    assert client("status", "--url", url, "--token-file", str(token_file)).code == 0
+    assert client("status", env={"TASKD_URL": url, "TASKD_TOKEN_FILE": str(token_file)}).code == 0
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "api-token").write_text("cli-secret")
+    assert client("tasks", env={"TASKD_URL": url, "CREDENTIALS_DIRECTORY": str(credentials)}).code == 0
+    missing = client("status", "--url", url, "--token-file", str(tmp_path / "absent"))
+    assert missing.code == 2 and "cannot read the token file" in missing.err
+
+
+def test_url_unix_reaches_a_socket_and_a_bad_url_is_a_usage_error(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    socket = tmp_path / "api.sock"
+    made = daemon_factory(base_config(TASKS, PIPELINES).replace("'127.0.0.1:{port}'", f"'unix:{socket}'"))
+    made.start(ready=False)
+    wait_for(lambda: client("status", "--url", f"unix:{socket}").code == 0, what="the socket to answer")
+    listed = client("tasks", "--url", f"unix:{socket}", "-c", str(tmp_path / "absent.yml"))
+    assert listed.code == 0 and "hello" in listed.out
+    for bad in ("unix:", "ftp://x", "http://", "localhost:8080"):
+        result = client("status", "--url", bad)
+        assert result.code == 2 and "--url" in result.err and "Traceback" not in result.err, bad
+    assert made.stop() == 0

@@ -39,6 +39,9 @@ def test_the_unit_runs_the_venv_on_etc_taskd_and_keeps_state_in_its_state_direct
     assert unit["ProtectSystem"] == "strict" and "ReadWritePaths" not in unit
     # A configuration error (exit 2) is not fixed by restarting.
     assert unit["Restart"] == "on-failure" and unit["RestartPreventExitStatus"] == "2"
+    # The token is a credential (no task sees it), and descriptors are plenty for slow clients.
+    assert unit["LoadCredential"] == "api-token:/etc/taskd/token"
+    assert int(unit["LimitNOFILE"]) >= 65536
 
 
 @needs_analyze

@@ -435,3 +435,45 @@ def test_format_duration_round_trips() -> None:
 def test_yaml_no_loader_can_build_is_an_error_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
     found = problems(tmp_path, text)
     assert any(expected in message for message in found), found
+
+
+def test_the_token_comes_from_token_file_or_the_api_token_credential(tmp_path: Path) -> None:
+    write(tmp_path, "token.txt", "from-a-file\n")
+    config = load(tmp_path, "api: {token_file: token.txt}\n" + PIPELINE)
+    assert config.api.token == "from-a-file" and "from-a-file" in config.secrets
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "api-token").write_text("from-a-credential\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    assert load(tmp_path, "api: {token: ''}\n" + PIPELINE, env).api.token == "from-a-credential"
+    assert load(tmp_path, "api: {token: given}\n" + PIPELINE, env).api.token == "given"
+    assert load(tmp_path, PIPELINE, env).api.token == "from-a-credential"
+
+
+def test_token_file_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    write(tmp_path, "empty.txt", "\n")
+    found = only(problems(tmp_path, "store: {path: x.db}\napi: {token_file: empty.txt}\n" + PIPELINE))
+    assert found.startswith("taskd.yml:2: api.token_file") and "is empty" in found
+    assert "cannot read" in only(problems(tmp_path, "api: {token_file: nowhere.txt}\n" + PIPELINE))
+    both = only(problems(tmp_path, "api: {token: a, token_file: b}\n" + PIPELINE))
+    assert "not both" in both
+
+
+def test_a_credential_reference_expands_and_is_a_secret(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "db-password").write_text("pa55-w0rd\n")
+    text = "tasks:\n  - {id: t, pipeline: p, params: {password: '${credential:db-password}'}}\n" + PIPELINE
+    config = load(tmp_path, text, {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert config.tasks[0].params["password"] == "pa55-w0rd" and "pa55-w0rd" in config.secrets
+    missing = only(problems(tmp_path, text.replace("db-password", "absent"), {"CREDENTIALS_DIRECTORY": str(creds)}))
+    assert ":2:" in missing and "credential absent not found" in missing
+
+
+def test_task_environment_keeps_only_the_base_variables_pass_env_and_its_own() -> None:
+    from taskd.environment import task_environment
+
+    daemon = {"PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "TASKD_TOKEN": "x", "DB_URL": "y", "KEEP": "k"}
+    env = task_environment(daemon, ["KEEP", "ABSENT"], {"OWN": "o"})
+    assert env == {"PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "KEEP": "k", "OWN": "o"}
+    assert task_environment({})["PATH"]
