@@ -29,6 +29,7 @@ from taskd.http.app import create_app
 from taskd.metrics import Metrics
 from taskd.processor import describe
 from taskd.procgroup import kill_run_processes, runs_with_processes
+from taskd.redact import Redactor
 from taskd.store import Store, StoreError, open_store
 from taskd.store.base import redacted
 from taskd.systemd import Notifier
@@ -284,6 +285,7 @@ class Daemon:
             faults.clear(RELOAD)
             logs.set_level(config.log.level, config.task.debug, config.task.log_task_execution)
             logs.set_access(config.log.access)
+            logs.set_secrets(Redactor(config.secrets | self.started.secrets))
             self.config = config
             tune_gc()
             return True
@@ -367,6 +369,7 @@ def run_daemon(config_path: str, config: Config, env: Mapping[str, str]) -> int:
     returns the exit code (EXIT_OK only after SIGTERM/SIGINT)."""
     task, log_section = config.task, config.log
     logs.configure(log_section.level, log_section.format, None, task.debug, task.log_task_execution, log_section.access)
+    logs.set_secrets(Redactor(config.secrets))
     daemon = Daemon(config_path, config, env)
     try:
         return asyncio.run(daemon.run())

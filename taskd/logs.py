@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from taskd.redact import NONE, Redactor
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -49,6 +51,7 @@ def configure(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else _passthrough,
+            mask_secrets,
             renderer,
         ],
     )
@@ -88,6 +91,25 @@ def set_level(level: str, debug: bool = False, log_task_execution: bool | str = 
     every = log_task_execution is True
     logging.getLogger(EXECUTION_LOGGER).setLevel(logging.NOTSET if log_task_execution else logging.WARNING)
     logging.getLogger(COMPLETED_LOGGER).setLevel(logging.NOTSET if every or debug else logging.WARNING)
+
+
+_SECRETS = [NONE]
+
+
+def set_secrets(redactor: Redactor) -> None:
+    """The secrets masked in every line the daemon logs (the API token, credentials)."""
+    _SECRETS[0] = redactor
+
+
+def mask_secrets(_: Any, __: str, event: Any) -> Any:
+    """Mask the process's secrets, and a run's own when its logger carries them (`_redactor`)."""
+    if not isinstance(event, dict):
+        return event
+    run = event.pop("_redactor", None)
+    for redactor in (run, _SECRETS[0]):
+        if redactor:
+            event = {key: redactor.data(value) for key, value in event.items()}
+    return event
 
 
 def _passthrough(_: Any, __: str, event: Any) -> Any:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from taskd.durations import parse_duration
 from taskd.environment import task_environment
 from taskd.errors import TaskdError
+from taskd.redact import NONE, Redactor
 
 
 def _duration(value: object) -> float:
@@ -101,6 +102,8 @@ class Context:
     recent_log: Callable[[], list[str]] = lambda: []
     """The run's last log lines (for alerts)."""
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    redactor: Redactor = NONE
+    """The run's secrets: what a processor sends elsewhere (an alert) passes through it."""
 
     @property
     def logger(self) -> Any:

@@ -13,6 +13,7 @@ from taskd.chain import Step
 from taskd.clock import Clock
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState
 from taskd.processor import describe
+from taskd.redact import NONE, Redactor
 from taskd.store.base import LogLine, Transition
 
 _STDLIB = logging.getLogger("taskd.run")  # isEnabledFor is cached: a cheap check before structlog
@@ -57,8 +58,17 @@ class RunObserver(Protocol):
 class RunRecorder:
     """The records of one run. Also the chain's `Hooks` and the processors' `RunLog`."""
 
-    def __init__(self, record: RunRecord, sink: RunSink, clock: Clock, observer: RunObserver | None = None) -> None:
+    def __init__(
+        self,
+        record: RunRecord,
+        sink: RunSink,
+        clock: Clock,
+        observer: RunObserver | None = None,
+        redactor: Redactor = NONE,
+    ) -> None:
         self.record = record
+        self.redactor = redactor
+        """Every text recorded (log lines, errors) passes through it: the run's secrets become ***."""
         self._sink = sink
         self._clock = clock
         self._observer = observer
@@ -74,7 +84,9 @@ class RunRecorder:
     def log(self) -> Any:
         """The daemon logger bound to this run (bound on first use: most runs never log)."""
         if self._bound is None:
-            self._bound = structlog.get_logger("taskd.run").bind(task_id=self.record.task_id, run_id=self.record.id)
+            bound = structlog.get_logger("taskd.run").bind(task_id=self.record.task_id, run_id=self.record.id)
+            # The daemon log's processor masks this run's secrets in whatever its steps log.
+            self._bound = bound.bind(_redactor=self.redactor) if self.redactor else bound
         return self._bound
 
     def recent_lines(self) -> list[str]:
@@ -97,6 +109,7 @@ class RunRecorder:
         """Enter a final state; the error stays from the last failed attempt unless given."""
         record = self.record
         record.finished_at = self._clock.time()
+        error = self.redactor.optional(error)
         if error is not None or state is RunState.COMPLETED:
             record.error = error
         self.enter(state, error, record.finished_at)
@@ -133,7 +146,8 @@ class RunRecorder:
         attempt = self.attempt
         if attempt is None:
             return
-        attempt.state, attempt.finished_at, attempt.error = state, self._clock.time(), error
+        attempt.state, attempt.finished_at = state, self._clock.time()
+        attempt.error = self.redactor.optional(error)
         self._sink.save_attempt(attempt)
 
     def steps_timed_out(self, number: int) -> None:
@@ -177,7 +191,7 @@ class RunRecorder:
             record = self._steps[key] = StepRecord(self.record.id, key[0], step.index, step.type, now)
         record.finished_at = now
         record.state = StepState(state)
-        record.error = None if exc is None else ("stopped" if state == "stopped" else describe(exc))
+        record.error = None if exc is None else ("stopped" if state == "stopped" else self.redactor.text(describe(exc)))
         self._sink.save_step(record)
 
     # -- RunLog ----------------------------------------------------------------------------------
@@ -188,6 +202,7 @@ class RunRecorder:
         self._log_seq += 1
         if self._log_seq > MAX_LOG_LINES:
             stream, text = "log", f"log truncated after {MAX_LOG_LINES} lines"
+        text = self.redactor.text(text)
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + " [line truncated]"
         line = LogLine(self.record.id, self._log_seq, self._clock.time(), stream, text)

@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from taskd.chain import Step, run_final, run_main
 from taskd.clock import Clock, utc
@@ -18,6 +19,7 @@ from taskd.durations import format_duration
 from taskd.models import RunRecord, RunState, StepState
 from taskd.processor import Context, StepFailed, describe
 from taskd.recorder import RunObserver, RunRecorder, RunSink
+from taskd.redact import NONE, Redactor
 from taskd.retry import backoff_delay
 from taskd.slots import SlotPool
 
@@ -34,6 +36,8 @@ class RunPlan:
     time_zone: str
     environment: Mapping[str, str] = field(default_factory=dict)
     """The variables the task's processes start with (see taskd.environment)."""
+    redactor: Redactor = NONE
+    """The secrets every run of the task masks: the config's, and its default secret params'."""
 
     @functools.cached_property
     def has_final_phase(self) -> bool:
@@ -56,10 +60,14 @@ class Run:
         slots: SlotPool,
         clock: Clock,
         observer: RunObserver | None = None,
+        params: Mapping[str, Any] | None = None,
+        redactor: Redactor = NONE,
     ) -> None:
         self.record = record
         self.plan = plan
-        self.recorder = RunRecorder(record, sink, clock, observer)
+        self.params = record.params if params is None else params
+        """The params the steps get; the record holds them as shown, secrets masked."""
+        self.recorder = RunRecorder(record, sink, clock, observer, redactor)
         self._sink = sink
         self._slots = slots
         self._clock = clock
@@ -156,7 +164,7 @@ class Run:
                 raise
         except Exception as exc:  # a bug in taskd itself: never leave the run active
             self.recorder.log.exception("run_crashed")
-            self._finish(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            self._finish(RunState.FAILED, self.recorder.redactor.text(f"internal error: {type(exc).__name__}: {exc}"))
 
     async def _back_off(self, attempt: int, total: int, error: str | None) -> None:
         policy = self.plan.task.retry
@@ -176,13 +184,14 @@ class Run:
             run_id=record.id,
             attempt=number,
             trigger=str(record.trigger),
-            params=record.params,
+            params=self.params,
             log=recorder,
             base_dir=plan.base_dir,
             time_zone=plan.time_zone,
             environment=plan.environment,
             scheduled_at=record.scheduled_at,
             make_logger=lambda: recorder.log.bind(attempt=number),
+            redactor=recorder.redactor,
             recent_log=recorder.recent_lines,
             now=lambda: utc(self._clock),
         )
@@ -217,6 +226,7 @@ class Run:
             state, error = StepState.FAILED, describe(exc)
             recorder.write("stderr", "".join(traceback.format_exception(exc)).rstrip())
         if error is not None:
+            error = recorder.redactor.text(error)
             failed = recorder.failing_step(number)
             if failed is not None and state is StepState.FAILED:
                 error = f"step {failed.index + 1} ({failed.type}): {error}"

@@ -36,6 +36,7 @@ from taskd.metrics import Metrics
 from taskd.models import RunRecord, RunState, RunSummary, Trigger, new_run_id
 from taskd.processor import ProcessorType
 from taskd.processors import registry
+from taskd.redact import masked_params, secret_values
 from taskd.runner import Run
 from taskd.slots import SlotPool
 from taskd.store.base import LogLine, Store, StoreError
@@ -234,17 +235,22 @@ class Engine:
                 replaced.stop("replaced by a newer run")
         after = [run for run in map(self.runs.get, admission.after) if run is not None]
         now = self.clock.time()
+        given = {**entry.params, **params} if params else dict(entry.params)
+        redactor = entry.plan.redactor
+        if params and task.secret_params:
+            redactor = redactor.extended(secret_values(params, task.secret_params))
+        shown = masked_params(given, task.secret_params, redactor) if redactor or task.secret_params else given
         record = RunRecord(
             id=new_run_id(now),
             task_id=task_id,
             trigger=trigger,
             queued_at=now,
             scheduled_at=scheduled_at,
-            params={**entry.params, **params} if params else dict(entry.params),
+            params=shown,
             priority=task.priority,
             node=me,
         )
-        run = Run(record, entry.plan, self.store, self.slots, self.clock, self._events)
+        run = Run(record, entry.plan, self.store, self.slots, self.clock, self._events, given, redactor)
         run.queue()
         self.runs.add(run)
         run.start(after)

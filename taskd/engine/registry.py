@@ -10,6 +10,7 @@ from typing import Any
 from taskd.chain import Step
 from taskd.config import Config, PipelineConfig, Source, TaskConfig, thaw
 from taskd.environment import task_environment
+from taskd.redact import NONE, Redactor, secret_values
 from taskd.runner import RunPlan
 from taskd.schedule import Schedule
 
@@ -61,6 +62,10 @@ class StepBuilder:
         pipeline = config.pipelines[task.pipeline]
         steps = self.steps(pipeline)
         zone = config.zone_for(task)
+        params = thaw(task.params)
+        redactor = NONE
+        if config.secrets or task.secret_params:
+            redactor = Redactor(config.secrets).extended(secret_values(params, task.secret_params))
         return TaskEntry(
             config=task,
             pipeline=pipeline,
@@ -75,8 +80,9 @@ class StepBuilder:
                 base_dir=pipeline.base_dir,
                 time_zone=zone,
                 environment=task_environment(self._environ, task.pass_env, task.env),
+                redactor=redactor,
             ),
-            params=thaw(task.params),
+            params=params,
         )
 
 

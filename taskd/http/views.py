@@ -13,6 +13,7 @@ from taskd.config import thaw
 from taskd.engine import Engine, TaskEntry, TaskState
 from taskd.metrics import Snapshot
 from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, iso
+from taskd.redact import masked_params
 from taskd.schedule import Schedule
 from taskd.schedule_words import describe
 from taskd.store.base import Fire, Store, Transition
@@ -89,7 +90,7 @@ class TaskViews:
             "pipeline": entry.pipeline.name,
             "priority": entry.config.priority,
             "concurrency": entry.config.concurrency,
-            "params": dict(entry.params),
+            "params": masked_params(entry.params, entry.config.secret_params, entry.plan.redactor),
         }
         self._static[entry.id] = (entry, view)
         return view
@@ -115,18 +116,23 @@ class TaskViews:
         """The row plus the definition as written, upcoming fires and active runs."""
         view = self.row(entry, state, now)
         task = entry.config
-        view["definition"] = {
-            **thaw(task.model_dump(mode="json")),
-            "pipeline": {
-                "name": entry.pipeline.name,
-                "description": entry.pipeline.description,
-                "processors": [
-                    {p.type: p.options.model_dump(mode="json", by_alias=True, exclude_defaults=True)}
-                    for p in entry.pipeline.processors
-                ],
-            },
-            "source": str(entry.source) if entry.source else None,
-        }
+        # The definition as written, with the task's secrets (its secret params' defaults, the
+        # config's credentials) masked wherever they appear in it.
+        view["definition"] = entry.plan.redactor.data(
+            {
+                **thaw(task.model_dump(mode="json")),
+                "params": view["params"],
+                "pipeline": {
+                    "name": entry.pipeline.name,
+                    "description": entry.pipeline.description,
+                    "processors": [
+                        {p.type: p.options.model_dump(mode="json", by_alias=True, exclude_defaults=True)}
+                        for p in entry.pipeline.processors
+                    ],
+                },
+                "source": str(entry.source) if entry.source else None,
+            }
+        )
         view["next_runs"] = (
             [t.isoformat() for t in entry.schedule.next_n(now, 5)] if entry.schedule and task.enabled else []
         )

@@ -175,14 +175,14 @@ class AlertProcessor:
         self.options = options
 
     async def run(self, ctx: Context) -> Mapping[str, Any]:
-        alert = build_alert(ctx, self.options.message)
+        alert = ctx.redactor.data(build_alert(ctx, self.options.message))
         sent, failed = [], []
         for kind, channel in self.options.entries():
             try:
                 if kind == "webhook":
                     sent.append(await _webhook(ctx.render(channel), alert))
                 elif kind == "email":
-                    subject = ctx.format(channel.subject, "email.subject")
+                    subject = ctx.redactor.text(ctx.format(channel.subject, "email.subject"))
                     sent.append(await asyncio.to_thread(_send_email, ctx.render(channel), subject, alert))
                 else:
                     if ctx.logger is not None:

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from conftest import Daemon
+from conftest import Daemon, free_port
 
 TOKEN = "s3cr3t-admin-token-0123456789"
 
@@ -103,3 +103,49 @@ def test_the_token_comes_from_a_file_or_a_systemd_credential(daemon_factory: Any
     assert other.request("GET", "/tasks").status == 200
     other.token = None
     assert other.request("GET", "/tasks").status == 401
+
+
+def test_secret_params_are_masked_in_every_answer_log_alert_and_search(daemon_factory: Any) -> None:
+    """The steps get the real values; the API, the run log, the search, the alert and the daemon's
+    own log show ***, also where an option templated a secret into a URL or an error quoted it."""
+    tasks = """
+        - id: deploy
+          pipeline: deploy
+          secret_params: [password, api_key]
+          params: {user: bob, password: default-Pass-123, api_key: {header: key-in-a-map-77}}
+    """
+    pipelines = """
+        - name: deploy
+          processors:
+            - shell: {command: 'printf %s "$TASKD_PARAM_PASSWORD" > seen.txt; echo "login $TASKD_PARAM_PASSWORD"'}
+            - log: {message: 'user {params.user} with {params.password}'}
+            - http: {url: 'http://127.0.0.1:{free_port}/login?pw={params.password}', timeout: 2s}
+            - send_alert: {log: true, message: 'deploy failed for {params.password}'}
+    """
+    daemon = daemon_factory(_config(tasks, pipelines.replace("{free_port}", str(free_port()))))
+    daemon.start()
+    secret = "runtime-Secret-42/x y"
+    run_id = daemon.start_task("deploy", {"password": secret})
+    run = daemon.wait_run(run_id)
+    assert run["state"] == "failed"
+    assert (daemon.dir / "seen.txt").read_text() == secret  # the step got the real value
+    assert run["params"] == {"user": "bob", "password": "***", "api_key": "***"}
+    shown = [
+        daemon.request("GET", f"/run/{run_id}").text,
+        daemon.request("GET", f"/run/{run_id}/log").text,
+        daemon.request("GET", "/runs?limit=100").text,
+        daemon.request("GET", "/task/deploy").text,
+        daemon.request("GET", "/tasks").text,
+    ]
+    assert "***" in shown[1] and "127.0.0.1" in run["error"]
+    assert daemon.request("GET", "/runs?q=Secret-42").json()["runs"] == []
+    default_run = daemon.start_task("deploy")
+    daemon.wait_run(default_run)
+    shown.append(daemon.request("GET", f"/run/{default_run}").text)
+    shown.append(daemon.request("GET", f"/run/{default_run}/log").text)
+    alert_lines = [e for e in daemon.events() if e.get("event") == "alert"]
+    assert alert_lines and "***" in alert_lines[-1]["summary"]
+    shown.append(daemon.output())
+    for text in shown:
+        for value in ("Secret-42", "Secret-42%2Fx", "default-Pass-123", "key-in-a-map-77"):
+            assert value not in text, (value, text[:2000])

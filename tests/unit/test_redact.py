@@ -1,0 +1,50 @@
+"""Secret values become *** wherever they appear: whole, URL-encoded, nested in data."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from taskd import logs
+from taskd.redact import MASK, NONE, Redactor, masked_params, secret_values
+
+
+def test_a_secret_is_masked_whole_and_in_its_url_encoded_forms() -> None:
+    redactor = Redactor(["p@ss word/1", "ab"])
+    text = "GET http://h/login?pw=p%40ss%20word%2F1 failed; p@ss word/1; pw=p%40ss+word%2F1"
+    assert redactor.text(text) == f"GET http://h/login?pw={MASK} failed; {MASK}; pw={MASK}"
+    assert redactor.text("tab ab") == "tab ab"  # too short to search for in text
+    assert not NONE and NONE.text("anything") == "anything"
+
+
+def test_the_longest_secret_wins_and_data_is_masked_deeply() -> None:
+    redactor = Redactor(["secret", "secret-longer"])
+    assert redactor.text("a secret-longer b") == f"a {MASK} b"
+    data = {"k": ["x secret y", {"n": 1, "s": "secret"}], "secret": True}
+    assert redactor.data(data) == {"k": [f"x {MASK} y", {"n": 1, "s": MASK}], "secret": True}
+    assert redactor.extended(["other1"]).text("other1 secret") == f"{MASK} {MASK}"
+
+
+def test_secret_params_give_their_values_and_show_as_stars() -> None:
+    params = {"password": "hunter22", "api": {"key": "k-123456"}, "user": "bob"}
+    values = secret_values(params, ["password", "api", "absent"])
+    assert "hunter22" in values and "k-123456" in values
+    shown = masked_params(params, ["password", "api"], Redactor(["bob-is-not-secret"]))
+    assert shown == {"password": MASK, "api": MASK, "user": "bob"}
+
+
+def test_the_daemon_log_masks_process_secrets_and_a_runs_own() -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", out)
+    try:
+        logs.set_secrets(Redactor(["the-admin-token"]))
+        structlog.get_logger("t").info("e", detail="token the-admin-token")
+        structlog.get_logger("t").bind(_redactor=Redactor(["run-secret"])).warning("w", error="bad run-secret")
+    finally:
+        logs.set_secrets(NONE)
+        logs.configure("warning", "console", stream=io.StringIO())
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["detail"] == f"token {MASK}"
+    assert second["error"] == f"bad {MASK}" and "_redactor" not in second
