@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import resource
 import signal
 import socket
 import stat
@@ -26,6 +27,7 @@ from taskd.engine import Engine
 from taskd.errors import ConfigError, TaskdError
 from taskd.faults import RELOAD, RETENTION, STORE_KINDS, STORE_UNREACHABLE
 from taskd.http.app import create_app
+from taskd.http.server import GuardedRunner, Limits, quiet_loop_errors
 from taskd.metrics import Metrics
 from taskd.processor import describe
 from taskd.procgroup import kill_run_processes, runs_with_processes
@@ -131,8 +133,10 @@ class Daemon:
             await engine.start()
             stack.push_async_callback(engine.shutdown, 0.0)  # if start-up fails from here on
             tune_gc()
+            quiet_loop_errors(asyncio.get_running_loop())
             app = create_app(engine, store, config.api.token, config.api.max_body_bytes, metrics)
-            runner = web.AppRunner(app)
+            api = config.api
+            runner = GuardedRunner(app, Limits(api.header_timeout, api.idle_timeout, api.max_connections))
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             address = await self._serve(runner, sock, config)
@@ -364,12 +368,30 @@ class Daemon:
             await self.clock.sleep(interval)
 
 
+MAX_OPEN_FILES = 1 << 20
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open descriptors to the hard one: systemd's default soft limit of
+    1,024 is what a few hundred slow clients and running pipelines would exhaust."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open_files_limit_kept", soft=soft, hard=hard, error=str(exc))
+            return
+        log.info("open_files_limit_raised", soft=wanted, was=soft)
+
+
 def run_daemon(config_path: str, config: Config, env: Mapping[str, str]) -> int:
     """Set up logging and run the daemon on an already loaded config until it is told to stop;
     returns the exit code (EXIT_OK only after SIGTERM/SIGINT)."""
     task, log_section = config.task, config.log
     logs.configure(log_section.level, log_section.format, None, task.debug, task.log_task_execution, log_section.access)
     logs.set_secrets(Redactor(config.secrets))
+    raise_open_files_limit()
     daemon = Daemon(config_path, config, env)
     try:
         return asyncio.run(daemon.run())

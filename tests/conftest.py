@@ -144,7 +144,9 @@ class Daemon:
         text = textwrap.dedent(config).replace("{port}", str(self.port))
         self.config_path.write_text(text)
 
-    def start(self, ready: bool = True, extra_env: dict[str, str] | None = None) -> Daemon:
+    def start(
+        self, ready: bool = True, extra_env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+    ) -> Daemon:
         env = {**os.environ, **self.env}
         env.pop("NOTIFY_SOCKET", None)  # only a test that asks for sd_notify gets one
         env.update(extra_env or {})
@@ -155,6 +157,7 @@ class Daemon:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=preexec,
         )
         log.close()
         if ready:

@@ -125,6 +125,16 @@ class ApiSection(Section):
     )
     insecure: StrictBool = Field(False, description="allow a non-loopback listen address without a token")
     max_body_bytes: StrictInt = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="request body cap")
+    header_timeout: Duration = Field(
+        10.0, gt=0, description="a new connection's first request must arrive within this, or it is closed"
+    )
+    idle_timeout: Duration = Field(60.0, gt=0, description="a connection with no request for this long is closed")
+    max_connections: StrictInt = Field(
+        1024,
+        ge=8,
+        le=1_000_000,
+        description="open API connections at most; past it the oldest one with no request in progress is closed",
+    )
 
     @field_validator("listen")
     @classmethod

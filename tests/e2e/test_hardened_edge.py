@@ -3,7 +3,13 @@ show, slow and malformed connections, paged logs, and the client CLI without a u
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import resource
+import socket
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +155,89 @@ def test_secret_params_are_masked_in_every_answer_log_alert_and_search(daemon_fa
     for text in shown:
         for value in ("Secret-42", "Secret-42%2Fx", "default-Pass-123", "key-in-a-map-77"):
             assert value not in text, (value, text[:2000])
+
+
+def _soft_limit(limit: int) -> Any:
+    """A preexec_fn giving the child systemd's default soft limit on descriptors."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    return apply
+
+
+def test_two_thousand_idle_and_trickling_clients_cannot_take_the_api_down(daemon_factory: Any) -> None:
+    """With systemd's soft limit of 1,024 descriptors, 1,000 idle and 1,000 trickling connections:
+    /health still answers within a second, and the log stays small."""
+    tasks = "- {id: quick, pipeline: noop}"
+    pipelines = "- {name: noop, processors: [{shell: {argv: ['true']}}]}"
+    daemon = daemon_factory(_config(tasks, pipelines, ", header_timeout: 3s, max_connections: 500"))
+    daemon.start(preexec=_soft_limit(1024))
+    assert daemon.proc is not None
+    limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
+    soft, hard = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()  # type: ignore[union-attr]
+    assert int(soft) == int(hard) > 1024
+
+    async def attack() -> list[float]:
+        writers = []
+        for i in range(2000):
+            _, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+            if i % 2:
+                writer.write(b"GET /tasks HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            writers.append(writer)
+        timings = []
+        stop = time.monotonic() + 8
+        while time.monotonic() < stop:
+            for i, writer in enumerate(writers):
+                if i % 2 and not writer.is_closing():
+                    writer.write(b"a")
+            began = time.monotonic()
+            reader, probe = await asyncio.open_connection("127.0.0.1", daemon.port)
+            probe.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), timeout=5)
+            timings.append(time.monotonic() - began)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            probe.close()
+            await asyncio.sleep(0.25)
+        for writer in writers:
+            writer.close()
+        return timings
+
+    timings = asyncio.run(attack())
+    assert len(timings) >= 10 and max(timings) < 1.0, timings
+    assert daemon.log_path.stat().st_size < 1_000_000
+    assert daemon.request("GET", "/health").status == 200
+    events = daemon.events()
+    refused = [e for e in events if e.get("event") == "api_connection_refused"]
+    assert refused and {e["kind"] for e in refused} <= {"max_connections", "header_timeout", "bad_request"}
+    assert not [e for e in events if e.get("level") == "error"]
+
+
+def test_protocol_errors_are_json_400s_without_the_clients_bytes_or_a_traceback(daemon_factory: Any) -> None:
+    tasks = "- {id: quick, pipeline: noop}"
+    pipelines = "- {name: noop, processors: [{shell: {argv: ['true']}}]}"
+    daemon = daemon_factory(_config(tasks, pipelines, ", token: sekrit-token"))
+    daemon.start()
+    for raw in (
+        b"G\x00T / HTTP/1.1\r\n\r\n",
+        b"GET /<script>alert(1)</script> HTTP/9.9\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header <script>\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+    ):
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert re.match(rb"HTTP/1\.[01] 400 ", head), answer
+        assert b"application/json" in head
+        assert json.loads(body)["error"]["code"] == "bad_request"
+        assert b"script" not in body and b"\x16" not in body
+    for method, path in (("TRACE", "/health"), ("PUT", "/openapi.json"), ("PATCH", "/tasks"), ("TRACE", "/task/x")):
+        resp = daemon.request(method, path)
+        assert resp.status == 405, (method, path, resp.status)
+        assert resp.json()["error"]["code"] == "method_not_allowed" and "Allow" in resp.headers
+    output = daemon.output()
+    assert "Traceback" not in output and '"level": "error"' not in output
