@@ -34,6 +34,7 @@ STOP_TIMEOUT_S = 60.0
 """How long `taskd stop` polls the runs the daemon still reports stopping (it has waited up to 10 s
 itself): a shell step is killed `kill_grace` after SIGTERM, 5 s by default."""
 POLL_S = 0.2
+LOG_PAGE_LINES = 1000
 
 
 class ClientError(TaskdError):
@@ -470,8 +471,16 @@ async def _show(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
 
 async def _logs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     if not args.follow:
-        print(await api.text(f"/run/{args.run_id}/log"), end="", file=out)
-        return EXIT_OK
+        # A page at a time: a run's log may be 80 MB. Each line is one line (the daemon escapes
+        # newlines inside a line), so counting them tells where the next page starts.
+        after = 0
+        while True:
+            page = await api.text(f"/run/{quote(args.run_id)}/log?after={after}&limit={LOG_PAGE_LINES}")
+            print(page, end="", file=out)
+            count = page.count("\n")
+            if count < LOG_PAGE_LINES:
+                return EXIT_OK
+            after += count
     state = "unknown"
     async for name, data in api.stream(f"/run/{args.run_id}/log?follow=1"):
         if name == "end":

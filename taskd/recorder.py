@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 from typing import Any, Protocol
 
 import structlog
@@ -24,6 +25,28 @@ _COMPLETED = logging.getLogger("taskd.run.execution.completed")  # only a gate: 
 MAX_LOG_LINES = 10_000
 MAX_LINE_CHARS = 8_192
 RECENT_LINES = 20
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")
+
+
+def escape_line(text: str) -> str:
+    """One log line stays one line: a newline, carriage return or other control character in the
+    text (a param's CRLF, a child's escape sequences) is written as an escape, so nothing in it
+    can start a line of its own or forge a stamp and stream."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\n":
+        return "\\n"
+    if char == "\r":
+        return "\\r"
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class RunSink(Protocol):
@@ -202,7 +225,7 @@ class RunRecorder:
         self._log_seq += 1
         if self._log_seq > MAX_LOG_LINES:
             stream, text = "log", f"log truncated after {MAX_LOG_LINES} lines"
-        text = self.redactor.text(text)
+        text = escape_line(self.redactor.text(text))
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + " [line truncated]"
         line = LogLine(self.record.id, self._log_seq, self._clock.time(), stream, text)

@@ -224,7 +224,8 @@ class Run:
             state, error = StepState.FAILED, str(exc)
         except Exception as exc:
             state, error = StepState.FAILED, describe(exc)
-            recorder.write("stderr", "".join(traceback.format_exception(exc)).rstrip())
+            for line in "".join(traceback.format_exception(exc)).splitlines():
+                recorder.write("stderr", line)
         if error is not None:
             error = recorder.redactor.text(error)
             failed = recorder.failing_step(number)

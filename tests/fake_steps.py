@@ -74,3 +74,9 @@ async def stop_when_let(ctx: Context, key: str) -> None:
         ctx.info("told to stop; going on until let")
         await held.opened.wait()
         raise
+
+
+async def write_lines(ctx: Context, count: int, text: str = "line") -> None:
+    """Write `count` lines to the run's stdout, each `text` followed by its number."""
+    for number in range(1, count + 1):
+        ctx.log.write("stdout", f"{text} {number}")

@@ -26,6 +26,7 @@ from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views,
 from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
+from taskd.recorder import MAX_LOG_LINES
 from taskd.store.base import RUN_SORTS, RunQuery, Store
 
 log = structlog.get_logger("taskd.api")
@@ -38,6 +39,8 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 1000
+MAX_LOG_SEQ = MAX_LOG_LINES + 1
+"""A run's log holds this many lines at most (the last says it was truncated)."""
 
 
 class ApiError(web.HTTPException):
@@ -461,9 +464,22 @@ async def run_log(request: web.Request) -> web.StreamResponse:
         if not raw.isdigit() or len(raw) > 18:
             raise ApiError(400, "bad_request", f"Last-Event-ID must be a log line's sequence number, got {raw[:40]!r}")
         return await events.follow_log(request, request.app[ENGINE], store, run.id, int(raw))
-    lines = await store.run_log(run.id)
-    text = "".join(f"{iso(x.ts)} [{x.stream}] {x.line}\n" for x in lines)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    after = _int_arg(request, "after", 0, 0, MAX_LOG_SEQ)
+    offset = _int_arg(request, "offset", 0, 0, MAX_LOG_SEQ)
+    if after and offset:
+        raise ApiError(400, "bad_request", "give 'after' (a line's sequence number) or 'offset', not both")
+    limit = _int_arg(request, "limit", 0, 1, MAX_LOG_SEQ) or None
+    # Lines are numbered from 1 without gaps: skipping `offset` lines is starting after line `offset`.
+    pages = store.log_pages(run.id, after or offset, limit)
+    first = await anext(pages, None)  # a store that cannot answer is a JSON 503, before any byte
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    page = first
+    while page is not None:
+        await response.write("".join(f"{iso(x.ts)} [{x.stream}] {x.line}\n" for x in page).encode())
+        page = await anext(pages, None)
+    await response.write_eof()
+    return response
 
 
 async def health(request: web.Request) -> web.Response:

@@ -154,9 +154,10 @@ async def _stream_log(
     subscription: Subscription,
     response: web.StreamResponse,
 ) -> None:
-    for line in await store.run_log(run_id, after_seq):
-        await response.write(_line(line))
-        after_seq = line.seq
+    async for page in store.log_pages(run_id, after_seq):
+        for line in page:
+            await response.write(_line(line))
+            after_seq = line.seq
     final = await _final(engine, store, run_id)
     if final is None:
         async for event in _incoming(request, subscription, response):

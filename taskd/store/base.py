@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,6 +33,10 @@ def redacted(location: str) -> str:
     if not sep or not at or ":" not in credentials:
         return location
     return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+LOG_PAGE = 200
+"""Log lines read from the store at once (lines are capped at 8 KiB: 1.6 MiB at most)."""
 
 
 class LogLine(NamedTuple):
@@ -207,7 +211,25 @@ class Store(ABC):
     async def steps(self, run_id: str) -> list[StepRecord]: ...
 
     @abstractmethod
-    async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]: ...
+    async def run_log(self, run_id: str, after_seq: int = 0, limit: int = LOG_PAGE) -> list[LogLine]:
+        """The run's log lines after `after_seq`, at most `limit` of them, in order."""
+
+    async def log_pages(
+        self, run_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> AsyncIterator[list[LogLine]]:
+        """The run's log lines after `after_seq` (all, or `limit`), a page at a time: a log of
+        80 MB is never in memory whole."""
+        left = limit
+        while left is None or left > 0:
+            wanted = LOG_PAGE if left is None else min(left, LOG_PAGE)
+            page = await self.run_log(run_id, after_seq, wanted)
+            if page:
+                yield page
+            if len(page) < wanted:
+                return
+            after_seq = page[-1].seq
+            if left is not None:
+                left -= len(page)
 
     @abstractmethod
     async def transitions(self, run_id: str) -> list[Transition]: ...

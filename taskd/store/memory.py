@@ -14,7 +14,7 @@ from typing import Any
 
 from taskd.clock import Clock
 from taskd.models import ACTIVE_STATES, AttemptRecord, RunRecord, RunState, StepRecord, StepState
-from taskd.store.base import STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
+from taskd.store.base import LOG_PAGE, STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
 
 
@@ -149,10 +149,10 @@ class MemoryStore(BufferedStore):
         rows = [s for (rid, _, _), s in self._step_rows.items() if rid == run_id]
         return [copy.copy(s) for s in sorted(rows, key=lambda s: (s.attempt, s.index))]
 
-    async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]:
+    async def run_log(self, run_id: str, after_seq: int = 0, limit: int = LOG_PAGE) -> list[LogLine]:
         await self._read()
         lines = self._log_rows.get(run_id, {})
-        return [lines[seq] for seq in sorted(lines) if seq > after_seq]
+        return [lines[seq] for seq in sorted(lines) if seq > after_seq][:limit]
 
     async def transitions(self, run_id: str) -> list[Transition]:
         await self._read()

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 import structlog
 
 from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord
-from taskd.store.base import STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
+from taskd.store.base import LOG_PAGE, STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
 from taskd.store.rows import (
     Row,
@@ -84,7 +84,7 @@ STATEMENTS: dict[str, str] = {
     "get_run": "SELECT * FROM runs WHERE id = ?",
     "attempts": "SELECT * FROM attempts WHERE run_id = ? ORDER BY number",
     "steps": "SELECT * FROM steps WHERE run_id = ? ORDER BY attempt, idx",
-    "run_log": "SELECT * FROM run_logs WHERE run_id = ? AND seq > ? ORDER BY seq",
+    "run_log": "SELECT * FROM run_logs WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     "transitions": "SELECT * FROM run_transitions WHERE run_id = ? ORDER BY seq",
     "fires": "SELECT * FROM fires WHERE task_id = ? ORDER BY instant DESC, id DESC LIMIT ?",
     "task_durations": f"""
@@ -383,8 +383,8 @@ class SQLStore(BufferedStore):
     async def steps(self, run_id: str) -> list[StepRecord]:
         return [step_from_row(r) for r in await self._fetch("steps", run_id)]
 
-    async def run_log(self, run_id: str, after_seq: int = 0) -> list[LogLine]:
-        return [log_from_row(r) for r in await self._fetch("run_log", run_id, after_seq)]
+    async def run_log(self, run_id: str, after_seq: int = 0, limit: int = LOG_PAGE) -> list[LogLine]:
+        return [log_from_row(r) for r in await self._fetch("run_log", run_id, after_seq, limit)]
 
     async def transitions(self, run_id: str) -> list[Transition]:
         return [transition_from_row(r) for r in await self._fetch("transitions", run_id)]

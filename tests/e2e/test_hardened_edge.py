@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from conftest import Daemon, free_port
 
 TOKEN = "s3cr3t-admin-token-0123456789"
@@ -241,3 +242,50 @@ def test_protocol_errors_are_json_400s_without_the_clients_bytes_or_a_traceback(
         assert resp.json()["error"]["code"] == "method_not_allowed" and "Allow" in resp.headers
     output = daemon.output()
     assert "Traceback" not in output and '"level": "error"' not in output
+
+
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+
+
+def test_four_reads_of_an_80_mb_log_at_once_stay_under_50_mb_and_taskd_logs_pages(daemon_factory: Any) -> None:
+    tasks = "- {id: chatty, pipeline: chatty}"
+    pipelines = """
+        - name: chatty
+          processors:
+            - shell: {argv: [python3, -c, "import sys\\nfor i in range(10000): print(str(i).rjust(8000, 'x'))"]}
+    """
+    daemon = daemon_factory(_config(tasks, pipelines))
+    daemon.start()
+    run_id = daemon.start_task("chatty")
+    assert daemon.wait_run(run_id, timeout=120)["state"] == "completed"
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak RSS starts again from here
+    before = _rss_kib(pid)
+
+    async def read_all() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> int:
+                size = 0
+                async with session.get(f"http://127.0.0.1:{daemon.port}/run/{run_id}/log") as resp:
+                    assert resp.status == 200
+                    async for chunk in resp.content.iter_chunked(1 << 16):
+                        size += len(chunk)
+                return size
+
+            return list(await asyncio.gather(*(one() for _ in range(4))))
+
+    sizes = asyncio.run(read_all())
+    added_mib = (_rss_kib(pid, "VmHWM") - before) / 1024
+    assert all(size > 80_000_000 for size in sizes), sizes
+    assert added_mib < 50, f"four reads added {added_mib:.0f} MiB"
+
+    from support.cli import taskd
+
+    printed = taskd("logs", run_id, "--url", f"http://127.0.0.1:{daemon.port}")
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert len(lines) == 10000 and lines[0].endswith("x0") and lines[-1].endswith("x9999")

@@ -311,3 +311,40 @@ async def test_a_last_event_id_past_any_sequence_number_is_a_400(api: Api) -> No
     run_id = await api.start_task("alpha")
     resp = await api.request("GET", f"/run/{run_id}/log?follow=1", headers={"Last-Event-ID": "9" * 26})
     assert resp.status == 400 and "Last-Event-ID" in resp.json()["error"]["message"], resp.text
+
+
+async def test_a_run_log_is_paged_by_after_offset_and_limit(api_factory: Callable[..., Awaitable[Api]]) -> None:
+    tasks = "- {id: chatty, pipeline: chatty}"
+    pipelines = "- {name: chatty, processors: [{python: {function: 'fake_steps:write_lines', kwargs: {count: 1234}}}]}"
+    api = await api_factory(base_config(tasks, pipelines))
+    run_id = await api.start_task("chatty")
+    await api.wait_run(run_id)
+
+    async def lines(query: str) -> list[str]:
+        resp = await api.request("GET", f"/run/{run_id}/log{query}")
+        assert resp.status == 200, resp.text
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return [line.split("] ", 1)[1] for line in resp.text.splitlines()]
+
+    whole = await lines("")
+    assert whole[0] == "line 1" and whole[1233] == "line 1234" and len(whole) == 1234
+    assert await lines("?limit=3") == whole[:3]
+    assert await lines("?after=1000&limit=2") == whole[1000:1002]
+    assert await lines("?offset=1000&limit=2") == whole[1000:1002]
+    assert await lines("?after=1230") == whole[1230:]
+    assert await lines("?after=5000") == []
+    for bad in ("?limit=0", "?limit=x", "?after=-1", "?after=1&offset=2", "?offset=99999999"):
+        resp = await api.request("GET", f"/run/{run_id}/log{bad}")
+        assert resp.status == 400 and resp.json()["error"]["code"] == "bad_request", bad
+
+
+async def test_a_param_cannot_start_a_log_line_of_its_own(api_factory: Callable[..., Awaitable[Api]]) -> None:
+    tasks = "- {id: echo, pipeline: echo}"
+    pipelines = "- {name: echo, processors: [{log: {message: 'hello {params.who}'}}]}"
+    api = await api_factory(base_config(tasks, pipelines))
+    forged = "bob\r\n2026-01-01T00:00:00Z [stderr] rm -rf / done\x1b[31m"
+    run_id = await api.start_task("echo", {"who": forged})
+    await api.wait_run(run_id)
+    text = (await api.request("GET", f"/run/{run_id}/log")).text
+    assert not any(line.split(" ", 1)[1].startswith("[stderr]") for line in text.splitlines())
+    assert "hello bob\\r\\n2026-01-01T00:00:00Z [stderr] rm -rf / done\\x1b[31m" in text
