@@ -360,6 +360,22 @@ async def test_tombstones_fires_and_last_fires_survive_a_restart(backend: tuple[
     assert await store.fires("b") == []
 
 
+async def test_a_summary_of_refused_fires_is_one_row_updated_in_place(backend: tuple[Store, Reopen]) -> None:
+    store, reopen = backend
+    store.record_fire(Fire("a", 10.0, "skipped", "busy", 10.0, key="n|a|busy|10"))
+    await store.flush()  # the summary's first write is committed on its own
+    for second in range(11, 20):
+        store.record_fire(
+            Fire("a", 10.0, "skipped", f"busy {second}", second, second - 9, float(second), "n|a|busy|10")
+        )
+    store.record_fire(Fire("a", 30.0, "skipped", "busy again", 30.0, key="n|a|busy|30"))
+    await store.flush()
+    store = await reopen()
+    later, first = await store.fires("a")
+    assert (first.instant, first.last_instant, first.count, first.reason) == (10.0, 19.0, 10, "busy 19")
+    assert (later.instant, later.count, later.last_instant) == (30.0, 1, None)
+
+
 async def test_retention_by_age_and_by_count(store: Store) -> None:
     now = time.time()
     old = _record("a", queued_at=now - 40 * 86400, state=RunState.COMPLETED)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -75,6 +76,8 @@ class Firing:
         self._groups: dict[str, dict[str, None]] = {}  # timer job -> task ids, in order
         self._claims: set[asyncio.Task[None]] = set()
         self._adopted: list[tuple[str, float]] = []  # adopted before the engine accepted runs
+        # task id -> reason -> the summary of its fires refused since its last run began
+        self._refused: dict[str, dict[str, Fire]] = {}
         self.timer: Timer = timer(self.on_group_fire)
 
     # -- the timer's jobs --------------------------------------------------------------------------
@@ -90,6 +93,7 @@ class Firing:
         members[entry.id] = None
 
     def unschedule(self, task_id: str) -> None:
+        self._refused.pop(task_id, None)
         for group, members in list(self._groups.items()):
             if task_id in members:
                 del members[task_id]
@@ -192,9 +196,12 @@ class Firing:
         try:
             self._engine.start_run(task_id, Trigger.SCHEDULE, scheduled_at=fire.instant)
         except Conflict as exc:
-            self.skip(Fire(task_id, fire.instant, "skipped", str(exc), now), exc.reason)
-            if not isinstance(exc, Overloaded):  # an overload is logged once, when it begins and ends
+            began = self.skip(Fire(task_id, fire.instant, "skipped", str(exc), now), exc.reason)
+            # Logged when a run of refusals begins (an overload once, when it begins and ends).
+            if began and not isinstance(exc, Overloaded):
                 log.info("fire_skipped", task_id=task_id, reason=str(exc))
+        else:
+            self._refused.pop(task_id, None)  # a run began: the next refusal starts a new summary
 
     def adopt(self, fires: list[tuple[str, float]]) -> None:
         """Run the fires a dead node claimed and never started (the coordinator made them this
@@ -212,11 +219,26 @@ class Firing:
             log.warning("fire_adopted", task_id=task_id, instant=instant)
             self._fire(task_id, FirePlan(instant))
 
-    def skip(self, fire: Fire, reason: str) -> None:
-        """A fire that did not become a run: recorded, and counted by reason."""
-        self._store.record_fire(fire)
+    def skip(self, fire: Fire, reason: str) -> bool:
+        """A fire that did not become a run: counted by reason, and recorded in the summary of the
+        task's refusals for that reason since its last run began (one row, updated in place, not a
+        row per fire: under overload a schedule every second would add 86,400 rows a day). True
+        when this fire begins a new summary."""
         if self._metrics is not None:
             self._metrics.fire_skipped(fire.task_id, reason)
+        by_reason = self._refused.setdefault(fire.task_id, {})
+        summary = by_reason.get(reason)
+        if summary is None:
+            key = f"{self._coordinator.name}|{fire.task_id}|{reason}|{fire.instant!r}"
+            summary = replace(fire, key=key)
+        else:
+            last = max(fire.instant, summary.last_instant or summary.instant)
+            summary = replace(
+                summary, count=summary.count + 1, last_instant=last, reason=fire.reason, recorded_at=fire.recorded_at
+            )
+        by_reason[reason] = summary
+        self._store.record_fire(summary)
+        return summary.count == 1
 
     async def catch_up(self) -> None:
         """At start-up, deal with fires missed while the daemon was down (misfire policy), each

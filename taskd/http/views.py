@@ -191,6 +191,8 @@ def fire_view(fire: Fire) -> dict[str, Any]:
         "kind": fire.kind,
         "reason": fire.reason,
         "recorded_at": iso(fire.recorded_at),
+        "count": fire.count,
+        "last_instant": iso(fire.last_instant) if fire.last_instant is not None else None,
     }
 
 

@@ -61,13 +61,22 @@ class Transition(NamedTuple):
 
 @dataclass(frozen=True)
 class Fire:
-    """A fire that did not become a run."""
+    """A fire that did not become a run; or, with `count` > 1, a task's fires refused one after
+    the other for one reason (an overload, a run still going), from `instant` to `last_instant`."""
 
     task_id: str
     instant: float
     kind: str
     reason: str
     recorded_at: float
+    count: int = 1
+    last_instant: float | None = None
+    key: str | None = None
+    """Names the summary across its updates: each write of it replaces the last."""
+
+    @property
+    def row_key(self) -> str | int:
+        return self.key if self.key is not None else id(self)
 
 
 RUN_SORTS = ("queued_at", "started_at", "finished_at", "duration", "state", "task_id")

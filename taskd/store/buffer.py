@@ -48,7 +48,7 @@ class Batch:
     steps: dict[tuple[str, int, int], StepRecord] = field(default_factory=dict)
     logs: list[LogLine] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
-    fires: list[Fire] = field(default_factory=list)
+    fires: dict[str | int, Fire] = field(default_factory=dict)
     last_fires: dict[str, float] = field(default_factory=dict)
     tombstones: list[Tombstone] = field(default_factory=list)
 
@@ -60,7 +60,7 @@ class Batch:
         self.steps.update(newer.steps)
         self.logs.extend(newer.logs)
         self.transitions.extend(newer.transitions)
-        self.fires.extend(newer.fires)
+        self.fires.update(newer.fires)
         for task_id, instant in newer.last_fires.items():
             self.last_fires[task_id] = max(instant, self.last_fires.get(task_id, instant))
         self.tombstones.extend(newer.tombstones)
@@ -171,7 +171,7 @@ class BufferedStore(Store):
         self._wakeup.set()
 
     def record_fire(self, fire: Fire) -> None:
-        self._batch.fires.append(fire)
+        self._batch.fires[fire.row_key] = fire
         self._wakeup.set()
 
     def set_last_fire(self, task_id: str, instant: float) -> None:

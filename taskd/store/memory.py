@@ -29,7 +29,7 @@ class MemoryStore(BufferedStore):
         self._step_rows: dict[tuple[str, int, int], StepRecord] = {}
         self._log_rows: dict[str, dict[int, LogLine]] = defaultdict(dict)
         self._transition_rows: dict[str, dict[int, Transition]] = defaultdict(dict)
-        self._fire_rows: list[Fire] = []
+        self._fire_rows: dict[str | int, Fire] = {}
         self._tombstone_rows: dict[str, str] = {}
         self._last_fire_rows: dict[str, float] = {}
 
@@ -56,7 +56,7 @@ class MemoryStore(BufferedStore):
             self._log_rows[line.run_id].setdefault(line.seq, line)
         for transition in batch.transitions:
             self._transition_rows[transition.run_id].setdefault(transition.seq, transition)
-        self._fire_rows.extend(batch.fires)
+        self._fire_rows.update(batch.fires)
         for task_id, instant in batch.last_fires.items():
             self._last_fire_rows[task_id] = max(instant, self._last_fire_rows.get(task_id, instant))
         for tombstone in batch.tombstones:
@@ -161,7 +161,7 @@ class MemoryStore(BufferedStore):
 
     async def fires(self, task_id: str, limit: int = 50) -> list[Fire]:
         await self._read(fresh=False)
-        rows = [f for f in self._fire_rows if f.task_id == task_id]
+        rows = [f for f in self._fire_rows.values() if f.task_id == task_id]
         return sorted(rows, key=lambda f: f.instant, reverse=True)[:limit]
 
     async def last_runs(self) -> dict[str, RunRecord]:
@@ -223,7 +223,7 @@ class MemoryStore(BufferedStore):
         if days > 0:
             cutoff = now - days * 86400
             doomed.update(r.id for r in finished if r.finished_at is not None and r.finished_at < cutoff)
-            self._fire_rows = [f for f in self._fire_rows if f.recorded_at >= cutoff]
+            self._fire_rows = {k: f for k, f in self._fire_rows.items() if f.recorded_at >= cutoff}
         if max_runs_per_task > 0:
             by_task: dict[str, list[RunRecord]] = defaultdict(list)
             for run in self._run_rows.values():

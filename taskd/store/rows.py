@@ -94,4 +94,13 @@ def transition_from_row(r: Row) -> Transition:
 
 
 def fire_from_row(r: Row) -> Fire:
-    return Fire(r["task_id"], r["instant"], r["kind"], r["reason"], r["recorded_at"])
+    return Fire(
+        r["task_id"],
+        r["instant"],
+        r["kind"],
+        r["reason"],
+        r["recorded_at"],
+        r["refusals"],
+        r["last_instant"],
+        r["summary_key"],
+    )

@@ -61,7 +61,11 @@ STATEMENTS: dict[str, str] = {
     "record_transition": """
         INSERT INTO run_transitions (run_id, seq, at, state, detail) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
     """,
-    "record_fire": "INSERT INTO fires (task_id, instant, kind, reason, recorded_at) VALUES (?, ?, ?, ?, ?)",
+    "record_fire": """
+        INSERT INTO fires (task_id, instant, kind, reason, recorded_at, refusals, last_instant, summary_key)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (summary_key) DO UPDATE SET reason = excluded.reason, recorded_at = excluded.recorded_at,
+            refusals = excluded.refusals, last_instant = excluded.last_instant""",
     "set_last_fire": """
         INSERT INTO task_state (task_id, last_fire) VALUES (?, ?)
         ON CONFLICT (task_id) DO UPDATE SET last_fire = CASE
@@ -265,7 +269,13 @@ class SQLStore(BufferedStore):
             ("save_step", [step_params(s) for s in batch.steps.values()]),
             ("append_log", batch.logs),
             ("record_transition", batch.transitions),
-            ("record_fire", [(f.task_id, f.instant, f.kind, f.reason, f.recorded_at) for f in batch.fires]),
+            (
+                "record_fire",
+                [
+                    (f.task_id, f.instant, f.kind, f.reason, f.recorded_at, f.count, f.last_instant, f.key)
+                    for f in batch.fires.values()
+                ],
+            ),
             ("set_last_fire", list(batch.last_fires.items())),
         ]
         tombstones: list[tuple[str, Sequence[Any]]] = [

@@ -158,10 +158,33 @@ async def test_fires_due_at_once_make_one_run_and_the_rest_are_recorded_skipped(
     await harness.settle()
     (run,) = await harness.runs("tick")
     assert run.scheduled_at == epoch(T0) + 3
-    fires = await harness.store.fires("tick")
-    assert [(f.instant - epoch(T0), f.kind) for f in fires] == [(2.0, "skipped"), (1.0, "skipped")]
-    assert all("event loop was late" in f.reason for f in fires)
+    (fire,) = await harness.store.fires("tick")  # the two missed instants, summarised
+    assert (fire.instant - epoch(T0), fire.last_instant - epoch(T0), fire.count) == (1.0, 2.0, 2)  # type: ignore[operator]
+    assert fire.kind == "skipped" and "event loop was late" in fire.reason
     assert (await harness.store.last_fires())["tick"] == epoch(T0) + 3
+
+
+async def test_fires_refused_one_after_the_other_are_one_summary_until_a_run_begins(harness: Harness) -> None:
+    """A per-second task whose run takes 10 s: the nine refused fires are one record with their
+    count and first and last instants, not nine rows; the next refusal after a run began is a new one."""
+    await harness.start("  - {id: slow, schedule: '* * * * * *', pipeline: gated}")
+    await harness.advance(1)
+    for _ in range(9):
+        await harness.advance(1)
+    await harness.store.flush()
+    (summary,) = await harness.store.fires("slow")
+    assert summary.count == 9 and "already has an active run" in summary.reason
+    assert (summary.instant - epoch(T0), summary.last_instant - epoch(T0)) == (2.0, 10.0)  # type: ignore[operator]
+    gate = harness.gates.gate("g")
+    gate.set()
+    await harness.settle()
+    gate.clear()
+    await harness.advance(1)  # a run begins (and waits at the gate again)
+    await harness.advance(1)  # refused: a new summary
+    await harness.store.flush()
+    newest, oldest = await harness.store.fires("slow")
+    assert oldest.count == 9 and newest.count == 1 and newest.instant - epoch(T0) == 12.0
+    harness.gates.gate("g").set()
 
 
 async def test_forbid_skips_a_fire_while_a_run_is_active(harness: Harness) -> None:

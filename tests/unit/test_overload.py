@@ -112,7 +112,7 @@ async def test_a_store_that_cannot_commit_refuses_manual_starts_sheds_load_and_r
     assert refused.json()["error"]["code"] == "overloaded"
     assert "store.max_pending is 100" in refused.json()["error"]["message"]
     # The per-second task's fires are skipped as overloaded while the store is stuck.
-    overloaded = lambda: [f for f in store._batch.fires if f.reason.startswith("taskd is overloaded")]  # noqa: E731
+    overloaded = lambda: [f for f in store._batch.fires.values() if f.reason.startswith("taskd is overloaded")]  # noqa: E731
     await until(lambda: bool(overloaded()), "a fire skipped as overloaded")  # staged, since nothing commits
     text = (await api.request("GET", "/metrics")).text
     assert metric(text, "taskd_overloaded") == 1
