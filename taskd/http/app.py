@@ -39,6 +39,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 1000
+MAX_OFFSET = 10**9
 MAX_LOG_SEQ = MAX_LOG_LINES + 1
 """A run's log holds this many lines at most (the last says it was truncated)."""
 
@@ -175,9 +176,18 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, default=str))
 
 
-def _int_arg(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def _given(request: web.Request, name: str) -> str | None:
+    """A query parameter's value; None when absent. Given empty (`limit=`) it is a 400: it is
+    neither the default nor a value."""
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw == "":
+        raise ApiError(400, "bad_request", f"query parameter {name!r} is empty; give a value or leave it out")
+    return raw
+
+
+def _int_arg(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = _given(request, name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -190,8 +200,8 @@ def _int_arg(request: web.Request, name: str, default: int, low: int, high: int)
 
 def _time_arg(request: web.Request, name: str) -> float | None:
     """An instant given as ISO-8601 (UTC when it has no offset) or as epoch seconds."""
-    raw = request.query.get(name)
-    if not raw:
+    raw = _given(request, name)
+    if raw is None:
         return None
     try:
         epoch = float(raw)
@@ -201,7 +211,7 @@ def _time_arg(request: web.Request, name: str) -> float | None:
         if math.isfinite(epoch):
             return epoch
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ApiError(
             400, "bad_request", f"query parameter {name!r} must be an ISO-8601 instant or epoch seconds"
@@ -224,10 +234,10 @@ TASK_STATUSES = ("scheduled", "manual", "disabled", *(str(state) for state in Ru
 
 
 def _task_query(request: web.Request) -> TaskQuery:
-    status = request.query.get("status") or None
+    status = _given(request, "status")
     if status is not None and status not in TASK_STATUSES:
         raise ApiError(400, "bad_request", f"status must be one of {', '.join(TASK_STATUSES)}")
-    sort = request.query.get("sort") or "id"
+    sort = _given(request, "sort") or "id"
     if sort.lstrip("-") not in TASK_SORTS:
         raise ApiError(400, "bad_request", f"sort must be one of {', '.join(sorted(TASK_SORTS))} (prefix - to reverse)")
     return TaskQuery(
@@ -236,7 +246,7 @@ def _task_query(request: web.Request) -> TaskQuery:
         sort=sort.lstrip("-"),
         descending=sort.startswith("-"),
         limit=_int_arg(request, "limit", 100, 1, MAX_LIMIT),
-        offset=_int_arg(request, "offset", 0, 0, 10**9),
+        offset=_int_arg(request, "offset", 0, 0, MAX_OFFSET),
     )
 
 
@@ -373,8 +383,10 @@ RUN_FILTERS = ("state", "task_id", "trigger", "since", "until", "q", "sort", "li
 
 def _choices(request: web.Request, name: str, allowed: Iterable[str]) -> tuple[str, ...]:
     """A comma list of values, each one of `allowed`."""
-    raw = request.query.get(name) or ""
-    values = tuple(dict.fromkeys(v.strip() for v in raw.split(",") if v.strip()))
+    raw = _given(request, name) or ""
+    values = tuple(dict.fromkeys(raw.split(","))) if raw else ()
+    if "" in values:
+        raise ApiError(400, "bad_request", f"{name} {raw!r} has an empty item; write a comma list such as a,b")
     known = tuple(allowed)
     unknown = [v for v in values if v not in known]
     if unknown:
@@ -388,7 +400,7 @@ def _run_query(request: web.Request, task_ids: tuple[str, ...]) -> RunQuery:
     unknown = sorted(set(request.query) - set(RUN_FILTERS) - ({"task_id"} if task_ids else set()))
     if unknown:
         raise ApiError(400, "bad_request", f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(RUN_FILTERS)}")
-    sort = request.query.get("sort") or "-queued_at"
+    sort = _given(request, "sort") or "-queued_at"
     if sort.lstrip("-") not in RUN_SORTS:
         raise ApiError(400, "bad_request", f"sort must be one of {', '.join(RUN_SORTS)} (prefix - to reverse)")
     text = (request.query.get("q") or "").strip() or None
@@ -404,7 +416,7 @@ def _run_query(request: web.Request, task_ids: tuple[str, ...]) -> RunQuery:
         sort=sort.lstrip("-"),
         descending=sort.startswith("-"),
         limit=_int_arg(request, "limit", 50, 1, MAX_LIMIT),
-        offset=_int_arg(request, "offset", 0, 0, 10**9),
+        offset=_int_arg(request, "offset", 0, 0, MAX_OFFSET),
     )
 
 
@@ -430,8 +442,11 @@ async def task_runs(request: web.Request) -> web.Response:
 
 
 async def all_runs(request: web.Request) -> web.Response:
-    raw = request.query.get("task_id") or ""
-    return await _runs_answer(request, tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip())))
+    raw = _given(request, "task_id") or ""
+    task_ids = tuple(dict.fromkeys(raw.split(",")))
+    if raw and "" in task_ids:
+        raise ApiError(400, "bad_request", "task_id has an empty item; write a comma list such as a,b")
+    return await _runs_answer(request, task_ids if raw else ())
 
 
 async def _run_or_404(request: web.Request) -> RunRecord:
@@ -458,19 +473,18 @@ async def get_run(request: web.Request) -> web.Response:
 
 async def run_log(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
+    # Lines are numbered from 1 without gaps: skipping `offset` lines is starting after line `offset`
+    # (counted from `after` when both are given).
+    start = _int_arg(request, "after", 0, 0, MAX_LOG_SEQ) + _int_arg(request, "offset", 0, 0, MAX_LOG_SEQ)
+    limit = _int_arg(request, "limit", 0, 1, MAX_LOG_SEQ) or None
     run = await _run_or_404(request)
     if events.wants_stream(request):
-        raw = request.headers.get("Last-Event-ID", "0") or "0"
+        # A follower that reconnects says where it was; else it starts where after/offset say.
+        raw = request.headers.get("Last-Event-ID", str(start)) or "0"
         if not raw.isdigit() or len(raw) > 18:
             raise ApiError(400, "bad_request", f"Last-Event-ID must be a log line's sequence number, got {raw[:40]!r}")
         return await events.follow_log(request, request.app[ENGINE], store, run.id, int(raw))
-    after = _int_arg(request, "after", 0, 0, MAX_LOG_SEQ)
-    offset = _int_arg(request, "offset", 0, 0, MAX_LOG_SEQ)
-    if after and offset:
-        raise ApiError(400, "bad_request", "give 'after' (a line's sequence number) or 'offset', not both")
-    limit = _int_arg(request, "limit", 0, 1, MAX_LOG_SEQ) or None
-    # Lines are numbered from 1 without gaps: skipping `offset` lines is starting after line `offset`.
-    pages = store.log_pages(run.id, after or offset, limit)
+    pages = store.log_pages(run.id, start, limit)
     first = await anext(pages, None)  # a store that cannot answer is a JSON 503, before any byte
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
@@ -514,12 +528,14 @@ async def health(request: web.Request) -> web.Response:
 
 
 @functools.cache
-def _openapi_body() -> bytes:
-    return json.dumps(openapi.document()).encode()
+def _openapi_body(secured: bool) -> bytes:
+    return json.dumps(openapi.document(secured)).encode()
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.Response(body=_openapi_body(), content_type="application/json")
+    """The document as this daemon answers: with a token configured, every operation but the
+    public ones requires it."""
+    return web.Response(body=_openapi_body(bool(request.app[TOKEN])), content_type="application/json")
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:

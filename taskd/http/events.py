@@ -32,9 +32,11 @@ HEARTBEAT: web.AppKey[float] = web.AppKey("heartbeat", float)
 
 
 def wants_stream(request: web.Request) -> bool:
-    """`?follow=1`, or a client that asks for `text/event-stream`."""
-    follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
-    return follow or "text/event-stream" in request.headers.get("Accept", "")
+    """`?follow=1`, or a client that asks for `text/event-stream` (without `follow=0`)."""
+    follow = request.query.get("follow")
+    if follow is not None and follow not in ("0", "1"):
+        raise web.HTTPBadRequest(reason="follow must be 0 or 1")
+    return follow == "1" or (follow is None and "text/event-stream" in request.headers.get("Accept", ""))
 
 
 def setup(app: web.Application, heartbeat_s: float = HEARTBEAT_S) -> None:

@@ -3,12 +3,15 @@ routes, and schemathesis checks the daemon's answers against it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from taskd import __version__
 from taskd.engine import STOP_WAIT_S
 from taskd.faults import KINDS as FAULT_KINDS
+from taskd.http.selection import TASK_SORTS
 from taskd.models import RunState, Trigger
+from taskd.recorder import MAX_LOG_LINES
 from taskd.store.base import RUN_SORTS
 
 TASK_STATUSES = ["scheduled", "manual", "disabled", *(str(state) for state in RunState)]
@@ -22,8 +25,11 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(schema: dict[str, Any], description: str, links: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if links:
+        answer["links"] = links
+    return answer
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -101,7 +107,22 @@ SCHEMAS: dict[str, Any] = {
             "active_runs": {"type": "array", "items": _ref("Run")},
             "stats": {"type": "object"},
             "recent_runs": {"type": "array", "items": _ref("Run")},
-            "skipped_fires": {"type": "array", "items": {"type": "object"}},
+            "skipped_fires": {"type": "array", "items": _ref("SkippedFire")},
+        },
+    ),
+    "SkippedFire": _object(
+        ["instant", "kind", "reason", "recorded_at", "count", "last_instant"],
+        {
+            "instant": {**INSTANT, "description": "the first fire refused"},
+            "kind": {"type": "string", "enum": ["skipped", "missed"]},
+            "reason": {"type": "string", "description": "why the latest one was refused"},
+            "recorded_at": INSTANT,
+            "count": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "fires refused for this reason until a run began",
+            },
+            "last_instant": _nullable("string", format="date-time", description="the last one, when count > 1"),
         },
     ),
     "Run": _object(list(RUN_PROPERTIES), RUN_PROPERTIES),
@@ -128,17 +149,31 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+MAX_OFFSET = 10**9
+MAX_LOG_SEQ = MAX_LOG_LINES + 1
 PAGING = [
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
-    _query("offset", {"type": "integer", "minimum": 0}, "rows to skip"),
+    _query("offset", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, "rows to skip"),
 ]
+
+
+def _comma_list(values: list[str]) -> dict[str, Any]:
+    one = "|".join(values)
+    return {"type": "string", "pattern": f"^({one})(,({one}))*$"}
+
+
+def _sorts(keys: Iterable[str]) -> dict[str, Any]:
+    return {"type": "string", "enum": [prefix + key for key in keys for prefix in ("", "-")]}
+
+
+_ISO_OR_EPOCH = {"anyOf": [INSTANT, {"type": "string", "pattern": r"^-?[0-9]{1,11}(\.[0-9]{1,6})?$"}]}
 RUN_FILTERS = [
-    _query("state", {"type": "string"}, f"comma list of {', '.join(str(s) for s in RunState)}"),
-    _query("trigger", {"type": "string"}, f"comma list of {', '.join(str(t) for t in Trigger)}"),
-    _query("since", {"type": "string"}, "queued at or after: ISO-8601 or epoch seconds"),
-    _query("until", {"type": "string"}, "queued before: ISO-8601 or epoch seconds"),
+    _query("state", _comma_list([str(s) for s in RunState]), "comma list of run states"),
+    _query("trigger", _comma_list([str(t) for t in Trigger]), "comma list of triggers"),
+    _query("since", _ISO_OR_EPOCH, "queued at or after: ISO-8601 or epoch seconds"),
+    _query("until", _ISO_OR_EPOCH, "queued before: ISO-8601 or epoch seconds"),
     _query("q", {"type": "string"}, "text in the error or params, or in the task's id or name"),
-    _query("sort", {"type": "string"}, f"one of {', '.join(RUN_SORTS)}; prefix - for descending"),
+    _query("sort", _sorts(RUN_SORTS), "a sort key; prefix - for descending"),
     *PAGING,
 ]
 RUN_LIST = _json(
@@ -158,16 +193,17 @@ STOP_ANSWER = _object(
 )
 
 
-def document() -> dict[str, Any]:
-    """The whole OpenAPI document."""
+def document(secured: bool = True) -> dict[str, Any]:
+    """The whole OpenAPI document; `secured`: a token is configured, and required."""
     paths: dict[str, Any] = {
         "/tasks": {
             "get": {
+                "operationId": "listTasks",
                 "summary": "List tasks",
                 "parameters": [
                     _query("status", {"type": "string", "enum": TASK_STATUSES}, "only tasks in this status"),
                     _query("q", {"type": "string"}, "text in the task's id or name"),
-                    _query("sort", {"type": "string"}, "id, name, status, next_run or priority; - reverses"),
+                    _query("sort", _sorts(TASK_SORTS), "id, name, status, next_run or priority; - reverses"),
                     *PAGING,
                 ],
                 "responses": {
@@ -182,6 +218,9 @@ def document() -> dict[str, Any]:
                             },
                         ),
                         "the tasks",
+                        links={
+                            "GetTask": {"operationId": "getTask", "parameters": {"id": "$response.body#/tasks/0/id"}}
+                        },
                     ),
                     **ERRORS,
                 },
@@ -189,11 +228,13 @@ def document() -> dict[str, Any]:
         },
         "/task/{id}": {
             "get": {
+                "operationId": "getTask",
                 "summary": "One task",
                 "parameters": [_task_id()],
                 "responses": {"200": _json(_ref("TaskDetail"), "the task"), **ERRORS, "404": _error("no such task")},
             },
             "delete": {
+                "operationId": "deleteTask",
                 "summary": "Stop the task's runs and delete it",
                 "parameters": [_task_id()],
                 "responses": {
@@ -211,13 +252,23 @@ def document() -> dict[str, Any]:
         },
         "/task/{id}/_start": {
             "post": {
+                "operationId": "startTask",
                 "summary": "Start a run now",
                 "parameters": [_task_id()],
                 "requestBody": {
                     "required": False,
                     "content": {
                         "application/json": {
-                            "schema": _object([], {"params": {"type": "object", "description": "overrides"}})
+                            "schema": _object(
+                                [],
+                                {
+                                    "params": {
+                                        "type": ["object", "null"],
+                                        "description": "overrides of the task's params (null: none); plain JSON,"
+                                        " nested 32 levels at most",
+                                    }
+                                },
+                            )
                         }
                     },
                 },
@@ -228,6 +279,14 @@ def document() -> dict[str, Any]:
                             {"run_id": {"type": "string"}, "task_id": {"type": "string"}, "state": {"type": "string"}},
                         ),
                         "the run was created",
+                        links={
+                            "GetRun": {"operationId": "getRun", "parameters": {"run_id": "$response.body#/run_id"}},
+                            "GetRunLog": {
+                                "operationId": "getRunLog",
+                                "parameters": {"run_id": "$response.body#/run_id"},
+                            },
+                            "StopTask": {"operationId": "stopTask", "parameters": {"id": "$request.path.id"}},
+                        },
                     ),
                     **ERRORS,
                     "404": _error("no such task"),
@@ -245,6 +304,7 @@ def document() -> dict[str, Any]:
         },
         "/task/{id}/_stop": {
             "post": {
+                "operationId": "stopTask",
                 "summary": "Stop the task's active runs",
                 "description": f"Stops the runs here and on the other nodes, and waits ({STOP_WAIT_S:g} s at most) "
                 "until they have ended: 200 when every one has, 202 with those still stopping when some have not. "
@@ -261,6 +321,7 @@ def document() -> dict[str, Any]:
         },
         "/task/{id}/runs": {
             "get": {
+                "operationId": "listTaskRuns",
                 "summary": "A task's run history",
                 "parameters": [_task_id(), *RUN_FILTERS],
                 "responses": {"200": RUN_LIST, **ERRORS, "404": _error("no such task")},
@@ -268,13 +329,18 @@ def document() -> dict[str, Any]:
         },
         "/runs": {
             "get": {
+                "operationId": "listRuns",
                 "summary": "Run history",
-                "parameters": [_query("task_id", {"type": "string"}, "comma list of task ids"), *RUN_FILTERS],
+                "parameters": [
+                    _query("task_id", {"type": "string", "pattern": "^[^,]+(,[^,]+)*$"}, "comma list of task ids"),
+                    *RUN_FILTERS,
+                ],
                 "responses": {"200": RUN_LIST, **ERRORS, "404": _error("no such task")},
             }
         },
         "/run/{run_id}": {
             "get": {
+                "operationId": "getRun",
                 "summary": "One run, with its attempts and steps",
                 "parameters": [_run_id()],
                 "responses": {"200": _json(_ref("RunDetail"), "the run"), **ERRORS, "404": _error("no such run")},
@@ -282,10 +348,17 @@ def document() -> dict[str, Any]:
         },
         "/run/{run_id}/log": {
             "get": {
+                "operationId": "getRunLog",
                 "summary": "A run's log; with follow=1, server-sent events until the run ends",
+                "description": "One line per log line: `time [stream] text`, control characters in the text"
+                " escaped. Lines are numbered from 1; `after` (or `offset`) skips that many, `limit` caps the page:"
+                " a page shorter than `limit` is the last.",
                 "parameters": [
                     _run_id(),
                     _query("follow", {"type": "string", "enum": ["0", "1"]}, "1: stream the log as it is written"),
+                    _query("after", {"type": "integer", "minimum": 0, "maximum": MAX_LOG_SEQ}, "lines to skip"),
+                    _query("offset", {"type": "integer", "minimum": 0, "maximum": MAX_LOG_SEQ}, "more lines to skip"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LOG_SEQ}, "lines at most"),
                 ],
                 "responses": {
                     "200": {
@@ -333,8 +406,9 @@ def document() -> dict[str, Any]:
         },
         "/health": {
             "get": {
+                "operationId": "health",
                 "summary": "Liveness and readiness, with the current faults (their reasons with the token)",
-                "security": [{}, {"bearer": []}],
+                "security": [{}, {"bearer": []}] if secured else [{}],
                 "responses": {
                     "200": _json(
                         _object(["status", "faults"], {"status": {"const": "ok"}, "faults": _FAULTS}, extra=True),
@@ -437,6 +511,6 @@ def document() -> dict[str, Any]:
             "schemas": SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "api.token"}},
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}] if secured else [],
         "paths": paths,
     }

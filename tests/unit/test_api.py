@@ -333,7 +333,8 @@ async def test_a_run_log_is_paged_by_after_offset_and_limit(api_factory: Callabl
     assert await lines("?offset=1000&limit=2") == whole[1000:1002]
     assert await lines("?after=1230") == whole[1230:]
     assert await lines("?after=5000") == []
-    for bad in ("?limit=0", "?limit=x", "?after=-1", "?after=1&offset=2", "?offset=99999999"):
+    assert await lines("?after=1000&offset=10&limit=2") == whole[1010:1012]
+    for bad in ("?limit=0", "?limit=x", "?after=-1", "?limit=", "?offset=99999999", "?follow=yes"):
         resp = await api.request("GET", f"/run/{run_id}/log{bad}")
         assert resp.status == 400 and resp.json()["error"]["code"] == "bad_request", bad
 
