@@ -239,6 +239,7 @@ class _Api:
     def __init__(self, session: aiohttp.ClientSession, target: Target) -> None:
         self._session = session
         self._target = target
+        self.token_sent = bool(target.token)
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -499,6 +500,9 @@ async def _logs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
 
 async def _status(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     body = await api.call("GET", "/health")
+    if "version" not in body and api.token_sent:
+        # /health answers anyone with the bare status; the details need an accepted token.
+        raise ClientError("missing or wrong bearer token: the daemon answered with its bare status only", EXIT_USAGE)
     if args.json:
         return _print_json(body, out)
     for key, value in body.items():

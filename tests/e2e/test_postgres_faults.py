@@ -47,11 +47,18 @@ def epoch(text: str) -> float:
 async def _fires(url: str) -> list[tuple[float, str]]:
     db = await asyncpg.connect(url)
     try:
-        rows = await db.fetch("SELECT instant, reason FROM fires WHERE task_id = 'tick'")
+        rows = await db.fetch("SELECT instant, last_instant, refusals, reason FROM fires WHERE task_id = 'tick'")
         runs = await db.fetch("SELECT scheduled_at FROM runs WHERE task_id = 'tick'")
     finally:
         await db.close()
-    return [(r["instant"], r["reason"]) for r in rows] + [(r["scheduled_at"], "run") for r in runs]
+    # A summary of refused fires stands for every second from its first instant to its last (the
+    # task fires each second): its count says as much.
+    covered = []
+    for r in rows:
+        seconds = range(round(r["instant"]), round(r["last_instant"] or r["instant"]) + 1)
+        assert r["refusals"] == len(seconds), dict(r)
+        covered += [(float(second), r["reason"]) for second in seconds]
+    return covered + [(r["scheduled_at"], "run") for r in runs]
 
 
 def test_a_restart_and_a_20s_outage_are_survived_shown_and_every_fire_accounted_for(
