@@ -429,7 +429,11 @@ def _tasks_matching(engine: Engine, text: str) -> tuple[str, ...]:
 
 async def _runs_answer(request: web.Request, task_ids: tuple[str, ...]) -> web.Response:
     engine = request.app[ENGINE]
-    runs, total = await request.app[STORE].list_runs(_run_query(request, task_ids))
+    query = _run_query(request, task_ids)
+    if any(_unstorable(text) for text in (*task_ids, query.text or "")):
+        runs, total = [], 0  # no stored text holds a NUL (PostgreSQL refuses one in a query)
+    else:
+        runs, total = await request.app[STORE].list_runs(query)
     if total == 0 and task_ids and not any(engine.knows(task_id) for task_id in task_ids):
         raise ApiError(404, "not_found", f"task {task_ids[0]!r} does not exist")
     now = engine.clock.time()
@@ -448,6 +452,11 @@ async def all_runs(request: web.Request) -> web.Response:
     return await _runs_answer(request, task_ids if raw else ())
 
 
+def _unstorable(text: str) -> bool:
+    """Text no store holds: a NUL (written text has them replaced; PostgreSQL refuses them)."""
+    return "\x00" in text
+
+
 async def _run_or_404(request: web.Request) -> RunRecord:
     """The run as it is now. A live run's record is copied: it changes while the handler awaits
     the store, and what the handler then reads must not be older than what it shows of the run."""
@@ -455,7 +464,7 @@ async def _run_or_404(request: web.Request) -> RunRecord:
     live = request.app[ENGINE].live_run(run_id)
     if live is not None:
         return copy.copy(live.record)
-    run = await request.app[STORE].get_run(run_id)
+    run = None if _unstorable(run_id) else await request.app[STORE].get_run(run_id)
     if run is None:
         raise ApiError(404, "not_found", f"run {run_id!r} does not exist")
     return run

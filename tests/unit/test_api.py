@@ -349,3 +349,12 @@ async def test_a_param_cannot_start_a_log_line_of_its_own(api_factory: Callable[
     text = (await api.request("GET", f"/run/{run_id}/log")).text
     assert not any(line.split(" ", 1)[1].startswith("[stderr]") for line in text.splitlines())
     assert "hello bob\\r\\n2026-01-01T00:00:00Z [stderr] rm -rf / done\\x1b[31m" in text
+
+
+async def test_a_nul_in_a_run_id_task_id_or_search_finds_nothing(api: Api) -> None:
+    """PostgreSQL refuses a NUL in a query: it must be an answer about the data, never a 503."""
+    assert (await api.request("GET", "/run/ab%00cd")).status == 404
+    assert (await api.request("GET", "/run/ab%00cd/log")).status == 404
+    assert (await api.request("GET", "/runs?task_id=al%00pha")).status == 404
+    found = await api.request("GET", "/runs?q=x%00y")
+    assert found.status == 200 and found.json() == {"runs": [], "total": 0}
