@@ -132,6 +132,7 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | 
             print("not deleted", file=sys.stderr)
             return EXIT_FAILED
         target = find_daemon(args, env)
+        _checked_token(target.token)
         return asyncio.run(_run(args, target, out))
     except ClientError as exc:
         print(f"taskd {args.command}: {exc}", file=sys.stderr)
@@ -198,9 +199,16 @@ def _target(url: str, token: str | None) -> Target:
         if not path:
             raise ClientError("--url unix: needs a socket path, e.g. unix:/run/taskd/api.sock", EXIT_USAGE)
         return Target("http://localhost", path, token)
-    parsed = urlsplit(url) if url.startswith(("http://", "https://")) else None
-    if parsed is None or not parsed.hostname or parsed.path not in ("", "/"):
-        raise ClientError(f"--url must be http://host:port or unix:/path, got {url!r}", EXIT_USAGE)
+    usage = ClientError(f"--url must be http://host:port or unix:/path, got {url!r}", EXIT_USAGE)
+    try:
+        parsed = urlsplit(url) if url.startswith(("http://", "https://")) else None
+        _ = parsed and parsed.port  # raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise usage from None
+    if parsed is None or not parsed.hostname or parsed.username or parsed.password:
+        raise usage
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+        raise usage
     return Target(url.rstrip("/"), None, token)
 
 
@@ -213,6 +221,12 @@ def _listen_target(listen_text: str, token: str | None) -> Target:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return Target(f"http://{host}:{port}", None, token)
+
+
+def _checked_token(token: str | None) -> None:
+    """A bearer token is one word of visible ASCII characters: anything else could not be sent."""
+    if token is not None and not (token.isascii() and token.isprintable() and not any(c.isspace() for c in token)):
+        raise ClientError("the token holds spaces, line breaks or other characters a header cannot carry", EXIT_USAGE)
 
 
 async def _run(args: argparse.Namespace, target: Target, out: TextIO) -> int:
@@ -241,11 +255,12 @@ class _Api:
         self._target = target
         self.token_sent = bool(target.token)
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
+    async def call(self, method: str, path: str, body: Any = None, answers: tuple[int, ...] = ()) -> Any:
+        """The JSON answer of a request; `answers` are error statuses whose body is the answer."""
         try:
             async with self._session.request(method, path, json=body) as response:
                 data = await response.json(content_type=None) if response.content_type == "application/json" else None
-                if response.status < 400:
+                if response.status < 400 or (response.status in answers and isinstance(data, dict)):
                     return data
                 message = (data or {}).get("error", {}).get("message") or f"HTTP {response.status}"
         except aiohttp.ClientConnectionError as exc:
@@ -499,7 +514,7 @@ async def _logs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _status(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
-    body = await api.call("GET", "/health")
+    body = await api.call("GET", "/health", answers=(503,))  # degraded: its details are the answer
     if "version" not in body and api.token_sent:
         # /health answers anyone with the bare status; the details need an accepted token.
         raise ClientError("missing or wrong bearer token: the daemon answered with its bare status only", EXIT_USAGE)

@@ -27,13 +27,13 @@ MAX_LINE_CHARS = 8_192
 RECENT_LINES = 20
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def escape_line(text: str) -> str:
     """One log line stays one line: a newline, carriage return or other control character in the
-    text (a param's CRLF, a child's escape sequences) is written as an escape, so nothing in it
-    can start a line of its own or forge a stamp and stream."""
+    text (a param's CRLF or NEL, a child's escape sequences, C0 and C1) is written as an escape,
+    so nothing in it can start a line of its own, forge a stamp and stream, or drive a terminal."""
     if not _CONTROL.search(text):
         return text
     return _CONTROL.sub(_escaped, text)
@@ -112,6 +112,10 @@ class RunRecorder:
             self._bound = bound.bind(_redactor=self.redactor) if self.redactor else bound
         return self._bound
 
+    def shown(self, text: str | None) -> str | None:
+        """An error as it is recorded: the run's secrets masked, control characters escaped."""
+        return None if text is None else escape_line(self.redactor.text(text))
+
     def recent_lines(self) -> list[str]:
         """The run's last log lines, for alerts."""
         return list(self._recent or ())
@@ -132,7 +136,7 @@ class RunRecorder:
         """Enter a final state; the error stays from the last failed attempt unless given."""
         record = self.record
         record.finished_at = self._clock.time()
-        error = self.redactor.optional(error)
+        error = self.shown(error)
         if error is not None or state is RunState.COMPLETED:
             record.error = error
         self.enter(state, error, record.finished_at)
@@ -170,7 +174,7 @@ class RunRecorder:
         if attempt is None:
             return
         attempt.state, attempt.finished_at = state, self._clock.time()
-        attempt.error = self.redactor.optional(error)
+        attempt.error = self.shown(error)
         self._sink.save_attempt(attempt)
 
     def steps_timed_out(self, number: int) -> None:
@@ -214,7 +218,7 @@ class RunRecorder:
             record = self._steps[key] = StepRecord(self.record.id, key[0], step.index, step.type, now)
         record.finished_at = now
         record.state = StepState(state)
-        record.error = None if exc is None else ("stopped" if state == "stopped" else self.redactor.text(describe(exc)))
+        record.error = None if exc is None else ("stopped" if state == "stopped" else self.shown(describe(exc)))
         self._sink.save_step(record)
 
     # -- RunLog ----------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ class RunPlan:
     time_zone: str
     environment: Mapping[str, str] = field(default_factory=dict)
     """The variables the task's processes start with (see taskd.environment)."""
-    redactor: Redactor = NONE
-    """The secrets every run of the task masks: the config's, and its default secret params'."""
+    secrets: tuple[str, ...] = ()
+    """The values of the task's default secret params: every run masks them."""
 
     @functools.cached_property
     def has_final_phase(self) -> bool:
@@ -164,7 +164,7 @@ class Run:
                 raise
         except Exception as exc:  # a bug in taskd itself: never leave the run active
             self.recorder.log.exception("run_crashed")
-            self._finish(RunState.FAILED, self.recorder.redactor.text(f"internal error: {type(exc).__name__}: {exc}"))
+            self._finish(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
     async def _back_off(self, attempt: int, total: int, error: str | None) -> None:
         policy = self.plan.task.retry
@@ -227,7 +227,7 @@ class Run:
             for line in "".join(traceback.format_exception(exc)).splitlines():
                 recorder.write("stderr", line)
         if error is not None:
-            error = recorder.redactor.text(error)
+            error = recorder.shown(error)
             failed = recorder.failing_step(number)
             if failed is not None and state is StepState.FAILED:
                 error = f"step {failed.index + 1} ({failed.type}): {error}"

@@ -12,6 +12,7 @@ from taskd.config.model import Config
 from taskd.errors import ConfigError
 from taskd.processor import ProcessorType
 from taskd.processors import registry
+from taskd.redact import Redactor
 from taskd.yamldoc import CREDENTIAL, Document, parse_document
 
 
@@ -61,11 +62,16 @@ def load_config(
                     continue
                 includes.append(parse_document(str(file), included_text, env))
     _default_token_file(main, env.credential_path(TOKEN_CREDENTIAL))
-    if kinds is None:
-        found = registry()
-        config = build_config(main_path.absolute(), main, includes, found.types, found.errors)
-    else:
-        config = build_config(main_path.absolute(), main, includes, kinds)
+    try:
+        if kinds is None:
+            found = registry()
+            config = build_config(main_path.absolute(), main, includes, found.types, found.errors)
+        else:
+            config = build_config(main_path.absolute(), main, includes, kinds)
+    except ConfigError as exc:
+        # A message may quote a value: never a credential's.
+        masking = Redactor(env.secrets)
+        raise ConfigError([masking.text(problem) for problem in exc.problems]) from None
     token = config.api.token
     if config.api.token_file:
         token = _read_token(config.resolve(config.api.token_file), main, read)

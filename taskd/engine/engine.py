@@ -36,7 +36,7 @@ from taskd.metrics import Metrics
 from taskd.models import RunRecord, RunState, RunSummary, Trigger, new_run_id
 from taskd.processor import ProcessorType
 from taskd.processors import registry
-from taskd.redact import masked_params, secret_values
+from taskd.redact import NONE, Redactor, masked_params, secret_values
 from taskd.runner import Run
 from taskd.slots import SlotPool
 from taskd.store.base import LogLine, Store, StoreError
@@ -114,6 +114,8 @@ class Engine:
         store.fault_observer = self._store_fault
         # What the tasks' processes start from: the daemon's environment, filtered per task.
         self._builder = StepBuilder(os.environ if environ is None else environ)
+        self._secrets: dict[str, None] = {}  # every configuration's secrets since the start, in order
+        self._redactors: dict[str, tuple[TaskEntry, int, Redactor]] = {}
         self._tasks: dict[str, TaskEntry] = {}
         self._held_back: dict[str, str] = {}
         self._tombstones: dict[str, str] = {}
@@ -175,8 +177,25 @@ class Engine:
         self.firing.track(task)
 
     # -- configuration -----------------------------------------------------------------------------
+    def redactor_for(self, entry: TaskEntry, runtime: Sequence[str] = ()) -> Redactor:
+        """What a run of `entry` masks: the secrets of every configuration loaded since the start
+        (a rotated token's old value stays secret), its default secret params', then `runtime`'s."""
+        if not (self._secrets or entry.plan.secrets or runtime):
+            return NONE
+        if runtime:
+            return Redactor((*self._secrets, *entry.plan.secrets, *runtime))
+        cached = self._redactors.get(entry.id)
+        if cached is None or cached[0] is not entry or cached[1] != len(self._secrets):
+            cached = self._redactors[entry.id] = (
+                entry,
+                len(self._secrets),
+                Redactor((*self._secrets, *entry.plan.secrets)),
+            )
+        return cached[2]
+
     def _apply(self, config: Config) -> RegistryDiff:
         """Make the registry match `config`. Active runs are not touched."""
+        self._secrets.update(dict.fromkeys(sorted(config.secrets)))
         wanted = [self._builder.entry(config, task) for task in config.tasks]
         change = diff(self._tasks, wanted, self._tombstones)
         for task_id in change.restored:
@@ -185,6 +204,7 @@ class Engine:
             log.info("task_restored", task_id=task_id, reason="definition changed since it was deleted")
         for task_id in change.removed:
             self.firing.unschedule(task_id)
+            self._redactors.pop(task_id, None)
             if self.metrics is not None:
                 self.metrics.forget_task(task_id)
         for task_id in (*change.added, *change.changed):
@@ -236,9 +256,8 @@ class Engine:
         after = [run for run in map(self.runs.get, admission.after) if run is not None]
         now = self.clock.time()
         given = {**entry.params, **params} if params else dict(entry.params)
-        redactor = entry.plan.redactor
-        if params and task.secret_params:
-            redactor = redactor.extended(secret_values(params, task.secret_params))
+        runtime = secret_values(params, task.secret_params) if params and task.secret_params else ()
+        redactor = self.redactor_for(entry, runtime)
         shown = masked_params(given, task.secret_params, redactor) if redactor or task.secret_params else given
         record = RunRecord(
             id=new_run_id(now),

@@ -10,7 +10,7 @@ from typing import Any
 from taskd.chain import Step
 from taskd.config import Config, PipelineConfig, Source, TaskConfig, thaw
 from taskd.environment import task_environment
-from taskd.redact import NONE, Redactor, secret_values
+from taskd.redact import secret_values
 from taskd.runner import RunPlan
 from taskd.schedule import Schedule
 
@@ -63,9 +63,6 @@ class StepBuilder:
         steps = self.steps(pipeline)
         zone = config.zone_for(task)
         params = thaw(task.params)
-        redactor = NONE
-        if config.secrets or task.secret_params:
-            redactor = Redactor(config.secrets).extended(secret_values(params, task.secret_params))
         return TaskEntry(
             config=task,
             pipeline=pipeline,
@@ -80,7 +77,7 @@ class StepBuilder:
                 base_dir=pipeline.base_dir,
                 time_zone=zone,
                 environment=task_environment(self._environ, task.pass_env, task.env),
-                redactor=redactor,
+                secrets=tuple(secret_values(params, task.secret_params)),
             ),
             params=params,
         )

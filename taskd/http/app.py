@@ -9,6 +9,7 @@ import functools
 import hmac
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -175,6 +176,9 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, default=str))
 
 
+_WHOLE = re.compile(r"-?[0-9]{1,18}")
+
+
 def _given(request: web.Request, name: str) -> str | None:
     """A query parameter's value; None when absent. Given empty (`limit=`) it is a 400: it is
     neither the default nor a value."""
@@ -188,10 +192,9 @@ def _int_arg(request: web.Request, name: str, default: int, low: int, high: int)
     raw = _given(request, name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"query parameter {name!r} must be a whole number, got {raw!r}") from None
+    if not _WHOLE.fullmatch(raw):  # int() would also take "1_0", " 1" and other scripts' digits
+        raise ApiError(400, "bad_request", f"query parameter {name!r} must be a whole number, got {raw[:40]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise ApiError(400, "bad_request", f"query parameter {name!r} must be between {low} and {high}, got {value}")
     return value
@@ -431,7 +434,8 @@ async def _runs_answer(request: web.Request, task_ids: tuple[str, ...]) -> web.R
     engine = request.app[ENGINE]
     query = _run_query(request, task_ids)
     if any(_unstorable(text) for text in (*task_ids, query.text or "")):
-        runs, total = [], 0  # no stored text holds a NUL (PostgreSQL refuses one in a query)
+        runs: list[RunRecord] = []  # no stored text holds a NUL (PostgreSQL refuses one in a query)
+        total = 0
     else:
         runs, total = await request.app[STORE].list_runs(query)
     if total == 0 and task_ids and not any(engine.knows(task_id) for task_id in task_ids):

@@ -68,6 +68,7 @@ class _Handler(RequestHandler):
         self._limits = manager.limits
         self._deadline: asyncio.TimerHandle | None = None
         self.opened = 0.0
+        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -78,6 +79,7 @@ class _Handler(RequestHandler):
             manager.make_room(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
         if self._deadline is not None:
             self._deadline.cancel()
         super().connection_lost(exc)
@@ -86,9 +88,14 @@ class _Handler(RequestHandler):
         self._deadline = None
         if self._request_count == 0:  # no complete request head within the deadline
             _count("header_timeout", "a client sent no complete request within api.header_timeout")
-            self.force_close()
-            if self.transport is not None:
-                self.transport.close()
+            self.drop()
+
+    def drop(self) -> None:
+        """Close the connection now, whatever it was doing."""
+        self.closed = True
+        self.force_close()
+        if self.transport is not None:
+            self.transport.close()
 
     @property
     def busy(self) -> bool:
@@ -135,15 +142,16 @@ class GuardedServer(Server):
     def make_room(self, newcomer: _Handler) -> None:
         """Past the cap, close the oldest connection with no request in progress (a slow or idle
         client); when every one is busy, the newcomer is the one closed."""
-        handlers = self.connections
-        if len(handlers) <= self.limits.max_connections:
+        # A connection closed a moment ago stays listed until its handler has finished: not counted.
+        handlers = [h for h in self.connections if isinstance(h, _Handler) and not h.closed]
+        excess = len(handlers) - self.limits.max_connections
+        if excess <= 0:
             return
-        idle = [h for h in handlers if isinstance(h, _Handler) and h is not newcomer and not h.busy]
-        victim = min(idle, key=lambda h: h.opened) if idle else newcomer
-        _count("max_connections", "api.max_connections reached: the oldest idle connection was closed")
-        victim.force_close()
-        if victim.transport is not None:
-            victim.transport.close()
+        idle = sorted((h for h in handlers if h is not newcomer and not h.busy), key=lambda h: h.opened)
+        victims = idle[:excess] if len(idle) >= excess else [*idle, newcomer]
+        _count("max_connections", "api.max_connections reached: the oldest idle connections were closed")
+        for victim in victims:
+            victim.drop()
 
 
 class GuardedRunner(web.AppRunner):
@@ -155,8 +163,18 @@ class GuardedRunner(web.AppRunner):
 
     async def _make_server(self) -> Server:
         plain = await super()._make_server()
+        app_handler = plain.request_handler
+
+        async def handle(request: BaseRequest) -> web.StreamResponse:
+            # aiohttp answers an expectation it does not know with text quoting the header.
+            expect = request.headers.get("Expect")
+            if expect is not None and expect.lower() != "100-continue":
+                body = _error_body("expectation_failed", "only 'Expect: 100-continue' is supported")
+                return web.Response(status=417, text=body, content_type="application/json")
+            return await app_handler(request)
+
         return GuardedServer(
-            plain.request_handler,
+            handle,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,

@@ -90,7 +90,7 @@ class TaskViews:
             "pipeline": entry.pipeline.name,
             "priority": entry.config.priority,
             "concurrency": entry.config.concurrency,
-            "params": masked_params(entry.params, entry.config.secret_params, entry.plan.redactor),
+            "params": masked_params(entry.params, entry.config.secret_params, self._engine.redactor_for(entry)),
         }
         self._static[entry.id] = (entry, view)
         return view
@@ -118,7 +118,7 @@ class TaskViews:
         task = entry.config
         # The definition as written, with the task's secrets (its secret params' defaults, the
         # config's credentials) masked wherever they appear in it.
-        view["definition"] = entry.plan.redactor.data(
+        view["definition"] = self._engine.redactor_for(entry).data(
             {
                 **thaw(task.model_dump(mode="json")),
                 "params": view["params"],

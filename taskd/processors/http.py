@@ -79,7 +79,7 @@ class HttpProcessor:
         excerpt = raw.decode("utf-8", errors="replace")
         ctx.info(f"{o.method} {o.url} -> {status} in {elapsed_ms} ms")
         if status not in o.expect:
-            short = excerpt[:300].replace("\n", " ")
+            short = ctx.redactor.text(excerpt)[:300].replace("\n", " ")  # masked before a secret is cut
             raise StepFailed(
                 f"{o.method} {o.url}: status {status}, expected {', '.join(map(str, o.expect))}"
                 + (f"; body: {short}" if short else "")

@@ -82,8 +82,10 @@ class _Child(asyncio.SubprocessProtocol):
             self._emit(fd, bytes(buffer[:end]))
             del buffer[: end + 1]
         if len(buffer) > MAX_LINE_BYTES:
-            self._emit(fd, bytes(buffer))
-            buffer.clear()
+            # A line too long is cut, but never inside a secret: the last bytes wait for the next piece.
+            cut = len(buffer) - self._ctx.redactor.longest
+            self._emit(fd, bytes(buffer[:cut]))
+            del buffer[:cut]
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if self._buffers.get(fd):
@@ -102,7 +104,7 @@ class _Child(asyncio.SubprocessProtocol):
         line = raw.decode("utf-8", errors="replace").rstrip("\r")
         self._ctx.log.write("stdout" if fd == 1 else "stderr", line)
         if fd == 2 and line.strip():
-            self.stderr_tail.append(line.strip()[:500])
+            self.stderr_tail.append(self._ctx.redactor.text(line.strip())[:500])  # masked before it is cut
 
 
 STRAGGLER_WAIT_S = 0.25

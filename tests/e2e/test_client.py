@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, base_config, free_port, kill_matching, processes_matching, wait_for
+from conftest import ON_POSTGRES, Daemon, base_config, free_port, kill_matching, processes_matching, wait_for
 
 from taskd.cli import main
 from taskd.engine import STOP_WAIT_S
@@ -230,3 +230,28 @@ def test_url_unix_reaches_a_socket_and_a_bad_url_is_a_usage_error(
         result = client("status", "--url", bad)
         assert result.code == 2 and "--url" in result.err and "Traceback" not in result.err, bad
     assert made.stop() == 0
+
+
+def test_bad_urls_and_tokens_are_usage_errors_and_a_degraded_status_shows_its_details(daemon: Daemon) -> None:
+    url = f"http://127.0.0.1:{daemon.port}"
+    for bad in (
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:abc",
+        "http://[::1",
+        "http://u:p@127.0.0.1:1",
+        f"{url}/?x=1",
+    ):
+        result = client("status", "--url", bad, "--token", "cli-secret")
+        assert result.code == 2 and "--url" in result.err and "Traceback" not in result.err, (bad, result)
+    for token in ("cli\r\nsecret", "cli secret", "clé"):
+        result = client("status", "--url", url, "--token", token)
+        assert result.code == 2 and "token" in result.err and "Traceback" not in result.err, (token, result)
+    if ON_POSTGRES:
+        return  # the degraded half moves the SQLite file's directory away
+    # A degraded daemon: its store's directory moved away.
+    (daemon.dir / "var").rename(daemon.dir / "var-moved")
+    degraded = client("status", "--url", url, "--token", "cli-secret")
+    assert degraded.code == 1 and "degraded" in degraded.out and "store" in degraded.out, degraded
+    refused = client("status", "--url", url, "--token", "wrong")
+    assert refused.code == 2, refused
+    (daemon.dir / "var-moved").rename(daemon.dir / "var")

@@ -4,6 +4,7 @@ show, slow and malformed connections, paged logs, and the client CLI without a u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import resource
@@ -119,19 +120,21 @@ def test_secret_params_are_masked_in_every_answer_log_alert_and_search(daemon_fa
         - id: deploy
           pipeline: deploy
           secret_params: [password, api_key]
-          params: {user: bob, password: default-Pass-123, api_key: {header: key-in-a-map-77}}
+          params: {user: bob, password: default-Pass-123, api_key: {header: key-in-a-map-77, pin: 24681357}}
     """
     pipelines = """
         - name: deploy
           processors:
-            - shell: {command: 'printf %s "$TASKD_PARAM_PASSWORD" > seen.txt; echo "login $TASKD_PARAM_PASSWORD"'}
-            - log: {message: 'user {params.user} with {params.password}'}
+            - shell:
+                command: 'printf %s "$TASKD_PARAM_PASSWORD" > seen.txt; printf "login %s\\n" "$TASKD_PARAM_PASSWORD"'
+            - log: {message: 'user {params.user} with {params.password}; all: {params}'}
+            - shell: {argv: [python3, -c, 'import json, os; print(json.dumps(os.environ["TASKD_PARAM_PASSWORD"]))']}
             - http: {url: 'http://127.0.0.1:{free_port}/login?pw={params.password}', timeout: 2s}
             - send_alert: {log: true, message: 'deploy failed for {params.password}'}
     """
     daemon = daemon_factory(_config(tasks, pipelines.replace("{free_port}", str(free_port()))))
     daemon.start()
-    secret = "runtime-Secret-42/x y"
+    secret = "runtime-Secret-42/x y\"\\\\ä'"
     run_id = daemon.start_task("deploy", {"password": secret})
     run = daemon.wait_run(run_id)
     assert run["state"] == "failed"
@@ -154,7 +157,7 @@ def test_secret_params_are_masked_in_every_answer_log_alert_and_search(daemon_fa
     assert alert_lines and "***" in alert_lines[-1]["summary"]
     shown.append(daemon.output())
     for text in shown:
-        for value in ("Secret-42", "Secret-42%2Fx", "default-Pass-123", "key-in-a-map-77"):
+        for value in ("Secret-42", "default-Pass-123", "key-in-a-map-77", "24681357"):
             assert value not in text, (value, text[:2000])
 
 
@@ -289,3 +292,46 @@ def test_four_reads_of_an_80_mb_log_at_once_stay_under_50_mb_and_taskd_logs_page
     assert printed.returncode == 0, printed.stderr
     lines = printed.stdout.splitlines()
     assert len(lines) == 10000 and lines[0].endswith("x0") and lines[-1].endswith("x9999")
+
+
+def test_a_burst_of_connections_is_cut_back_to_max_connections(daemon_factory: Any) -> None:
+    tasks = "- {id: quick, pipeline: noop}"
+    pipelines = "- {name: noop, processors: [{shell: {argv: ['true']}}]}"
+    daemon = daemon_factory(_config(tasks, pipelines, ", max_connections: 8"))
+    daemon.start()
+
+    async def burst() -> int:
+        async def one() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            return reader, writer
+
+        pairs = await asyncio.gather(*(one() for _ in range(100)))
+        await asyncio.sleep(1.0)
+        still_open = 0
+        for reader, _ in pairs:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                while await asyncio.wait_for(reader.read(65536), 0.05):
+                    pass  # the answer, then EOF when the daemon closed it
+                continue
+            still_open += 1
+        for _, writer in pairs:
+            writer.close()
+        return still_open
+
+    still_open = asyncio.run(burst())
+    assert still_open <= 8, f"{still_open} connections left open past max_connections 8"
+    assert daemon.request("GET", "/health").status == 200
+
+
+def test_an_unknown_expectation_is_a_json_417_that_echoes_nothing(daemon_factory: Any) -> None:
+    tasks = "- {id: quick, pipeline: noop}"
+    pipelines = "- {name: noop, processors: [{shell: {argv: ['true']}}]}"
+    daemon = daemon_factory(_config(tasks, pipelines))
+    daemon.start()
+    for path in ("/health", "/tasks", "/nowhere"):
+        resp = daemon.request("GET", path, headers={"Expect": "<script>alert(1)</script>"})
+        assert resp.status == 417 and resp.headers["Content-Type"].startswith("application/json"), (path, resp.text)
+        assert "script" not in resp.text
+    started = daemon.request("POST", "/task/quick/_start", body={}, headers={"Expect": "100-continue"})
+    assert started.status == 202, started.text

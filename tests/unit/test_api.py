@@ -334,7 +334,7 @@ async def test_a_run_log_is_paged_by_after_offset_and_limit(api_factory: Callabl
     assert await lines("?after=1230") == whole[1230:]
     assert await lines("?after=5000") == []
     assert await lines("?after=1000&offset=10&limit=2") == whole[1010:1012]
-    for bad in ("?limit=0", "?limit=x", "?after=-1", "?limit=", "?offset=99999999", "?follow=yes"):
+    for bad in ("?limit=0", "?limit=x", "?after=-1", "?limit=", "?offset=99999999", "?follow=yes", "?after=1_0"):
         resp = await api.request("GET", f"/run/{run_id}/log{bad}")
         assert resp.status == 400 and resp.json()["error"]["code"] == "bad_request", bad
 

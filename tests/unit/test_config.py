@@ -477,3 +477,12 @@ def test_task_environment_keeps_only_the_base_variables_pass_env_and_its_own() -
     env = task_environment(daemon, ["KEEP", "ABSENT"], {"OWN": "o"})
     assert env == {"PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "KEEP": "k", "OWN": "o"}
     assert task_environment({})["PATH"]
+
+
+def test_a_config_error_never_quotes_a_credential(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "dbpass").write_text("Sup3r-Secr3t-value\n")
+    text = "tasks:\n  - {id: t, pipeline: p, schedule: '${credential:dbpass}'}\n" + PIPELINE
+    found = only(problems(tmp_path, text, {"CREDENTIALS_DIRECTORY": str(creds)}))
+    assert "schedule" in found and "Sup3r-Secr3t-value" not in found and "***" in found

@@ -72,3 +72,10 @@ async def test_log_task_execution_says_which_ending_runs_write_a_line(
         logs.configure("warning", "console", stream=io.StringIO())
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert {line["state"] for line in lines if line["event"] == "run_finished"} == logged
+
+
+def test_a_log_line_and_an_error_escape_c0_and_c1_controls() -> None:
+    from taskd.recorder import escape_line
+
+    assert escape_line("a\r\nb\x85c\x9b31m\x1b]0;t\x07\u2028") == "a\\r\\nb\\x85c\\x9b31m\\x1b]0;t\\x07\\u2028"
+    assert escape_line("plain text, tabs\tstay") == "plain text, tabs\tstay"

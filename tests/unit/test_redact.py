@@ -19,12 +19,48 @@ def test_a_secret_is_masked_whole_and_in_its_url_encoded_forms() -> None:
     assert not NONE and NONE.text("anything") == "anything"
 
 
+def test_every_form_a_step_or_an_error_may_write_is_masked() -> None:
+    secret = 'Pä"ss\\wd/ +&x:@Q'
+    redactor = Redactor([secret])
+    import json
+    from urllib.parse import quote
+
+    for written in (
+        json.dumps(secret),  # JSON, ASCII escapes
+        json.dumps(secret, ensure_ascii=False),
+        repr({"password": secret}),  # a template's {params}
+        "/p/" + quote(secret, safe="/:@!$&'()*+,;="),  # as a URL path quotes it
+        "?pw=" + quote(secret, safe=""),
+    ):
+        assert "@Q" not in redactor.text(written) and "%40Q" not in redactor.text(written), written
+
+
+def test_numbers_lines_and_odd_text_are_masked_without_failing() -> None:
+    redactor = Redactor(["8675309", "-----BEGIN KEY-----\nAAAAsecretline\n-----END KEY-----", "\ud800abcdef"])
+    assert redactor.data({"pin": 8675309, "other": 42, "flag": True}) == {"pin": MASK, "other": 42, "flag": True}
+    assert redactor.text("AAAAsecretline") == MASK  # one line of a secret of several
+    assert redactor.text("x \ud800abcdef") == f"x {MASK}"
+
+
+def test_a_secret_list_of_thousands_is_capped_and_stays_fast() -> None:
+    import time
+
+    from taskd.redact import MAX_SECRET_VALUES
+
+    began = time.perf_counter()
+    redactor = Redactor(["first-secret", *(f"s{i:06d}" for i in range(90_000))])
+    redactor.text("s" * 10_000)
+    assert time.perf_counter() - began < 2.0  # generous: it takes milliseconds
+    assert redactor.text("first-secret s000001") == f"{MASK} {MASK}"
+    assert redactor.text(f"s{MAX_SECRET_VALUES + 5:06d}") != MASK  # past the cap: not searched
+
+
 def test_the_longest_secret_wins_and_data_is_masked_deeply() -> None:
     redactor = Redactor(["secret", "secret-longer"])
     assert redactor.text("a secret-longer b") == f"a {MASK} b"
     data = {"k": ["x secret y", {"n": 1, "s": "secret"}], "secret": True}
     assert redactor.data(data) == {"k": [f"x {MASK} y", {"n": 1, "s": MASK}], "secret": True}
-    assert redactor.extended(["other1"]).text("other1 secret") == f"{MASK} {MASK}"
+    assert Redactor(["secret", "other1"]).text("other1 secret") == f"{MASK} {MASK}"
 
 
 def test_secret_params_give_their_values_and_show_as_stars() -> None:
