@@ -73,7 +73,8 @@ def test_kill_9_twenty_times_under_50_shell_runs_a_second_loses_no_started_run_a
     started = set(ledger.read_text().split())
     stored = stored_runs(db)
     missing = sorted(started - stored.keys())
-    assert len(started) > KILLS * TASKS // 2, f"only {len(started)} runs started: the soak did not load the daemon"
+    # 50 runs a second for the ~15 s the daemon is up: about 700 alone, fewer beside the other tests.
+    assert len(started) > KILLS * TASKS // 4, f"only {len(started)} runs started: the soak did not load the daemon"
     assert not missing, f"{len(missing)} of {len(started)} started runs are not in the store: {missing[:10]}"
     assert not [run for run, state in stored.items() if state in ("queued", "running", "retrying")]
     interrupted = sum(1 for state in stored.values() if state == "interrupted")
