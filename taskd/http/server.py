@@ -139,6 +139,11 @@ class GuardedServer(Server):
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
 
+    def open_connections(self) -> int:
+        if len(self._connections) <= self.limits.max_connections:  # the cheap answer, nearly always
+            return len(self._connections)
+        return sum(1 for h in self._connections if isinstance(h, _Handler) and not h.closed)
+
     def make_room(self, newcomer: _Handler) -> None:
         """Past the cap, close the oldest connection with no request in progress (a slow or idle
         client); when every one is busy, the newcomer is the one closed."""
@@ -171,9 +176,13 @@ class GuardedRunner(web.AppRunner):
             if expect is not None and expect.lower() != "100-continue":
                 body = _error_body("expectation_failed", "only 'Expect: 100-continue' is supported")
                 return web.Response(status=417, text=body, content_type="application/json")
-            return await app_handler(request)
+            response = await app_handler(request)
+            if server.open_connections() > self._limits.max_connections:
+                # Over the cap because the others were busy when it came: this one closes once answered.
+                response.force_close()
+            return response
 
-        return GuardedServer(
+        server = GuardedServer(
             handle,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
@@ -181,6 +190,7 @@ class GuardedRunner(web.AppRunner):
             limits=self._limits,
             **plain._kwargs,
         )
+        return server
 
 
 def quiet_loop_errors(loop: asyncio.AbstractEventLoop) -> None:
