@@ -229,6 +229,8 @@ class RunRecorder:
         self._log_seq += 1
         if self._log_seq > MAX_LOG_LINES:
             stream, text = "log", f"log truncated after {MAX_LOG_LINES} lines"
+        if len(text) > MAX_LINE_CHARS + self.redactor.longest:  # what is cut off is never shown: not searched
+            text = text[: MAX_LINE_CHARS + self.redactor.longest]
         text = escape_line(self.redactor.text(text))
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + " [line truncated]"

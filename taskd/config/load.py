@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from taskd.config.model import Config
 from taskd.errors import ConfigError
 from taskd.processor import ProcessorType
 from taskd.processors import registry
-from taskd.redact import Redactor
+from taskd.redact import MASK, Redactor
 from taskd.yamldoc import CREDENTIAL, Document, parse_document
 
 
@@ -69,14 +70,24 @@ def load_config(
         else:
             config = build_config(main_path.absolute(), main, includes, kinds)
     except ConfigError as exc:
-        # A message may quote a value: never a credential's.
-        masking = Redactor(env.secrets)
-        raise ConfigError([masking.text(problem) for problem in exc.problems]) from None
+        raise ConfigError([_unquoted(problem, env.secrets) for problem in exc.problems]) from None
     token = config.api.token
     if config.api.token_file:
         token = _read_token(config.resolve(config.api.token_file), main, read)
         config = replace(config, api=config.api.model_copy(update={"token": token}))
     return replace(config, secrets=frozenset(env.secrets | ({token} if token else set())))
+
+
+def _unquoted(problem: str, secrets: set[str]) -> str:
+    """A configuration error as shown: a message may quote a value, never a credential's, nor a
+    word of one, in any case (a validator may have upper-cased it or parsed one word of it)."""
+    if not secrets:
+        return problem
+    pieces = {piece for value in secrets for piece in (value, *value.split()) if len(piece) >= 4}
+    shown = Redactor(secrets).text(problem)
+    for piece in sorted(pieces, key=len, reverse=True):
+        shown = re.sub(re.escape(piece), MASK, shown, flags=re.IGNORECASE)
+    return shown
 
 
 TOKEN_CREDENTIAL = "api-token"

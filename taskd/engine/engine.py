@@ -115,7 +115,7 @@ class Engine:
         # What the tasks' processes start from: the daemon's environment, filtered per task.
         self._builder = StepBuilder(os.environ if environ is None else environ)
         self._secrets: dict[str, None] = {}  # every configuration's secrets since the start, in order
-        self._redactors: dict[str, tuple[TaskEntry, int, Redactor]] = {}
+        self._redactors: dict[str, tuple[TaskEntry, int, list[str], Redactor]] = {}
         self._tasks: dict[str, TaskEntry] = {}
         self._held_back: dict[str, str] = {}
         self._tombstones: dict[str, str] = {}
@@ -178,20 +178,19 @@ class Engine:
 
     # -- configuration -----------------------------------------------------------------------------
     def redactor_for(self, entry: TaskEntry, runtime: Sequence[str] = ()) -> Redactor:
-        """What a run of `entry` masks: the secrets of every configuration loaded since the start
-        (a rotated token's old value stays secret), its default secret params', then `runtime`'s."""
+        """What a run of `entry` masks, in this order (the first ones win when there are too many
+        to search for): the configuration's secrets, the task's default secret params', `runtime`'s,
+        then those of earlier configurations (a rotated token's old value stays secret)."""
         if not (self._secrets or entry.plan.secrets or runtime):
             return NONE
+        current = sorted(self.config.secrets)
+        ordered = (*current, *entry.plan.secrets, *runtime, *self._secrets)
         if runtime:
-            return Redactor((*self._secrets, *entry.plan.secrets, *runtime))
+            return Redactor(ordered)
         cached = self._redactors.get(entry.id)
-        if cached is None or cached[0] is not entry or cached[1] != len(self._secrets):
-            cached = self._redactors[entry.id] = (
-                entry,
-                len(self._secrets),
-                Redactor((*self._secrets, *entry.plan.secrets)),
-            )
-        return cached[2]
+        if cached is None or cached[0] is not entry or cached[1] != len(self._secrets) or cached[2] != current:
+            cached = self._redactors[entry.id] = (entry, len(self._secrets), current, Redactor(ordered))
+        return cached[3]
 
     def _apply(self, config: Config) -> RegistryDiff:
         """Make the registry match `config`. Active runs are not touched."""

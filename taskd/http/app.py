@@ -177,6 +177,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 _WHOLE = re.compile(r"-?[0-9]{1,18}")
+_EPOCH = re.compile(r"-?[0-9]{1,11}(\.[0-9]{1,6})?")
 
 
 def _given(request: web.Request, name: str) -> str | None:
@@ -205,13 +206,8 @@ def _time_arg(request: web.Request, name: str) -> float | None:
     raw = _given(request, name)
     if raw is None:
         return None
-    try:
-        epoch = float(raw)
-    except ValueError:
-        pass
-    else:
-        if math.isfinite(epoch):
-            return epoch
+    if _EPOCH.fullmatch(raw):  # float() would also take "1_0", "inf" and other scripts' digits
+        return float(raw)
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

@@ -82,10 +82,11 @@ class _Child(asyncio.SubprocessProtocol):
             self._emit(fd, bytes(buffer[:end]))
             del buffer[: end + 1]
         if len(buffer) > MAX_LINE_BYTES:
-            # A line too long is cut, but never inside a secret: the last bytes wait for the next piece.
-            cut = len(buffer) - self._ctx.redactor.longest
-            self._emit(fd, bytes(buffer[:cut]))
-            del buffer[:cut]
+            # A line too long is cut, but never inside a secret: what may be one waits for the rest.
+            text = bytes(buffer).decode("utf-8", errors="surrogateescape")  # undone below: lossless
+            cut = self._ctx.redactor.safe_cut(text) if self._ctx.redactor else len(text)
+            self._emit(fd, text[:cut].encode("utf-8", errors="surrogateescape"))
+            buffer[:] = text[cut:].encode("utf-8", errors="surrogateescape")
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if self._buffers.get(fd):

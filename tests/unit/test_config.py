@@ -486,3 +486,10 @@ def test_a_config_error_never_quotes_a_credential(tmp_path: Path) -> None:
     text = "tasks:\n  - {id: t, pipeline: p, schedule: '${credential:dbpass}'}\n" + PIPELINE
     found = only(problems(tmp_path, text, {"CREDENTIALS_DIRECTORY": str(creds)}))
     assert "schedule" in found and "Sup3r-Secr3t-value" not in found and "***" in found
+    (creds / "phrase").write_text("correct horse battery staple\n")
+    words = problems(tmp_path, text.replace("dbpass", "phrase"), {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert not any(word in " ".join(words) for word in ("correct", "horse", "battery", "staple")), words
+    http = "{http: {url: 'http://x', method: '${credential:dbpass}'}}"
+    method = f"tasks: []\npipelines:\n  - {{name: p, processors: [{http}]}}\n"
+    upper = " ".join(problems(tmp_path, method, {"CREDENTIALS_DIRECTORY": str(creds)}))
+    assert "SUP3R-SECR3T-VALUE" not in upper.upper().replace("***", ""), upper
