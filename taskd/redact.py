@@ -109,9 +109,6 @@ class Redactor:
                 return start
         return cut
 
-    def optional(self, text: str | None) -> str | None:
-        return None if text is None else self.text(text)
-
     def data(self, value: Any) -> Any:
         """`value` with every string in it (keys of mappings excepted), and every number written
         as a secret, masked."""

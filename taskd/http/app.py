@@ -23,6 +23,7 @@ from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.faults import STORE_KINDS
 from taskd.http import dashboard, events, openapi
 from taskd.http.selection import TASK_SORTS, TaskQuery, select_tasks
+from taskd.http.server import error_body
 from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail
 from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import RunRecord, RunState, Trigger, iso
@@ -51,7 +52,7 @@ class ApiError(web.HTTPException):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         self.status_code = status
         super().__init__(
-            text=json.dumps({"error": {"code": code, "message": message}}),
+            text=error_body(code, message),
             content_type="application/json",
             headers=headers,
         )

@@ -56,7 +56,8 @@ class Throttle:
 THROTTLE = Throttle()
 
 
-def _error_body(code: str, message: str) -> str:
+def error_body(code: str, message: str) -> str:
+    """The API's error shape: `{"error": {"code", "message"}}`."""
     return json.dumps({"error": {"code": code, "message": message}})
 
 
@@ -114,10 +115,10 @@ class _Handler(RequestHandler):
         if status >= 500:
             if THROTTLE.allow("internal") is not None:
                 log.error("api_request_failed", exc_info=exc)
-            body = _error_body("internal", "internal error; see the daemon log")
+            body = error_body("internal", "internal error; see the daemon log")
         else:
             _count("bad_request", "a client sent a request that is not valid HTTP", error=type(exc).__name__)
-            body = _error_body("bad_request", f"malformed HTTP request ({status})")
+            body = error_body("bad_request", f"malformed HTTP request ({status})")
         response = web.Response(status=status, text=body, content_type="application/json")
         response.force_close()
         return response
@@ -174,7 +175,7 @@ class GuardedRunner(web.AppRunner):
             # aiohttp answers an expectation it does not know with text quoting the header.
             expect = request.headers.get("Expect")
             if expect is not None and expect.lower() != "100-continue":
-                body = _error_body("expectation_failed", "only 'Expect: 100-continue' is supported")
+                body = error_body("expectation_failed", "only 'Expect: 100-continue' is supported")
                 return web.Response(status=417, text=body, content_type="application/json")
             response = await app_handler(request)
             if server.open_connections() > self._limits.max_connections:
