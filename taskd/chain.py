@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from taskd.clock import Clock
-from taskd.processor import Context, Processor, StepFailed, StepPolicy, describe
+from taskd.processor import Context, Processor, StepFailed, StepPolicy, describe, is_permanent
 from taskd.retry import backoff_delay
 
 
@@ -114,7 +114,7 @@ async def call_step(step: Step, ctx: Context, clock: Clock) -> Mapping[str, Any]
             error.__cause__ = exc
         except Exception as exc:
             error = exc
-        if attempt == tries:
+        if attempt == tries or is_permanent(error):
             raise error
         delay = backoff_delay(policy.retry.backoff, attempt, policy.retry.max_backoff)
         ctx.info(f"{step.label} failed ({describe(error)}); try {attempt + 1} of {tries} in {delay:g}s")

@@ -181,6 +181,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("\nnotes:")
         for note in notes:
             print(f"  {note}")
+    warnings = [
+        f"{step.source}: pipeline {pipeline.name}, step {index + 1} ({step.type}): {warning}"
+        for pipeline in config.pipelines.values()
+        for index, step in enumerate(pipeline.processors)
+        for warning in step.options.warnings(pipeline.base_dir)
+    ]
+    if warnings:
+        print("\nwarnings:")
+        for warning in warnings:
+            print(f"  {warning}")
     return EXIT_OK
 
 

@@ -51,6 +51,7 @@ class Snapshot:
     next_fires: Mapping[str, float] = field(default_factory=dict)  # task -> epoch seconds
     faults: frozenset[str] = frozenset()  # the kinds of fault current
     faults_raised: Mapping[str, int] = field(default_factory=dict)  # kind -> times raised
+    overdue: Mapping[str, bool] = field(default_factory=dict)  # task with an expectation -> overdue now
 
 
 class Metrics:
@@ -75,6 +76,12 @@ class Metrics:
             "taskd_fires_skipped",
             "Fires that did not become a run, by task and reason.",
             ["task", "reason"],
+            registry=self.registry,
+        )
+        self._alerts = Counter(
+            "taskd_alerts_sent",
+            "Alert deliveries by channel (webhook, email, log) and outcome (sent, failed: after its retries).",
+            ["channel", "outcome"],
             registry=self.registry,
         )
         self._commit = Histogram(
@@ -121,6 +128,9 @@ class Metrics:
 
     def fire_skipped(self, task_id: str, reason: str) -> None:
         self._skipped.labels(task_id if self.per_task else ALL_TASKS, reason).inc()
+
+    def alert_delivered(self, channel: str, outcome: str) -> None:
+        self._alerts.labels(channel, outcome).inc()
 
     def store_committed(self, seconds: float) -> None:
         self._commit.observe(seconds)
@@ -255,3 +265,14 @@ class _StateCollector(Collector):
         elif next_fires:
             upcoming.add_metric([ALL_TASKS], min(next_fires.values()))
         yield upcoming
+        overdue = GaugeMetricFamily(
+            "taskd_task_overdue",
+            "1 while a task's last success is older than its expect: {success_within}.",
+            labels=["task"],
+        )
+        if metrics.per_task:
+            for task_id, late in sorted(snapshot.overdue.items()):
+                overdue.add_metric([task_id], int(late))
+        elif snapshot.overdue:
+            overdue.add_metric([ALL_TASKS], sum(snapshot.overdue.values()))
+        yield overdue

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 
 class RunState(StrEnum):
@@ -154,3 +154,28 @@ class RunSummary(NamedTuple):
     @classmethod
     def of(cls, run: RunRecord) -> RunSummary:
         return cls(run.id, str(run.state), str(run.trigger), run.started_at, run.finished_at)
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """A task's alert state, as the store keeps it (taskd.alerts decides its changes)."""
+
+    OK: ClassVar[str] = "ok"
+    FAILING: ClassVar[str] = "failing"
+
+    task_id: str
+    status: str = "ok"
+    since: float = 0.0
+    """When the current status began: failing since, or recovered at (first seen, at first)."""
+    first_seen: float = 0.0
+    """When alerting first knew the task: a task that never succeeded is overdue from here."""
+    failures: int = 0
+    """Failed runs since the task began failing."""
+    unreported: int = 0
+    """Failed runs since the last notice."""
+    notified_at: float | None = None
+    """When the last failing notice or reminder went out."""
+    overdue_at: float | None = None
+    """When the last overdue notice went out; None while the task is not known to be overdue."""
+    version: int = 0
+    """Grows with every change: a change is stored only over the version it was decided from."""

@@ -43,6 +43,12 @@ class ProcessorOptions(BaseModel):
         prints them), e.g. a default that takes effect."""
         return []
 
+    def warnings(self, base_dir: Path) -> list[str]:
+        """What looks wrong on this machine now, though it may be right when the step runs (a
+        source path that does not exist yet); `taskd check` prints them. Paths resolve against
+        `base_dir`."""
+        return []
+
 
 OptionsT = TypeVar("OptionsT", bound=ProcessorOptions)
 
@@ -70,7 +76,19 @@ COMMON_OPTIONS = frozenset(StepPolicy.model_fields)
 
 
 class StepFailed(TaskdError):
-    """A processor's expected failure: the message is the step's error, no traceback needed."""
+    """A processor's expected failure: the message is the step's error, no traceback needed.
+
+    `permanent`: trying again cannot help (a missing source, a 4xx answer, a bad option, an exit
+    code the task lists in `retry.permanent_exit_codes`), so neither the step nor the run retries."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether `exc` is a failure that retrying cannot mend."""
+    return isinstance(exc, StepFailed) and exc.permanent
 
 
 class RunLog(Protocol):
@@ -104,6 +122,8 @@ class Context:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     redactor: Redactor = NONE
     """The run's secrets: what a processor sends elsewhere (an alert) passes through it."""
+    permanent_exit_codes: frozenset[int] = frozenset()
+    """Exit codes that mean a command failed for good (the task's `retry.permanent_exit_codes`)."""
 
     @property
     def logger(self) -> Any:
@@ -147,7 +167,7 @@ class Context:
             return self.resolve(explicit)
         produced = self.data.get("output")
         if not produced:
-            raise StepFailed(f"no {option!r} given and no earlier step produced an output path")
+            raise StepFailed(f"no {option!r} given and no earlier step produced an output path", permanent=True)
         return Path(str(produced))
 
 
@@ -257,9 +277,9 @@ class SafeFormatter(string.Formatter):
         try:
             return self.format(template)
         except StepFailed as exc:
-            raise StepFailed(f"option {option!r}: {exc}") from None
+            raise StepFailed(f"option {option!r}: {exc}", permanent=True) from None
         except (ValueError, IndexError) as exc:
-            raise StepFailed(f"option {option!r}: bad template {template!r}: {exc}") from None
+            raise StepFailed(f"option {option!r}: bad template {template!r}: {exc}", permanent=True) from None
 
     def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         if "[" in field_name:

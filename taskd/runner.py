@@ -145,8 +145,11 @@ class Run:
                 else:
                     await self._slots.acquire(task.priority)
                 try:
-                    state, error, ctx = await self._attempt(attempt)
+                    state, error, ctx, permanent = await self._attempt(attempt)
                     last = state is StepState.COMPLETED or attempt == total
+                    if permanent and not last:
+                        error, last = f"not retried: {error}", True
+                        self.recorder.write("log", f"attempt {attempt} failed for good; {error}")
                     final = RunState.COMPLETED if state is StepState.COMPLETED else RunState.FAILED
                     if last and self.plan.has_final_phase:
                         await self._final_phase(ctx, final, error)
@@ -194,14 +197,17 @@ class Run:
             redactor=recorder.redactor,
             recent_log=recorder.recent_lines,
             now=lambda: utc(self._clock),
+            permanent_exit_codes=frozenset(plan.task.retry.permanent_exit_codes),
         )
 
-    async def _attempt(self, number: int) -> tuple[StepState, str | None, Context]:
+    async def _attempt(self, number: int) -> tuple[StepState, str | None, Context, bool]:
+        """One attempt; returns its state, error, context, and whether its failure is permanent."""
         recorder = self.recorder
         opened = recorder.attempt
         if opened is None or opened.number != number:
             recorder.open_attempt(number)
         ctx = self._context(number)
+        permanent = False
         timeout = self.plan.task.timeout
         state, error = StepState.COMPLETED, None
         deadline = self._clock.timeout(timeout) if timeout is not None else None
@@ -221,7 +227,7 @@ class Run:
             recorder.close_attempt(StepState.STOPPED, "stopped")
             raise
         except StepFailed as exc:
-            state, error = StepState.FAILED, str(exc)
+            state, error, permanent = StepState.FAILED, str(exc), exc.permanent
         except Exception as exc:
             state, error = StepState.FAILED, describe(exc)
             for line in "".join(traceback.format_exception(exc)).splitlines():
@@ -241,7 +247,7 @@ class Run:
                 state=str(state),
                 error=error,
             )
-        return state, error, ctx
+        return state, error, ctx, permanent
 
     async def _final_phase(self, ctx: Context, state: RunState, error: str | None) -> None:
         """Run the `when:` steps once, after the last attempt, with the outcome in the context."""

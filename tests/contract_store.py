@@ -5,6 +5,7 @@ an open store and a function that reopens it (`opened`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, new_run_id
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, new_run_id
 from taskd.store import Fire, LogLine, MemoryStore, RunQuery, Store, StoreError, Transition
 from taskd.store.base import RUN_SORTS
 from taskd.store.buffer import Batch, BufferedStore
@@ -501,3 +502,24 @@ async def test_durable_asked_while_a_commit_is_under_way_returns_when_it_is_done
     assert not waiting.done()
     release.set()
     await asyncio.wait_for(asyncio.gather(flushing, waiting), timeout=10)
+
+
+async def test_an_alert_state_is_stored_over_the_version_it_was_decided_from(
+    backend: tuple[Store, Reopen],
+) -> None:
+    store = backend[0]
+    first = AlertState("t", "ok", since=10.0, first_seen=10.0, version=1)
+    assert await store.swap_alert_state(first, 0)
+    assert not await store.swap_alert_state(dataclasses.replace(first, since=11.0), 0)  # a row is there
+    failing = AlertState("t", "failing", 20.0, 10.0, failures=1, unreported=0, notified_at=20.0, version=2)
+    ok_again = dataclasses.replace(first, since=21.0, version=2)
+    # Two nodes decide from version 1 at once: one wins, the other is told to read again.
+    results = await asyncio.gather(store.swap_alert_state(failing, 1), store.swap_alert_state(ok_again, 1))
+    assert sorted(results) == [False, True]
+    winner = failing if results[0] else ok_again
+    assert await store.alert_state("t") == winner
+    assert await store.alert_state("nothing") is None
+    overdue = dataclasses.replace(winner, overdue_at=30.0, version=3)
+    assert await store.swap_alert_state(overdue, 2)
+    store = await backend[1]()  # a restart keeps it
+    assert await store.alert_states() == {"t": overdue}

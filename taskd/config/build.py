@@ -177,6 +177,7 @@ def build_config(
         log=root.log,
         metrics=root.metrics,
         node=root.node,
+        alerts=root.alerts,
         tasks=tuple(tasks),
         pipelines=types.MappingProxyType(pipelines),
         task_sources=types.MappingProxyType(task_sources),

@@ -12,6 +12,7 @@ from typing import Any
 
 from taskd import schedule as schedules
 from taskd.config.schema import (
+    AlertsSection,
     ApiSection,
     LogSection,
     MetricsSection,
@@ -73,8 +74,17 @@ class PipelineConfig:
         return hashlib.sha256(json.dumps(steps, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_LATER_FIELDS: dict[str, Any] = {"placement": "any", "secret_params": (), "env": {}, "pass_env": ()}
+_LATER_FIELDS: dict[str, Any] = {
+    "placement": "any",
+    "secret_params": (),
+    "env": {},
+    "pass_env": (),
+    "alerts": None,
+    "expect": None,
+}
 """Task fields added after tombstones existed, with their defaults."""
+_LATER_NESTED: dict[str, dict[str, Any]] = {"retry": {"permanent_exit_codes": ()}}
+"""The same, inside a task's sections."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class Config:
     files: tuple[Path, ...] = ()
     secrets: frozenset[str] = frozenset()
     """Values shown as *** wherever they would appear: the API token and ${credential:NAME} values."""
+    alerts: AlertsSection = field(default_factory=AlertsSection)
 
     @property
     def base_dir(self) -> Path:
@@ -126,7 +137,14 @@ class Config:
         """A digest of the task's definition and its pipeline's, to tell when YAML changed."""
         # Fields in their declared order; the ones added later only when set, so that hashes taken
         # before they existed (the tombstones of deleted tasks) still match.
-        unset = {name for name, default in _LATER_FIELDS.items() if getattr(task, name) == default}
+        unset: dict[str, Any] = {
+            name: True for name, default in _LATER_FIELDS.items() if getattr(task, name) == default
+        }
+        for section, fields in _LATER_NESTED.items():
+            value = getattr(task, section)
+            nested = {name for name, default in fields.items() if getattr(value, name) == default}
+            if nested:
+                unset[section] = nested
         digest = hashlib.sha256(task.model_dump_json(exclude=unset).encode())
         digest.update(self.pipelines[task.pipeline].digest.encode())
         digest.update(self.zone_for(task).encode())

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from taskd import schedule as schedules
+from taskd.channels import ChannelEntry
 from taskd.config.messages import all_zones, with_suggestion
 from taskd.errors import ScheduleError
 from taskd.processor import Duration
@@ -124,6 +125,10 @@ class ApiSection(Section):
         " systemd credential api-token ($CREDENTIALS_DIRECTORY/api-token) when there is one",
     )
     insecure: StrictBool = Field(False, description="allow a non-loopback listen address without a token")
+    public_url: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
+        None,
+        description="the address people reach the API at (https://taskd.example:8080): alerts link to the run's page",
+    )
     max_body_bytes: StrictInt = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="request body cap")
     header_timeout: Duration = Field(
         10.0, gt=0, description="a new connection's first request must arrive within this, or it is closed"
@@ -141,6 +146,13 @@ class ApiSection(Section):
     def _listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"public_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
     def _safe_listen(self) -> ApiSection:
@@ -242,6 +254,45 @@ class RetryPolicy(Section):
     backoff: Duration = Field(10.0, description="wait before the first retry")
     max_backoff: Duration = Field(600.0, description="longest wait between attempts")
     jitter: StrictBool = Field(False, description="full jitter: wait a random time up to the computed backoff")
+    permanent_exit_codes: tuple[Annotated[StrictInt, Field(ge=1, le=255)], ...] = Field(
+        (), description="exit codes of a shell step that mean retrying cannot help: the run fails at once"
+    )
+
+
+REPEAT_INTERVAL_S = 4 * 3600.0
+
+
+class AlertsSection(Section):
+    """The default alert route (cron's MAILTO): where every task's failures, recoveries and overdue
+    notices go, unless a task says `alerts: false` or gives its own."""
+
+    channels: tuple[ChannelEntry, ...] = Field((), description="a list of {webhook|email|log: ...}")
+    repeat_interval: Duration = Field(
+        REPEAT_INTERVAL_S, gt=0, description="while a task keeps failing (or stays overdue), remind this often"
+    )
+
+
+class TaskAlerts(Section):
+    """A task's own alert route: its channels and reminder interval, each the default's when omitted.
+    `alerts: false` in YAML is `enabled: false`; `alerts: true`, the default route."""
+
+    enabled: StrictBool = Field(True, description="false: this task sends no alerts")
+
+    channels: tuple[ChannelEntry, ...] | None = Field(None, description="instead of the default route's channels")
+    repeat_interval: Duration | None = Field(None, gt=0, description="instead of the default route's")
+
+
+def _alerts_switch(value: Any) -> Any:
+    """`alerts: false` and `alerts: true` are the route switched off and the default route."""
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+class Expectation(Section):
+    """What must keep happening: a dead man's switch."""
+
+    success_within: Duration = Field(
+        gt=0, description="the task is overdue (and an alert goes out) when its last success is older than this"
+    )
 
 
 class PlacementNodes(Section):
@@ -308,6 +359,10 @@ class TaskConfig(Section):
         description="names of the daemon's environment variables its processes also get (they get only"
         " PATH, HOME, LANG, LC_*, TZ otherwise)",
     )
+    alerts: Annotated[TaskAlerts | None, BeforeValidator(_alerts_switch)] = Field(
+        None, description="false: no alerts for this task; {channels, repeat_interval}: its own route"
+    )
+    expect: Expectation | None = Field(None, description="{success_within: 26h}: alert when successes stop")
     placement: Placement = Field(
         "any",
         description="with several nodes on one store: any (one node, the least busy first), all (every "
@@ -379,6 +434,7 @@ class MainFile(Section):
     log: LogSection = LogSection()
     metrics: MetricsSection = MetricsSection()
     node: NodeSection = Field(default_factory=NodeSection)
+    alerts: AlertsSection = AlertsSection()
     include: list[StrictStr] = Field(default_factory=list)
     tasks: list[Any] = Field(default_factory=list)
     pipelines: list[Any] = Field(default_factory=list)

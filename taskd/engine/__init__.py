@@ -4,12 +4,14 @@ the only module importing APScheduler), the registry and its reload diff (regist
 
 from taskd.engine.engine import STOP_WAIT_S, Engine, Load, StopOutcome, TaskState, config_digest
 from taskd.engine.firing import FIRE_CHUNK
+from taskd.engine.policy import TASK_STATUSES
 from taskd.engine.registry import TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
 
 __all__ = [
     "FIRE_CHUNK",
     "STOP_WAIT_S",
+    "TASK_STATUSES",
     "Conflict",
     "Engine",
     "Load",

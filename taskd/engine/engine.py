@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from taskd.alerter import Alerter
 from taskd.clock import Clock, SystemClock
 from taskd.cluster import Coordinator, NodeInfo, coordinator_for
 from taskd.config import Config
@@ -45,6 +46,8 @@ log = structlog.get_logger("taskd.engine")
 _DEBUG = logging.getLogger("taskd.engine")
 MANUAL_COMMIT_WAIT_S = 10.0
 """How long a manual start waits for its run to be committed before it is refused (503) and stopped."""
+ALERTS_CLOSE_WAIT_S = 5.0
+"""At shutdown, how long alerts being delivered may take to go out."""
 STOP_WAIT_S = 10.0
 """How long a stop waits, at most, for the runs it stopped to end before it answers with those
 still stopping. A run ends within its stop grace (its slowest step's, a second more: for a shell
@@ -108,7 +111,7 @@ class Engine:
         self.live = live or LiveHub()
         self._events = _RunEvents(metrics, self.live)
         self.slots = SlotPool(config.task.max_concurrent_tasks)
-        self.runs = RunTable()
+        self.runs = RunTable(on_end=lambda run: self.alerter.run_finished(run))
         self.started_at = self.clock.time()
         self.faults = Faults(self.clock.time)
         store.fault_observer = self._store_fault
@@ -125,6 +128,7 @@ class Engine:
         self._digest = config_digest(config)
         self.coordinator = coordinator or coordinator_for(store, config.node.name, config.node.labels, self.clock)
         self._remote = Remote(self, self.coordinator, store, self.runs, self.clock)
+        self.alerter = Alerter(store, self.clock, self.coordinator, metrics)
         self.coordinator.attach(
             self._describe, self._lease_lost, self._remote.heard, adopt=lambda fires: self.firing.adopt(fires)
         )
@@ -142,6 +146,7 @@ class Engine:
             self.metrics.seed_last_successes(await self.store.last_successes())
         self._apply(self.config)
         await self.coordinator.join()
+        await self.alerter.start()
         self._accepting = True
         self.firing.timer.start()
         await self.firing.catch_up()
@@ -161,6 +166,7 @@ class Engine:
         if len(self.runs):
             log.info("draining_runs", count=len(self.runs), grace_s=grace_s)
         await self.runs.drain(grace_s, f"daemon shutdown after the {grace_s:g}s grace period", self._hurry)
+        await self.alerter.close(0.0 if self._hurry.is_set() else ALERTS_CLOSE_WAIT_S)
         await self.coordinator.leave()
         if not self.store.failing:  # else closing the store makes its last attempt, and says what is lost
             await self.store.flush()
@@ -214,6 +220,7 @@ class Engine:
         self.config = config
         self._sorted = None
         self.slots.set_limit(config.task.max_concurrent_tasks)
+        self.alerter.configure(config, change.held_back)
         if change.held_back:
             log.warning(
                 "tasks_held_back",
@@ -470,7 +477,14 @@ class Engine:
             last = other
         active = [run.state for run in self.runs.active(entry.id)] + [RunState(state) for state in elsewhere]
         final = None if last is None else str(last.state)
-        return TaskState(task_status(entry.config.enabled, active, final, scheduled=entry.schedule is not None), last)
+        status = task_status(
+            entry.config.enabled,
+            active,
+            final,
+            scheduled=entry.schedule is not None,
+            overdue=self.alerter.overdue(entry.id),
+        )
+        return TaskState(status, last)
 
     def active_runs(self, task_id: str) -> list[Run]:
         return self.runs.active(task_id)

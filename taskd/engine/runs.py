@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from taskd.clock import Clock
@@ -15,7 +15,8 @@ from taskd.runner import Run
 class RunTable:
     """Unfinished runs (forgotten as they end) and the last run of every task."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_end: Callable[[Run], None] | None = None) -> None:
+        self._on_end = on_end  # told of each run once it has ended and been forgotten
         self._runs: dict[str, Run] = {}
         self._by_task: dict[str, dict[str, Run]] = {}  # task id -> its unfinished runs, oldest first
         # The live record while a task's latest run goes on; a summary once it has ended.
@@ -45,6 +46,8 @@ class RunTable:
             runs.pop(run.id, None)
             if not runs:
                 del self._by_task[task_id]
+        if self._on_end is not None:
+            self._on_end(run)
 
     def get(self, run_id: str) -> Run | None:
         return self._runs.get(run_id)

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from taskd import __version__
-from taskd.engine import Engine, TaskEntry
+from taskd.engine import TASK_STATUSES, Engine, TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.faults import STORE_KINDS
 from taskd.http import dashboard, events, openapi
@@ -228,8 +228,6 @@ def _entry(request: web.Request) -> TaskEntry:
 
 
 # -- handlers ------------------------------------------------------------------------------------
-
-TASK_STATUSES = ("scheduled", "manual", "disabled", *(str(state) for state in RunState))
 
 
 def _task_query(request: web.Request) -> TaskQuery:

@@ -7,14 +7,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from taskd import __version__
-from taskd.engine import STOP_WAIT_S
+from taskd.alerts import EVENTS, LOG_TAIL
+from taskd.engine import STOP_WAIT_S, TASK_STATUSES
 from taskd.faults import KINDS as FAULT_KINDS
 from taskd.http.selection import TASK_SORTS
 from taskd.models import RunState, Trigger
 from taskd.recorder import MAX_LOG_LINES
 from taskd.store.base import RUN_SORTS
-
-TASK_STATUSES = ["scheduled", "manual", "disabled", *(str(state) for state in RunState)]
 
 
 def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
@@ -77,7 +76,7 @@ TASK_PROPERTIES = {
     "id": {"type": "string"},
     "name": {"type": "string"},
     "enabled": {"type": "boolean"},
-    "status": {"type": "string", "enum": TASK_STATUSES},
+    "status": {"type": "string", "enum": list(TASK_STATUSES)},
     "schedule": _nullable("string"),
     "schedule_text": _nullable("string", description="the schedule in words, with its time zone"),
     "time_zone": {"type": "string"},
@@ -89,6 +88,40 @@ TASK_PROPERTIES = {
     "next_run": _nullable("string", format="date-time"),
     "duration": _nullable("number"),
 }
+ALERT_FIELDS: dict[str, Any] = {
+    "event": {
+        "type": "string",
+        "enum": list(EVENTS),
+        "description": "failing: the first failure after success; reminder: still failing after repeat_interval;"
+        " recovered: the first success after failing or overdue; overdue: no success within expect.success_within",
+    },
+    "text": {"type": "string", "description": "one line that says it all"},
+    "task": _object(["id", "name"], {"id": {"type": "string"}, "name": {"type": "string"}}),
+    "node": {"type": "string", "description": "node.name of the taskd that sent it"},
+    "host": {"type": "string", "description": "the host name of the machine that sent it"},
+    "at": {**INSTANT, "description": "when the change happened"},
+    "run_id": _nullable("string", description="the run that caused it (null for overdue)"),
+    "run_url": _nullable("string", description="the run's page, when api.public_url is set"),
+    "trigger": _nullable("string", enum=[*(str(t) for t in Trigger), None]),
+    "state": _nullable("string", description="the run's final state"),
+    "attempts": _nullable("integer", description="attempts the run made"),
+    "error": _nullable("string", description="the run's error (secrets masked)"),
+    "log_tail": {
+        "type": "array",
+        "items": {"type": "string"},
+        "maxItems": LOG_TAIL,
+        "description": f"the run's last {LOG_TAIL} log lines, each as [stream] text",
+    },
+    "failing_since": _nullable("string", format="date-time", description="when the task began failing"),
+    "failures": {
+        "type": "integer",
+        "description": "failing: 1; reminder: failures since the last alert; recovered: failures in all; overdue: 0",
+    },
+    "failing_for_s": _nullable("number", description="recovered: how long it was failing, in seconds"),
+    "last_success": _nullable("string", format="date-time", description="the task's last successful run"),
+    "success_within_s": _nullable("number", description="the task's expect.success_within, in seconds"),
+    "overdue_for_s": _nullable("number", description="overdue: seconds past the expected success"),
+}
 SCHEMAS: dict[str, Any] = {
     "Error": _object(
         ["error"], {"error": _object(["code", "message"], {"code": {"type": "string"}, "message": {"type": "string"}})}
@@ -99,9 +132,10 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Task": _object(list(TASK_PROPERTIES), TASK_PROPERTIES),
     "TaskDetail": _object(
-        [*TASK_PROPERTIES, "definition", "next_runs", "active_runs", "stats", "recent_runs", "skipped_fires"],
+        [*TASK_PROPERTIES, "definition", "next_runs", "active_runs", "stats", "recent_runs", "skipped_fires", "alert"],
         {
             **TASK_PROPERTIES,
+            "alert": {"oneOf": [_ref("TaskAlertState"), {"type": "null"}]},
             "definition": {"type": "object"},
             "next_runs": {"type": "array", "items": INSTANT},
             "active_runs": {"type": "array", "items": _ref("Run")},
@@ -125,6 +159,23 @@ SCHEMAS: dict[str, Any] = {
             "last_instant": _nullable("string", format="date-time", description="the last one, when count > 1"),
         },
     ),
+    "TaskAlertState": _object(
+        ["status", "since", "failures", "notified_at", "overdue", "last_success", "success_within_s"],
+        {
+            "status": {"type": "string", "enum": ["ok", "failing"]},
+            "since": _nullable("string", format="date-time", description="failing since, or ok since"),
+            "failures": {"type": "integer", "description": "failed runs since it began failing"},
+            "notified_at": _nullable("string", format="date-time", description="the last failing alert or reminder"),
+            "overdue": {"type": "boolean", "description": "its last success is older than expect.success_within"},
+            "last_success": _nullable("string", format="date-time"),
+            "success_within_s": _nullable("number"),
+        },
+    ),
+    "Alert": {
+        **_object(list(ALERT_FIELDS), ALERT_FIELDS),
+        "description": "What an alerts: route sends: the body of a json webhook, the alert.json of an e-mail."
+        " A slack webhook gets {text} made of the same facts.",
+    },
     "Run": _object(list(RUN_PROPERTIES), RUN_PROPERTIES),
     "RunDetail": _object(
         [*RUN_PROPERTIES, "attempt_list", "transitions"],
@@ -201,7 +252,7 @@ def document(secured: bool = True) -> dict[str, Any]:
                 "operationId": "listTasks",
                 "summary": "List tasks",
                 "parameters": [
-                    _query("status", {"type": "string", "enum": TASK_STATUSES}, "only tasks in this status"),
+                    _query("status", {"type": "string", "enum": list(TASK_STATUSES)}, "only tasks in this status"),
                     _query("q", {"type": "string"}, "text in the task's id or name"),
                     _query("sort", _sorts(TASK_SORTS), "id, name, status, next_run or priority; - reverses"),
                     *PAGING,

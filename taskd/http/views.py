@@ -138,7 +138,25 @@ class TaskViews:
         )
         epoch = now.timestamp()
         view["active_runs"] = [run.record.to_json(epoch) for run in self._engine.active_runs(entry.id)]
+        view["alert"] = self.alert_view(entry)
         return view
+
+    def alert_view(self, entry: TaskEntry) -> dict[str, Any] | None:
+        """The task's alert state: ok or failing since when, overdue, its last success."""
+        alerter = self._engine.alerter
+        state = alerter.state(entry.id)
+        expect = entry.config.expect
+        if state is None and expect is None:
+            return None
+        return {
+            "status": state.status if state else "ok",
+            "since": iso(state.since) if state else None,
+            "failures": state.failures if state else 0,
+            "notified_at": iso(state.notified_at) if state else None,
+            "overdue": alerter.overdue(entry.id),
+            "last_success": iso(alerter.last_success(entry.id)),
+            "success_within_s": expect.success_within if expect else None,
+        }
 
 
 def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Snapshot:
@@ -160,6 +178,7 @@ def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Sna
         next_fires=upcoming,
         faults=frozenset(fault.kind for fault in engine.faults.current()),
         faults_raised=dict(engine.faults.raised),
+        overdue=engine.alerter.overdue_tasks(),
     )
 
 

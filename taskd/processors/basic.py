@@ -73,13 +73,15 @@ class PythonProcessor:
             try:
                 target: Any = importlib.import_module(module_name)
             except Exception as exc:
-                raise StepFailed(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+                raise StepFailed(
+                    f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", permanent=True
+                ) from None
             for part in attribute.split("."):
                 target = getattr(target, part, None)
                 if target is None:
-                    raise StepFailed(f"{module_name!r} has no attribute {attribute!r}")
+                    raise StepFailed(f"{module_name!r} has no attribute {attribute!r}", permanent=True)
             if not callable(target):
-                raise StepFailed(f"{self.options.function} is not callable")
+                raise StepFailed(f"{self.options.function} is not callable", permanent=True)
             self._function = target
         return self._function
 

@@ -17,6 +17,7 @@ import glob
 import gzip
 import lzma
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -50,6 +51,19 @@ async def in_thread(work: Callable[[threading.Event], T]) -> T:
         with contextlib.suppress(BaseException):
             await future
         raise
+
+
+FAILS_UNTIL_IT_EXISTS = "the step fails, and is not retried, unless it appears"
+
+
+def missing_source(path: str | None, option: str, base_dir: Path, outcome: str = FAILS_UNTIL_IT_EXISTS) -> list[str]:
+    """A warning when `path` (not a template, not the previous step's output) does not exist now."""
+    if not path or "{" in path:
+        return []
+    resolved = (base_dir / Path(path).expanduser()).resolve()
+    if resolved.exists() or resolved.is_symlink():
+        return []
+    return [f"{option} {resolved} does not exist (yet): {outcome}"]
 
 
 def explain(exc: OSError, action: str) -> StepFailed:
@@ -194,6 +208,9 @@ class CopyOptions(ProcessorOptions):
         False, description="replace an existing destination (one this task produced is always replaced)"
     )
 
+    def warnings(self, base_dir: Path) -> list[str]:
+        return missing_source(self.source, "source", base_dir)
+
 
 class CopyProcessor:
     def __init__(self, options: CopyOptions) -> None:
@@ -204,9 +221,9 @@ class CopyProcessor:
         source = ctx.input_path(o.source, "source")
         target = ctx.resolve(o.destination)
         if not source.exists() and not source.is_symlink():
-            raise StepFailed(f"source {source} does not exist")
+            raise StepFailed(f"source {source} does not exist", permanent=True)
         if source.is_dir() and (target == source or source in target.parents):
-            raise StepFailed(f"refusing to copy directory {source} into itself ({target})")
+            raise StepFailed(f"refusing to copy directory {source} into itself ({target})", permanent=True)
         if target.is_dir() and not source.is_dir():
             target = target / source.name
         started = time.monotonic()
@@ -238,6 +255,9 @@ class CompressOptions(ProcessorOptions):
     level: StrictInt | None = Field(None, ge=0, le=9, description="compression level")
     remove_source: StrictBool = Field(False, description="delete the source after a successful compression")
     overwrite: StrictBool = Field(False, description="replace an existing archive")
+
+    def warnings(self, base_dir: Path) -> list[str]:
+        return missing_source(self.path, "path", base_dir)
 
 
 class _Reader:
@@ -303,11 +323,11 @@ class CompressProcessor:
         o = ctx.render(self.options)
         source = ctx.input_path(o.path, "path")
         if not source.exists():
-            raise StepFailed(f"{source} does not exist")
+            raise StepFailed(f"{source} does not exist", permanent=True)
         suffix = (".tar" if source.is_dir() else "") + SUFFIX[o.algorithm]
         target = ctx.resolve(o.destination) if o.destination else source.with_name(source.name + suffix)
         if source.is_dir() and (target == source or source in target.parents):
-            raise StepFailed(f"refusing to write the archive {target} inside the directory it archives")
+            raise StepFailed(f"refusing to write the archive {target} inside the directory it archives", permanent=True)
         started = time.monotonic()
 
         def work(cancel: threading.Event) -> tuple[int, int]:
@@ -345,6 +365,11 @@ class RotateOptions(ProcessorOptions):
     keep: StrictInt | None = Field(None, ge=0, description="keep the newest N matching files")
     max_age: Duration | None = Field(None, description="delete matching files older than this")
     dry_run: StrictBool = Field(False, description="only log what would be deleted")
+
+    def warnings(self, base_dir: Path) -> list[str]:
+        fixed = re.split(r"[*?\[]", self.pattern, maxsplit=1)[0]  # the part before any wildcard
+        folder = os.path.dirname(fixed) or "."
+        return missing_source(folder, "pattern's directory", base_dir, "the step finds nothing to rotate until it does")
 
     @model_validator(mode="after")
     def _some_rule(self) -> RotateOptions:

@@ -82,9 +82,13 @@ class HttpProcessor:
             short = ctx.redactor.text(excerpt)[:300].replace("\n", " ")  # masked before a secret is cut
             raise StepFailed(
                 f"{o.method} {o.url}: status {status}, expected {', '.join(map(str, o.expect))}"
-                + (f"; body: {short}" if short else "")
+                + (f"; body: {short}" if short else ""),
+                permanent=400 <= status < 500 and status not in TRANSIENT_4XX,
             )
         return {"http": {"url": o.url, "status": status, "body": excerpt, "elapsed_ms": elapsed_ms}}
 
+
+TRANSIENT_4XX = frozenset({408, 429})
+"""Client errors that may pass: a request timeout, too many requests. Other 4xx answers come again."""
 
 TYPE = ProcessorType("http", HttpOptions, "send an HTTP request; fails unless the status is expected", HttpProcessor)

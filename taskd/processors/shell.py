@@ -150,7 +150,9 @@ class ShellProcessor:
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:
-            raise StepFailed(f"cannot start {args[0]!r} in {cwd}: {exc}") from None
+            # A missing program or directory stays missing; too many processes or files may pass.
+            missing = isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError | ValueError)
+            raise StepFailed(f"cannot start {args[0]!r} in {cwd}: {exc}", permanent=missing) from None
         except BaseException:
             # Stopped while the child was being started: asyncio kills the main process only, and
             # what it forked may still be starting (mid setsid or exec) at the first scan.
@@ -182,7 +184,10 @@ class ShellProcessor:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             tail = " | ".join(child.stderr_tail)
             what = args[0] if options.argv else "command"
-            raise StepFailed(f"{what} failed: {how}" + (f"; stderr: {tail}" if tail else ""))
+            raise StepFailed(
+                f"{what} failed: {how}" + (f"; stderr: {tail}" if tail else ""),
+                permanent=code in ctx.permanent_exit_codes,
+            )
         return {"exit_code": code}
 
 

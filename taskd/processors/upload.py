@@ -61,7 +61,7 @@ class UploadProcessor:
         o = ctx.render(self.options)
         source = ctx.input_path(o.source, "source")
         if not source.exists():
-            raise StepFailed(f"source {source} does not exist")
+            raise StepFailed(f"source {source} does not exist", permanent=True)
         started = time.monotonic()
         if urlparse(o.destination).scheme == "s3":
             url, files, size = await self._to_s3(ctx, o, source)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from taskd.errors import TaskdError
 from taskd.faults import STORE_UNREACHABLE
-from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord
 
 MEMORY = ":memory:"
 """The location of a store that lives in memory only (nothing survives the process)."""
@@ -280,6 +280,19 @@ class Store(ABC):
     @abstractmethod
     async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
         """Apply retention; return how many runs were removed."""
+
+    # -- alert states (written at once, not staged: each change needs its answer) -----------------
+    @abstractmethod
+    async def alert_states(self) -> dict[str, AlertState]:
+        """Every task's alert state."""
+
+    @abstractmethod
+    async def alert_state(self, task_id: str) -> AlertState | None: ...
+
+    @abstractmethod
+    async def swap_alert_state(self, state: AlertState, version: int) -> bool:
+        """Store `state` if the stored one is still at `version` (0: there is none yet); return
+        whether it was stored. Of nodes deciding the same change at once, one wins."""
 
 
 STATS_WINDOW = 1000

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskd.clock import Clock
-from taskd.models import ACTIVE_STATES, AttemptRecord, RunRecord, RunState, StepRecord, StepState
+from taskd.models import ACTIVE_STATES, AlertState, AttemptRecord, RunRecord, RunState, StepRecord, StepState
 from taskd.store.base import LOG_PAGE, STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
 
@@ -32,6 +32,7 @@ class MemoryStore(BufferedStore):
         self._fire_rows: dict[str | int, Fire] = {}
         self._tombstone_rows: dict[str, str] = {}
         self._last_fire_rows: dict[str, float] = {}
+        self._alert_rows: dict[str, AlertState] = {}
 
     async def open(self) -> None:
         self._open = True
@@ -211,6 +212,22 @@ class MemoryStore(BufferedStore):
     async def tombstones(self) -> dict[str, str]:
         await self._read()
         return dict(self._tombstone_rows)
+
+    async def alert_states(self) -> dict[str, AlertState]:
+        self._require()
+        return dict(self._alert_rows)
+
+    async def alert_state(self, task_id: str) -> AlertState | None:
+        self._require()
+        return self._alert_rows.get(task_id)
+
+    async def swap_alert_state(self, state: AlertState, version: int) -> bool:
+        self._require()
+        held = self._alert_rows.get(state.task_id)
+        if (held.version if held is not None else 0) != version:
+            return False
+        self._alert_rows[state.task_id] = state
+        return True
 
     async def last_fires(self) -> dict[str, float]:
         await self._read()

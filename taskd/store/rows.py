@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger
 from taskd.store.base import Fire, LogLine, Transition
 
 PARTIAL_STATE_INDEXES = (
@@ -103,4 +103,18 @@ def fire_from_row(r: Row) -> Fire:
         r["refusals"],
         r["last_instant"],
         r["summary_key"],
+    )
+
+
+def alert_state_from_row(r: Row) -> AlertState:
+    return AlertState(
+        task_id=r["task_id"],
+        status=r["status"],
+        since=r["since"],
+        first_seen=r["first_seen"],
+        failures=r["failures"],
+        unreported=r["unreported"],
+        notified_at=r["notified_at"],
+        overdue_at=r["overdue_at"],
+        version=r["version"],
     )

@@ -16,11 +16,12 @@ from typing import Any, ClassVar, Protocol
 
 import structlog
 
-from taskd.models import AttemptRecord, RunRecord, RunState, StepRecord
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord
 from taskd.store.base import LOG_PAGE, STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
 from taskd.store.rows import (
     Row,
+    alert_state_from_row,
     attempt_from_row,
     attempt_params,
     fire_from_row,
@@ -108,6 +109,18 @@ STATEMENTS: dict[str, str] = {
         ) ranked WHERE n > ? AND NOT {ACTIVE}
     """,
     "delete_fires": "DELETE FROM fires WHERE recorded_at < ?",
+    "alert_states": "SELECT * FROM alert_state",
+    "alert_state": "SELECT * FROM alert_state WHERE task_id = ?",
+    "insert_alert_state": """
+        INSERT INTO alert_state (task_id, status, since, first_seen, failures, unreported, notified_at, overdue_at,
+                                 version)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO NOTHING RETURNING task_id
+    """,
+    "update_alert_state": """
+        UPDATE alert_state SET status = ?, since = ?, first_seen = ?, failures = ?, unreported = ?, notified_at = ?,
+            overdue_at = ?, version = ?
+        WHERE task_id = ? AND version = ? RETURNING task_id
+    """,
 }
 """The statements every dialect speaks alike. A dialect adds `active_runs` (its lock, `{}` for the
 condition) and `latest_runs` (the latest run of each task, `{}` for a task filter)."""
@@ -437,3 +450,28 @@ class SQLStore(BufferedStore):
 
     async def last_fires(self) -> dict[str, float]:
         return {r["task_id"]: r["last_fire"] for r in await self._fetch("last_fires")}
+
+    async def alert_states(self) -> dict[str, AlertState]:
+        return {r["task_id"]: alert_state_from_row(r) for r in await self._fetch("alert_states", fresh=False)}
+
+    async def alert_state(self, task_id: str) -> AlertState | None:
+        rows = await self._fetch("alert_state", task_id, fresh=False)
+        return alert_state_from_row(rows[0]) if rows else None
+
+    async def swap_alert_state(self, state: AlertState, version: int) -> bool:
+        values = (
+            state.status,
+            state.since,
+            state.first_seen,
+            state.failures,
+            state.unreported,
+            state.notified_at,
+            state.overdue_at,
+            state.version,
+        )
+        async with self.transaction() as tx:
+            if version == 0:
+                rows = await tx.execute_fetchall(self.SQL["insert_alert_state"], (state.task_id, *values))
+            else:
+                rows = await tx.execute_fetchall(self.SQL["update_alert_state"], (*values, state.task_id, version))
+            return bool(list(rows))

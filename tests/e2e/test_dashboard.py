@@ -21,6 +21,7 @@ TASKS = """
 - {id: failing, pipeline: bad}
 - {id: greet, pipeline: greet, params: {who: world}}
 - {id: doomed, pipeline: quick}
+- {id: stale, pipeline: quick, expect: {success_within: 0.3s}}
 """
 PIPELINES = r"""
 - {name: talk, processors: [{shell: {command: 'for i in 1 2 3 4 5 6; do echo "line $i"; sleep 0.4; done'}}]}
@@ -131,6 +132,10 @@ def test_an_operator_signs_in_runs_a_task_and_follows_it(dashboard: tuple[Daemon
     expect(row).to_contain_text("at 01:30 on Monday to Friday, Asia/Tokyo")
     expect(row).to_contain_text("30 1 * * 1-5")
     expect(row).to_contain_text("scheduled")
+    # A task that has gone without a success for longer than it may says so, in red.
+    stale = task_row(page, "stale").locator("td").first
+    expect(stale).to_contain_text("overdue")
+    expect(stale.locator(".state-overdue")).to_have_css("color", "rgb(185, 28, 28)")
     watched.shot("tasks-fresh")
 
     # Start from the row: the status changes live, without reloading the page.

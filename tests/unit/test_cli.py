@@ -180,3 +180,24 @@ def test_check_refuses_yaml_no_config_can_hold_with_exit_2_and_no_traceback(tmp_
     result = taskd("check", "-c", str(tmp_path / "taskd.yml"))
     assert result.returncode == 2, result
     assert "taskd.yml:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_warns_of_sources_that_do_not_exist_yet(tmp_path: Path) -> None:
+    (tmp_path / "here.txt").write_text("x")
+    (tmp_path / "taskd.yml").write_text(
+        "tasks:\n  - {id: b, pipeline: p}\n"
+        "pipelines:\n  - name: p\n    processors:\n"
+        "      - copy: {source: ./data, destination: ./out}\n"
+        "      - copy: {source: ./here.txt, destination: ./out}\n"
+        "      - compress: {path: './{params.day}.log'}\n"
+        "      - rotate: {pattern: ./logs/*.log, keep: 3}\n"
+    )
+    result = taskd("check", "-c", "taskd.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = result.stdout.split("\nwarnings:\n")[1].splitlines()
+    assert warnings == [
+        f"  taskd.yml:6: pipeline p, step 1 (copy): source {tmp_path}/data does not exist (yet): the step fails,"
+        " and is not retried, unless it appears",
+        f"  taskd.yml:9: pipeline p, step 4 (rotate): pattern's directory {tmp_path}/logs does not exist (yet):"
+        " the step finds nothing to rotate until it does",
+    ]

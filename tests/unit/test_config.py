@@ -493,3 +493,66 @@ def test_a_config_error_never_quotes_a_credential(tmp_path: Path) -> None:
     method = f"tasks: []\npipelines:\n  - {{name: p, processors: [{http}]}}\n"
     upper = " ".join(problems(tmp_path, method, {"CREDENTIALS_DIRECTORY": str(creds)}))
     assert "SUP3R-SECR3T-VALUE" not in upper.upper().replace("***", ""), upper
+
+
+def test_a_task_hash_from_before_alerts_is_unchanged(tmp_path: Path) -> None:
+    """Tombstones hold hashes taken before `alerts`, `expect` and `retry.permanent_exit_codes`
+    existed: a task that does not set them hashes as it did (the value from that release)."""
+    config = load(
+        tmp_path,
+        'tasks:\n  - {id: t, pipeline: p, schedule: "0 3 * * *", retry: {count: 2}, params: {a: [1]}}\n'
+        "pipelines:\n  - {name: p, processors: [{log: {message: hi}}]}\n",
+    )
+    assert config.definition_hash(config.tasks[0]) == "0f95b225b8b1ef2c"
+
+
+def test_alert_routes_expectations_and_permanent_exit_codes(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        D("""
+        api: {public_url: "https://taskd.example:8080/"}
+        alerts:
+          repeat_interval: 2h
+          channels:
+            - webhook: {url: "https://hooks.example/T0/B0/x", format: slack}
+            - email: {host: smtp.example, to: [ops@example.com]}
+        tasks:
+          - {id: a, pipeline: p}
+          - {id: quiet, pipeline: p, alerts: false}
+          - id: own
+            pipeline: p
+            alerts: {channels: [{log: true}], repeat_interval: 10m}
+            expect: {success_within: 26h}
+            retry: {count: 3, permanent_exit_codes: [2, 64]}
+        """)
+        + PIPELINE,
+    )
+    from taskd.alerts import route_for
+
+    a, quiet, own = config.tasks
+    assert config.api.public_url == "https://taskd.example:8080"
+    default = route_for(config.alerts, a)
+    assert default is not None and default.repeat_s == 7200 and [k for k, _ in default.channels] == ["webhook", "email"]
+    assert default.channels[1][1].sender.startswith("taskd@")
+    assert route_for(config.alerts, quiet) is None
+    mine = route_for(config.alerts, own)
+    assert mine is not None and mine.repeat_s == 600 and [k for k, _ in mine.channels] == ["log"]
+    assert own.expect is not None and own.expect.success_within == 26 * 3600
+    assert own.retry.permanent_exit_codes == (2, 64)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("alerts: {channels: [{webhook: x, log: true}]}\n", "exactly one of webhook, email, log"),
+        ("alerts: {repeat_interval: 0}\n", "alerts.repeat_interval"),
+        ("api: {public_url: taskd.example}\n", "public_url must start with http"),
+        ("tasks:\n  - {id: t, pipeline: p, expect: {success_within: soon}}\n", "tasks[0].expect.success_within"),
+        ("tasks:\n  - {id: t, pipeline: p, retry: {permanent_exit_codes: [0]}}\n", "permanent_exit_codes"),
+        ("tasks:\n  - {id: t, pipeline: p, alerts: {channel: []}}\n", "alerts.channel"),
+    ],
+)
+def test_bad_alert_settings_name_the_key(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text + PIPELINE)
+    assert fragment in str(caught.value) and "taskd.yml:" in str(caught.value)

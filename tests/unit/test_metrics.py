@@ -120,7 +120,8 @@ def test_the_example_alert_rules_use_only_metrics_taskd_exposes() -> None:
     metrics = Metrics("x")
     metrics.run_finished("t", "completed", 1.0, 1.0)
     metrics.fire_skipped("t", "concurrency")
-    exposed = set(parse(metrics.exposition(Snapshot(next_fires={"t": 1.0})).decode()))
+    metrics.alert_delivered("webhook", "failed")
+    exposed = set(parse(metrics.exposition(Snapshot(next_fires={"t": 1.0}, overdue={"t": True})).decode()))
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
     assert {rule["alert"] for rule in alerts} >= {"TaskdBackupStale", "TaskdTaskFailing", "TaskdSlotsSaturated"}
     for rule in alerts:
