@@ -98,6 +98,7 @@ class Alerter:
         self._metrics = metrics
         self.host = host or socket.gethostname()
         self._config: Config | None = None
+        self._routes: dict[str, Route | None] = {}  # task id -> its route, for the tasks that have alert states
         self._deleted: frozenset[str] = frozenset()
         self._states: dict[str, AlertState] = {}
         self._last_success: dict[str, float] = {}
@@ -112,6 +113,9 @@ class Alerter:
         """A configuration applied (at the start, at each reload); `deleted` are the tasks held back."""
         self._config = config
         self._deleted = frozenset(deleted)
+        self._routes = {
+            task.id: route_for(config.alerts, task) for task in config.tasks if tracked(config.alerts, task)
+        }
         self._wake.set()
 
     async def start(self) -> None:
@@ -160,13 +164,10 @@ class Alerter:
     # -- runs ---------------------------------------------------------------------------------------
     def run_finished(self, run: Run) -> None:
         """A run of this node ended: a completed or failed one may change its task's alert state."""
-        config = self._config
         state = run.record.state
-        if config is None or state not in (RunState.COMPLETED, RunState.FAILED):
+        if state not in (RunState.COMPLETED, RunState.FAILED) or run.record.task_id not in self._routes:
             return  # stopped and interrupted runs say nothing of the task's health
         task = run.plan.task
-        if not tracked(config.alerts, task):
-            return
         succeeded = state is RunState.COMPLETED
         if succeeded:
             at = run.record.finished_at or self.clock.time()
@@ -177,11 +178,13 @@ class Alerter:
             calm = held is None or (held.status == AlertState.OK and held.overdue_at is None)
             if calm and not self._coordinator.shared:
                 return  # nothing to change: the common case costs no write and no read
-        self._spawn(self._after_run(run, config, succeeded))
+        self._spawn(self._after_run(run, succeeded))
 
-    async def _after_run(self, run: Run, config: Config, succeeded: bool) -> None:
+    async def _after_run(self, run: Run, succeeded: bool) -> None:
+        config = self._config
+        assert config is not None  # a task has a route once a configuration is applied
         task = run.plan.task
-        route = route_for(config.alerts, task)
+        route = self._routes.get(task.id)
         repeat = route.repeat_s if route is not None else config.alerts.repeat_interval
         now = run.record.finished_at or self.clock.time()
         change = await self._change(task.id, lambda state: after_run(state, succeeded, now, repeat), now)
@@ -248,7 +251,7 @@ class Alerter:
         for task in expecting:
             assert task.expect is not None
             within = task.expect.success_within
-            route = route_for(config.alerts, task)
+            route = self._routes.get(task.id)
             repeat = route.repeat_s if route is not None else config.alerts.repeat_interval
             last = self._last_success.get(task.id)
             decide = functools.partial(after_check, last_success=last, within_s=within, now=now, repeat_s=repeat)
