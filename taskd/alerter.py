@@ -41,6 +41,7 @@ from taskd.channels import DeliveryFailed, describe_channel, send_email, send_we
 from taskd.clock import Clock
 from taskd.cluster import Coordinator
 from taskd.config import Config
+from taskd.faults import ALERTS, Faults
 from taskd.metrics import Metrics
 from taskd.models import AlertState, RunState
 from taskd.processor import Context, StepFailed, describe
@@ -90,12 +91,15 @@ class Alerter:
         clock: Clock,
         coordinator: Coordinator,
         metrics: Metrics | None = None,
+        faults: Faults | None = None,
         host: str | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self._coordinator = coordinator
         self._metrics = metrics
+        self._faults = faults
+        self._undelivered: dict[str, str] = {}  # channel -> why its last delivery failed
         self.host = host or socket.gethostname()
         self._config: Config | None = None
         self._routes: dict[str, Route | None] = {}  # task id -> its route, for the tasks that have alert states
@@ -343,11 +347,13 @@ class Alerter:
                 error = DeliveryFailed(describe(exc))
             else:
                 self._count(kind, "sent")
+                self._delivered(what, None)
                 self._note(run, f"alert {event} sent: {result}")
                 log.info("alert_sent", task_id=task_id, alert=event, channel=what, tries=attempt)
                 return
             if error.permanent or attempt == DELIVERY_TRIES:
                 self._count(kind, "failed")
+                self._delivered(what, f"{what}: {error}")
                 self._note(
                     run,
                     f"alert {event} not delivered to {what} ({_tries(attempt)}): {error}",
@@ -365,6 +371,19 @@ class Alerter:
         fields = {("alert" if k == "event" else k): v for k, v in body.items() if k != "text"}
         getattr(log, channel.level)("alert", **fields, summary=body["text"])
         return "log"
+
+    def _delivered(self, channel: str, failure: str | None) -> None:
+        """Keep the `alerts` fault while some channel's last delivery failed."""
+        if failure is None:
+            self._undelivered.pop(channel, None)
+        else:
+            self._undelivered[channel] = failure
+        if self._faults is None:
+            return
+        if self._undelivered:
+            self._faults.set(ALERTS, "; ".join(self._undelivered.values()))
+        else:
+            self._faults.clear(ALERTS)
 
     def _count(self, kind: str, outcome: str) -> None:
         if self._metrics is not None:

@@ -1,10 +1,10 @@
 """Faults the daemon survives: what is wrong right now, since when, and why.
 
-A fault is raised by whoever sees it (the store's writer, the store watch, a reload, retention)
+A fault is raised by whoever sees it (the store's writer, the store watch, a reload, retention, the alerter)
 and cleared when it passes. Each change is logged once; `/health` shows the current faults and
 the metrics count them. A fault of the store (`STORE_KINDS`) makes the daemon unhealthy (HTTP
 503): its history cannot be trusted to reach the disk. The others (a refused reload, a failed
-prune) leave it serving and are shown as warnings.
+prune, an alert channel that does not take alerts) leave it serving and are shown as warnings.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ RELOAD = "reload"
 """The last reload was refused; the previous configuration keeps running."""
 RETENTION = "retention"
 """The last retention prune failed; it is tried again later."""
+ALERTS = "alerts"
+"""An alert channel's last delivery failed after its retries; cleared once the channel takes one."""
 
 STORE_KINDS = frozenset({STORE_WRITE, STORE_FILE, STORE_UNREACHABLE})
-KINDS = (STORE_WRITE, STORE_FILE, STORE_UNREACHABLE, RELOAD, RETENTION)
+KINDS = (STORE_WRITE, STORE_FILE, STORE_UNREACHABLE, RELOAD, RETENTION, ALERTS)
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,7 @@ class _StateCollector(Collector):
         current = GaugeMetricFamily(
             "taskd_fault",
             "1 while a fault the daemon survives is current (store_write, store_file, store_unreachable,"
-            " reload, retention); /health gives the reason.",
+            " reload, retention, alerts); /health gives the reason.",
             labels=["kind"],
         )
         raised = CounterMetricFamily("taskd_faults", "Times each kind of fault began.", labels=["kind"])

@@ -128,7 +128,7 @@ class Engine:
         self._digest = config_digest(config)
         self.coordinator = coordinator or coordinator_for(store, config.node.name, config.node.labels, self.clock)
         self._remote = Remote(self, self.coordinator, store, self.runs, self.clock)
-        self.alerter = Alerter(store, self.clock, self.coordinator, metrics)
+        self.alerter = Alerter(store, self.clock, self.coordinator, metrics, self.faults)
         self.coordinator.attach(
             self._describe, self._lease_lost, self._remote.heard, adopt=lambda fires: self.firing.adopt(fires)
         )

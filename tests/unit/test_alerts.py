@@ -333,6 +333,13 @@ async def test_a_failed_delivery_is_retried_with_backoff_and_then_recorded(harne
         f"alert recovered not delivered to webhook {harness.hook.url} ({DELIVERY_TRIES} tries): " in line
         for line in harness.log(engine, run)
     )
+    fault = engine.faults.get("alerts")  # /health lists it, taskd_fault{kind="alerts"} is 1
+    assert (
+        fault is not None and fault.reason.startswith(f"webhook {harness.hook.url}: ") and "status 500" in fault.reason
+    )
+    harness.switches.failing["s"] = "down again"
+    await harness.run(engine)
+    assert harness.hook.events() == ["failing", "failing"] and engine.faults.get("alerts") is None
 
 
 async def test_a_refusal_for_good_is_not_retried(harness: Harness) -> None:
