@@ -37,7 +37,7 @@ from taskd.alerts import (
     slack,
     tracked,
 )
-from taskd.channels import DeliveryFailed, describe_channel, send_email, send_webhook
+from taskd.channels import DeliveryFailed, describe_channel, in_thread, send_email, send_webhook
 from taskd.clock import Clock
 from taskd.cluster import Coordinator
 from taskd.config import Config
@@ -45,6 +45,7 @@ from taskd.faults import ALERTS, Faults
 from taskd.metrics import Metrics
 from taskd.models import AlertState, RunState
 from taskd.processor import Context, StepFailed, describe
+from taskd.redact import NONE, Redactor
 from taskd.retry import backoff_delay
 from taskd.store.base import Store
 
@@ -103,7 +104,9 @@ class Alerter:
         self.host = host or socket.gethostname()
         self._config: Config | None = None
         self._routes: dict[str, Route | None] = {}  # task id -> its route, for the tasks that have alert states
-        self._deleted: frozenset[str] = frozenset()
+        self._deleted: set[str] = set()
+        self._redactor: Redactor = NONE  # the configuration's secrets (a webhook URL from a credential)
+        self._lanes: dict[tuple[str, str], asyncio.Lock] = {}  # (task, channel): its notices go in order
         self._states: dict[str, AlertState] = {}
         self._last_success: dict[str, float] = {}
         self._overdue: dict[str, bool] = {}
@@ -116,17 +119,40 @@ class Alerter:
     def configure(self, config: Config, deleted: Mapping[str, str]) -> None:
         """A configuration applied (at the start, at each reload); `deleted` are the tasks held back."""
         self._config = config
-        self._deleted = frozenset(deleted)
-        self._routes = {
-            task.id: route_for(config.alerts, task) for task in config.tasks if tracked(config.alerts, task)
-        }
+        self._deleted = set(deleted)
+        self._redactor = Redactor(sorted(config.secrets)) if config.secrets else NONE
+        routes = {task.id: route_for(config.alerts, task) for task in config.tasks if tracked(config.alerts, task)}
+        for task_id in self._routes.keys() - routes.keys():
+            self._untrack(task_id)
+        self._routes = routes
+        channels = {describe_channel(*channel) for route in routes.values() if route for channel in route.channels}
+        for gone in self._undelivered.keys() - channels:
+            self._delivered(gone, None)  # a channel no route names any more is no fault
         self._wake.set()
+
+    def deleted(self, task_id: str) -> None:
+        """The task was deleted through the API: its overdue notices say so."""
+        self._deleted.add(task_id)
+
+    def _untrack(self, task_id: str) -> None:
+        """The task no longer has alerts (`alerts: false`): its state starts over as ok, so that
+        when its alerts come back they tell what happens from then on, not what happened before."""
+        held = self._states.get(task_id)
+        if held is None or (held.status == AlertState.OK and held.overdue_at is None):
+            return
+        now = self.clock.time()
+        fresh = dataclasses.replace(first_state(task_id, now), first_seen=held.first_seen)
+        self._spawn(self._forget(task_id, fresh, now))
+
+    async def _forget(self, task_id: str, fresh: AlertState, now: float) -> None:
+        await self._change(task_id, lambda state: (dataclasses.replace(fresh, version=state.version), None), now)
 
     async def start(self) -> None:
         """Load the states, check every expectation at once (a daemon that was down for two days
         says so now), then keep checking."""
         try:
             self._states = await self.store.alert_states()
+            self._last_success.update(await self.store.last_successes())
         except Exception as exc:
             log.warning("alert_states_unreadable", error=describe(exc), action="starting from ok; read again later")
         await self._check_safely()
@@ -176,8 +202,9 @@ class Alerter:
         if succeeded:
             at = run.record.finished_at or self.clock.time()
             self._last_success[task.id] = max(at, self._last_success.get(task.id, at))
-            if task.id in self._overdue:
+            if self._overdue.get(task.id):
                 self._overdue[task.id] = False
+                self._wake.set()  # the checker counts the expectation from this success
             held = self._states.get(task.id)
             calm = held is None or (held.status == AlertState.OK and held.overdue_at is None)
             if calm and not self._coordinator.shared:
@@ -329,14 +356,24 @@ class Alerter:
         task.add_done_callback(self._work.discard)
 
     def _deliver(self, route: Route, notice: Notice, run: Run | None) -> None:
-        body = message(notice)
-        if run is not None:
-            body = run.recorder.redactor.data(body)
+        # The run's secrets, or (for an overdue notice) the configuration's, are masked.
+        body = (run.recorder.redactor if run is not None else self._redactor).data(message(notice))
         for kind, channel in route.channels:
             self._spawn(self._send(kind, channel, body, run))
 
     async def _send(self, kind: str, channel: Any, body: dict[str, Any], run: Run | None) -> None:
-        what = describe_channel(kind, channel)
+        """Deliver one notice to one channel, after the task's earlier notices to it (a retried
+        `failing` never arrives after the `recovered` that followed it)."""
+        what = self._redactor.text(describe_channel(kind, channel))
+        lane = self._lanes.setdefault((body["task"]["id"], what), asyncio.Lock())
+        try:
+            async with lane:
+                await self._send_in_turn(kind, channel, body, run, what)
+        except asyncio.CancelledError:  # the daemon is stopping: say what is lost
+            self._failed(kind, what, body, run, "taskd stopped before it was delivered", 0)
+            raise
+
+    async def _send_in_turn(self, kind: str, channel: Any, body: dict[str, Any], run: Run | None, what: str) -> None:
         event, task_id = body["event"], body["task"]["id"]
         for attempt in range(1, DELIVERY_TRIES + 1):
             try:
@@ -348,26 +385,28 @@ class Alerter:
             else:
                 self._count(kind, "sent")
                 self._delivered(what, None)
-                self._note(run, f"alert {event} sent: {result}")
+                self._note(run, f"alert {event} sent: {self._redactor.text(result)}")
                 log.info("alert_sent", task_id=task_id, alert=event, channel=what, tries=attempt)
                 return
             if error.permanent or attempt == DELIVERY_TRIES:
-                self._count(kind, "failed")
-                self._delivered(what, f"{what}: {error}")
-                self._note(
-                    run,
-                    f"alert {event} not delivered to {what} ({_tries(attempt)}): {error}",
-                )
-                log.warning("alert_failed", task_id=task_id, alert=event, channel=what, tries=attempt, error=str(error))
+                self._failed(kind, what, body, run, self._redactor.text(str(error)), attempt)
                 return
             await self.clock.sleep(backoff_delay(DELIVERY_BACKOFF_S, attempt, DELIVERY_MAX_BACKOFF_S))
+
+    def _failed(self, kind: str, what: str, body: dict[str, Any], run: Run | None, error: str, tries: int) -> None:
+        event, task_id = body["event"], body["task"]["id"]
+        self._count(kind, "failed")
+        self._delivered(what, error if what in error else f"{what}: {error}")
+        after = f" ({_tries(tries)})" if tries else ""
+        self._note(run, f"alert {event} not delivered to {what}{after}: {error}")
+        log.warning("alert_failed", task_id=task_id, alert=event, channel=what, tries=tries, error=error)
 
     async def _send_once(self, kind: str, channel: Any, body: dict[str, Any]) -> str:
         if kind == "webhook":
             return await send_webhook(channel, slack(body) if channel.format == "slack" else body)
         if kind == "email":
             subject = _subject(channel.subject or STEP_SUBJECT_FIELDS, body)
-            return await asyncio.to_thread(send_email, channel, subject, email_text(body), body)
+            return await in_thread(send_email, channel, subject, email_text(body), body)
         fields = {("alert" if k == "event" else k): v for k, v in body.items() if k != "text"}
         getattr(log, channel.level)("alert", **fields, summary=body["text"])
         return "log"

@@ -144,7 +144,7 @@ class Notice:
 
 
 def run_url(public_url: str | None, run_id: str | None) -> str | None:
-    return f"{public_url}/ui/#/run/{run_id}" if public_url and run_id else None
+    return f"{public_url}/#/run/{run_id}" if public_url and run_id else None
 
 
 def message(notice: Notice) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def summary(notice: Notice, failures: int, failing_for: float | None) -> str:
     if notice.event == REMINDER:
         since = format_duration(round(notice.at - notice.after.since))
         count = f"{failures} failure(s) since the last alert"
-        return f"taskd: {name} is still failing (for {since}; {count}){error}{about_run}"
+        return f"taskd: {name} is still failing {where} (for {since}; {count}){error}{about_run}"
     if notice.event == RECOVERED:
         if failing_for is not None:
             how_long = f" after failing for {format_duration(round(failing_for))} ({failures} failure(s))"
@@ -237,7 +237,8 @@ def slack(body: dict[str, Any]) -> dict[str, Any]:
         run = f"<{body['run_url']}|{body['run_id']}>" if body["run_url"] else f"`{body['run_id']}`"
         facts.append(f"run {run} ({body['trigger']}, {body['attempts']} attempt(s))")
     if body["failing_since"]:
-        facts.append(f"failing since {body['failing_since']}")
+        began = "had been failing since" if body["event"] == RECOVERED else "failing since"
+        facts.append(f"{began} {body['failing_since']}")
     lines.append(" · ".join(facts))
     tail = [_slack_escape(line) for line in body["log_tail"][-10:]]
     if tail and body["event"] != RECOVERED:

@@ -7,11 +7,15 @@ refusing the request with a 4xx other than 408 and 429 will refuse it again).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
-from typing import Any, Literal
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from taskd.processor import Duration, ProcessorOptions, StepFailed
 
@@ -20,8 +24,37 @@ class DeliveryFailed(StepFailed):
     """A channel did not take the message."""
 
 
+def _http_url(value: str) -> str:
+    """An http(s) URL, a template filled at run time ({params.hook}), or empty (no webhook)."""
+    if value and "{" not in value and not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _url_shorthand(value: Any) -> Any:
+    """`webhook: URL` is `webhook: {url: URL}`."""
+    if isinstance(value, str):
+        return {"url": value}
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"webhook must be a URL or {{url, format, headers, timeout}}; got {value!r}")
+    return value
+
+
+def _log_switch(value: Any) -> Any:
+    """`log: true` is `log: {}` (warning level); `log: false`, no log channel."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"log must be true, false or {{level}}; got {value!r}")
+    return value
+
+
 class WebhookChannel(ProcessorOptions):
-    url: StrictStr = Field(description="http(s) URL that receives a JSON POST")
+    url: Annotated[StrictStr, AfterValidator(_http_url)] = Field(
+        description="http(s) URL that receives a JSON POST (empty: none)"
+    )
     format: Literal["json", "slack"] = Field("json", description="json: the full alert; slack: {text} (Mattermost too)")
     headers: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="extra request headers")
     timeout: Duration = Field(10.0, description="seconds for the request")
@@ -53,16 +86,22 @@ class LogChannel(ProcessorOptions):
     level: Literal["info", "warning", "error"] = Field("warning", description="level in the daemon log")
 
 
+Webhook = Annotated[WebhookChannel | None, BeforeValidator(_url_shorthand)]
+"""A URL, or {url, format, headers, timeout}."""
+Log = Annotated[LogChannel | None, BeforeValidator(_log_switch)]
+"""true, or {level}."""
+
+
 class ChannelEntry(ProcessorOptions):
     """One item of a `channels:` list: exactly one of webhook, email, log."""
 
-    webhook: StrictStr | WebhookChannel | None = None
+    webhook: Webhook = Field(None, description="a URL, or {url, format, headers, timeout}")
     email: EmailChannel | None = None
-    log: StrictBool | LogChannel | None = None
+    log: Log = Field(None, description="true, or {level}")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ChannelEntry:
-        given = [name for name in ("webhook", "email", "log") if getattr(self, name) not in (None, False)]
+        given = [name for name in ("webhook", "email", "log") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("each entry of channels names exactly one of webhook, email, log")
         return self
@@ -79,12 +118,8 @@ def channels_of(*holders: Any) -> list[Channel]:
     for holder in holders:
         for name in ("webhook", "email", "log"):
             value = getattr(holder, name)
-            if value is None or value is False or value == "" or (isinstance(value, WebhookChannel) and not value.url):
+            if value is None or (isinstance(value, WebhookChannel) and not value.url):
                 continue
-            if name == "webhook" and isinstance(value, str):
-                value = WebhookChannel(url=value)
-            if name == "log" and value is True:
-                value = LogChannel()
             out.append((name, value))
     return out
 
@@ -118,6 +153,8 @@ async def send_webhook(channel: WebhookChannel, payload: dict[str, Any]) -> str:
             return f"webhook {channel.url}: {response.status}"
     except TimeoutError:
         raise DeliveryFailed(f"webhook {channel.url}: no answer within {channel.timeout:g}s") from None
+    except aiohttp.InvalidURL as exc:  # a template filled with something that is no URL
+        raise DeliveryFailed(f"webhook {channel.url}: not a URL: {exc}", permanent=True) from None
     except aiohttp.ClientError as exc:
         raise DeliveryFailed(f"webhook {channel.url}: {type(exc).__name__}: {exc}") from None
 
@@ -133,7 +170,12 @@ def send_email(channel: EmailChannel, subject: str, body: str, attachment: dict[
     message["To"] = ", ".join(channel.to)
     message["Subject"] = subject
     message.set_content(body)
-    message.add_attachment(json.dumps(attachment, indent=2, default=str), filename="alert.json", subtype="json")
+    message.add_attachment(
+        json.dumps(attachment, indent=2, default=str).encode(),
+        maintype="application",
+        subtype="json",
+        filename="alert.json",
+    )
     context = ssl.create_default_context()
     if not channel.verify_tls:
         context.check_hostname = False
@@ -154,3 +196,39 @@ def send_email(channel: EmailChannel, subject: str, body: str, attachment: dict[
     if refused:
         raise DeliveryFailed(f"email via {channel.host}: recipients refused: {', '.join(refused)}", permanent=True)
     return f"email to {', '.join(channel.to)}"
+
+
+T = TypeVar("T")
+_MAILERS = threading.BoundedSemaphore(4)
+
+
+async def in_thread(work: Callable[..., T], *args: Any) -> T:
+    """Run blocking `work` (an SMTP exchange) in a daemon thread of its own, at most 4 at once.
+
+    Not in the loop's default executor: a mail server that never answers would hold its few
+    threads, which every shell step's end and each metrics scrape need, and would hold the
+    process at exit. A daemon thread holds neither; the exchange's own timeout ends it."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():  # the waiter was cancelled meanwhile
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def body() -> None:
+        with _MAILERS:
+            try:
+                result = work(*args)
+            except BaseException as exc:
+                outcome: tuple[T | None, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=body, name="taskd-mail", daemon=True).start()
+    return await done

@@ -9,14 +9,18 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from taskd import __version__, client
 from taskd import schedule as schedules
-from taskd.config import Config, load_config
+from taskd.alerts import Route, route_for
+from taskd.channels import describe_channel
+from taskd.config import Config, PipelineConfig, ProcessorConfig, TaskConfig, load_config
+from taskd.durations import format_duration
 from taskd.errors import ConfigError, ScheduleError
+from taskd.redact import Redactor
 
 DEFAULT_CONFIG = "taskd.yml"
 
@@ -159,39 +163,57 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: OK: {len(config.tasks)} task(s), {len(config.pipelines)} pipeline(s), "
         f"{len(config.files)} file(s); max_concurrent_tasks={config.task.max_concurrent_tasks}"
     )
+    default_route = _route_text(config, route_for(config.alerts, TaskConfig(id="x", pipeline="x")))
+    print(f"alerts: {default_route}")
     for task in config.tasks:
-        status = "enabled" if task.enabled else "disabled"
-        schedule = config.schedule_for(task)
-        print(f"\n{task.id}  ({task.display_name})")
-        print(f"  status:    {status}")
-        print(f"  schedule:  {task.schedule or 'manual only'}")
-        print(f"  time zone: {config.zone_for(task)}")
-        steps = len(config.pipelines[task.pipeline].processors)
-        print(f"  pipeline:  {task.pipeline} ({steps} processor{'s' if steps != 1 else ''})")
-        if schedule is not None:
-            fires = schedule.next_n(now, args.count)
-            print("  next:      " + ("\n             ".join(f.isoformat() for f in fires) or "never"))
-    notes = [
-        f"{step.source}: pipeline {pipeline.name}, step {index + 1} ({step.type}): {note}"
-        for pipeline in config.pipelines.values()
-        for index, step in enumerate(pipeline.processors)
-        for note in step.options.notes()
-    ]
-    if notes:
-        print("\nnotes:")
-        for note in notes:
-            print(f"  {note}")
-    warnings = [
-        f"{step.source}: pipeline {pipeline.name}, step {index + 1} ({step.type}): {warning}"
-        for pipeline in config.pipelines.values()
-        for index, step in enumerate(pipeline.processors)
-        for warning in step.options.warnings(pipeline.base_dir)
-    ]
-    if warnings:
-        print("\nwarnings:")
-        for warning in warnings:
-            print(f"  {warning}")
+        _print_task(config, task, now, args.count, default_route)
+    _print_findings("notes", config, lambda pipeline, step: step.options.notes())
+    _print_findings("warnings", config, lambda pipeline, step: step.options.warnings(pipeline.base_dir))
     return EXIT_OK
+
+
+def _print_task(config: Config, task: TaskConfig, now: datetime, count: int, default_route: str) -> None:
+    """One task as `taskd check` lists it."""
+    schedule = config.schedule_for(task)
+    print(f"\n{task.id}  ({task.display_name})")
+    print(f"  status:    {'enabled' if task.enabled else 'disabled'}")
+    print(f"  schedule:  {task.schedule or 'manual only'}")
+    print(f"  time zone: {config.zone_for(task)}")
+    steps = len(config.pipelines[task.pipeline].processors)
+    print(f"  pipeline:  {task.pipeline} ({steps} processor{'s' if steps != 1 else ''})")
+    route = _route_text(config, route_for(config.alerts, task))
+    if task.alerts is not None and not task.alerts.enabled:
+        print("  alerts:    off (alerts: false)")
+    elif route != default_route:
+        print(f"  alerts:    {route}")
+    if task.expect is not None:
+        print(f"  expect:    a success within {format_duration(task.expect.success_within)}")
+    if schedule is not None:
+        fires = schedule.next_n(now, count)
+        print("  next:      " + ("\n             ".join(f.isoformat() for f in fires) or "never"))
+
+
+def _print_findings(title: str, config: Config, find: Callable[[PipelineConfig, ProcessorConfig], list[str]]) -> None:
+    """What `find` says of each step (its notes, its warnings), under `title`."""
+    lines = [
+        f"{step.source}: pipeline {pipeline.name}, step {index + 1} ({step.type}): {text}"
+        for pipeline in config.pipelines.values()
+        for index, step in enumerate(pipeline.processors)
+        for text in find(pipeline, step)
+    ]
+    if lines:
+        print(f"\n{title}:")
+        for line in lines:
+            print(f"  {line}")
+
+
+def _route_text(config: Config, route: Route | None) -> str:
+    """A route as `taskd check` shows it (secrets in a URL masked)."""
+    if route is None:
+        return "none: failures and overdue tasks are told to nobody (see alerts: in the README)"
+    channels = ", ".join(describe_channel(kind, channel) for kind, channel in route.channels)
+    text = f"{channels}; a reminder every {format_duration(route.repeat_s)} while failing"
+    return Redactor(sorted(config.secrets)).text(text) if config.secrets else text
 
 
 def cmd_run(args: argparse.Namespace) -> int:

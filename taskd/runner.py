@@ -147,9 +147,10 @@ class Run:
                 try:
                     state, error, ctx, permanent = await self._attempt(attempt)
                     last = state is StepState.COMPLETED or attempt == total
-                    if permanent and not last:
+                    if permanent:
+                        if not last:
+                            self.recorder.write("log", f"attempt {attempt} failed for good; not retried")
                         error, last = f"not retried: {error}", True
-                        self.recorder.write("log", f"attempt {attempt} failed for good; {error}")
                     final = RunState.COMPLETED if state is StepState.COMPLETED else RunState.FAILED
                     if last and self.plan.has_final_phase:
                         await self._final_phase(ctx, final, error)

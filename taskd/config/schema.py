@@ -284,7 +284,11 @@ class TaskAlerts(Section):
 
 def _alerts_switch(value: Any) -> Any:
     """`alerts: false` and `alerts: true` are the route switched off and the default route."""
-    return {"enabled": value} if isinstance(value, bool) else value
+    if isinstance(value, bool):
+        return {"enabled": value}
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"alerts must be false, true or {{channels: [...], repeat_interval: 1h}}; got {value!r}")
+    return value
 
 
 class Expectation(Section):

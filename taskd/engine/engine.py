@@ -422,6 +422,7 @@ class Engine:
         self._sorted = None
         self._tombstones[task_id] = definition_hash
         self._held_back[task_id] = definition_hash
+        self.alerter.deleted(task_id)
         if self.metrics is not None:
             self.metrics.forget_task(task_id)
         return active

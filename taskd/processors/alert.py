@@ -7,18 +7,19 @@ that fails is logged and recorded on the step; the run's outcome never changes b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, StrictBool, StrictStr
+from pydantic import Field, StrictStr
 
 from taskd.channels import (
     ChannelEntry,
     EmailChannel,
+    Log,
     LogChannel,
-    WebhookChannel,
+    Webhook,
     channels_of,
+    in_thread,
     send_email,
     send_webhook,
 )
@@ -31,9 +32,9 @@ class AlertOptions(ProcessorOptions):
     condition: Literal["failure", "success", "always"] | None = Field(
         None, description="when to alert (same as when:); default failure"
     )
-    webhook: StrictStr | WebhookChannel | None = Field(None, description="a URL, or {url, format, headers, timeout}")
+    webhook: Webhook = Field(None, description="a URL, or {url, format, headers, timeout}")
     email: EmailChannel | None = Field(None, description="SMTP settings and recipients")
-    log: StrictBool | LogChannel | None = Field(None, description="true, or {level}: write the alert to the daemon log")
+    log: Log = Field(None, description="true, or {level}: write the alert to the daemon log")
     channels: tuple[ChannelEntry, ...] = Field((), description="several channels: a list of {webhook|email|log: ...}")
     message: StrictStr | None = Field(None, description="summary template; default: task, state, error, duration")
 
@@ -100,7 +101,7 @@ class AlertProcessor:
                 elif kind == "email":
                     subject = ctx.redactor.text(ctx.format(channel.subject or STEP_SUBJECT, "email.subject"))
                     mail = ctx.render(channel)
-                    sent.append(await asyncio.to_thread(send_email, mail, subject, email_body(alert), alert))
+                    sent.append(await in_thread(send_email, mail, subject, email_body(alert), alert))
                 else:
                     if ctx.logger is not None:
                         getattr(ctx.logger, channel.level)(

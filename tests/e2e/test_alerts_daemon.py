@@ -24,7 +24,7 @@ def route(hook: Webhook, repeat: str = "1h") -> str:
         "alerts:\n"
         f"  repeat_interval: {repeat}\n"
         f"  channels: [{{webhook: '{hook.url}'}}]\n"
-        "api: {listen: '127.0.0.1:{port}', public_url: 'http://taskd.example'}\n"
+        "api: {listen: '127.0.0.1:{port}', public_url: 'http://127.0.0.1:{port}'}\n"
     )
 
 
@@ -45,7 +45,9 @@ def test_a_task_failing_every_second_alerts_once_then_recovers_once(
         assert hook.events() == ["failing"]
         body = hook.received[0]
         assert body["task"]["id"] == "probe" and body["node"] and body["host"]
-        assert body["run_url"] == f"http://taskd.example/ui/#/run/{body['run_id']}"
+        assert body["run_url"] == f"http://127.0.0.1:{daemon.port}/#/run/{body['run_id']}"
+        page = daemon.request("GET", body["run_url"].split(str(daemon.port), 1)[1])  # the dashboard's page
+        assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
         assert body["error"].startswith("step 1 (shell): command failed: exit code 1")
         tasks = daemon.request("GET", "/task/probe").json()
         assert tasks["alert"]["status"] == "failing" and tasks["alert"]["failures"] >= 10

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email
+import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from taskd.alerts import (
 )
 from taskd.clock import FakeClock
 from taskd.cluster import Hub, LocalCoordinator
-from taskd.config import load_config
+from taskd.config import Config, load_config
 from taskd.engine import Engine
 from taskd.engine.timer import ManualTimer
 from taskd.metrics import Metrics
@@ -100,12 +102,12 @@ def test_the_message_carries_what_on_call_needs_and_slack_reads_as_text() -> Non
         "schedule",
         2,
     )
-    assert body["run_url"] == "https://td.example/ui/#/run/r1"
+    assert body["run_url"] == "https://td.example/#/run/r1"
     assert body["failing_for_s"] == 990 and body["failures"] == 4
     assert len(body["log_tail"]) == 20 and body["log_tail"][-1] == "[log] line 29"
     assert "recovered on n1 after failing for 16m30s (4 failure(s))" in body["text"]
     text = slack(body)["text"]
-    assert "<https://td.example/ui/#/run/r1|r1>" in text and "recovered" in text
+    assert "<https://td.example/#/run/r1|r1>" in text and "recovered" in text
 
 
 # -- the alerter in the engine --------------------------------------------------------------------
@@ -164,10 +166,13 @@ class Harness:
         )
         return path
 
-    async def start(self, body: str, node: str = "n1") -> Engine:
+    def config(self, body: str, node: str = "n1", env: Mapping[str, str] | None = None) -> Config:
+        return load_config(self.write(body, node=node), dict(env or {}), kinds=self.kinds)
+
+    async def start(self, body: str, node: str = "n1", env: Mapping[str, str] | None = None) -> Engine:
         if not self.store.writer:
             await self.store.open()
-        config = load_config(self.write(body, node=node), {}, kinds=self.kinds)
+        config = self.config(body, node, env)
 
         def timer(callback: Any) -> ManualTimer:
             return ManualTimer(callback, self.clock)
@@ -192,6 +197,11 @@ class Harness:
                 if engine.alerter.pending:
                     self.clock.advance(1.0)  # a delivery retry waits on the clock
         return run
+
+    async def ended(self, run: Any) -> None:
+        async with asyncio.timeout(5):
+            while not run.finished:  # noqa: ASYNC110  # polled with a deadline
+                await asyncio.sleep(0.005)
 
     async def quiet(self) -> None:
         async with asyncio.timeout(10):
@@ -236,7 +246,7 @@ async def test_ten_failures_in_a_row_send_one_alert_a_reminder_per_interval_and_
     assert harness.hook.events() == ["failing"]
     body = harness.hook.received[0]
     assert body["task"] == {"id": "t", "name": "Nightly"} and body["node"] == "n1" and body["host"]
-    assert body["run_id"] == first.id and body["run_url"] == f"https://taskd.example/ui/#/run/{first.id}"
+    assert body["run_id"] == first.id and body["run_url"] == f"https://taskd.example/#/run/{first.id}"
     assert body["error"] == "step 1 (switch): disk full" and body["attempts"] == 1 and body["trigger"] == "manual"
     assert any("switch s try 1" in line for line in body["log_tail"])
     assert body["failing_since"] is not None
@@ -380,7 +390,7 @@ async def test_email_and_slack_channels(harness: Harness) -> None:
     mail = email.message_from_bytes(envelope.content)
     assert mail["Subject"] == "[taskd] t failing" and mail["To"] == "ops@example.org"
     text = next(part for part in mail.walk() if part.get_content_type() == "text/plain").get_payload(decode=True)
-    assert b"disk full" in text and b"link: https://taskd.example/ui/#/run/" in text
+    assert b"disk full" in text and b"link: https://taskd.example/#/run/" in text
     (posted,) = harness.hook.received
     assert set(posted) == {"text"}
     first_line = ":red_circle: *taskd: t (Nightly backup) is failing on n1: step 1 (switch): disk full"
@@ -524,3 +534,118 @@ async def test_the_log_channel_writes_the_alert_to_the_daemon_log(harness: Harne
     assert alert["log_level"] == "error" and alert["alert"] == "failing" and alert["run_id"] == run.id
     assert alert["summary"].startswith("taskd: t is failing on n1: step 1 (switch): down")
     assert harness.sent("log", "sent") == 1
+
+
+# -- what an operator found -----------------------------------------------------------------------
+async def test_a_mail_server_that_never_answers_holds_nothing_else_back(harness: Harness) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never says a word
+    port = silent.getsockname()[1]
+    tasks = "".join(f"  - {{id: f{i}, pipeline: p}}\n" for i in range(8))
+    engine = await harness.start(
+        f"alerts:\n  channels: [{{email: {{host: 127.0.0.1, port: {port}, to: [ops@example.org], timeout: 3s}}}}]\n"
+        "tasks:\n" + tasks
+    )
+    harness.switches.failing["s"] = "down"
+    for i in range(8):
+        await harness.ended(engine.start_run(f"f{i}", Trigger.MANUAL))
+    await asyncio.sleep(0.2)
+    assert engine.alerter.pending == 8  # eight e-mails waiting on the silent server
+    # The loop's own worker threads (a shell step's end, a metrics scrape) are all free.
+    async with asyncio.timeout(1):
+        await asyncio.gather(*(asyncio.to_thread(lambda: None) for _ in range(16)))
+    began = time.monotonic()
+    await engine.alerter.close(0.1)
+    assert time.monotonic() - began < 1
+    assert harness.sent("email", "failed") == 8  # cut short by the shutdown, and said so
+    silent.close()
+
+
+async def test_a_credential_in_a_webhook_url_stays_masked_in_health(harness: Harness, tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "hook").write_text(harness.hook.url + "?key=very-secret-key")
+    engine = await harness.start(
+        "alerts:\n  channels: [{webhook: '${credential:hook}'}]\ntasks:\n  - {id: t, pipeline: p}",
+        env={"CREDENTIALS_DIRECTORY": str(creds)},
+    )
+    harness.hook.answers = [404]
+    harness.switches.failing["s"] = "down"
+    run = await harness.run(engine)
+    fault = engine.faults.get("alerts")
+    assert fault is not None and "very-secret-key" not in fault.reason and "***" in fault.reason
+    assert fault.reason.count("webhook") == 1
+    assert not any("very-secret-key" in line for line in harness.log(engine, run))
+
+
+async def test_a_task_s_notices_reach_a_channel_in_the_order_they_happened(harness: Harness) -> None:
+    engine = await harness.start(route(harness.hook) + "tasks:\n  - {id: t, pipeline: p}")
+    harness.hook.answers = [500]  # the failing notice needs a second try
+    harness.switches.failing["s"] = "down"
+    await harness.ended(engine.start_run("t", Trigger.MANUAL))
+    harness.switches.failing.clear()
+    await harness.run(engine)  # the recovery comes while the failing notice waits for its retry
+    assert harness.hook.events() == ["failing", "recovered"]
+
+
+async def test_a_channel_removed_by_a_reload_is_no_fault_any_more(harness: Harness) -> None:
+    body = "tasks:\n  - {id: t, pipeline: p}"
+    engine = await harness.start(route(harness.hook) + body)
+    harness.hook.answers = [404]
+    harness.switches.failing["s"] = "down"
+    await harness.run(engine)
+    assert engine.faults.get("alerts") is not None
+    engine.reload(harness.config("alerts: {channels: [{log: true}]}\n" + body))
+    assert engine.faults.get("alerts") is None
+
+
+async def test_alerts_switched_off_and_on_start_over(harness: Harness) -> None:
+    body = "tasks:\n  - {id: t, pipeline: p}"
+    engine = await harness.start(route(harness.hook) + body)
+    harness.switches.failing["s"] = "down"
+    await harness.run(engine)
+    engine.reload(harness.config(route(harness.hook) + "tasks:\n  - {id: t, pipeline: p, alerts: false}"))
+    await harness.quiet()
+    harness.switches.failing.clear()
+    await harness.run(engine)  # recovered while muted: nobody is told
+    engine.reload(harness.config(route(harness.hook) + body))
+    await harness.run(engine)
+    assert harness.hook.events() == ["failing"]
+    harness.switches.failing["s"] = "down"
+    await harness.run(engine)
+    assert harness.hook.events() == ["failing", "failing"]
+
+
+async def test_the_last_success_is_known_after_a_restart(harness: Harness) -> None:
+    body = route(harness.hook) + "tasks:\n  - {id: t, pipeline: p}"
+    engine = await harness.start(body)
+    run = await harness.run(engine)
+    await harness.stop(engine)
+    again = await harness.start(body)
+    assert again.alerter.last_success("t") == run.record.finished_at
+
+
+async def test_a_recovered_task_is_overdue_again_on_time(harness: Harness) -> None:
+    engine = await harness.start(route(harness.hook) + "tasks:\n  - {id: t, pipeline: p, expect: {success_within: 5s}}")
+    await harness.clock.run_for(5.5)
+    await harness.quiet()
+    await harness.run(engine)
+    assert harness.hook.events() == ["overdue", "recovered"]
+    await harness.clock.run_for(5.5)  # the checker counts from the success, not from its old plan
+    await harness.quiet()
+    assert harness.hook.events() == ["overdue", "recovered", "overdue"] and engine.status("t") == "overdue"
+
+
+async def test_an_overdue_task_deleted_through_the_api_says_so(harness: Harness) -> None:
+    engine = await harness.start(route(harness.hook) + "tasks:\n  - {id: t, pipeline: p, expect: {success_within: 1m}}")
+    await engine.delete_task("t")
+    await harness.clock.run_for(61)
+    await harness.quiet()
+    assert harness.hook.events() == ["overdue"]
+    assert harness.hook.received[0]["text"].endswith("; the task was deleted through the API")
+
+
+async def test_a_permanent_failure_says_not_retried_even_without_retries(harness: Harness) -> None:
+    engine = await harness.start("tasks:\n  - {id: t, pipeline: p}")
+    harness.switches.failing["s"] = "permanent"
+    run = await harness.run(engine)
+    assert run.record.error == "not retried: step 1 (switch): source ./data does not exist"

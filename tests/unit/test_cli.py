@@ -201,3 +201,28 @@ def test_check_warns_of_sources_that_do_not_exist_yet(tmp_path: Path) -> None:
         f"  taskd.yml:9: pipeline p, step 4 (rotate): pattern's directory {tmp_path}/logs does not exist (yet):"
         " the step finds nothing to rotate until it does",
     ]
+
+
+def test_check_shows_where_alerts_go(tmp_path: Path) -> None:
+    (tmp_path / "taskd.yml").write_text(
+        "api: {token: hush-hush-token}\n"
+        "alerts: {channels: [{log: true}, {webhook: 'https://hooks.example/hush-hush-token'}]}\n"
+        "tasks:\n  - {id: a, pipeline: p, expect: {success_within: 26h}}\n"
+        "  - {id: b, pipeline: p, alerts: false}\n  - {id: c, pipeline: p, alerts: {repeat_interval: 1h}}\n"
+        "pipelines: [{name: p, processors: [{log: {message: hi}}]}]\n"
+    )
+    out = taskd("check", "-c", "taskd.yml", cwd=tmp_path).stdout
+    assert "\nalerts: log, webhook https://hooks.example/***; a reminder every 4h while failing\n" in out
+    a, b, c = (
+        out.split("\na  (a)")[1].split("\nb  (b)")[0],
+        out.split("\nb  (b)")[1].split("\nc  (c)")[0],
+        out.split("\nc  (c)")[1],
+    )
+    assert "expect:    a success within 1d2h" in a and "alerts:" not in a
+    assert "alerts:    off (alerts: false)" in b
+    assert "alerts:    log, webhook https://hooks.example/***; a reminder every 1h while failing" in c
+    (tmp_path / "taskd.yml").write_text("tasks: []\n")
+    assert (
+        "alerts: none: failures and overdue tasks are told to nobody"
+        in taskd("check", "-c", "taskd.yml", cwd=tmp_path).stdout
+    )

@@ -544,7 +544,11 @@ def test_alert_routes_expectations_and_permanent_exit_codes(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("alerts: {channels: [{webhook: x, log: true}]}\n", "exactly one of webhook, email, log"),
+        ("alerts: {channels: [{webhook: 'http://h/x', log: true}]}\n", "exactly one of webhook, email, log"),
+        ("alerts: {channels: [{webhook: 'not a url'}]}\n", "alerts.channels[0].webhook.url: must be an http"),
+        ("alerts: {channels: [{webhook: {urll: 'http://h/x'}}]}\n", "alerts.channels[0].webhook.urll: unknown key"),
+        ("alerts: {channels: [{webhook: {url: 'http://h/x', format: xml}}]}\n", "alerts.channels[0].webhook.format"),
+        ("alerts: {channels: [{log: {level: loud}}]}\n", "alerts.channels[0].log.level"),
         ("alerts: {repeat_interval: 0}\n", "alerts.repeat_interval"),
         ("api: {public_url: taskd.example}\n", "public_url must start with http"),
         ("tasks:\n  - {id: t, pipeline: p, expect: {success_within: soon}}\n", "tasks[0].expect.success_within"),
