@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from taskd.processor import Duration, ProcessorOptions, StepFailed
+from taskd.processor import TYPE_NAME, Duration, ProcessorOptions, StepFailed
 
 
 class DeliveryFailed(StepFailed):
@@ -95,9 +95,11 @@ Log = Annotated[LogChannel | None, BeforeValidator(_log_switch)]
 class ChannelEntry(ProcessorOptions):
     """One item of a `channels:` list: exactly one of webhook, email, log."""
 
-    webhook: Webhook = Field(None, description="a URL, or {url, format, headers, timeout}")
+    webhook: Webhook = Field(
+        None, description="a URL, or {url, format, headers, timeout}", json_schema_extra={TYPE_NAME: "URL or mapping"}
+    )
     email: EmailChannel | None = None
-    log: Log = Field(None, description="true, or {level}")
+    log: Log = Field(None, description="true, or {level}", json_schema_extra={TYPE_NAME: "boolean or mapping"})
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ChannelEntry:

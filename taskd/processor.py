@@ -213,13 +213,25 @@ def describe_options(kind: ProcessorType) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": info.alias or name,
-                "type": "duration" if _is_duration(info.metadata) else _type_name(info.annotation),
+                "type": _shown_type(info),
                 "required": required,
                 "default": None if required else info.get_default(call_default_factory=True),
                 "description": info.description or "",
             }
         )
     return out
+
+
+TYPE_NAME = "taskd_type"
+"""A field's `json_schema_extra` key naming its type in an operator's words, where the annotation
+says less (a URL given as a string or a mapping is validated as a mapping)."""
+
+
+def _shown_type(info: Any) -> str:
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get(TYPE_NAME), str):
+        return str(extra[TYPE_NAME])
+    return "duration" if _is_duration(info.metadata) else _type_name(info.annotation)
 
 
 _SIMPLE_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}

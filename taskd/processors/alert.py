@@ -23,7 +23,7 @@ from taskd.channels import (
     send_email,
     send_webhook,
 )
-from taskd.processor import Context, ProcessorOptions, ProcessorType, StepFailed
+from taskd.processor import TYPE_NAME, Context, ProcessorOptions, ProcessorType, StepFailed
 
 STEP_SUBJECT = "[taskd] {task.id}: {outcome.state}"
 
@@ -32,9 +32,15 @@ class AlertOptions(ProcessorOptions):
     condition: Literal["failure", "success", "always"] | None = Field(
         None, description="when to alert (same as when:); default failure"
     )
-    webhook: Webhook = Field(None, description="a URL, or {url, format, headers, timeout}")
+    webhook: Webhook = Field(
+        None, description="a URL, or {url, format, headers, timeout}", json_schema_extra={TYPE_NAME: "URL or mapping"}
+    )
     email: EmailChannel | None = Field(None, description="SMTP settings and recipients")
-    log: Log = Field(None, description="true, or {level}: write the alert to the daemon log")
+    log: Log = Field(
+        None,
+        description="true, or {level}: write the alert to the daemon log",
+        json_schema_extra={TYPE_NAME: "boolean or mapping"},
+    )
     channels: tuple[ChannelEntry, ...] = Field((), description="several channels: a list of {webhook|email|log: ...}")
     message: StrictStr | None = Field(None, description="summary template; default: task, state, error, duration")
 
