@@ -195,7 +195,7 @@ class Harness:
             while not run.finished or engine.alerter.pending:
                 await asyncio.sleep(0.005)  # polled with a deadline: the run ends by itself
                 if engine.alerter.pending:
-                    self.clock.advance(1.0)  # a delivery retry waits on the clock
+                    self.clock.advance(0.25)  # a delivery retry waits on the clock
         return run
 
     async def ended(self, run: Any) -> None:
@@ -207,7 +207,7 @@ class Harness:
         async with asyncio.timeout(10):
             while any(engine.alerter.pending for engine in self.engines):
                 await asyncio.sleep(0.005)
-                self.clock.advance(1.0)
+                self.clock.advance(0.25)
 
     def log(self, engine: Engine, run: Any) -> list[str]:
         return run.recorder.recent_lines()  # type: ignore[no-any-return]
