@@ -110,7 +110,10 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
     runs = command("runs", "search run history", "Runs, newest first.")
     runs.add_argument("--task", default=None, help="task id (a comma list is allowed)")
     runs.add_argument("--state", default=None, help="state (a comma list is allowed)")
-    runs.add_argument("--since", default=None, help="queued at or after (ISO-8601 or epoch seconds)")
+    runs.add_argument(
+        "--since", default=None, help="queued at or after: ISO-8601, epoch seconds, or a time ago (1h, 30m, 2d)"
+    )
+    runs.add_argument("--until", default=None, help="queued before: ISO-8601, epoch seconds, or a time ago")
     runs.add_argument("-q", dest="text", default=None, help="text in the error, params, task id or name")
     runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     show = command("show", "show one run", "One run: timings, params, attempts with their steps, error.")
@@ -454,7 +457,14 @@ async def _delete(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _runs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
-    query = {"task_id": args.task, "state": args.state, "since": args.since, "q": args.text, "limit": args.limit}
+    query = {
+        "task_id": args.task,
+        "state": args.state,
+        "since": args.since,
+        "until": args.until,
+        "q": args.text,
+        "limit": args.limit,
+    }
     body = await api.call("GET", "/runs?" + "&".join(f"{k}={_quote(str(v))}" for k, v in query.items() if v))
     if args.json:
         return _print_json(body, out)

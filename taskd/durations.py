@@ -47,6 +47,17 @@ def _parse_text(text: str) -> float:
     return total
 
 
+AGO = r"([0-9]{1,9}(\.[0-9]{1,6})?(ms|s|m|h|d|w)){1,6}"
+"""A duration with units (`2h`, `1h30m`, `90s`): where an instant is asked for, that long ago."""
+_AGO = re.compile(AGO)
+
+
+def parse_ago(text: str) -> float | None:
+    """Seconds for a relative time such as `1h` or `1h30m` (units required: a bare number is an
+    epoch instant where instants are asked for); None when `text` is not one."""
+    return _parse_text(text) if _AGO.fullmatch(text) else None
+
+
 def format_duration(seconds: float) -> str:
     """Render seconds compactly (`1h30m`, `90ms`), the inverse of parse_duration for display."""
     if seconds < 1 and seconds != 0:

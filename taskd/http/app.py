@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from taskd import __version__
+from taskd.durations import parse_ago
 from taskd.engine import TASK_STATUSES, Engine, TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.faults import STORE_KINDS
@@ -203,17 +204,23 @@ def _int_arg(request: web.Request, name: str, default: int, low: int, high: int)
 
 
 def _time_arg(request: web.Request, name: str) -> float | None:
-    """An instant given as ISO-8601 (UTC when it has no offset) or as epoch seconds."""
+    """An instant given as ISO-8601 (UTC when it has no offset), as epoch seconds, or as a time
+    ago (`2h`, `30m`, `1h30m`: that long before now on the daemon's clock)."""
     raw = _given(request, name)
     if raw is None:
         return None
     if _EPOCH.fullmatch(raw):  # float() would also take "1_0", "inf" and other scripts' digits
         return float(raw)
+    ago = parse_ago(raw)
+    if ago is not None:
+        return request.app[ENGINE].clock.time() - ago
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ApiError(
-            400, "bad_request", f"query parameter {name!r} must be an ISO-8601 instant or epoch seconds"
+            400,
+            "bad_request",
+            f"query parameter {name!r} must be an ISO-8601 instant, epoch seconds or a time ago such as 2h or 30m",
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

@@ -8,6 +8,7 @@ from typing import Any
 
 from taskd import __version__
 from taskd.alerts import EVENTS, LOG_TAIL
+from taskd.durations import AGO
 from taskd.engine import STOP_WAIT_S, TASK_STATUSES
 from taskd.faults import KINDS as FAULT_KINDS
 from taskd.http.selection import TASK_SORTS
@@ -217,12 +218,18 @@ def _sorts(keys: Iterable[str]) -> dict[str, Any]:
     return {"type": "string", "enum": [prefix + key for key in keys for prefix in ("", "-")]}
 
 
-_ISO_OR_EPOCH = {"anyOf": [INSTANT, {"type": "string", "pattern": r"^-?[0-9]{1,11}(\.[0-9]{1,6})?$"}]}
+_ISO_OR_EPOCH = {
+    "anyOf": [
+        INSTANT,
+        {"type": "string", "pattern": r"^-?[0-9]{1,11}(\.[0-9]{1,6})?$"},
+        {"type": "string", "pattern": f"^{AGO}$", "description": "that long ago: 2h, 30m, 1h30m, 90s, 2d"},
+    ]
+}
 RUN_FILTERS = [
     _query("state", _comma_list([str(s) for s in RunState]), "comma list of run states"),
     _query("trigger", _comma_list([str(t) for t in Trigger]), "comma list of triggers"),
-    _query("since", _ISO_OR_EPOCH, "queued at or after: ISO-8601 or epoch seconds"),
-    _query("until", _ISO_OR_EPOCH, "queued before: ISO-8601 or epoch seconds"),
+    _query("since", _ISO_OR_EPOCH, "queued at or after: ISO-8601, epoch seconds, or a time ago (2h)"),
+    _query("until", _ISO_OR_EPOCH, "queued before: ISO-8601, epoch seconds, or a time ago (30m)"),
     _query("q", {"type": "string"}, "text in the error or params, or in the task's id or name"),
     _query("sort", _sorts(RUN_SORTS), "a sort key; prefix - for descending"),
     *PAGING,

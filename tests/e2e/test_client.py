@@ -102,6 +102,9 @@ def test_start_follow_tasks_runs_show_and_logs(daemon: Daemon) -> None:
     assert followed.code == 1 and "[stderr] no" in followed.out  # the run failed
     found = client("runs", "-c", c, "-q", "say hel", "--json").json()
     assert [r["task_id"] for r in found["runs"]] == ["hello"]  # type: ignore[index]
+    recent = client("runs", "-c", c, "--since", "1h", "--until", "0s", "--json").json()
+    older = client("runs", "-c", c, "--until", "1h", "--json").json()
+    assert recent["total"] >= 2 and older["total"] == 0  # type: ignore[index]
     one = client("task", "hello", "-c", c)
     assert one.code == 0 and "name:       Say hello" in one.out and "success rate 1.0" in one.out
     status = client("status", "-c", c)

@@ -97,6 +97,12 @@ async def test_run_search_lists_text_sort_and_time(api: Api) -> None:
     since = ts(bad["queued_at"])
     assert await ids(f"since={since}") == [again["id"], bad["id"]]  # epoch seconds
     assert await ids(f"until={bad['queued_at']}") == [ok["id"]]  # or ISO-8601
+    everything = [again["id"], bad["id"], ok["id"]]
+    assert await ids("since=1h") == everything  # or a time ago on the daemon's clock
+    assert await ids("since=1h30m&until=0s") == everything
+    assert await ids("until=10m") == [] and await ids("since=1d&until=2h") == []
+    error = (await api.request("GET", "/runs?since=1x")).json()["error"]["message"]
+    assert "a time ago such as 2h or 30m" in error
     paged = (await api.request("GET", "/task/alpha/runs?limit=1&offset=1&sort=queued_at")).json()
     assert paged["total"] == 2 and [r["id"] for r in paged["runs"]] == [again["id"]]
     error = (await api.request("GET", "/runs?sort=colour")).json()["error"]["message"]
