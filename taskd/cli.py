@@ -245,12 +245,17 @@ def cmd_backup(args: argparse.Namespace) -> int:
         with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src:
             with contextlib.closing(sqlite3.connect(destination)) as dst:
                 src.backup(dst)
+                verdict = [row[0] for row in dst.execute("PRAGMA integrity_check").fetchall()]
                 runs = dst.execute("SELECT count(*) FROM runs").fetchone()[0]
     except (sqlite3.Error, OSError) as exc:
         destination.unlink(missing_ok=True)
         print(f"taskd backup: cannot copy {source} to {destination}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"{source} -> {destination}: {runs} runs")
+    if verdict != ["ok"]:
+        destination.unlink(missing_ok=True)
+        print(f"taskd backup: the copy of {source} fails integrity_check: {'; '.join(verdict[:5])}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{source} -> {destination}: {runs} runs, integrity_check ok")
     return EXIT_OK
 
 

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from taskd.config import load_config, parse_listen
-from taskd.config.load import TOKEN_CREDENTIAL
+from taskd.config.load import TOKEN_CREDENTIAL, load_api
 from taskd.errors import ConfigError, TaskdError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -121,10 +121,18 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
     logs = command("logs", "print a run's log", "Print a run's log; -f follows it until the run ends.")
     logs.add_argument("run_id", metavar="RUN")
     logs.add_argument("-f", "--follow", action="store_true", help="follow the log until the run ends")
-    command("status", "the daemon's health", "Health: store, scheduler, version, tasks, runs and slots.")
+    command("status", "the daemon's health", "Health: store, scheduler, version, tasks, runs, slots, last reload.")
+    command(
+        "reload",
+        "re-read the configuration and say how it went",
+        "Ask the daemon to re-read its configuration file and wait for the outcome: exit 0 when the new "
+        "configuration runs (the tasks added, changed and removed are listed), 2 with its errors (file, "
+        "line, key) when it was refused and the previous one keeps running. The unit's ExecReload runs it, "
+        "so `systemctl reload taskd` fails when the reload did.",
+    )
 
 
-COMMANDS = ("tasks", "task", "start", "stop", "delete", "runs", "show", "logs", "status")
+COMMANDS = ("tasks", "task", "start", "stop", "delete", "runs", "show", "logs", "status", "reload")
 
 
 def run_command(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> int:
@@ -160,6 +168,9 @@ def find_daemon(args: argparse.Namespace, env: Mapping[str, str], err: TextIO | 
     try:
         config = load_config(args.config, env)
     except ConfigError as exc:
+        api = load_api(args.config, env)  # the rest has errors: its api: section still names the daemon
+        if api is not None:
+            return _listen_target(api.listen, token or api.token)
         problems = "\n  ".join(exc.problems)
         print(
             f"taskd {args.command}: warning: cannot read {args.config}, trying {DEFAULT_URL}"
@@ -248,6 +259,7 @@ async def _run(args: argparse.Namespace, target: Target, out: TextIO) -> int:
             "show": _show,
             "logs": _logs,
             "status": _status,
+            "reload": _reload,
         }[args.command]
         return await handler(api, args, out)
 
@@ -531,9 +543,36 @@ async def _status(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         return _print_json(body, out)
     for key, value in body.items():
-        shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+        if key == "reload":
+            shown = "none since the start" if value is None else _reload_line(value)
+        elif isinstance(value, dict):
+            shown = ", ".join(f"{k} {v}" for k, v in value.items())
+        else:
+            shown = value
         print(f"{key + ':':<12} {shown}", file=out)
     return EXIT_OK if body["status"] == "ok" else EXIT_FAILED
+
+
+def _reload_line(reload: Mapping[str, Any]) -> str:
+    """The last reload as `taskd status` shows it."""
+    if reload["outcome"] == "applied":
+        changed = "; ".join(f"{kind} {', '.join(ids)}" for kind, ids in reload["changes"].items()) or "no task changed"
+        return f"{reload['at']} applied ({changed})"
+    return f"{reload['at']} refused, the previous configuration runs: " + " | ".join(reload["errors"])
+
+
+async def _reload(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    body = await api.call("POST", "/_reload", answers=(422,))
+    if args.json:
+        _print_json(body, out)
+    if body["reload"]["outcome"] == "applied":
+        if not args.json:
+            print(f"reloaded: {_reload_line(body['reload']).split(' ', 1)[1]}", file=out)
+        return EXIT_OK
+    print("taskd reload: the new configuration was refused; the previous one keeps running:", file=sys.stderr)
+    for error in body["reload"]["errors"]:
+        print(f"  {error}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 # -- output ----------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from taskd.faults import RELOAD, RETENTION, STORE_KINDS, STORE_UNREACHABLE
 from taskd.http.app import create_app
 from taskd.http.server import GuardedRunner, Limits, quiet_loop_errors
 from taskd.metrics import Metrics
+from taskd.models import ReloadOutcome
 from taskd.processor import describe
 from taskd.procgroup import kill_run_processes, runs_with_processes
 from taskd.redact import Redactor
@@ -108,6 +109,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._exit_code = EXIT_OK
         self._side_tasks: list[asyncio.Task[None]] = []
+        self._reloading = asyncio.Lock()
         self.engine: Engine | None = None
         self.store: Store | None = None
 
@@ -134,7 +136,7 @@ class Daemon:
             stack.push_async_callback(engine.shutdown, 0.0)  # if start-up fails from here on
             tune_gc()
             quiet_loop_errors(asyncio.get_running_loop())
-            app = create_app(engine, store, config.api.token, config.api.max_body_bytes, metrics)
+            app = create_app(engine, store, config.api.token, config.api.max_body_bytes, metrics, reload=self.reload)
             api = config.api
             runner = GuardedRunner(app, Limits(api.header_timeout, api.idle_timeout, api.max_connections))
             await runner.setup()
@@ -255,46 +257,49 @@ class Daemon:
         log.error("taskd_failing", reason=why, exit_code=EXIT_FAILURE)
         self.request_stop(why)
 
-    async def reload(self) -> bool:
+    async def reload(self) -> ReloadOutcome:
         """Re-read the configuration; keep the running one when the new one has errors. Never
-        stops the daemon: a refusal is logged and shown by /health until a reload succeeds."""
+        stops the daemon: a refusal is logged and shown by /health until a reload succeeds. The
+        outcome is kept for /health and answered to `POST /_reload` (`taskd reload`)."""
         assert self.engine is not None
-        faults = self.engine.faults
-        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        async with self._reloading:  # a SIGHUP and a POST /_reload at once take turns
+            self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                outcome = await self._reload()
+            finally:
+                self.notifier.notify("READY=1")
+            self.engine.last_reload = outcome
+            return outcome
+
+    async def _reload(self) -> ReloadOutcome:
+        assert self.engine is not None
         try:
-            try:
-                config = await asyncio.to_thread(load_config, self.config_path, self.env)
-            except ConfigError as exc:
-                log.error(
-                    "config_reload_failed", path=self.config_path, errors=list(exc.problems), kept="previous config"
-                )
-                faults.set(RELOAD, f"reload refused, the previous configuration runs: {'; '.join(exc.problems)}")
-                return False
-            except Exception as exc:  # a bug, or the file unreadable in a way load_config missed
-                log.exception(
-                    "config_reload_failed", path=self.config_path, errors=[describe(exc)], kept="previous config"
-                )
-                faults.set(RELOAD, f"reload refused, the previous configuration runs: {describe(exc)}")
-                return False
-            if config.api != self.started.api or config.store != self.started.store:
-                log.warning("restart_needed", reason="api: and store: changes take effect at the next start")
-            try:
-                self.engine.reload(config)
-            except Exception as exc:  # a bug, not a config error: still no reason to stop the daemon
-                log.exception(
-                    "config_reload_failed", path=self.config_path, errors=[describe(exc)], kept="previous config"
-                )
-                faults.set(RELOAD, f"reload refused, the previous configuration runs: {describe(exc)}")
-                return False
-            faults.clear(RELOAD)
-            logs.set_level(config.log.level, config.task.debug, config.task.log_task_execution)
-            logs.set_access(config.log.access)
-            logs.set_secrets(Redactor(config.secrets | self.started.secrets))
-            self.config = config
-            tune_gc()
-            return True
-        finally:
-            self.notifier.notify("READY=1")
+            config = await asyncio.to_thread(load_config, self.config_path, self.env)
+        except ConfigError as exc:
+            return self._refused(list(exc.problems))
+        except Exception as exc:  # a bug, or the file unreadable in a way load_config missed
+            return self._refused([describe(exc)], crashed=True)
+        if config.api != self.started.api or config.store != self.started.store:
+            log.warning("restart_needed", reason="api: and store: changes take effect at the next start")
+        try:
+            changes = self.engine.reload(config)
+        except Exception as exc:  # a bug, not a config error: still no reason to stop the daemon
+            return self._refused([describe(exc)], crashed=True)
+        self.engine.faults.clear(RELOAD)
+        logs.set_level(config.log.level, config.task.debug, config.task.log_task_execution)
+        logs.set_access(config.log.access)
+        logs.set_secrets(Redactor(config.secrets | self.started.secrets))
+        self.config = config
+        tune_gc()
+        return ReloadOutcome(self.clock.time(), True, changes=changes)
+
+    def _refused(self, errors: list[str], crashed: bool = False) -> ReloadOutcome:
+        assert self.engine is not None
+        (log.exception if crashed else log.error)(
+            "config_reload_failed", path=self.config_path, errors=errors, kept="previous config"
+        )
+        self.engine.faults.set(RELOAD, f"reload refused, the previous configuration runs: {'; '.join(errors)}")
+        return ReloadOutcome(self.clock.time(), False, tuple(errors))
 
     # -- side tasks ------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:

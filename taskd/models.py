@@ -179,3 +179,22 @@ class AlertState:
     """When the last overdue notice went out; None while the task is not known to be overdue."""
     version: int = 0
     """Grows with every change: a change is stored only over the version it was decided from."""
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What the last reload did: when, whether the new configuration runs, the errors that kept
+    the previous one, and what changed (task ids added, changed, removed)."""
+
+    at: float
+    applied: bool
+    errors: tuple[str, ...] = ()
+    changes: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": iso(self.at),
+            "outcome": "applied" if self.applied else "refused",
+            "errors": list(self.errors),
+            "changes": {kind: ids for kind, ids in self.changes.items() if ids},
+        }

@@ -35,8 +35,10 @@ from taskd import __version__
 from taskd.clock import Clock, FakeClock
 from taskd.config import load_config
 from taskd.engine import Engine
+from taskd.errors import ConfigError
 from taskd.http.app import create_app
 from taskd.metrics import Metrics
+from taskd.models import ReloadOutcome
 from taskd.store import Store, open_store
 from taskd.store.buffer import BufferedStore
 
@@ -382,7 +384,19 @@ async def api_factory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIt
             clock.waits_for(store.settled)
         engine = Engine(loaded, store, metrics=metrics, clock=clock)
         await engine.start()
-        app = create_app(engine, store, loaded.api.token, loaded.api.max_body_bytes, metrics, heartbeat_s)
+
+        async def reload() -> ReloadOutcome:  # what the daemon's reload does, without its logging
+            try:
+                fresh = load_config(directory / "taskd.yml", env or {})
+            except ConfigError as exc:
+                engine.last_reload = ReloadOutcome(engine.clock.time(), False, exc.problems)
+            else:
+                engine.last_reload = ReloadOutcome(engine.clock.time(), True, changes=engine.reload(fresh))
+            return engine.last_reload
+
+        app = create_app(
+            engine, store, loaded.api.token, loaded.api.max_body_bytes, metrics, heartbeat_s, reload=reload
+        )
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
         await client.start_server()
         api = Api(client, engine, store)

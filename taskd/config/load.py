@@ -10,6 +10,7 @@ from pathlib import Path
 
 from taskd.config.build import build_config
 from taskd.config.model import Config
+from taskd.config.schema import ApiSection
 from taskd.errors import ConfigError
 from taskd.processor import ProcessorType
 from taskd.processors import registry
@@ -76,6 +77,28 @@ def load_config(
         token = _read_token(config.resolve(config.api.token_file), main, read)
         config = replace(config, api=config.api.model_copy(update={"token": token}))
     return replace(config, secrets=frozenset(env.secrets | ({token} if token else set())))
+
+
+def load_api(
+    path: str | Path, env: Mapping[str, str], read: Callable[[Path], str] = lambda p: p.read_text(encoding="utf-8")
+) -> ApiSection | None:
+    """The main file's `api:` section alone (its token read from `token_file` or the credential),
+    for the command line to find the daemon when the rest of the configuration has errors (a
+    `taskd reload` of a broken file must reach the daemon to hear them). None when even that
+    cannot be read."""
+    main_path = Path(path)
+    try:
+        environ = _Environ(env, read)
+        main = parse_document(str(path), read(main_path), environ)
+        _default_token_file(main, environ.credential_path(TOKEN_CREDENTIAL))
+        raw = main.data.get("api", {}) if isinstance(main.data, dict) else None
+        api = ApiSection.model_validate(raw if raw is not None else {})
+        if api.token_file:
+            token = _read_token((main_path.parent / Path(api.token_file).expanduser()).resolve(), main, read)
+            api = api.model_copy(update={"token": token})
+    except Exception:  # whatever is wrong, load_config says it; here there is no api section to use
+        return None
+    return api
 
 
 def _unquoted(problem: str, secrets: set[str]) -> str:

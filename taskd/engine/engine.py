@@ -34,7 +34,7 @@ from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.faults import STORE_FILE, STORE_UNREACHABLE, STORE_WRITE, Faults
 from taskd.live import LiveHub
 from taskd.metrics import Metrics
-from taskd.models import RunRecord, RunState, RunSummary, Trigger, new_run_id
+from taskd.models import ReloadOutcome, RunRecord, RunState, RunSummary, Trigger, new_run_id
 from taskd.processor import ProcessorType
 from taskd.processors import registry
 from taskd.redact import NONE, Redactor, masked_params, secret_values
@@ -133,6 +133,8 @@ class Engine:
             self._describe, self._lease_lost, self._remote.heard, adopt=lambda fires: self.firing.adopt(fires)
         )
         self.firing = Firing(self, timer, self.coordinator, store, self.slots, self.clock, metrics)
+        self.last_reload: ReloadOutcome | None = None
+        """What the last reload did (the daemon records it; /health shows it)."""
         self._overload: str | None = None  # why new runs are refused, while they are
         self._overload_since = 0.0
         self._shed = 0  # runs refused since the overload began

@@ -27,7 +27,7 @@ from taskd.http.selection import TASK_SORTS, TaskQuery, select_tasks
 from taskd.http.server import error_body
 from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail
 from taskd.metrics import CONTENT_TYPE, Metrics
-from taskd.models import RunRecord, RunState, Trigger, iso
+from taskd.models import ReloadOutcome, RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
 from taskd.recorder import MAX_LOG_LINES
 from taskd.store.base import RUN_SORTS, RunQuery, Store
@@ -39,6 +39,7 @@ STORE: web.AppKey[Store] = web.AppKey("store", Store)
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 VIEWS: web.AppKey[TaskViews] = web.AppKey("views", TaskViews)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+RELOAD: web.AppKey[Callable[[], Awaitable[ReloadOutcome]]] = web.AppKey("reload")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 1000
@@ -141,8 +142,10 @@ def create_app(
     max_body_bytes: int,
     metrics: Metrics | None = None,
     heartbeat_s: float = events.HEARTBEAT_S,
+    reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
 ) -> web.Application:
-    """The HTTP application; the daemon owns its lifecycle through web.AppRunner."""
+    """The HTTP application; the daemon owns its lifecycle through web.AppRunner. With `reload`,
+    `POST /_reload` re-reads the configuration and answers what happened."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=max_body_bytes)
     app[ENGINE] = engine
     app[STORE] = store
@@ -155,6 +158,9 @@ def create_app(
     if metrics is not None:
         app[METRICS] = metrics
         app.router.add_get("/metrics", metrics_endpoint)
+    if reload is not None:
+        app[RELOAD] = reload
+        app.router.add_post("/_reload", reload_config)
     app.router.add_get("/tasks", list_tasks)
     app.router.add_get("/tasks/", list_tasks)
     app.router.add_get("/task/{id}", get_task)
@@ -510,6 +516,17 @@ async def run_log(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def reload_config(request: web.Request) -> web.Response:
+    """Re-read the configuration file: 200 with what changed, or 422 with the errors that kept
+    the running configuration (each naming file, line and key)."""
+    outcome = await request.app[RELOAD]()
+    body = outcome.to_json()
+    if outcome.applied:
+        return _json({"reload": body})
+    message = "the new configuration was refused; the previous one runs:\n" + "\n".join(outcome.errors)
+    return _json({"error": {"code": "config_refused", "message": message}, "reload": body}, status=422)
+
+
 async def health(request: web.Request) -> web.Response:
     """`ok` (200); `degraded` (503) while the store has a fault or the scheduler is stopped. Faults
     that leave the daemon serving (a refused reload, a failed prune) are listed with status `ok`."""
@@ -537,6 +554,7 @@ async def health(request: web.Request) -> web.Response:
         "slots": {"limit": load.slots, "held": load.slots_in_use, "waiting": load.slots_waiting},
         "pending_writes": store.pending_writes,
         "overloaded": load.overloaded,
+        "reload": engine.last_reload.to_json() if engine.last_reload else None,
     }
     return _json(body, status=code)
 

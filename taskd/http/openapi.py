@@ -177,6 +177,19 @@ SCHEMAS: dict[str, Any] = {
         "description": "What an alerts: route sends: the body of a json webhook, the alert.json of an e-mail."
         " A slack webhook gets {text} made of the same facts.",
     },
+    "ReloadOutcome": _object(
+        ["at", "outcome", "errors", "changes"],
+        {
+            "at": INSTANT,
+            "outcome": {"type": "string", "enum": ["applied", "refused"]},
+            "errors": {"type": "array", "items": {"type": "string"}, "description": "file:line: key: what is wrong"},
+            "changes": {
+                "type": "object",
+                "description": "task ids by change: added, changed, removed, held_back (deleted through the API)",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    ),
     "Run": _object(list(RUN_PROPERTIES), RUN_PROPERTIES),
     "RunDetail": _object(
         [*RUN_PROPERTIES, "attempt_list", "transitions"],
@@ -357,6 +370,26 @@ def document(secured: bool = True) -> dict[str, Any]:
                         ),
                         "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
                     },
+                },
+            }
+        },
+        "/_reload": {
+            "post": {
+                "operationId": "reloadConfig",
+                "summary": "Re-read the configuration file (what SIGHUP and `taskd reload` do)",
+                "description": "200 once the new configuration runs, with the task ids it added, changed and "
+                "removed; 422 when it was refused (its errors name file, line and key) and the previous one "
+                "runs. /health shows the last reload either way.",
+                "responses": {
+                    "200": _json(_object(["reload"], {"reload": _ref("ReloadOutcome")}), "the new configuration runs"),
+                    "422": _json(
+                        _object(
+                            ["error", "reload"],
+                            {"error": SCHEMAS["Error"]["properties"]["error"], "reload": _ref("ReloadOutcome")},
+                        ),
+                        "refused: the previous configuration runs (code config_refused)",
+                    ),
+                    **ERRORS,
                 },
             }
         },

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,3 +259,34 @@ def test_bad_urls_and_tokens_are_usage_errors_and_a_degraded_status_shows_its_de
     refused = client("status", "--url", url, "--token", "wrong")
     assert refused.code == 2, refused
     (daemon.dir / "var-moved").rename(daemon.dir / "var")
+
+
+def test_reload_answers_whether_the_new_configuration_runs(daemon: Daemon) -> None:
+    c = str(daemon.config_path)
+    status = client("status", "-c", c)
+    assert "reload:      none since the start" in status.out, status.out
+    good = daemon.config_path.read_text().replace(
+        "- {id: slow, pipeline: slow}", "- {id: slow, pipeline: slow}\n  - {id: extra, pipeline: hello}"
+    )
+    daemon.config_path.write_text(good)
+    done = client("reload", "-c", c)
+    assert done.code == 0 and done.out.startswith("reloaded: applied (added extra)"), (done.out, done.err)
+    assert daemon.request("GET", "/task/extra").status == 200
+    broken = good.replace("- {id: extra, pipeline: hello}", "- {id: extra, pipeline: hello, schedul: x}")
+    daemon.config_path.write_text(broken)
+    refused = client("reload", "-c", c)
+    line = next(n for n, text in enumerate(broken.splitlines(), 1) if "schedul:" in text)
+    assert refused.code == 2 and refused.out == ""
+    assert f"taskd.yml:{line}: tasks[3].schedul: unknown key 'schedul' (did you mean 'schedule'?)" in refused.err
+    assert daemon.request("GET", "/task/extra").status == 200  # the previous configuration runs
+    health = daemon.request("GET", "/health").json()
+    assert health["status"] == "ok" and health["reload"]["outcome"] == "refused"
+    assert health["reload"]["errors"][0].endswith(
+        "(did you mean 'schedule'?); allowed keys: " + health["reload"]["errors"][0].split("allowed keys: ")[1]
+    )
+    status = client("status", "-c", c)
+    assert "refused, the previous configuration runs: " in status.out and "schedul" in status.out
+    # A SIGHUP is recorded the same way.
+    daemon.config_path.write_text(good)
+    daemon.send(signal.SIGHUP)
+    wait_for(lambda: daemon.request("GET", "/health").json()["reload"]["outcome"] == "applied", what="a reload")

@@ -233,7 +233,7 @@ def test_a_damaged_store_gives_one_clear_error_and_exit_1(daemon_factory: Callab
         daemon.wait_run(run_id)
     copy = daemon.dir / "backup.db"
     backed = taskd("backup", str(copy), "-c", str(daemon.config_path))  # while the daemon runs
-    assert backed.returncode == 0 and backed.stdout.endswith(": 30 runs\n"), backed
+    assert backed.returncode == 0 and backed.stdout.endswith(": 30 runs, integrity_check ok\n"), backed
     assert daemon.stop() == 0
     db = daemon.dir / "var" / "taskd.db"
     with db.open("r+b") as out:
@@ -278,3 +278,33 @@ def test_a_daemon_stopping_on_a_full_disk_exits_1_and_says_what_was_lost(
         daemon.send(signal.SIGTERM)
     assert exited(daemon, timeout=30) == 1
     assert "store_writes_lost" in daemon.output()
+
+
+def test_a_backup_taken_under_load_restores_every_run_committed_before_it(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    if ON_POSTGRES:
+        pytest.skip("taskd backup copies a SQLite store (PostgreSQL: pg_dump)")
+    tasks = "- {id: tick, pipeline: quick, schedule: '* * * * * *', concurrency: allow}\n" + TASKS.replace(
+        "{id: quick, pipeline: quick}", "{id: quick, pipeline: quick, concurrency: allow}"
+    )
+    daemon = daemon_factory(base_config(tasks, PIPELINES)).start()
+    for _ in range(3):  # a burst of manual runs beside the ticking task, still going during the backup
+        for _ in range(20):
+            daemon.start_task("quick", {"padding": "y" * 2000})
+    wait_for(lambda: len(daemon.runs("tick")) >= 2, what="ticks")
+    before = {r["id"] for r in daemon.request("GET", "/runs?limit=1000").json()["runs"]}
+    copy = daemon.dir / "backup.db"
+    backed = taskd("backup", str(copy), "-c", str(daemon.config_path))
+    assert backed.returncode == 0 and "integrity_check ok" in backed.stdout, backed
+    for _ in range(10):
+        daemon.start_task("quick")  # after the backup: not in it
+    assert daemon.stop() == 0
+    db = daemon.dir / "var" / "taskd.db"
+    for leftover in db.parent.glob("taskd.db*"):
+        leftover.unlink()
+    copy.rename(db)
+    daemon.start()
+    after = {r["id"] for r in daemon.request("GET", "/runs?limit=1000").json()["runs"]}
+    assert before <= after and len(before) >= 62
+    assert daemon.stop() == 0

@@ -34,7 +34,7 @@ def test_the_unit_runs_the_venv_on_etc_taskd_and_keeps_state_in_its_state_direct
     # No ExecStartPre: a failing one is an ordinary failure to systemd, restarted every RestartSec
     # forever; `taskd run` itself exits 2 on a bad configuration.
     assert "ExecStartPre" not in unit
-    assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert unit["ExecReload"] == "/opt/taskd/bin/taskd reload -c /etc/taskd/taskd.yml"
     assert unit["StateDirectory"] == "taskd" and unit["WorkingDirectory"] == "/var/lib/taskd"
     assert unit["ProtectSystem"] == "strict" and "ReadWritePaths" not in unit
     # A configuration error (exit 2) is not fixed by restarting.

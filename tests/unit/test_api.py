@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -364,3 +365,28 @@ async def test_a_nul_in_a_run_id_task_id_or_search_finds_nothing(api: Api) -> No
     assert (await api.request("GET", "/runs?task_id=al%00pha")).status == 404
     found = await api.request("GET", "/runs?q=x%00y")
     assert found.status == 200 and found.json() == {"runs": [], "total": 0}
+
+
+async def test_reload_answers_what_changed_or_the_errors_that_kept_the_old_configuration(
+    api_factory: Callable[..., Awaitable[Api]], tmp_path: Path
+) -> None:
+    api = await api_factory(base_config(TASKS, PIPELINES))
+    path = tmp_path / "api0" / "taskd.yml"
+    assert (await api.request("GET", "/health")).json()["reload"] is None
+    text = path.read_text()
+    path.write_text(text.replace("tasks:\n", "tasks:\n  - {id: fresh, pipeline: ok}\n", 1))
+    done = await api.request("POST", "/_reload")
+    assert done.status == 200 and done.json()["reload"]["outcome"] == "applied"
+    assert done.json()["reload"]["changes"] == {"added": ["fresh"]}
+    path.write_text(text.replace("tasks:\n", "tasks:\n  - {id: fresh, pipeline: nowhere}\n", 1))
+    refused = await api.request("POST", "/_reload")
+    body = refused.json()
+    assert refused.status == 422 and body["error"]["code"] == "config_refused"
+    assert body["reload"]["outcome"] == "refused"
+    assert body["reload"]["errors"] == [
+        f"{path}:6: tasks[0].pipeline: unknown pipeline 'nowhere'; defined pipelines: bad, ok"
+    ]
+    assert "tasks[0].pipeline: unknown pipeline 'nowhere'" in body["error"]["message"]
+    assert (await api.request("GET", "/task/fresh")).status == 200  # the previous configuration runs
+    health = (await api.request("GET", "/health")).json()
+    assert health["reload"] == body["reload"]

@@ -184,9 +184,9 @@ async def test_a_reload_says_a_restart_is_needed_only_while_api_or_store_differ_
                 "./var/taskd.db}", "./var/taskd.db, max_outage: 1s}"
             )
         )
-        assert await daemon.reload()
+        assert (await daemon.reload()).applied
         path.write_text(CONFIG.replace("max_concurrent_tasks: 10", "max_concurrent_tasks: 5"))  # store: as running
-        assert await daemon.reload()
+        assert (await daemon.reload()).applied
     assert [line["event"] for line in logs if line["event"] == "restart_needed"] == ["restart_needed"]
     assert daemon.engine is not None and daemon.engine.slots.limit == 5
     daemon.request_stop("SIGTERM")
