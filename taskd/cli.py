@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -84,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
         "group) with its options: name, type, default and description. Same data as GET /processors.",
     )
     procs.add_argument("--json", action="store_true", help="print JSON instead of text")
+    imported = sub.add_parser(
+        "import-crontab",
+        help="turn a crontab into a taskd.yml",
+        description="Read a crontab and print a taskd.yml whose tasks fire at the same instants: a user's "
+        "crontab (FILE, - for standard input, or by default `crontab -l`, of --user NAME), /etc/crontab or an "
+        "/etc/cron.d file (with the user column: --system, implied by those paths). Lines that cannot be "
+        "carried over are listed on standard error and as comments in the result. Exit 0 when written, 1 when "
+        "the crontab cannot be read, 2 on usage errors.",
+    )
+    imported.add_argument("file", metavar="FILE", nargs="?", help="the crontab; - reads standard input")
+    imported.add_argument("--user", help="whose crontab `crontab -l` reads; with --system, only that user's jobs")
+    imported.add_argument("--system", action="store_true", help="each job line has a user column")
+    imported.add_argument("-o", "--output", help="write the taskd.yml to this new file instead of printing it")
+    imported.add_argument("--smtp", metavar="HOST[:PORT]", help="send alerts to MAILTO through this SMTP server")
     client.add_commands(sub, config_help, default_config)
     return parser
 
@@ -124,6 +139,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_processors(args)
     if args.command == "backup":
         return cmd_backup(args)
+    if args.command == "import-crontab":
+        return cmd_import_crontab(args)
     if args.command in client.COMMANDS:
         return client.run_command(args, os.environ)
     raise AssertionError(args.command)
@@ -257,6 +274,68 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{source} -> {destination}: {runs} runs, integrity_check ok")
     return EXIT_OK
+
+
+def cmd_import_crontab(args: argparse.Namespace) -> int:
+    from taskd.crontab import read_crontab, to_yaml
+
+    smtp = _smtp(args.smtp) if args.smtp else None
+    if smtp is None and args.smtp:
+        print(f"taskd import-crontab: --smtp must be HOST or HOST:PORT, got {args.smtp!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output and Path(args.output).exists():
+        print(f"taskd import-crontab: {args.output} exists; give a new file", file=sys.stderr)
+        return EXIT_USAGE
+    text, origin = _crontab_text(args)
+    if text is None:
+        return EXIT_FAILURE
+    system = args.system or origin == "/etc/crontab" or Path(origin).parent == Path("/etc/cron.d")
+    crontab = read_crontab(text, system=system)
+    if system and args.user:
+        others = [job for job in crontab.jobs if job.user != args.user]
+        crontab.jobs = [job for job in crontab.jobs if job.user == args.user]
+        crontab.skipped += [(job.line, f"a job of user {job.user}, not {args.user}") for job in others]
+        crontab.skipped.sort()
+    for number, why in crontab.skipped:
+        print(f"taskd import-crontab: {origin}:{number}: not carried over: {why}", file=sys.stderr)
+    document = to_yaml(crontab, origin, smtp)
+    if args.output:
+        Path(args.output).write_text(document, encoding="utf-8")
+        print(
+            f"{origin} -> {args.output}: {len(crontab.jobs)} task(s), {len(crontab.skipped)} line(s) not carried over"
+        )
+    else:
+        sys.stdout.write(document)
+    return EXIT_OK
+
+
+def _smtp(text: str) -> tuple[str, int] | None:
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "25")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
+def _crontab_text(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The crontab's text and where it came from; None (and a message) when it cannot be read."""
+    if args.file == "-":
+        return sys.stdin.read(), "standard input"
+    if args.file:
+        try:
+            return Path(args.file).read_text(encoding="utf-8"), args.file
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"taskd import-crontab: cannot read {args.file}: {exc}", file=sys.stderr)
+            return None, args.file
+    command = ["crontab", "-l", *(["-u", args.user] if args.user else [])]
+    try:
+        listed = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"taskd import-crontab: cannot run {' '.join(command)}: {exc}; give the crontab as FILE", file=sys.stderr)
+        return None, "crontab -l"
+    if listed.returncode != 0:
+        print(f"taskd import-crontab: {' '.join(command)} failed: {listed.stderr.strip()}", file=sys.stderr)
+        return None, "crontab -l"
+    return listed.stdout, " ".join(command)
 
 
 def cmd_processors(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ class Trigger(StrEnum):
     SCHEDULE = "schedule"
     MANUAL = "manual"
     CATCH_UP = "catch_up"
+    STARTUP = "startup"
+    """A task with `schedule: "@reboot"`, once at each start of the daemon."""
 
 
 class StepState(StrEnum):

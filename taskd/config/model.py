@@ -129,7 +129,7 @@ class Config:
 
     def schedule_for(self, task: TaskConfig) -> schedules.Schedule | None:
         """The parsed schedule of `task` in its effective time zone (None for manual-only tasks)."""
-        if task.schedule is None:
+        if task.schedule is None or task.at_start:
             return None
         return cached_schedule(task.schedule, self.zone_for(task))
 

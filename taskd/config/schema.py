@@ -49,7 +49,13 @@ def _zone_name(value: str) -> str:
     return value
 
 
+AT_START = "@reboot"
+"""The schedule of a task that runs once each time the daemon starts (crontab's @reboot)."""
+
+
 def _cron(value: str) -> str:
+    if value == AT_START:
+        return value
     try:
         cached_schedule(value, "UTC")
     except ScheduleError as exc:
@@ -341,7 +347,9 @@ class TaskConfig(Section):
     name: StrictStr | None = None
     enabled: StrictBool = True
     schedule: Annotated[StrictStr, AfterValidator(_cron)] | None = Field(
-        None, description="cron expression, macro or @every; omit for a manual-only task"
+        None,
+        description="cron expression, macro or @every; @reboot: once each time taskd starts; omit for a"
+        " manual-only task",
     )
     pipeline: StrictStr
     timeout: Duration | None = Field(None, description="limit for each attempt; none when omitted")
@@ -395,6 +403,11 @@ class TaskConfig(Section):
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    @property
+    def at_start(self) -> bool:
+        """Whether the task runs once at each start of the daemon (`schedule: "@reboot"`)."""
+        return self.schedule == AT_START
 
 
 class PipelineSpec(Section):

@@ -240,6 +240,18 @@ class Firing:
         self._store.record_fire(summary)
         return summary.count == 1
 
+    def _at_start(self) -> None:
+        """The enabled tasks with `schedule: "@reboot"` run once now, on each node their placement allows."""
+        me, labels = self._coordinator.name, self._coordinator.labels
+        for entry in list(self._engine.tasks.values()):
+            task = entry.config
+            if task.at_start and task.enabled and eligible(task.placement, me, labels):
+                log.info("startup_run", task_id=entry.id)
+                try:
+                    self._engine.start_run(entry.id, Trigger.STARTUP)
+                except Conflict as exc:
+                    self.skip(Fire(entry.id, self._clock.time(), "skipped", str(exc), self._clock.time()), exc.reason)
+
     async def catch_up(self) -> None:
         """At start-up, deal with fires missed while the daemon was down (misfire policy), each
         claimed so that it is dealt with once among the nodes. First, the fires adopted while
@@ -247,6 +259,7 @@ class Firing:
         adopted, self._adopted = self._adopted, []
         if adopted:
             self.adopt(adopted)
+        self._at_start()
         last_fires = await self._store.last_fires()
         now = utc(self._clock)
         due = []

@@ -164,6 +164,13 @@ async def test_a_store_fault_past_max_outage_stops_the_daemon_with_exit_1(
     running = asyncio.create_task(daemon.run())
     await until(lambda: daemon.engine is not None and daemon.engine.scheduler_running, "ready")
     monkeypatch.setattr(SQLiteStore, "problem", unreachable)
+    # The store watch may be in the middle of a check that waits on a thread (the real problem()):
+    # move the clock a second at a time until it has seen the fault, before moving it far.
+    assert daemon.engine is not None
+    async with asyncio.timeout(10):
+        while daemon.engine.faults.get(STORE_UNREACHABLE) is None:
+            await clock.run_for(1)
+            await asyncio.sleep(0.01)
     await clock.run_for(30)
     assert not running.done()
     await clock.run_for(40)

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("taskd.store", "taskd.cluster", "taskd.live", "taskd.schedule_words"),
     ("taskd.processor",),
     ("taskd.procgroup", "taskd.processors", "taskd.channels"),
-    ("taskd.config",),
+    ("taskd.config", "taskd.crontab"),
     ("taskd.chain", "taskd.alerts"),
     ("taskd.recorder", "taskd.runner"),
     ("taskd.engine", "taskd.alerter"),
