@@ -90,8 +90,12 @@ def load_api(
     try:
         environ = _Environ(env, read)
         main = parse_document(str(path), read(main_path), environ)
+        if not isinstance(main.data, dict) or any(
+            text == "api" or text.startswith(("api.", "api:")) for _, text in main.problems
+        ):
+            return None  # the YAML cannot be read, or its api: section itself has problems
         _default_token_file(main, environ.credential_path(TOKEN_CREDENTIAL))
-        raw = main.data.get("api", {}) if isinstance(main.data, dict) else None
+        raw = main.data.get("api", {})
         api = ApiSection.model_validate(raw if raw is not None else {})
         if api.token_file:
             token = _read_token((main_path.parent / Path(api.token_file).expanduser()).resolve(), main, read)

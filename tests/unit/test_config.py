@@ -560,3 +560,20 @@ def test_bad_alert_settings_name_the_key(tmp_path: Path, text: str, fragment: st
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, text + PIPELINE)
     assert fragment in str(caught.value) and "taskd.yml:" in str(caught.value)
+
+
+def test_the_api_section_alone_is_read_when_the_rest_has_errors(tmp_path: Path) -> None:
+    from taskd.config.load import load_api
+
+    path = write(tmp_path, "taskd.yml", "api: {listen: '127.0.0.1:9999', token: abc-token}\ntasks:\n  - {id: t}\n")
+    with pytest.raises(ConfigError):
+        load_config(path, {})
+    api = load_api(path, {})
+    assert api is not None and (api.listen, api.token) == ("127.0.0.1:9999", "abc-token")
+    (tmp_path / "token").write_text("from-a-file\n")
+    write(tmp_path, "taskd.yml", "api: {token_file: token}\ntasks: [oops]\n")
+    assert load_api(path, {}).token == "from-a-file"  # type: ignore[union-attr]
+    write(tmp_path, "taskd.yml", "api: {listen: '${UNSET_FOR_TEST}'}\ntasks: []\n")
+    assert load_api(path, {}) is None  # the api: section itself has a problem
+    write(tmp_path, "taskd.yml", "api: {listen: '127.0.0.1:1'}\ntasks: [\n")
+    assert load_api(path, {}) is None  # the YAML cannot be read
