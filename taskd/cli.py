@@ -99,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--system", action="store_true", help="each job line has a user column")
     imported.add_argument("-o", "--output", help="write the taskd.yml to this new file instead of printing it")
     imported.add_argument("--smtp", metavar="HOST[:PORT]", help="send alerts to MAILTO through this SMTP server")
+    service = sub.add_parser(
+        "install-service",
+        help="install taskd as a systemd service",
+        description="As root: create the system user taskd, put the configuration (and the files it includes) "
+        "in /etc/taskd (an existing one is kept), write the environment file (0640) and an API token (0600, "
+        "loaded by the unit as the credential api-token), write the unit running this installation's taskd, "
+        "and check it with systemd-analyze verify; then print the commands that enable and start it. "
+        "--uninstall removes what it installed and keeps the state in /var/lib/taskd. Exit 0 when done, "
+        "1 when a step failed, 2 on usage errors.",
+    )
+    service.add_argument("-c", "--config", default=default_config, help=config_help)
+    service.add_argument("--dry-run", action="store_true", help="print every file and command; change nothing")
+    service.add_argument("--root", default="/", help="install under this directory instead of / (packaging, tests)")
+    service.add_argument("--uninstall", action="store_true", help="remove what install-service installed")
     client.add_commands(sub, config_help, default_config)
     return parser
 
@@ -141,6 +155,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_backup(args)
     if args.command == "import-crontab":
         return cmd_import_crontab(args)
+    if args.command == "install-service":
+        return cmd_install_service(args)
     if args.command in client.COMMANDS:
         return client.run_command(args, os.environ)
     raise AssertionError(args.command)
@@ -336,6 +352,32 @@ def _crontab_text(args: argparse.Namespace) -> tuple[str | None, str]:
         print(f"taskd import-crontab: {' '.join(command)} failed: {listed.stderr.strip()}", file=sys.stderr)
         return None, "crontab -l"
     return listed.stdout, " ".join(command)
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from taskd.install import Installer, InstallError
+
+    root = Path(args.root)
+    if root == Path("/") and not args.dry_run and os.geteuid() != 0:
+        print("taskd install-service: run it as root (or give --dry-run, or --root DIR)", file=sys.stderr)
+        return EXIT_USAGE
+    installer = Installer(root, args.dry_run)
+    try:
+        if args.uninstall:
+            installer.uninstall()
+            return EXIT_OK
+        config = _load(args.config)
+        if config is None:
+            return EXIT_USAGE
+        outside = [f for f in config.files if not f.resolve().is_relative_to(config.base_dir.resolve())]
+        if outside:
+            print(f"taskd install-service: {outside[0]} is outside {config.base_dir}: copy it by hand", file=sys.stderr)
+            return EXIT_USAGE
+        installer.install(config)
+    except (InstallError, OSError) as exc:
+        print(f"taskd install-service: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def cmd_processors(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("taskd.http",),
     ("taskd.daemon",),
     ("taskd.client",),
-    ("taskd.cli", "taskd.__main__"),
+    ("taskd.cli", "taskd.__main__", "taskd.install"),
 ]
 
 # Third-party imports that belong to one place only.
