@@ -40,7 +40,7 @@ from taskd.alerts import (
 from taskd.channels import DeliveryFailed, describe_channel, in_thread, send_email, send_webhook
 from taskd.clock import Clock
 from taskd.cluster import Coordinator
-from taskd.config import Config
+from taskd.config import Config, TaskConfig
 from taskd.faults import ALERTS, Faults
 from taskd.metrics import Metrics
 from taskd.models import AlertState, RunState
@@ -147,12 +147,12 @@ class Alerter:
     async def _forget(self, task_id: str, fresh: AlertState, now: float) -> None:
         await self._change(task_id, lambda state: (dataclasses.replace(fresh, version=state.version), None), now)
 
-    async def start(self) -> None:
+    async def start(self, last_successes: Mapping[str, float]) -> None:
         """Load the states, check every expectation at once (a daemon that was down for two days
-        says so now), then keep checking."""
+        says so now), then keep checking. `last_successes`: each task's, as the store has them."""
+        self._last_success.update(last_successes)
         try:
             self._states = await self.store.alert_states()
-            self._last_success.update(await self.store.last_successes())
         except Exception as exc:
             log.warning("alert_states_unreadable", error=describe(exc), action="starting from ok; read again later")
         await self._check_safely()
@@ -230,7 +230,14 @@ class Alerter:
             record.error,
             run.recorder.recent_lines(),
         )
-        notice = Notice(
+        self._deliver(route, self._notice(change, task, now, config, run=facts), run)
+
+    def _notice(
+        self, change: Change, task: TaskConfig, now: float, config: Config, run: RunFacts | None = None
+    ) -> Notice:
+        """What to tell of a change: the task, this node, and the run that caused it, if any."""
+        assert change.event is not None
+        return Notice(
             change.event,
             task.id,
             task.display_name,
@@ -239,12 +246,12 @@ class Alerter:
             now,
             self._coordinator.name,
             self.host,
-            run=facts,
+            run=run,
             last_success=self._last_success.get(task.id),
             success_within_s=task.expect.success_within if task.expect else None,
             public_url=config.api.public_url,
+            defined=task.id not in self._deleted,
         )
-        self._deliver(route, notice, run)
 
     # -- expectations -------------------------------------------------------------------------------
     async def _checking(self) -> None:
@@ -293,21 +300,7 @@ class Alerter:
             overdue[task.id] = is_overdue(state, last, within, now)
             soonest = min(soonest, next_check(state, last, within, now, repeat))
             if change is not None and change.event == OVERDUE and route is not None:
-                notice = Notice(
-                    OVERDUE,
-                    task.id,
-                    task.display_name,
-                    change.before,
-                    change.after,
-                    now,
-                    self._coordinator.name,
-                    self.host,
-                    last_success=last,
-                    success_within_s=within,
-                    public_url=config.api.public_url,
-                    defined=task.id not in self._deleted,
-                )
-                self._deliver(route, notice, None)
+                self._deliver(route, self._notice(change, task, now, config), None)
         self._overdue = overdue
         return max(MIN_CHECK_S, soonest - now)
 

@@ -144,11 +144,12 @@ class Engine:
         """Register the configured tasks, start firing, and catch up on missed fires."""
         self._tombstones = await self.store.tombstones()
         self.runs.seed(await self.store.last_runs())
+        successes = await self.store.last_successes()  # read once: the metrics and the alerter
         if self.metrics is not None:
-            self.metrics.seed_last_successes(await self.store.last_successes())
+            self.metrics.seed_last_successes(successes)
         self._apply(self.config)
         await self.coordinator.join()
-        await self.alerter.start()
+        await self.alerter.start(successes)
         self._accepting = True
         self.firing.timer.start()
         await self.firing.catch_up()
