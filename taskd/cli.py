@@ -1,4 +1,4 @@
-"""Command line: the daemon's verbs (`run`, `check`, `next`, `processors`, `backup`) and the client's
+"""Command line: the daemon's verbs (`run`, `check`, `next`, `plan`, `processors`, `backup`) and the client's
 (`tasks`, `task`, `start`, `stop`, `delete`, `runs`, `show`, `logs`, `status`; see taskd.client)."""
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from taskd import schedule as schedules
 from taskd.alerts import Route, route_for
 from taskd.channels import describe_channel
 from taskd.config import Config, PipelineConfig, ProcessorConfig, TaskConfig, load_config
-from taskd.durations import format_duration
-from taskd.errors import ConfigError, ScheduleError
+from taskd.dependencies import Graph
+from taskd.durations import format_duration, parse_duration
+from taskd.errors import ConfigError, DurationError, ScheduleError
+from taskd.forecast import MAX_DAYS, forecast
+from taskd.forecast import lines as forecast_lines
 from taskd.redact import Redactor
 
 DEFAULT_CONFIG = "taskd.yml"
@@ -68,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     nxt.add_argument("--tz", default="UTC", help="IANA time zone the expression is evaluated in (default UTC)")
     nxt.add_argument("--after", type=_instant, default=None, help="ISO-8601 instant (default: now); naive = in --tz")
     nxt.add_argument("--count", "-n", type=_positive_int, default=5, help="how many instants (default 5)")
+    nxt.add_argument(
+        "--spread",
+        type=_spread,
+        default=None,
+        metavar="DURATION",
+        help="shift the instants as `spread:` does for the task named by --task",
+    )
+    nxt.add_argument("--task", metavar="ID", default="", help="the task id the spread's offset is derived from")
+    plan = sub.add_parser(
+        "plan",
+        help="forecast the runs per hour and the minutes with more tasks due than slots",
+        description="Read the configuration and print, for each hour of the next --days days (in the "
+        "configuration's time zone), how many runs its schedules bring, and under it each minute when more "
+        "tasks are due than max_concurrent_tasks lets run, naming them (a task counts once a minute). "
+        "Spread is applied. Exit 0 when printed, 2 on configuration errors.",
+    )
+    plan.add_argument("-c", "--config", default=default_config, help=config_help)
+    plan.add_argument("--days", type=_days, default=7, help=f"how many days ahead (1 to {MAX_DAYS}, default 7)")
     backup = sub.add_parser(
         "backup",
         help="copy the SQLite store to a file, safely while the daemon runs",
@@ -127,6 +148,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _days(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_DAYS}, got {value}")
+    return value
+
+
+def _spread(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be longer than 0s")
+    return value
+
+
 def _instant(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
@@ -147,6 +185,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_next(args)
     if args.command == "check":
         return cmd_check(args)
+    if args.command == "plan":
+        return cmd_plan(args)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "processors":
@@ -168,6 +208,8 @@ def cmd_next(args: argparse.Namespace) -> int:
     except ScheduleError as exc:
         print(f"taskd next: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.spread is not None:
+        schedule = schedules.shifted(schedule, schedules.spread_offset(args.task, args.spread))
     after: datetime = args.after or datetime.now(UTC)
     if after.tzinfo is None:
         after = after.replace(tzinfo=schedule.tz)
@@ -198,10 +240,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     default_route = _route_text(config, route_for(config.alerts, TaskConfig(id="x", pipeline="x")))
     print(f"alerts: {default_route}")
+    graph = Graph.of(config.tasks)
+    if graph.upstream:
+        by_id = {task.id: task for task in config.tasks}
+        print("dependencies (task <- the tasks it runs after):")
+        for line in graph.lines(by_id):
+            print(f"  {line}")
     for task in config.tasks:
         _print_task(config, task, now, args.count, default_route)
     _print_findings("notes", config, lambda pipeline, step: step.options.notes())
     _print_findings("warnings", config, lambda pipeline, step: step.options.warnings(pipeline.base_dir))
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    zone = schedules.load_zone(config.task.time_zone)
+    scheduled = [
+        (task.id, schedule)
+        for task in config.tasks
+        if task.enabled and (schedule := config.schedule_for(task)) is not None
+    ]
+    plan = forecast(scheduled, datetime.now(UTC), args.days, config.task.max_concurrent_tasks)
+    crowded = len(plan.crowded)
+    print(
+        f"{len(scheduled)} scheduled task(s), {sum(runs for _, runs, _ in plan.hours)} run(s) in the next "
+        f"{args.days} day(s); {crowded} minute(s) with more tasks due than max_concurrent_tasks "
+        f"({config.task.max_concurrent_tasks})"
+    )
+    for line in forecast_lines(plan, zone):
+        print(line)
+    for why in plan.cut_short:
+        print(f"cut short: {why}")
     return EXIT_OK
 
 
@@ -221,6 +293,13 @@ def _print_task(config: Config, task: TaskConfig, now: datetime, count: int, def
         print(f"  alerts:    {route}")
     if task.expect is not None:
         print(f"  expect:    a success within {format_duration(task.expect.success_within)}")
+    if task.after is not None:
+        after = task.after
+        print(f"  after:     {', '.join(after.tasks)} (when: {after.when}, mode: {after.mode})")
+    spread = config.spread_for(task)
+    if spread is not None and schedule is not None:
+        offset = schedules.spread_offset(task.id, spread)
+        print(f"  spread:    {format_duration(spread)}: fires {format_duration(offset) if offset else '0s'} late")
     if schedule is not None:
         fires = schedule.next_n(now, count)
         print("  next:      " + ("\n             ".join(f.isoformat() for f in fires) or "never"))

@@ -32,6 +32,8 @@ class Trigger(StrEnum):
     CATCH_UP = "catch_up"
     STARTUP = "startup"
     """A task with `schedule: "@reboot"`, once at each start of the daemon."""
+    DEPENDENCY = "dependency"
+    """A task with `after:`, once the runs of its upstream tasks it waits for have ended."""
 
 
 class StepState(StrEnum):
@@ -156,6 +158,38 @@ class RunSummary(NamedTuple):
     @classmethod
     def of(cls, run: RunRecord) -> RunSummary:
         return cls(run.id, str(run.state), str(run.trigger), run.started_at, run.finished_at)
+
+
+@dataclass(frozen=True)
+class UpstreamRun:
+    """An upstream run that ended the way a downstream task waits for (`after:`), as the store keeps
+    it: pending until a run of the downstream task takes it (`run_id`), exactly once."""
+
+    task_id: str
+    """The downstream task."""
+    upstream_run_id: str
+    upstream_task_id: str
+    state: str
+    """The upstream run's final state."""
+    finished_at: float
+    context: dict[str, Any] = field(default_factory=dict)
+    """The values the upstream run's steps put in its context: the downstream run's params."""
+    run_id: str | None = None
+    """The downstream run it triggered; None while it waits."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.task_id, self.upstream_run_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "run_id": self.run_id,
+            "upstream_task_id": self.upstream_task_id,
+            "upstream_run_id": self.upstream_run_id,
+            "upstream_state": self.state,
+            "upstream_finished_at": iso(self.finished_at),
+        }
 
 
 @dataclass(frozen=True)

@@ -62,9 +62,14 @@ class Run:
         observer: RunObserver | None = None,
         params: Mapping[str, Any] | None = None,
         redactor: Redactor = NONE,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.record = record
         self.plan = plan
+        self.environment = plan.environment if not environment else {**plan.environment, **environment}
+        """The variables its processes start with: the plan's, and the run's own (its upstream runs')."""
+        self.context: dict[str, Any] = {}
+        """What the steps of its last attempt put in the context, once it has ended."""
         self.params = record.params if params is None else params
         """The params the steps get; the record holds them as shown, secrets masked."""
         self.recorder = RunRecorder(record, sink, clock, observer, redactor)
@@ -154,6 +159,8 @@ class Run:
                     final = RunState.COMPLETED if state is StepState.COMPLETED else RunState.FAILED
                     if last and self.plan.has_final_phase:
                         await self._final_phase(ctx, final, error)
+                    if last:
+                        self.context = ctx.data
                 finally:
                     self._slots.release()
                 if last:
@@ -192,7 +199,7 @@ class Run:
             log=recorder,
             base_dir=plan.base_dir,
             time_zone=plan.time_zone,
-            environment=plan.environment,
+            environment=self.environment,
             scheduled_at=record.scheduled_at,
             make_logger=lambda: recorder.log.bind(attempt=number),
             redactor=recorder.redactor,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import hashlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -111,6 +112,47 @@ class Schedule(ABC):
             if current is not None:
                 out.append(current)
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class ShiftedSchedule(Schedule):
+    """Another schedule's instants, each moved later by a fixed offset (a task's `spread`)."""
+
+    base: Schedule
+    offset_s: int
+
+    @property
+    def expression(self) -> str:  # type: ignore[override]  # a view of the base's
+        return self.base.expression
+
+    @property
+    def tz(self) -> tzinfo:  # type: ignore[override]
+        return self.base.tz
+
+    def next_after(self, after: datetime) -> datetime | None:
+        _require_aware(after)
+        shift = timedelta(seconds=self.offset_s)
+        base = self.base.next_after(after - shift)
+        return None if base is None else _fixed_offset((base + shift).astimezone(self.tz))
+
+
+def spread_offset(task_id: str, spread_s: float) -> int:
+    """A task's offset in whole seconds in [0, spread_s): a digest of its id, so the same on every
+    node and after every restart (Jenkins' `H`)."""
+    span = int(spread_s)
+    if span <= 0:
+        return 0
+    return int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "big") % span
+
+
+def shifted(schedule: Schedule, offset_s: int) -> Schedule:
+    """`schedule` moved later by `offset_s` seconds (itself when the offset is 0)."""
+    return ShiftedSchedule(schedule, offset_s) if offset_s else schedule
+
+
+def offset_of(schedule: Schedule) -> int:
+    """How many seconds `schedule`'s instants are shifted by (0 for most)."""
+    return schedule.offset_s if isinstance(schedule, ShiftedSchedule) else 0
 
 
 @dataclass(frozen=True, eq=False)

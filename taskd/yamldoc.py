@@ -167,7 +167,12 @@ def _convert_collection(
             key = loader.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if not isinstance(key, str):
-                doc.problems.append((line, f"{format_path(path) or 'top level'}: key {key!r} must be a string"))
+                hint = ""
+                if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode) and not key_node.style:
+                    hint = f" (YAML 1.1 reads {key_node.value} as {key}: quote it, or use another key"
+                    hint += ", such as when:)" if key_node.value.lower() == "on" else ")"
+                where = format_path(path) or "top level"
+                doc.problems.append((line, f"{where}: key {key_node.value if hint else key!r} must be a string{hint}"))
                 continue
             if key in out:
                 first = doc.lines.get((*path, key))

@@ -80,3 +80,14 @@ async def write_lines(ctx: Context, count: int, text: str = "line") -> None:
     """Write `count` lines to the run's stdout, each `text` followed by its number."""
     for number in range(1, count + 1):
         ctx.log.write("stdout", f"{text} {number}")
+
+
+SEEN: dict[str, dict[str, Any]] = {}
+"""What each run of `report` saw, by run id: its task, params and TASKD_UPSTREAM_* variables."""
+
+
+async def report(ctx: Context, rows: int = 0) -> dict[str, Any]:
+    """Note what the run got from its upstream runs; put `rows` and the task id in the context."""
+    upstream = {k: v for k, v in ctx.environment.items() if k.startswith("TASKD_UPSTREAM")}
+    SEEN[ctx.run_id] = {"task": ctx.task_id, "params": dict(ctx.params), "env": upstream}
+    return {"rows": rows, "made_by": ctx.task_id}

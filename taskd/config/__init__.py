@@ -8,6 +8,7 @@ from taskd.config.build import build_config
 from taskd.config.load import load_config
 from taskd.config.model import Config, PipelineConfig, ProcessorConfig, Source
 from taskd.config.schema import (
+    After,
     ApiSection,
     LogSection,
     MetricsSection,
@@ -24,6 +25,7 @@ from taskd.config.schema import (
 )
 
 __all__ = [
+    "After",
     "ApiSection",
     "Config",
     "LogSection",

@@ -212,6 +212,7 @@ def _tasks(
     """Every file's valid tasks, and where each id is defined (duplicates and unknown pipelines are problems)."""
     tasks: list[TaskConfig] = []
     sources: dict[str, Source] = {}
+    dependents: list[tuple[Document, int, TaskConfig]] = []
     for doc in documents:
         for i, raw in enumerate(_items(doc, "tasks")):
             task_id = _raw_str(raw, "id")
@@ -223,6 +224,8 @@ def _tasks(
             task = _validate(doc, TaskConfig, raw, ("tasks", i))
             if task is not None:
                 tasks.append(task)
+                if task.after is not None:
+                    dependents.append((doc, i, task))
             ref = _raw_str(raw, "pipeline")
             if ref is not None and ref not in pipeline_sources:
                 known = sorted(pipeline_sources)
@@ -231,4 +234,66 @@ def _tasks(
                     with_suggestion(f"unknown pipeline {ref!r}", ref, known)
                     + (f"; defined pipelines: {', '.join(known)}" if known else "; no pipelines are defined"),
                 )
+    _check_dependencies(dependents, sources)
     return tasks, sources
+
+
+def _check_dependencies(dependents: Sequence[tuple[Document, int, TaskConfig]], sources: Mapping[str, Source]) -> None:
+    """`after:` names tasks that exist, never the task itself, and never closes a cycle."""
+    edges: dict[str, tuple[str, ...]] = {}
+    where: dict[str, tuple[Document, int]] = {}
+    for doc, i, task in dependents:
+        assert task.after is not None
+        path: KeyPath = ("tasks", i, "after")
+        for j, upstream in enumerate(task.after.tasks):
+            if upstream == task.id:
+                doc.problem((*path, "tasks", j), f"task {task.id!r} cannot run after itself")
+            elif upstream not in sources:
+                known = sorted(set(sources) - {task.id})
+                doc.problem(
+                    (*path, "tasks", j), with_suggestion(f"unknown upstream task {upstream!r}", upstream, known)
+                )
+        edges[task.id] = tuple(t for t in task.after.tasks if t != task.id and t in sources)
+        where[task.id] = (doc, i)
+    for cycle in dependency_cycles(edges):
+        doc, i = where[cycle[0]]
+        doc.problem(("tasks", i, "after"), "dependency cycle: " + " -> ".join((*cycle, cycle[0])))
+
+
+def dependency_cycles(edges: Mapping[str, Sequence[str]]) -> list[tuple[str, ...]]:
+    """Each cycle of the graph `task -> the tasks it runs after`, once, in the order runs would
+    follow each other (upstream first), starting from its smallest id."""
+    cycles = []
+    for cycle in _after_cycles(edges):
+        flow = cycle[::-1]
+        start = flow.index(min(flow))
+        cycles.append(flow[start:] + flow[:start])
+    return sorted(cycles)
+
+
+def _after_cycles(edges: Mapping[str, Sequence[str]]) -> list[tuple[str, ...]]:
+    """Cycles of the graph `task -> the tasks it runs after`, each once (at least one per group of
+    tasks that depend on each other)."""
+    found: dict[frozenset[str], tuple[str, ...]] = {}
+    done: set[str] = set()
+    for root in sorted(edges):
+        if root in done:
+            continue
+        path: list[str] = [root]  # depth first, without recursion: a chain may be thousands long
+        on_path = {root}
+        pending = [iter(edges.get(root, ()))]
+        while pending:
+            nxt = next(pending[-1], None)
+            if nxt is None:
+                pending.pop()
+                on_path.discard(node := path.pop())
+                done.add(node)
+            elif nxt in on_path:
+                cycle = path[path.index(nxt) :]
+                start = cycle.index(min(cycle))
+                found.setdefault(frozenset(cycle), tuple(cycle[start:] + cycle[:start]))
+            elif nxt not in done:
+                path.append(nxt)
+                on_path.add(nxt)
+                pending.append(iter(edges.get(nxt, ())))
+    return sorted(found.values())

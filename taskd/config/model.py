@@ -81,6 +81,8 @@ _LATER_FIELDS: dict[str, Any] = {
     "pass_env": (),
     "alerts": None,
     "expect": None,
+    "after": None,
+    "spread": None,
 }
 """Task fields added after tombstones existed, with their defaults."""
 _LATER_NESTED: dict[str, dict[str, Any]] = {"retry": {"permanent_exit_codes": ()}}
@@ -131,7 +133,13 @@ class Config:
         """The parsed schedule of `task` in its effective time zone (None for manual-only tasks)."""
         if task.schedule is None or task.at_start:
             return None
-        return cached_schedule(task.schedule, self.zone_for(task))
+        schedule = cached_schedule(task.schedule, self.zone_for(task))
+        spread = self.spread_for(task)
+        return schedules.shifted(schedule, schedules.spread_offset(task.id, spread)) if spread else schedule
+
+    def spread_for(self, task: TaskConfig) -> float | None:
+        """The task's `spread`, else the `task:` section's (None: fires are not shifted)."""
+        return task.spread if task.spread is not None else self.task.spread
 
     def definition_hash(self, task: TaskConfig) -> str:
         """A digest of the task's definition and its pipeline's, to tell when YAML changed."""
@@ -148,4 +156,6 @@ class Config:
         digest = hashlib.sha256(task.model_dump_json(exclude=unset).encode())
         digest.update(self.pipelines[task.pipeline].digest.encode())
         digest.update(self.zone_for(task).encode())
+        if task.spread is None and self.task.spread is not None:  # the section's spread moves its fires
+            digest.update(f"spread {self.task.spread!r}".encode())
         return digest.hexdigest()[:16]

@@ -111,6 +111,12 @@ class TaskSection(Section):
     )
     shutdown_timeout: Duration = Field(30.0, description="on SIGTERM, how long running runs may finish")
     debug: StrictBool = Field(False, description="log the task machinery (fires, attempts, output) at debug level")
+    spread: Duration | None = Field(
+        None,
+        gt=0,
+        description="shift every task's fires by a fixed offset in [0, spread) derived from its id (a task's"
+        " own spread wins)",
+    )
     log_task_execution: StrictBool | Literal["failures"] = Field(
         "failures",
         description="log one line (run_finished) per run that ends: true for every run, 'failures' (the"
@@ -305,6 +311,42 @@ class Expectation(Section):
     )
 
 
+class After(Section):
+    """Run after other tasks: once their runs have ended the way `when` says."""
+
+    tasks: tuple[Identifier, ...] = Field(min_length=1, description="the upstream task ids")
+    when: Literal["success", "failure", "always"] = Field(
+        "success", description="which of their outcomes count: success, failure or always"
+    )
+    mode: Literal["all", "any"] = Field(
+        "all",
+        description="all: once every listed task has such a run since this task's last dependency run"
+        " (fan-in); any: after each such run",
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+        if repeated:
+            raise ValueError(f"after.tasks names {', '.join(repeated)} more than once")
+        return tasks
+
+
+def _after_shape(value: Any) -> Any:
+    """`after: extract` and `after: [a, b]` are short for `after: {tasks: [...]}`; `on:` is refused
+    with the reason (YAML 1.1 reads it as true)."""
+    if isinstance(value, str):
+        return {"tasks": [value]}
+    if isinstance(value, list):
+        return {"tasks": value}
+    if isinstance(value, dict) and (True in value or "on" in value):
+        raise ValueError("use when: (success, failure or always), not on: (YAML 1.1 reads on as true)")
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"after must be a task id, a list of them or {{tasks: [...], when, mode}}; got {value!r}")
+    return value
+
+
 class PlacementNodes(Section):
     """Run on these nodes only (node.name)."""
 
@@ -379,6 +421,12 @@ class TaskConfig(Section):
         "any",
         description="with several nodes on one store: any (one node, the least busy first), all (every "
         "live node), {nodes: [names]} or {labels: {key: value}}",
+    )
+    after: Annotated[After | None, BeforeValidator(_after_shape)] = Field(
+        None, description="{tasks: [ids], when: success|failure|always, mode: all|any}: run after these tasks"
+    )
+    spread: Duration | None = Field(
+        None, gt=0, description="shift the fires by a fixed offset in [0, spread) derived from the task id"
     )
 
     @model_validator(mode="before")

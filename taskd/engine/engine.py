@@ -24,11 +24,12 @@ from taskd.alerter import Alerter
 from taskd.clock import Clock, SystemClock
 from taskd.cluster import Coordinator, NodeInfo, coordinator_for
 from taskd.config import Config
+from taskd.engine.downstream import Downstream
 from taskd.engine.firing import Firing, TimerFactory
 from taskd.engine.policy import admit, eligible, overload, task_status
 from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
 from taskd.engine.remote import Remote
-from taskd.engine.runs import RunTable, stop_grace, wait_runs
+from taskd.engine.runs import Prepared, RunTable, stop_grace, wait_runs
 from taskd.engine.timer import APSchedulerTimer
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.faults import STORE_FILE, STORE_UNREACHABLE, STORE_WRITE, Faults
@@ -111,7 +112,7 @@ class Engine:
         self.live = live or LiveHub()
         self._events = _RunEvents(metrics, self.live)
         self.slots = SlotPool(config.task.max_concurrent_tasks)
-        self.runs = RunTable(on_end=lambda run: self.alerter.run_finished(run))
+        self.runs = RunTable(on_end=self._run_ended)
         self.started_at = self.clock.time()
         self.faults = Faults(self.clock.time)
         store.fault_observer = self._store_fault
@@ -129,6 +130,7 @@ class Engine:
         self.coordinator = coordinator or coordinator_for(store, config.node.name, config.node.labels, self.clock)
         self._remote = Remote(self, self.coordinator, store, self.runs, self.clock)
         self.alerter = Alerter(store, self.clock, self.coordinator, metrics, self.faults)
+        self.downstream = Downstream(self, store, self.clock, self.coordinator)
         self.coordinator.attach(
             self._describe, self._lease_lost, self._remote.heard, adopt=lambda fires: self.firing.adopt(fires)
         )
@@ -153,6 +155,7 @@ class Engine:
         self._accepting = True
         self.firing.timer.start()
         await self.firing.catch_up()
+        self.downstream.start()
 
     @property
     def accepting(self) -> bool:
@@ -166,6 +169,7 @@ class Engine:
         """Stop firing; let active runs finish for up to `grace_s` (or until `hurry()`), then stop them."""
         self._accepting = False
         self.firing.stop()
+        await self.downstream.close()
         if len(self.runs):
             log.info("draining_runs", count=len(self.runs), grace_s=grace_s)
         await self.runs.drain(grace_s, f"daemon shutdown after the {grace_s:g}s grace period", self._hurry)
@@ -224,6 +228,7 @@ class Engine:
         self._sorted = None
         self.slots.set_limit(config.task.max_concurrent_tasks)
         self.alerter.configure(config, change.held_back)
+        self.downstream.configure(config)
         if change.held_back:
             log.warning(
                 "tasks_held_back",
@@ -247,6 +252,18 @@ class Engine:
         scheduled_at: float | None = None,
     ) -> Run:
         """Create a run and start it, applying the task's concurrency policy."""
+        return self.launch(self.prepare(task_id, trigger, params, scheduled_at))
+
+    def prepare(
+        self,
+        task_id: str,
+        trigger: Trigger,
+        params: Mapping[str, Any] | None = None,
+        scheduled_at: float | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> Prepared:
+        """A run of the task, checked against the load and the task's placement and concurrency
+        (Conflict when refused), not started yet: nothing has changed."""
         if not self._accepting:
             raise Conflict("taskd is shutting down", "shutting_down")
         entry = self.entry(task_id)
@@ -258,11 +275,6 @@ class Engine:
         # `allow` never needs the list of active runs; with thousands of them, building it costs.
         active = self.runs.active_states(task_id) if task.concurrency != "allow" else []
         admission = admit(task_id, task.concurrency, active)
-        for run_id in admission.stop:
-            replaced = self.runs.get(run_id)
-            if replaced is not None:
-                replaced.stop("replaced by a newer run")
-        after = [run for run in map(self.runs.get, admission.after) if run is not None]
         now = self.clock.time()
         given = {**entry.params, **params} if params else dict(entry.params)
         runtime = secret_values(params, task.secret_params) if params and task.secret_params else ()
@@ -278,12 +290,36 @@ class Engine:
             priority=task.priority,
             node=me,
         )
-        run = Run(record, entry.plan, self.store, self.slots, self.clock, self._events, given, redactor)
+        return Prepared(entry, record, given, redactor, admission, environment)
+
+    def launch(self, prepared: Prepared, queue: bool = False) -> Run:
+        """Start a prepared run: the runs it replaces are stopped, and it waits for those it must.
+        With `queue` (a run already promised, prepared before an await), it also waits for the
+        task's runs that began meanwhile, unless the task allows runs side by side."""
+        entry, record, admission = prepared.entry, prepared.record, prepared.admission
+        for run_id in admission.stop:
+            replaced = self.runs.get(run_id)
+            if replaced is not None:
+                replaced.stop("replaced by a newer run")
+        after = [run for run in map(self.runs.get, admission.after) if run is not None]
+        if queue and entry.config.concurrency != "allow":
+            after += [run for run in self.runs.active(record.task_id) if run not in after]
+        run = Run(
+            record,
+            entry.plan,
+            self.store,
+            self.slots,
+            self.clock,
+            self._events,
+            prepared.given,
+            prepared.redactor,
+            prepared.environment,
+        )
         run.queue()
         self.runs.add(run)
         run.start(after)
         if _DEBUG.isEnabledFor(logging.DEBUG):
-            log.debug("run_queued", task_id=task_id, run_id=run.id, trigger=str(trigger))
+            log.debug("run_queued", task_id=record.task_id, run_id=run.id, trigger=str(record.trigger))
         return run
 
     async def start_manual(self, task_id: str, params: Mapping[str, Any] | None = None) -> tuple[str, str]:
@@ -320,6 +356,12 @@ class Engine:
                 self.faults.set(*found)
             else:
                 self.faults.clear(kind)
+
+    def _run_ended(self, run: Run) -> None:
+        """A run has ended: the downstream tasks waiting for it stage it (with its end's commit),
+        then the alerter hears of it."""
+        self.downstream.run_ended(run)
+        self.alerter.run_finished(run)
 
     def _store_fault(self, reason: str | None) -> None:
         if reason is None:
@@ -485,8 +527,9 @@ class Engine:
             entry.config.enabled,
             active,
             final,
-            scheduled=entry.schedule is not None,
+            scheduled=entry.schedule is not None or entry.config.after is not None,
             overdue=self.alerter.overdue(entry.id),
+            waiting=bool(self.downstream.waiting_on(entry.id)),
         )
         return TaskState(status, last)
 

@@ -155,17 +155,23 @@ def catch_up(schedule: Schedule | None, misfire: str, last_fire: datetime | None
 _STATUS_ORDER = (RunState.RUNNING, RunState.RETRYING, RunState.QUEUED)
 
 
-TASK_STATUSES = ("scheduled", "manual", "disabled", "overdue", *(str(state) for state in RunState))
+TASK_STATUSES = ("scheduled", "manual", "disabled", "overdue", "waiting", *(str(state) for state in RunState))
 """Every status `task_status` gives."""
 
 
 def task_status(
-    enabled: bool, active: Iterable[RunState], last: str | None, scheduled: bool = True, overdue: bool = False
+    enabled: bool,
+    active: Iterable[RunState],
+    last: str | None,
+    scheduled: bool = True,
+    overdue: bool = False,
+    waiting: bool = False,
 ) -> str:
     """A task's status (DESIGN.md): disabled; else its busiest active run's state; else its last
-    run's final state; else scheduled, or manual for a task without a schedule. A task whose last
-    success is older than its `expect:` allows is overdue instead, disabled or not, while no run
-    of it is active."""
+    run's final state; else scheduled, or manual for a task without a schedule (or `after:`). A
+    task whose last success is older than its `expect:` allows is overdue instead, disabled or not,
+    while no run of it is active; one waiting on an upstream task that was deleted or disabled is
+    waiting."""
     if not enabled and not overdue:
         return "disabled"
     states = set(active)
@@ -174,6 +180,8 @@ def task_status(
             return str(state)
     if overdue:
         return "overdue"
+    if waiting:
+        return "waiting"
     if last is not None and last not in ACTIVE_STATES:
         return str(last)
     return "scheduled" if scheduled else "manual"

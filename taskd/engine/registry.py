@@ -12,7 +12,7 @@ from taskd.config import Config, PipelineConfig, Source, TaskConfig, thaw
 from taskd.environment import task_environment
 from taskd.redact import secret_values
 from taskd.runner import RunPlan
-from taskd.schedule import Schedule
+from taskd.schedule import Schedule, offset_of
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class TaskEntry:
         """The timer job this task fires with: tasks on the same schedule in the same zone share one."""
         if self.schedule is None or not self.config.enabled:
             return None
-        return f"{self.time_zone} {self.schedule.expression}"
+        offset = offset_of(self.schedule)
+        return f"{self.time_zone} {self.schedule.expression}" + (f" +{offset}s" if offset else "")
 
 
 class StepBuilder:

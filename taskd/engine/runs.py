@@ -5,11 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from taskd.clock import Clock
+from taskd.engine.policy import Admission
+from taskd.engine.registry import TaskEntry
 from taskd.models import RunRecord, RunState, RunSummary
+from taskd.redact import Redactor
 from taskd.runner import Run
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run checked and made, not started yet (`Engine.prepare`, then `Engine.launch`)."""
+
+    entry: TaskEntry
+    record: RunRecord
+    given: dict[str, Any]
+    """The params its steps get (the record shows them with secrets masked)."""
+    redactor: Redactor
+    admission: Admission
+    environment: Mapping[str, str] | None = None
 
 
 class RunTable:

@@ -22,6 +22,7 @@ from taskd.durations import parse_ago
 from taskd.engine import TASK_STATUSES, Engine, TaskEntry
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.faults import STORE_KINDS
+from taskd.forecast import MAX_DAYS, forecast
 from taskd.http import dashboard, events, openapi
 from taskd.http.selection import TASK_SORTS, TaskQuery, select_tasks
 from taskd.http.server import error_body
@@ -174,6 +175,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/processors", processors)
     app.router.add_get("/nodes", list_nodes)
+    app.router.add_get("/plan", plan)
     return app
 
 
@@ -482,13 +484,25 @@ async def _run_or_404(request: web.Request) -> RunRecord:
     return run
 
 
+async def plan(request: web.Request) -> web.Response:
+    """The forecast of the enabled tasks' fires: runs per hour, and the crowded minutes."""
+    engine = request.app[ENGINE]
+    days = _int_arg(request, "days", 7, 1, MAX_DAYS)
+    scheduled = [(e.id, e.schedule) for e in engine.entries() if e.schedule is not None and e.config.enabled]
+    now = datetime.fromtimestamp(engine.clock.time(), UTC)
+    # Seconds of work for a large configuration: in a thread, so the API keeps answering meanwhile.
+    made = await asyncio.to_thread(forecast, scheduled, now, days, engine.config.task.max_concurrent_tasks)
+    return _json(made.to_json())
+
+
 async def get_run(request: web.Request) -> web.Response:
     store = request.app[STORE]
     run = await _run_or_404(request)
     attempts = await store.attempts(run.id)
     steps = await store.steps(run.id)
     transitions = await store.transitions(run.id)
-    return _json(run_detail(run, attempts, steps, transitions, request.app[ENGINE].clock.time()))
+    links = await store.run_links(run.id)
+    return _json(run_detail(run, attempts, steps, transitions, request.app[ENGINE].clock.time(), links))
 
 
 async def run_log(request: web.Request) -> web.StreamResponse:

@@ -11,6 +11,7 @@ from taskd.alerts import EVENTS, LOG_TAIL
 from taskd.durations import AGO
 from taskd.engine import STOP_WAIT_S, TASK_STATUSES
 from taskd.faults import KINDS as FAULT_KINDS
+from taskd.forecast import MAX_DAYS, NAMED
 from taskd.http.selection import TASK_SORTS
 from taskd.models import RunState, Trigger
 from taskd.recorder import MAX_LOG_LINES
@@ -88,6 +89,11 @@ TASK_PROPERTIES = {
     "last_run": {"oneOf": [_ref("LastRun"), {"type": "null"}]},
     "next_run": _nullable("string", format="date-time"),
     "duration": _nullable("number"),
+    "waiting_on": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "upstream tasks (after:) that were deleted or disabled: the task waits on them",
+    },
 }
 ALERT_FIELDS: dict[str, Any] = {
     "event": {
@@ -133,9 +139,55 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Task": _object(list(TASK_PROPERTIES), TASK_PROPERTIES),
     "TaskDetail": _object(
-        [*TASK_PROPERTIES, "definition", "next_runs", "active_runs", "stats", "recent_runs", "skipped_fires", "alert"],
+        [
+            *TASK_PROPERTIES,
+            "definition",
+            "next_runs",
+            "active_runs",
+            "stats",
+            "recent_runs",
+            "skipped_fires",
+            "alert",
+            "upstream",
+            "downstream",
+            "waiting_for",
+            "spread",
+        ],
         {
             **TASK_PROPERTIES,
+            "upstream": {
+                "oneOf": [
+                    _object(
+                        ["tasks", "when", "mode"],
+                        {
+                            "tasks": {"type": "array", "items": {"type": "string"}},
+                            "when": {"type": "string", "enum": ["success", "failure", "always"]},
+                            "mode": {"type": "string", "enum": ["all", "any"]},
+                        },
+                    ),
+                    {"type": "null"},
+                ],
+                "description": "its after: the tasks it runs after (null: none)",
+            },
+            "downstream": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the tasks that run after it",
+            },
+            "waiting_for": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "with mode: all, the upstream tasks with no run it has not taken yet",
+            },
+            "spread": {
+                "oneOf": [
+                    _object(
+                        ["spread_s", "offset_s"], {"spread_s": {"type": "number"}, "offset_s": {"type": "integer"}}
+                    ),
+                    {"type": "null"},
+                ],
+                "description": "its spread, and the offset its fires are shifted by",
+            },
             "alert": {"oneOf": [_ref("TaskAlertState"), {"type": "null"}]},
             "definition": {"type": "object"},
             "next_runs": {"type": "array", "items": INSTANT},
@@ -190,11 +242,58 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     ),
+    "Plan": _object(
+        ["from", "until", "max_concurrent_tasks", "hours", "crowded", "cut_short"],
+        {
+            "from": INSTANT,
+            "until": INSTANT,
+            "max_concurrent_tasks": {"type": "integer"},
+            "hours": {
+                "type": "array",
+                "items": _object(
+                    ["hour", "runs", "tasks"],
+                    {"hour": INSTANT, "runs": {"type": "integer"}, "tasks": {"type": "integer"}},
+                ),
+            },
+            "crowded": {
+                "type": "array",
+                "description": "minutes when more tasks are due than max_concurrent_tasks (a task counts once)",
+                "items": _object(
+                    ["minute", "tasks_due", "over_by", "tasks"],
+                    {
+                        "minute": INSTANT,
+                        "tasks_due": {"type": "integer"},
+                        "over_by": {"type": "integer"},
+                        "tasks": {"type": "array", "items": {"type": "string"}, "maxItems": NAMED},
+                    },
+                ),
+            },
+            "cut_short": {"type": "array", "items": {"type": "string"}},
+        },
+    ),
     "Run": _object(list(RUN_PROPERTIES), RUN_PROPERTIES),
     "RunDetail": _object(
-        [*RUN_PROPERTIES, "attempt_list", "transitions"],
+        [*RUN_PROPERTIES, "attempt_list", "transitions", "upstream_runs", "downstream_runs"],
         {
             **RUN_PROPERTIES,
+            "upstream_runs": {
+                "type": "array",
+                "description": "the upstream runs that triggered it (trigger dependency)",
+                "items": _object(
+                    ["run_id", "task_id", "state", "finished_at"],
+                    {
+                        "run_id": {"type": "string"},
+                        "task_id": {"type": "string"},
+                        "state": {"type": "string"},
+                        "finished_at": INSTANT,
+                    },
+                ),
+            },
+            "downstream_runs": {
+                "type": "array",
+                "description": "the downstream tasks it triggered, with their run (null while it waits)",
+                "items": _object(["task_id", "run_id"], {"task_id": {"type": "string"}, "run_id": _nullable("string")}),
+            },
             "attempt_list": {"type": "array", "items": {"type": "object"}},
             "transitions": {"type": "array", "items": {"type": "object"}},
         },
@@ -511,6 +610,16 @@ def document(secured: bool = True) -> dict[str, Any]:
                         "scheduler is stopped",
                     ),
                 },
+            }
+        },
+        "/plan": {
+            "get": {
+                "operationId": "plan",
+                "summary": "The forecast: runs due each hour, and the minutes with more tasks due than slots",
+                "parameters": [
+                    _query("days", {"type": "integer", "minimum": 1, "maximum": MAX_DAYS}, "how many days ahead (7)")
+                ],
+                "responses": {"200": _json(_ref("Plan"), "the forecast"), **ERRORS},
             }
         },
         "/nodes": {

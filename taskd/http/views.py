@@ -12,9 +12,9 @@ from taskd.cluster import NodeInfo, alive, differs
 from taskd.config import thaw
 from taskd.engine import Engine, TaskEntry, TaskState
 from taskd.metrics import Snapshot
-from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, iso
+from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, UpstreamRun, iso
 from taskd.redact import masked_params
-from taskd.schedule import Schedule
+from taskd.schedule import Schedule, offset_of
 from taskd.schedule_words import describe
 from taskd.store.base import Fire, Store, Transition
 
@@ -110,6 +110,7 @@ class TaskViews:
             "last_run": last_view,
             "next_run": self.next_run(entry, now),
             "duration": None if last_view is None else last_view["duration"],
+            "waiting_on": self._engine.downstream.waiting_on(entry.id),
         }
 
     def detail(self, entry: TaskEntry, state: TaskState, now: datetime) -> dict[str, Any]:
@@ -139,6 +140,16 @@ class TaskViews:
         epoch = now.timestamp()
         view["active_runs"] = [run.record.to_json(epoch) for run in self._engine.active_runs(entry.id)]
         view["alert"] = self.alert_view(entry)
+        downstream = self._engine.downstream
+        view["upstream"] = None if task.after is None else task.after.model_dump(mode="json")
+        view["downstream"] = list(downstream.graph.downstream.get(entry.id, ()))
+        view["waiting_for"] = downstream.waiting_for(entry.id)
+        spread = self._engine.config.spread_for(task)
+        view["spread"] = (
+            None
+            if spread is None or entry.schedule is None
+            else {"spread_s": spread, "offset_s": offset_of(entry.schedule)}
+        )
         return view
 
     def alert_view(self, entry: TaskEntry) -> dict[str, Any] | None:
@@ -233,9 +244,22 @@ def run_detail(
     steps: list[StepRecord],
     transitions: list[Transition],
     now: float,
+    links: tuple[list[UpstreamRun], list[UpstreamRun]] = ([], []),
 ) -> dict[str, Any]:
-    """One run with its attempts, each with its steps, and its state transitions."""
+    """One run with its attempts, each with its steps, its state transitions, the upstream runs
+    that triggered it and the downstream runs it triggered."""
     view = run.to_json(now)
+    upstream, downstream = links
+    view["upstream_runs"] = [
+        {
+            "run_id": u.upstream_run_id,
+            "task_id": u.upstream_task_id,
+            "state": u.state,
+            "finished_at": iso(u.finished_at),
+        }
+        for u in upstream
+    ]
+    view["downstream_runs"] = [{"task_id": d.task_id, "run_id": d.run_id} for d in downstream]
     view["attempt_list"] = [
         {
             "number": a.number,

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from taskd.errors import TaskdError
 from taskd.faults import STORE_UNREACHABLE
-from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, UpstreamRun
 
 MEMORY = ":memory:"
 """The location of a store that lives in memory only (nothing survives the process)."""
@@ -140,7 +140,9 @@ class Store(ABC):
     @abstractmethod
     async def recover_interrupted(self, now: float, node: str | None = None) -> list[RunRecord]:
         """Mark runs left queued/running/retrying by a dead process as interrupted; return them.
-        With `node`, only that node's runs (and runs of no node): other nodes may share the store."""
+        With `node`, only that node's runs (and runs of no node): other nodes may share the store.
+        A dependency run that never started gives its upstream runs back (pending again): the
+        downstream task still runs for them."""
 
     @abstractmethod
     async def interrupt_runs_of(self, node: str, now: float, why: Callable[[RunRecord], str]) -> list[RunRecord]:
@@ -169,6 +171,11 @@ class Store(ABC):
 
     @abstractmethod
     def set_last_fire(self, task_id: str, instant: float) -> None: ...
+
+    @abstractmethod
+    def save_upstream(self, upstream: UpstreamRun) -> None:
+        """Stage an upstream run a downstream task waits for (pending). Staged with the upstream
+        run's end, it is committed with it: a crash keeps both or neither."""
 
     @abstractmethod
     def add_tombstone(self, task_id: str, definition_hash: str, deleted_at: float) -> None: ...
@@ -280,6 +287,22 @@ class Store(ABC):
     @abstractmethod
     async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
         """Apply retention; return how many runs were removed."""
+
+    # -- dependencies (taken at once, not staged: each take needs its answer) ----------------------
+    @abstractmethod
+    async def pending_upstreams(self) -> list[UpstreamRun]:
+        """The upstream runs no downstream run has taken yet, oldest first."""
+
+    @abstractmethod
+    async def take_upstreams(self, run: RunRecord, taken: Sequence[UpstreamRun]) -> bool:
+        """In one transaction: mark `taken` (pending upstream runs of `run`'s task) as taken by
+        `run`, and insert `run`. False, and nothing written, when any of them was taken already:
+        of nodes taking the same upstream run at once, one does."""
+
+    @abstractmethod
+    async def run_links(self, run_id: str) -> tuple[list[UpstreamRun], list[UpstreamRun]]:
+        """The upstream runs that triggered this run, and the downstream tasks this run triggered
+        (their `run_id`, or None while they wait)."""
 
     # -- alert states (written at once, not staged: each change needs its answer) -----------------
     @abstractmethod

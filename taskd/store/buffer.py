@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from taskd.clock import Clock, SystemClock
-from taskd.models import AttemptRecord, RunRecord, StepRecord
+from taskd.models import AttemptRecord, RunRecord, StepRecord, UpstreamRun
 from taskd.store.base import Fire, LogLine, Store, StoreError, Transition
 
 log = structlog.get_logger("taskd.store")
@@ -51,6 +51,7 @@ class Batch:
     fires: dict[str | int, Fire] = field(default_factory=dict)
     last_fires: dict[str, float] = field(default_factory=dict)
     tombstones: list[Tombstone] = field(default_factory=list)
+    upstreams: dict[tuple[str, str], UpstreamRun] = field(default_factory=dict)
 
     def absorb(self, newer: Batch) -> None:
         """Add the writes staged after this batch: a newer state of a record wins, rows keep
@@ -64,6 +65,8 @@ class Batch:
         for task_id, instant in newer.last_fires.items():
             self.last_fires[task_id] = max(instant, self.last_fires.get(task_id, instant))
         self.tombstones.extend(newer.tombstones)
+        for key, upstream in newer.upstreams.items():
+            self.upstreams.setdefault(key, upstream)
 
     def __len__(self) -> int:
         return (
@@ -75,6 +78,7 @@ class Batch:
             + len(self.fires)
             + len(self.last_fires)
             + len(self.tombstones)
+            + len(self.upstreams)
         )
 
 
@@ -172,6 +176,10 @@ class BufferedStore(Store):
 
     def record_fire(self, fire: Fire) -> None:
         self._batch.fires[fire.row_key] = fire
+        self._wakeup.set()
+
+    def save_upstream(self, upstream: UpstreamRun) -> None:
+        self._batch.upstreams.setdefault(upstream.key, upstream)
         self._wakeup.set()
 
     def set_last_fire(self, task_id: str, instant: float) -> None:

@@ -7,13 +7,24 @@ survives the process. Data lives in the object, so closing and reopening it acts
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskd.clock import Clock
-from taskd.models import ACTIVE_STATES, AlertState, AttemptRecord, RunRecord, RunState, StepRecord, StepState
+from taskd.models import (
+    ACTIVE_STATES,
+    AlertState,
+    AttemptRecord,
+    RunRecord,
+    RunState,
+    StepRecord,
+    StepState,
+    Trigger,
+    UpstreamRun,
+)
 from taskd.store.base import LOG_PAGE, STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
 
@@ -33,6 +44,7 @@ class MemoryStore(BufferedStore):
         self._tombstone_rows: dict[str, str] = {}
         self._last_fire_rows: dict[str, float] = {}
         self._alert_rows: dict[str, AlertState] = {}
+        self._upstream_rows: dict[tuple[str, str], UpstreamRun] = {}
 
     async def open(self) -> None:
         self._open = True
@@ -48,7 +60,9 @@ class MemoryStore(BufferedStore):
         self._require()
         # Records are mutable and shared with the runner: keep copies, as a database would.
         for run in batch.runs.values():
-            self._run_rows[run.id] = copy.copy(run)
+            kept = self._run_rows.get(run.id)
+            if kept is None or kept.state is not RunState.INTERRUPTED:  # as SQL: an interrupted run stays so
+                self._run_rows[run.id] = copy.copy(run)
         for key, attempt in batch.attempts.items():
             self._attempt_rows[key] = copy.copy(attempt)
         for step_key, step in batch.steps.items():
@@ -60,6 +74,8 @@ class MemoryStore(BufferedStore):
         self._fire_rows.update(batch.fires)
         for task_id, instant in batch.last_fires.items():
             self._last_fire_rows[task_id] = max(instant, self._last_fire_rows.get(task_id, instant))
+        for upstream in batch.upstreams.values():
+            self._upstream_rows.setdefault(upstream.key, upstream)
         for tombstone in batch.tombstones:
             if tombstone.definition_hash is None:
                 self._tombstone_rows.pop(tombstone.task_id, None)
@@ -105,8 +121,37 @@ class MemoryStore(BufferedStore):
             for record in records:
                 if record.run_id == run.id and record.state is StepState.RUNNING:
                     record.state, record.finished_at = StepState.INTERRUPTED, now
+            if run.trigger == Trigger.DEPENDENCY and run.started_at is None and run.attempts == 0:
+                self._release(run.id)
             found.append(copy.copy(run))
         return found
+
+    def _release(self, run_id: str) -> None:
+        for key, upstream in list(self._upstream_rows.items()):
+            if upstream.run_id == run_id:
+                self._upstream_rows[key] = dataclasses.replace(upstream, run_id=None)
+
+    async def pending_upstreams(self) -> list[UpstreamRun]:
+        await self._read()
+        pending = [u for u in self._upstream_rows.values() if u.run_id is None]
+        return sorted(pending, key=lambda u: (u.finished_at, u.upstream_run_id))
+
+    async def take_upstreams(self, run: RunRecord, taken: Sequence[UpstreamRun]) -> bool:
+        await self._read()
+        rows = self._upstream_rows
+        if any(u.key not in rows or rows[u.key].run_id is not None for u in taken):
+            return False
+        for upstream in taken:
+            rows[upstream.key] = dataclasses.replace(rows[upstream.key], run_id=run.id)
+        self._run_rows[run.id] = copy.copy(run)
+        return True
+
+    async def run_links(self, run_id: str) -> tuple[list[UpstreamRun], list[UpstreamRun]]:
+        await self._read()
+        rows = self._upstream_rows.values()
+        upstream = sorted((u for u in rows if u.run_id == run_id), key=lambda u: u.finished_at)
+        downstream = sorted((u for u in rows if u.upstream_run_id == run_id), key=lambda u: u.task_id)
+        return upstream, downstream
 
     async def scheduled_runs(self, fires: Sequence[tuple[str, float]]) -> set[tuple[str, float]]:
         await self.flush()
@@ -241,6 +286,7 @@ class MemoryStore(BufferedStore):
             cutoff = now - days * 86400
             doomed.update(r.id for r in finished if r.finished_at is not None and r.finished_at < cutoff)
             self._fire_rows = {k: f for k, f in self._fire_rows.items() if f.recorded_at >= cutoff}
+            self._prune_upstreams(lambda u: u.run_id is None and u.finished_at < cutoff)
         if max_runs_per_task > 0:
             by_task: dict[str, list[RunRecord]] = defaultdict(list)
             for run in self._run_rows.values():
@@ -254,7 +300,11 @@ class MemoryStore(BufferedStore):
             self._transition_rows.pop(run_id, None)
         self._attempt_rows = {k: v for k, v in self._attempt_rows.items() if k[0] not in doomed}
         self._step_rows = {k: v for k, v in self._step_rows.items() if k[0] not in doomed}
+        self._prune_upstreams(lambda u: u.run_id in doomed)
         return len(doomed)
+
+    def _prune_upstreams(self, doomed: Callable[[UpstreamRun], bool]) -> None:
+        self._upstream_rows = {k: u for k, u in self._upstream_rows.items() if not doomed(u)}
 
 
 def _searched_text(run: RunRecord) -> str:

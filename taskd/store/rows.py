@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, UpstreamRun
 from taskd.store.base import Fire, LogLine, Transition
 
 PARTIAL_STATE_INDEXES = (
@@ -117,4 +117,21 @@ def alert_state_from_row(r: Row) -> AlertState:
         notified_at=r["notified_at"],
         overdue_at=r["overdue_at"],
         version=r["version"],
+    )
+
+
+def upstream_params(u: UpstreamRun) -> tuple[Any, ...]:
+    context = json.dumps(u.context, default=str)
+    return (u.task_id, u.upstream_run_id, u.upstream_task_id, u.state, u.finished_at, context, u.run_id)
+
+
+def upstream_from_row(row: Row) -> UpstreamRun:
+    return UpstreamRun(
+        task_id=row["task_id"],
+        upstream_run_id=row["upstream_run_id"],
+        upstream_task_id=row["upstream_task_id"],
+        state=row["upstream_state"],
+        finished_at=row["finished_at"],
+        context=json.loads(row["context"]),
+        run_id=row["run_id"],
     )

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 import structlog
 
-from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, Trigger, UpstreamRun
 from taskd.store.base import LOG_PAGE, STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
 from taskd.store.buffer import Batch, BufferedStore
 from taskd.store.rows import (
@@ -31,6 +31,8 @@ from taskd.store.rows import (
     step_from_row,
     step_params,
     transition_from_row,
+    upstream_from_row,
+    upstream_params,
 )
 
 log = structlog.get_logger("taskd.store")
@@ -109,6 +111,20 @@ STATEMENTS: dict[str, str] = {
         ) ranked WHERE n > ? AND NOT {ACTIVE}
     """,
     "delete_fires": "DELETE FROM fires WHERE recorded_at < ?",
+    "save_upstream": """
+        INSERT INTO run_upstreams (task_id, upstream_run_id, upstream_task_id, upstream_state, finished_at, context,
+                                   run_id)
+        VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+    """,
+    "pending_upstreams": "SELECT * FROM run_upstreams WHERE run_id IS NULL ORDER BY finished_at, upstream_run_id",
+    "take_upstream": """
+        UPDATE run_upstreams SET run_id = ? WHERE task_id = ? AND upstream_run_id = ? AND run_id IS NULL
+        RETURNING upstream_run_id
+    """,
+    "release_upstreams": "UPDATE run_upstreams SET run_id = NULL WHERE run_id = ?",
+    "upstreams_of_run": "SELECT * FROM run_upstreams WHERE run_id = ? ORDER BY finished_at",
+    "downstreams_of_run": "SELECT * FROM run_upstreams WHERE upstream_run_id = ? ORDER BY task_id",
+    "delete_upstreams": "DELETE FROM run_upstreams WHERE run_id IS NULL AND finished_at < ?",
     "alert_states": "SELECT * FROM alert_state",
     "alert_state": "SELECT * FROM alert_state WHERE task_id = ?",
     "insert_alert_state": """
@@ -136,7 +152,14 @@ SORT_COLUMNS = {
 """What each sort key of run search orders by."""
 
 
-RUN_TABLES = {"runs": "id", "attempts": "run_id", "steps": "run_id", "run_logs": "run_id", "run_transitions": "run_id"}
+RUN_TABLES = {
+    "runs": "id",
+    "attempts": "run_id",
+    "steps": "run_id",
+    "run_logs": "run_id",
+    "run_transitions": "run_id",
+    "run_upstreams": "run_id",
+}
 """Where a run's rows are, by the column holding its id."""
 PRUNE_CHUNK = 1000
 """Retention deletes runs this many at a time."""
@@ -188,6 +211,15 @@ def mended(row: Sequence[Any]) -> tuple[Any, ...]:
 
 Why = Callable[[RunRecord], str]
 """Why a run is marked interrupted, given the run as it was."""
+
+
+class _Taken(Exception):
+    """An upstream run was taken by another run meanwhile: the take is rolled back."""
+
+
+def never_started(run: RunRecord) -> bool:
+    """A dependency run that ended before its first attempt: its upstream runs are given back."""
+    return run.trigger == Trigger.DEPENDENCY and run.started_at is None and run.attempts == 0
 
 
 class SQLStore(BufferedStore):
@@ -290,6 +322,7 @@ class SQLStore(BufferedStore):
                 ],
             ),
             ("set_last_fire", list(batch.last_fires.items())),
+            ("save_upstream", [upstream_params(u) for u in batch.upstreams.values()]),
         ]
         tombstones: list[tuple[str, Sequence[Any]]] = [
             ("remove_tombstone", (t.task_id,))
@@ -363,6 +396,8 @@ class SQLStore(BufferedStore):
             await tx.execute(self.SQL["interrupt_transition"], (run.id, now, reason, run.id))
             await tx.execute(self.SQL["interrupt_attempts"], (now, run.id))
             await tx.execute(self.SQL["interrupt_steps"], (now, run.id))
+            if never_started(run):
+                await tx.execute(self.SQL["release_upstreams"], (run.id,))
             runs.append(run)
         return runs
 
@@ -382,6 +417,7 @@ class SQLStore(BufferedStore):
                     await tx.execute(self._sql(f"DELETE FROM {table} WHERE {condition}"), args)
             if days > 0:
                 await tx.execute(self.SQL["delete_fires"], (cutoff,))
+                await tx.execute(self.SQL["delete_upstreams"], (cutoff,))
         return len(doomed)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -450,6 +486,28 @@ class SQLStore(BufferedStore):
 
     async def last_fires(self) -> dict[str, float]:
         return {r["task_id"]: r["last_fire"] for r in await self._fetch("last_fires")}
+
+    async def pending_upstreams(self) -> list[UpstreamRun]:
+        return [upstream_from_row(r) for r in await self._fetch("pending_upstreams")]
+
+    async def take_upstreams(self, run: RunRecord, taken: Sequence[UpstreamRun]) -> bool:
+        await self.flush()  # the upstream runs' rows are committed before they are taken
+        try:
+            async with self.transaction() as tx:
+                for upstream in taken:
+                    args = (run.id, upstream.task_id, upstream.upstream_run_id)
+                    if not list(await tx.execute_fetchall(self.SQL["take_upstream"], args)):
+                        raise _Taken
+                # Its text is indexed by the writer, with the run's first staged save.
+                await tx.execute(self.SQL["save_run"], run_params(run))
+        except _Taken:
+            return False
+        return True
+
+    async def run_links(self, run_id: str) -> tuple[list[UpstreamRun], list[UpstreamRun]]:
+        upstream = [upstream_from_row(r) for r in await self._fetch("upstreams_of_run", run_id)]
+        downstream = [upstream_from_row(r) for r in await self._fetch("downstreams_of_run", run_id, fresh=False)]
+        return upstream, downstream
 
     async def alert_states(self) -> dict[str, AlertState]:
         return {r["task_id"]: alert_state_from_row(r) for r in await self._fetch("alert_states", fresh=False)}

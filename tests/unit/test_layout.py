@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("taskd.processor",),
     ("taskd.procgroup", "taskd.processors", "taskd.channels"),
     ("taskd.config", "taskd.crontab"),
-    ("taskd.chain", "taskd.alerts"),
+    ("taskd.chain", "taskd.alerts", "taskd.dependencies", "taskd.forecast"),
     ("taskd.recorder", "taskd.runner"),
     ("taskd.engine", "taskd.alerter"),
     ("taskd.http",),
