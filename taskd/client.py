@@ -335,7 +335,7 @@ async def _tasks(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     rows = [
         [
             t["id"],
-            t["status"],
+            _status_text(t),
             t["schedule"] or "manual",
             t["next_run"] or "-",
             (t["last_run"] or {}).get("state") or "-",
@@ -347,6 +347,19 @@ async def _tasks(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _status_text(task: dict[str, Any]) -> str:
+    """A task's status, with what it waits on when an upstream task is gone or disabled."""
+    waiting = task.get("waiting_on") or []
+    return f"waiting on {', '.join(waiting)}" if task["status"] == "waiting" and waiting else str(task["status"])
+
+
+def _after_text(upstream: dict[str, Any] | None, waiting_for: list[str]) -> str:
+    if not upstream:
+        return "-"
+    text = f"{', '.join(upstream['tasks'])} (when: {upstream['when']}, mode: {upstream['mode']})"
+    return text + (f"; still to run: {', '.join(waiting_for)}" if waiting_for else "")
+
+
 async def _task(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     body = await api.call("GET", f"/task/{args.task_id}")
     if args.json:
@@ -355,9 +368,11 @@ async def _task(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     pairs = [
         ("id", body["id"]),
         ("name", body["name"]),
-        ("status", body["status"]),
+        ("status", _status_text(body)),
         ("schedule", f"{body['schedule'] or 'manual only'} ({body['time_zone']})"),
         ("pipeline", body["pipeline"]),
+        ("after", _after_text(body.get("upstream"), body.get("waiting_for") or [])),
+        ("before", ", ".join(body.get("downstream") or []) or "-"),
         ("next runs", ", ".join(body["next_runs"]) or "-"),
         ("runs", f"{stats['runs']} (success rate {stats['success_rate']}, p95 {_seconds(stats['p95_duration'])})"),
     ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import calendar
 from collections.abc import Callable
 
-from taskd.schedule import CronSchedule, IntervalSchedule, Schedule
+from taskd.durations import format_duration
+from taskd.schedule import CronSchedule, IntervalSchedule, Schedule, ShiftedSchedule
 
 _WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 _WEEK_ORDER = (1, 2, 3, 4, 5, 6, 0)  # Monday first, as people read a week
@@ -18,7 +19,9 @@ _UNITS = (("day", 86_400), ("hour", 3_600), ("minute", 60), ("second", 1))
 
 
 def describe(schedule: Schedule, zone: str) -> str:
-    """The schedule in English, ending with its time zone."""
+    """The schedule in English, ending with its time zone (and the shift of a spread schedule)."""
+    if isinstance(schedule, ShiftedSchedule):
+        return f"{describe(schedule.base, zone)}, shifted {format_duration(schedule.offset_s)} later (spread)"
     if isinstance(schedule, IntervalSchedule):
         return f"{_every(schedule.interval_s)}, {zone}"
     if isinstance(schedule, CronSchedule):

@@ -13,7 +13,17 @@ from typing import Any
 
 import pytest
 
-from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, new_run_id
+from taskd.models import (
+    AlertState,
+    AttemptRecord,
+    RunRecord,
+    RunState,
+    StepRecord,
+    StepState,
+    Trigger,
+    UpstreamRun,
+    new_run_id,
+)
 from taskd.store import Fire, LogLine, MemoryStore, RunQuery, Store, StoreError, Transition
 from taskd.store.base import RUN_SORTS
 from taskd.store.buffer import Batch, BufferedStore
@@ -523,3 +533,47 @@ async def test_an_alert_state_is_stored_over_the_version_it_was_decided_from(
     assert await store.swap_alert_state(overdue, 2)
     store = await backend[1]()  # a restart keeps it
     assert await store.alert_states() == {"t": overdue}
+
+
+async def test_an_upstream_run_is_pending_until_one_run_takes_it_and_a_run_that_never_began_gives_it_back(
+    backend: tuple[Store, Reopen],
+) -> None:
+    store, reopen = backend
+    upstream = _record("extract", state=RunState.COMPLETED)
+    upstream.finished_at = upstream.queued_at + 1
+    store.save_run(upstream)
+    staged = UpstreamRun("load", upstream.id, "extract", "completed", upstream.finished_at, {"rows": 3, "x": [1]})
+    store.save_upstream(staged)
+    store.save_upstream(dataclasses.replace(staged, context={"rows": 4}))  # staged twice: the first stays
+    assert await store.pending_upstreams() == [staged]
+
+    first, second = _record("load", trigger=Trigger.DEPENDENCY), _record("load", trigger=Trigger.DEPENDENCY)
+    outcomes = await asyncio.gather(store.take_upstreams(first, [staged]), store.take_upstreams(second, [staged]))
+    assert sorted(outcomes) == [False, True]  # taken once, whoever asks at the same time
+    taker = first if outcomes[0] else second
+    loser = second if outcomes[0] else first
+    assert await store.pending_upstreams() == []
+    assert (await store.get_run(taker.id)) is not None and await store.get_run(loser.id) is None
+    linked, _ = await store.run_links(taker.id)
+    assert linked == [dataclasses.replace(staged, run_id=taker.id)]
+    _, triggered = await store.run_links(upstream.id)
+    assert [(d.task_id, d.run_id) for d in triggered] == [("load", taker.id)]
+
+    store = await reopen()  # a crash before the taker began: recovery gives the upstream run back
+    (recovered,) = await store.recover_interrupted(time.time())
+    assert recovered.id == taker.id and recovered.state == RunState.INTERRUPTED
+    assert await store.pending_upstreams() == [staged]
+    assert (await store.run_links(taker.id))[0] == []
+    again = _record("load", trigger=Trigger.DEPENDENCY)
+    assert await store.take_upstreams(again, [staged])
+
+    # a run that began keeps what it took, interrupted or not
+    started = _record("load", trigger=Trigger.DEPENDENCY)
+    other = UpstreamRun("load", "0" * 20, "extract", "completed", time.time())
+    store.save_upstream(other)
+    assert await store.take_upstreams(started, [other])
+    started.state, started.started_at, started.attempts = RunState.RUNNING, time.time(), 1
+    store.save_run(started)
+    store = await reopen()
+    await store.recover_interrupted(time.time())
+    assert await store.pending_upstreams() == [staged]  # `again` never began; `started` did

@@ -19,6 +19,31 @@ import { getToken } from "./state.js";
  * @property {Record<string, unknown>} params  the defaults of the params a run may be given
  * @property {LastRun | null} last_run
  * @property {string | null} next_run
+ * @property {string[]} after  the tasks it runs after (after:)
+ * @property {string[]} waiting_on  upstream tasks (after:) that were deleted or disabled: it waits on them
+ *
+ * @typedef {object} Upstream  a task's after:
+ * @property {string[]} tasks
+ * @property {"success" | "failure" | "always"} when
+ * @property {"all" | "any"} mode
+ *
+ * @typedef {object} TaskStats
+ * @property {number} runs
+ * @property {number} finished_considered  the latest finished runs the rate and mean are of
+ * @property {number | null} success_rate
+ * @property {number | null} mean_duration
+ *
+ * @typedef {object} TaskDetailFields  what GET /task/{id} adds to a task's row
+ * @property {string} pipeline
+ * @property {TaskStats} stats
+ * @property {string[]} next_runs  already shifted by the spread's offset
+ * @property {Run[]} recent_runs  newest first
+ * @property {Upstream | null} upstream
+ * @property {string[]} downstream  the tasks that run after it
+ * @property {string[]} waiting_for  with mode all, the upstream tasks with no run it has not taken yet
+ * @property {{ spread_s: number, offset_s: number } | null} spread  its fires are shifted by offset_s
+ *
+ * @typedef {Task & TaskDetailFields} TaskDetail
  *
  * @typedef {object} Run
  * @property {string} id
@@ -47,10 +72,37 @@ import { getToken } from "./state.js";
  * @property {string | null} error
  * @property {Step[]} steps
  *
- * @typedef {Run & { attempt_list: Attempt[] }} RunDetail
+ * @typedef {object} UpstreamRun  a run that triggered this one
+ * @property {string} run_id
+ * @property {string} task_id
+ * @property {string} state
+ * @property {string} finished_at
+ *
+ * @typedef {object} DownstreamRun  a task this run triggered, and its run (null while it waits)
+ * @property {string} task_id
+ * @property {string | null} run_id
+ *
+ * @typedef {Run & { attempt_list: Attempt[], upstream_runs: UpstreamRun[], downstream_runs: DownstreamRun[] }} RunDetail
  * @typedef {{ tasks: Task[], total: number }} TaskPage
  * @typedef {{ runs: Run[], total: number }} RunPage
  * @typedef {{ slots: { held: number, limit: number } }} Health
+ *
+ * @typedef {object} PlanHour
+ * @property {string} hour
+ * @property {number} runs
+ * @property {number} tasks
+ *
+ * @typedef {object} Crowded  a minute with more tasks due than max_concurrent_tasks
+ * @property {string} minute
+ * @property {number} tasks_due
+ * @property {number} over_by
+ * @property {string[]} tasks  the first 20 of them
+ *
+ * @typedef {object} Plan  the forecast of GET /plan
+ * @property {number} max_concurrent_tasks
+ * @property {PlanHour[]} hours  one per hour from the current one
+ * @property {Crowded[]} crowded
+ * @property {string[]} cut_short  why some fires were not counted
  */
 
 export class Unauthorized extends Error {}
@@ -92,6 +144,11 @@ export function tasks(limit, offset) {
   return /** @type {Promise<TaskPage>} */ (api(`/tasks?limit=${limit}&offset=${offset}`));
 }
 
+/** @param {string} taskId @returns {Promise<TaskDetail>} */
+export function task(taskId) {
+  return /** @type {Promise<TaskDetail>} */ (api(`/task/${encodeURIComponent(taskId)}`));
+}
+
 /** The run search of GET /runs. @param {URLSearchParams} query @returns {Promise<RunPage>} */
 export function runs(query) {
   return /** @type {Promise<RunPage>} */ (api(`/runs?${query}`));
@@ -105,6 +162,11 @@ export function taskRuns(taskId, limit) {
 /** @param {string} runId @returns {Promise<RunDetail>} */
 export function run(runId) {
   return /** @type {Promise<RunDetail>} */ (api(`/run/${encodeURIComponent(runId)}`));
+}
+
+/** The forecast of the next days' fires. @param {number} days @returns {Promise<Plan>} */
+export function plan(days) {
+  return /** @type {Promise<Plan>} */ (api(`/plan?days=${days}`));
 }
 
 /**

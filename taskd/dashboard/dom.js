@@ -1,6 +1,6 @@
 // @ts-check
-// Building the page: h() and render(), notices, the confirm dialog, state badges, times, durations
-// and the pager. Data always enters the page as text, never as HTML.
+// Building the page: h() and render(), notices, the confirm dialog, state badges, times, durations,
+// links and the pager. Data always enters the page as text, never as HTML.
 
 /** Rows asked of the API per page, and shown per page. */
 export const PAGE = 50;
@@ -95,6 +95,19 @@ export function stateBadge(state) {
   return h("span", { class: `state state-${state}` }, state);
 }
 
+/**
+ * A task's status; one waiting on upstream tasks (deleted or disabled) says on which.
+ * @param {{ status: string, waiting_on: string[] }} task
+ * @param {(taskId: string) => Child} [name]  how each upstream task is shown: its id when left out
+ */
+export function taskStatus(task, name = (taskId) => taskId) {
+  const on = task.waiting_on.flatMap((taskId, i) => [i ? ", " : "", name(taskId)]);
+  if (!on.length) return stateBadge(task.status);
+  if (task.status === "waiting") return h("span", { class: "state state-waiting" }, "waiting on ", on);
+  // Running or overdue comes first, but what it waits on still shows.
+  return h("span", {}, stateBadge(task.status), " ", h("span", { class: "state-waiting" }, "waiting on ", on));
+}
+
 /** @param {string | null | undefined} iso */
 export function when(iso) {
   if (!iso) return "—";
@@ -119,8 +132,17 @@ export function runLink(run, text) {
 }
 
 /** @param {string} taskId */
-export function taskRunsLink(taskId) {
-  return h("a", { href: `#/runs?task_id=${encodeURIComponent(taskId)}` }, taskId);
+export function taskLink(taskId) {
+  return h("a", { href: `#/task/${encodeURIComponent(taskId)}` }, taskId);
+}
+
+/**
+ * The run search of a task's runs.
+ * @param {string} taskId
+ * @param {Child} [text]  the task's id when left out
+ */
+export function taskRunsLink(taskId, text) {
+  return h("a", { href: `#/runs?task_id=${encodeURIComponent(taskId)}` }, text ?? taskId);
 }
 
 /**

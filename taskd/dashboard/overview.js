@@ -1,13 +1,20 @@
 // @ts-check
-// The overview: slots, queued runs and the day's failures as cards, and each task's last runs as a
-// strip coloured by outcome.
+// The overview: slots, queued runs and the day's failures as cards, the next days' runs due per hour
+// as a strip with the crowded hours in red, and each task's last runs as a strip coloured by outcome.
 
 import * as API from "./api.js";
-import { h, PAGE, pages, render, stateBadge, taskRunsLink } from "./dom.js";
+import { h, message, PAGE, pages, render, taskLink, taskStatus } from "./dom.js";
 import { keyedRows } from "./rows.js";
+import { getView } from "./state.js";
 
 /** Runs per task in a strip. */
 const STRIP = 20;
+/** Days the forecast shows, and how often it is asked again: it is some work for the daemon. */
+const PLAN_DAYS = 7;
+const PLAN_EVERY = 5 * 60e3;
+const HOUR = 3600e3;
+/** Crowded minutes named in an hour's title; the rest are counted. */
+const NAMED = 5;
 
 /** @typedef {{ task: API.Task, strip: HTMLElement | null }} Entry  a task, and its new strip if it changed */
 
@@ -20,9 +27,12 @@ export async function overview(ctx, query) {
   const cards = h("ul", { class: "cards", "aria-label": "Now" });
   const tbody = h("tbody");
   const pager = h("div", { class: "pager" });
+  const plan = h("div", { class: "plan" }, h("p", { class: "muted" }, "Reading the forecast…"));
   render(
     h("h1", {}, "Overview"),
     cards,
+    h("h2", { id: "plan" }, `Next ${PLAN_DAYS} days`),
+    plan,
     h("h2", { id: "history" }, "Recent runs by task"),
     h("table", { "aria-labelledby": "history" },
       h("caption", {}, `Each task's last ${STRIP} runs, oldest first: green completed, red failed or interrupted, amber stopped, blue active.`),
@@ -34,9 +44,9 @@ export async function overview(ctx, query) {
     const status = h("td", {});
     const runs = h("td", {});
     return {
-      row: h("tr", { "data-task": task.id }, h("th", { scope: "row" }, taskRunsLink(task.id)), status, runs),
+      row: h("tr", { "data-task": task.id }, h("th", { scope: "row" }, taskLink(task.id)), status, runs),
       update({ task, strip }) {
-        status.replaceChildren(stateBadge(task.status));
+        status.replaceChildren(taskStatus(task));
         if (strip) runs.replaceChildren(strip);
       },
     };
@@ -67,6 +77,26 @@ export async function overview(ctx, query) {
     pager.replaceChildren(...pages(body.total, offset, "#/"));
   }
 
+  // Asked once when the view opens, then every PLAN_EVERY, not on every change of a run: it depends
+  // on the schedules and the hour only. Not awaited: the rest of the view does not wait for it.
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  let nextPlan = null;
+  async function drawPlan() {
+    try {
+      const body = await API.plan(PLAN_DAYS);
+      if (getView() === ctx) plan.replaceChildren(...planStrip(body));
+    } catch (error) {
+      if (getView() !== ctx) return;
+      if (error instanceof API.Unauthorized) ctx.failed(error);
+      else plan.replaceChildren(h("p", { class: "muted" }, `The forecast is not available: ${message(error)}`));
+    }
+    if (getView() === ctx) nextPlan = setTimeout(drawPlan, PLAN_EVERY);
+  }
+  ctx.cleanups.push(() => {
+    if (nextPlan) clearTimeout(nextPlan);
+  });
+  drawPlan();
+
   await Promise.all([drawCards(), drawTasks(undefined)]);
   ctx.refresh = (tasks) => Promise.all([drawCards(), drawTasks(tasks)]);
 }
@@ -78,4 +108,68 @@ async function strip(task) {
     h("a", { href: `#/run/${encodeURIComponent(run.id)}`, class: run.state, title: `${run.state}, ${run.queued_at}`, "aria-label": `${run.state} run of ${run.queued_at}` }),
   );
   return h("div", { class: "strip" }, cells.length ? cells : h("span", { class: "muted" }, "no runs yet"));
+}
+
+/**
+ * The forecast as a strip of hours, taller and darker as more runs are due in it, red when a minute
+ * of it has more tasks due than there are slots; each hour's title says what it holds.
+ * @param {API.Plan} plan
+ */
+function planStrip(plan) {
+  /** @type {Map<number, API.Crowded[]>} the crowded minutes by hour */
+  const crowded = new Map();
+  for (const minute of plan.crowded) {
+    const hour = Math.floor(Date.parse(minute.minute) / HOUR);
+    const list = crowded.get(hour);
+    if (list) list.push(minute);
+    else crowded.set(hour, [minute]);
+  }
+  const most = Math.max(1, ...plan.hours.map((hour) => hour.runs));
+  const hours = h("div", { class: "plan-hours", role: "group", "aria-labelledby": "plan" });
+  const days = h("div", { class: "plan-days", "aria-hidden": "true" });
+  let runs = 0;
+  let crowdedHours = 0;
+  for (const hour of plan.hours) {
+    const start = new Date(hour.hour);
+    const minutes = crowded.get(Math.floor(start.getTime() / HOUR)) || [];
+    const level = hour.runs ? Math.ceil((4 * hour.runs) / most) : 0;
+    const midnight = start.getHours() === 0;
+    const title = [
+      `${start.toLocaleString([], { weekday: "short", day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" })}: `
+        + `${hour.runs.toLocaleString()} run${hour.runs === 1 ? "" : "s"} of ${hour.tasks.toLocaleString()} task${hour.tasks === 1 ? "" : "s"} due`,
+      ...minutes.slice(0, NAMED).map(crowdedText),
+      minutes.length > NAMED ? `and ${minutes.length - NAMED} more crowded minutes` : "",
+    ].filter(Boolean).join("\n");
+    const marked = minutes.length > 0;
+    hours.append(h("span", {
+      class: `l${level}${marked ? " crowded" : ""}${midnight ? " day" : ""}`,
+      title,
+      // The crowded hours are the ones to read: they are reached by keyboard too.
+      role: marked ? "img" : null,
+      "aria-label": marked ? title : null,
+      tabindex: marked ? 0 : null,
+    }));
+    days.append(h("span", { class: midnight ? "day" : null }, midnight ? start.toLocaleDateString([], { weekday: "short", day: "numeric" }) : ""));
+    runs += hour.runs;
+    if (marked) crowdedHours += 1;
+  }
+  const slots = `${plan.max_concurrent_tasks} slot${plan.max_concurrent_tasks === 1 ? "" : "s"}`;
+  return [
+    hours,
+    days,
+    h("p", { class: "legend muted" },
+      `${runs.toLocaleString()} runs due, by hour in your time zone: the taller and darker, the more. `,
+      crowdedHours
+        ? [h("span", { class: "swatch crowded", "aria-hidden": "true" }), ` red: ${crowdedHours} hour${crowdedHours === 1 ? " has" : "s have"} a minute`
+          + ` with more tasks due than the ${slots} (max_concurrent_tasks); point at one to see which.`]
+        : `No minute has more tasks due than the ${slots} (max_concurrent_tasks).`),
+    ...plan.cut_short.map((why) => h("p", { class: "muted" }, `Counted in part: ${why}`)),
+  ];
+}
+
+/** @param {API.Crowded} minute */
+function crowdedText(minute) {
+  const more = minute.tasks_due - minute.tasks.length;
+  const time = new Date(minute.minute).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return `${time}: ${minute.tasks_due} tasks due, ${minute.over_by} over: ${minute.tasks.join(", ")}${more > 0 ? ` and ${more} more` : ""}`;
 }

@@ -9,6 +9,7 @@ import { overview } from "./overview.js";
 import { runView } from "./run.js";
 import { runsView } from "./runs.js";
 import { forgetToken, getToken, getView, keepToken, setToken, setView } from "./state.js";
+import { taskView } from "./task.js";
 import { tasksView } from "./tasks.js";
 
 const REFUSED = "That token was refused. Try again.";
@@ -88,7 +89,7 @@ function leave() {
   setView(null);
 }
 
-/** Draws the view the hash names: #/, #/tasks, #/runs?… or #/run/ID. */
+/** Draws the view the hash names: #/, #/tasks, #/task/ID, #/runs?… or #/run/ID. */
 export async function route() {
   leave();
   const hash = location.hash || "#/";
@@ -106,7 +107,9 @@ export async function route() {
   setView(view);
   try {
     const run = path.match(/^#\/run\/(.+)$/);
+    const task = path.match(/^#\/task\/(.+)$/);
     if (run) await runView(view, decodeURIComponent(run[1]));
+    else if (task) await taskView(view, decodeURIComponent(task[1]));
     else if (path.startsWith("#/tasks")) await tasksView(view, query);
     else if (path.startsWith("#/runs")) await runsView(view, query);
     else await overview(view, query);

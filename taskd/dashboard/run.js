@@ -3,7 +3,7 @@
 // the run ends.
 
 import * as API from "./api.js";
-import { h, render, seconds, stateBadge, taskRunsLink, when } from "./dom.js";
+import { h, render, runLink, seconds, stateBadge, taskLink, when } from "./dom.js";
 import { keyedRows } from "./rows.js";
 import { events } from "./sse.js";
 
@@ -36,9 +36,11 @@ export async function runView(ctx, id) {
     /** @param {string} label @param {import("./dom.js").Child[]} value */
     const fact = (label, ...value) => [h("dt", {}, label), h("dd", {}, ...value)];
     facts.replaceChildren(
-      ...fact("Task", taskRunsLink(run.task_id)),
+      ...fact("Task", taskLink(run.task_id)),
       ...fact("State", stateBadge(run.state)),
       ...fact("Trigger", run.trigger),
+      ...(run.upstream_runs.length ? fact("Triggered by", upstreamRuns(run.upstream_runs)) : []),
+      ...(run.downstream_runs.length ? fact("Triggered", downstreamRuns(run.downstream_runs)) : []),
       ...fact("Params", Object.keys(run.params).length ? h("code", {}, JSON.stringify(run.params)) : h("span", { class: "muted" }, "none")),
       ...fact("Scheduled", when(run.scheduled_at)),
       ...fact("Queued", when(run.queued_at)),
@@ -58,6 +60,24 @@ export async function runView(ctx, id) {
   const controller = new AbortController();
   ctx.cleanups.push(() => controller.abort());
   follow(id, { log, ending, draw, failed: ctx.failed }, controller.signal);
+}
+
+/**
+ * The upstream runs whose end started this one (trigger dependency), each linked to its page.
+ * @param {API.UpstreamRun[]} runs
+ */
+function upstreamRuns(runs) {
+  return h("ul", { class: "inline", "aria-label": "Triggered by" }, runs.map((up) =>
+    h("li", {}, runLink({ id: up.run_id }, `run of ${up.task_id}`), " ", stateBadge(up.state), " ", h("span", { class: "muted" }, "ended ", when(up.finished_at)))));
+}
+
+/**
+ * The downstream tasks this run's end started, each with its run, or waiting for one.
+ * @param {API.DownstreamRun[]} runs
+ */
+function downstreamRuns(runs) {
+  return h("ul", { class: "inline", "aria-label": "Triggered" }, runs.map((down) =>
+    h("li", {}, down.run_id ? runLink({ id: down.run_id }, `run of ${down.task_id}`) : [taskLink(down.task_id), " ", h("span", { class: "muted" }, "waiting")])));
 }
 
 /** @param {Line} line */

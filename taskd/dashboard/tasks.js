@@ -3,7 +3,7 @@
 // tasks with params, a form to start a run with other values.
 
 import * as API from "./api.js";
-import { confirmDialog, h, notice, PAGE, pages, render, runLink, seconds, stateBadge, taskRunsLink, when } from "./dom.js";
+import { confirmDialog, h, notice, PAGE, pages, render, runLink, seconds, stateBadge, taskLink, taskStatus, when } from "./dom.js";
 import { keyedRows } from "./rows.js";
 
 /** @typedef {import("./state.js").View} View */
@@ -44,9 +44,9 @@ function taskRow(task, ctx) {
   const next = h("td", {});
   const last = h("td", {});
   const row = h("tr", { "data-task": task.id },
-    h("th", { scope: "row" }, taskRunsLink(task.id), task.name !== task.id ? h("div", { class: "muted" }, task.name) : null),
+    h("th", { scope: "row" }, taskLink(task.id), task.name !== task.id ? h("div", { class: "muted" }, task.name) : null),
     status,
-    h("td", {}, task.schedule ? [h("code", {}, task.schedule), h("div", { class: "muted" }, task.schedule_text)] : h("span", { class: "muted" }, "started by hand")),
+    h("td", {}, task.schedule ? [h("code", {}, task.schedule), h("div", { class: "muted" }, task.schedule_text)] : h("span", { class: "muted" }, task.after.length ? `after ${task.after.join(", ")}` : "started by hand")),
     next,
     last,
     taskActions(task, ctx),
@@ -55,7 +55,7 @@ function taskRow(task, ctx) {
     row,
     update(task) {
       const run = task.last_run;
-      status.replaceChildren(stateBadge(task.status));
+      status.replaceChildren(taskStatus(task));
       next.replaceChildren(when(task.next_run));
       last.replaceChildren(...(run ? [runLink(run, stateBadge(run.state)), " ", h("span", { class: "muted" }, seconds(run.duration))] : [h("span", { class: "muted" }, "never ran")]));
     },

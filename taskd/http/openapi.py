@@ -89,6 +89,11 @@ TASK_PROPERTIES = {
     "last_run": {"oneOf": [_ref("LastRun"), {"type": "null"}]},
     "next_run": _nullable("string", format="date-time"),
     "duration": _nullable("number"),
+    "after": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "the tasks it runs after (after:), none for most",
+    },
     "waiting_on": {
         "type": "array",
         "items": {"type": "string"},

@@ -91,6 +91,7 @@ class TaskViews:
             "priority": entry.config.priority,
             "concurrency": entry.config.concurrency,
             "params": masked_params(entry.params, entry.config.secret_params, self._engine.redactor_for(entry)),
+            "after": list(entry.config.after.tasks) if entry.config.after is not None else [],
         }
         self._static[entry.id] = (entry, view)
         return view

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from taskd.errors import TaskdError
 from taskd.faults import STORE_UNREACHABLE
-from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, UpstreamRun
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, Trigger, UpstreamRun
 
 MEMORY = ":memory:"
 """The location of a store that lives in memory only (nothing survives the process)."""
@@ -33,6 +33,14 @@ def redacted(location: str) -> str:
     if not sep or not at or ":" not in credentials:
         return location
     return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+GIVEN_BACK = "; it had not begun, so its upstream runs were given back: the task runs for them again"
+
+
+def never_started(run: RunRecord) -> bool:
+    """A dependency run that ended before its first attempt: its upstream runs are given back."""
+    return run.trigger == Trigger.DEPENDENCY and run.started_at is None and run.attempts == 0
 
 
 LOG_PAGE = 200

@@ -22,10 +22,20 @@ from taskd.models import (
     RunState,
     StepRecord,
     StepState,
-    Trigger,
     UpstreamRun,
 )
-from taskd.store.base import LOG_PAGE, STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
+from taskd.store.base import (
+    GIVEN_BACK,
+    LOG_PAGE,
+    STATS_WINDOW,
+    Fire,
+    LogLine,
+    RunQuery,
+    StoreError,
+    Transition,
+    never_started,
+    run_stats,
+)
 from taskd.store.buffer import Batch, BufferedStore
 
 
@@ -110,7 +120,8 @@ class MemoryStore(BufferedStore):
         for run in self._run_rows.values():
             if run.state not in ACTIVE_STATES or not which(run):
                 continue
-            reason = why(run)
+            given_back = never_started(run)
+            reason = why(run) + (GIVEN_BACK if given_back else "")
             run.error = f"{run.error}; {reason}" if run.error else reason
             run.state = RunState.INTERRUPTED
             run.finished_at = now
@@ -121,7 +132,7 @@ class MemoryStore(BufferedStore):
             for record in records:
                 if record.run_id == run.id and record.state is StepState.RUNNING:
                     record.state, record.finished_at = StepState.INTERRUPTED, now
-            if run.trigger == Trigger.DEPENDENCY and run.started_at is None and run.attempts == 0:
+            if given_back:
                 self._release(run.id)
             found.append(copy.copy(run))
         return found

@@ -16,8 +16,19 @@ from typing import Any, ClassVar, Protocol
 
 import structlog
 
-from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, Trigger, UpstreamRun
-from taskd.store.base import LOG_PAGE, STATS_WINDOW, Fire, LogLine, RunQuery, StoreError, Transition, run_stats
+from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, UpstreamRun
+from taskd.store.base import (
+    GIVEN_BACK,
+    LOG_PAGE,
+    STATS_WINDOW,
+    Fire,
+    LogLine,
+    RunQuery,
+    StoreError,
+    Transition,
+    never_started,
+    run_stats,
+)
 from taskd.store.buffer import Batch, BufferedStore
 from taskd.store.rows import (
     Row,
@@ -217,11 +228,6 @@ class _Taken(Exception):
     """An upstream run was taken by another run meanwhile: the take is rolled back."""
 
 
-def never_started(run: RunRecord) -> bool:
-    """A dependency run that ended before its first attempt: its upstream runs are given back."""
-    return run.trigger == Trigger.DEPENDENCY and run.started_at is None and run.attempts == 0
-
-
 class SQLStore(BufferedStore):
     """Run history in a SQL database; the dialect subclass supplies what differs."""
 
@@ -388,7 +394,7 @@ class SQLStore(BufferedStore):
         runs: list[RunRecord] = []
         for row in await tx.execute_fetchall(self._sql(self.SQL["active_runs"].format(which)), args):
             run = run_from_row(row)
-            reason = why(run)
+            reason = why(run) + (GIVEN_BACK if never_started(run) else "")
             run.error = f"{run.error}; {reason}" if run.error else reason
             run.state, run.finished_at = RunState.INTERRUPTED, now
             await tx.execute(self.SQL["interrupt_run"], (now, run.error, run.id))

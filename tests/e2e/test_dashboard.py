@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Daemon, base_config
+from conftest import Daemon, base_config, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "s3cret-dashboard-token"
@@ -28,6 +29,16 @@ PIPELINES = r"""
 - {name: bad, processors: [{shell: {command: 'echo broken >&2; exit 3'}}]}
 - {name: greet, processors: [{shell: {command: 'echo "hello $TASKD_PARAM_WHO"'}}]}
 - {name: quick, processors: [{sleep: {duration: 0}}]}
+"""
+# A chain (b after a), a task whose fires are spread, and three tasks due in the same minute with
+# two slots: the forecast finds that minute crowded once a day.
+CHAINED = """
+- {id: a, pipeline: quick}
+- {id: b, pipeline: quick, after: a}
+- {id: staggered, pipeline: quick, schedule: '0 * * * *', spread: 10m}
+- {id: night1, pipeline: quick, schedule: '15 3 * * *'}
+- {id: night2, pipeline: quick, schedule: '15 3 * * *'}
+- {id: night3, pipeline: quick, schedule: '15 3 * * *'}
 """
 
 try:
@@ -81,10 +92,13 @@ class Watched:
         self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
 
-@pytest.fixture
-def dashboard(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+@contextmanager
+def served(
+    daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path, tasks: str, slots: int
+) -> Iterator[tuple[Daemon, Watched]]:
+    """A daemon with a token running `tasks`, and a watched page on it."""
     extra = f"api: {{listen: '127.0.0.1:{{port}}', token: {TOKEN}}}\n"
-    config = base_config(TASKS, PIPELINES, slots=4).replace("api: {listen: '127.0.0.1:{port}'}\n", extra)
+    config = base_config(tasks, PIPELINES, slots=slots).replace("api: {listen: '127.0.0.1:{port}'}\n", extra)
     daemon = daemon_factory(config)
     daemon.token = TOKEN
     daemon.start()
@@ -101,6 +115,18 @@ def dashboard(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Pat
                 shutil.copy(shot, Path(keep) / f"dashboard-{shot.name}")
         watched.page.close()
         daemon.stop()
+
+
+@pytest.fixture
+def dashboard(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+    with served(daemon_factory, browser, tmp_path, TASKS, slots=4) as opened:
+        yield opened
+
+
+@pytest.fixture
+def chained(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+    with served(daemon_factory, browser, tmp_path, CHAINED, slots=2) as opened:
+        yield opened
 
 
 def sign_in(watched: Watched) -> None:
@@ -257,3 +283,94 @@ def test_params_delete_and_the_keyboard(dashboard: tuple[Daemon, Watched]) -> No
     page.keyboard.press("Enter")
     expect(page.locator("#notice")).to_contain_text(f"of {row_id}")
     assert watched.problems == []
+
+
+def written(seconds: float) -> str:
+    """A duration as the dashboard writes a spread: 3m12s, 10m."""
+    hours, rest = divmod(int(seconds), 3600)
+    parts = [(hours, "h"), (rest // 60, "m"), (rest % 60, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
+def test_dependencies_spread_and_the_forecast(chained: tuple[Daemon, Watched]) -> None:
+    daemon, watched = chained
+    page = watched.page
+    upstream = daemon.wait_run(daemon.start_task("a"))["id"]
+    (run,) = wait_for(lambda: daemon.runs("b"), timeout=15, what="the dependency run of b")
+    assert run["trigger"] == "dependency"
+    downstream = daemon.wait_run(run["id"])["id"]
+    sign_in(watched)
+
+    # The next 7 days, hour by hour; the minute 03:15 has three tasks due for two slots, every day.
+    hours = page.get_by_role("group", name="Next 7 days")
+    expect(hours.locator("span")).to_have_count(7 * 24)
+    crowded = hours.locator("span.crowded")
+    expect(crowded).to_have_count(7)
+    expect(crowded.first).to_have_css("background-color", "rgb(185, 28, 28)")
+    title = crowded.first.get_attribute("title") or ""
+    assert "3 tasks due, 1 over: night1, night2, night3" in title, title
+    expect(hours.get_by_role("img").first).to_have_attribute("aria-label", title)  # reached by keyboard too
+    expect(page.locator(".plan .legend")).to_contain_text("7 hours have a minute with more tasks due than the 2 slots")
+    watched.shot("overview-plan")
+
+    # b's page: it runs after a; a's page: b runs after it.
+    task_row(page, "b").get_by_role("link", name="b", exact=True).click()
+    expect(page.get_by_role("heading", name="Task b")).to_be_visible()
+    facts = page.locator("dl.facts")
+    expect(facts).to_contain_text("after a (when success, mode all)")
+    expect(facts).to_contain_text("runs after its upstream tasks")
+    expect(facts).to_contain_text("its next run waits for a run of a")  # it took the one a had
+    watched.shot("task-b")
+    facts.get_by_role("link", name="a", exact=True).first.click()
+    expect(page.get_by_role("heading", name="Task a")).to_be_visible()
+    expect(facts.get_by_role("link", name="b", exact=True)).to_have_attribute("href", "#/task/b")
+    watched.shot("task-a")
+
+    # a's run says which run it triggered, and that run which run triggered it.
+    page.get_by_role("link", name=upstream).click()
+    expect(page.get_by_role("heading", name=f"Run {upstream}")).to_be_visible()
+    triggered = page.get_by_role("list", name="Triggered", exact=True).get_by_role("link", name="run of b")
+    expect(triggered).to_have_attribute("href", f"#/run/{downstream}")
+    watched.shot("run-a")
+    triggered.click()
+    expect(page.get_by_role("heading", name=f"Run {downstream}")).to_be_visible()
+    expect(facts).to_contain_text("dependency")
+    by = page.get_by_role("list", name="Triggered by")
+    expect(by.get_by_role("link", name="run of a")).to_have_attribute("href", f"#/run/{upstream}")
+    expect(by).to_contain_text("completed")
+    watched.shot("run-b")
+
+    # A spread task's fires are shifted by its offset.
+    spread = daemon.request("GET", "/task/staggered").json()["spread"]
+    assert spread["spread_s"] == 600
+    page.evaluate("location.hash = '#/task/staggered'")
+    expect(facts).to_contain_text(f"fires shifted by {written(spread['offset_s'])}, spread 10m")
+    watched.shot("task-staggered")
+
+    # With a deleted, b waits on it, and says so in amber.
+    assert daemon.request("DELETE", "/task/a").status == 200
+    page.get_by_role("link", name="Tasks", exact=True).click()
+    status = task_row(page, "b").locator(".state-waiting")
+    expect(status).to_have_text("waiting on a")
+    expect(status).to_have_css("color", "rgb(161, 98, 7)")
+    expect(task_row(page, "b")).to_contain_text("after a")  # its schedule column: no schedule, but a
+    watched.shot("tasks-waiting")
+    task_row(page, "b").get_by_role("link", name="b", exact=True).click()
+    expect(facts.locator(".state-waiting")).to_have_text("waiting on a")
+    watched.shot("task-b-waiting")
+    assert watched.problems == []
+
+    # The forecast failing leaves the rest of the overview as it was, and says so.
+    page.route(
+        "**/plan?*",
+        lambda route: route.fulfill(
+            status=500, content_type="application/json", body='{"error": {"code": "internal", "message": "no plan"}}'
+        ),
+    )
+    page.get_by_role("link", name="Overview", exact=True).click()
+    expect(page.locator(".plan")).to_contain_text("The forecast is not available: no plan")
+    expect(page.locator(".card").first).to_contain_text("0 of 2")
+    expect(task_row(page, "night1")).to_be_visible()
+    watched.shot("overview-no-plan")
+    # The browser reports the refused request, and nothing else.
+    assert [p for p in watched.problems if "status of 500" not in p] == []

@@ -75,6 +75,13 @@ def test_a_downstream_run_gets_its_upstream_and_the_api_and_check_show_the_graph
     assert daemon.request("DELETE", "/task/extract").status == 200
     task = daemon.request("GET", "/task/transform").json()
     assert (task["status"], task["waiting_on"]) == ("waiting", ["extract"])
+    listed = subprocess.run(
+        [sys.executable, "-m", "taskd", "tasks", "--url", f"http://127.0.0.1:{daemon.port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert any(line.split()[:4] == ["transform", "waiting", "on", "extract"] for line in listed.splitlines())
     assert daemon.stop() == 0
 
 
@@ -99,6 +106,7 @@ def test_kill_9_while_the_downstream_run_waits_for_a_slot_runs_it_after_the_rest
     wait_for(lambda: ledger_lines(ledger, "transform"), timeout=20, what="the downstream run after the restart")
     runs = {r["id"]: r for r in daemon.runs("transform")}
     assert runs[waiting[0]["id"]]["state"] == "interrupted"
+    assert "its upstream runs were given back" in runs[waiting[0]["id"]]["error"]
     (again,) = [r for r in runs.values() if r["id"] != waiting[0]["id"]]
     again = daemon.wait_run(again["id"], states=("completed",))
     assert [u["run_id"] for u in daemon.request("GET", f"/run/{again['id']}").json()["upstream_runs"]] == [upstream]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 TASKS = """
-- {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok}
+- {id: alpha, name: Alpha job, schedule: '0 3 * * *', pipeline: ok, spread: 5m}
 - {id: beta, pipeline: bad}
+- {id: gamma, pipeline: ok, after: {tasks: [alpha, beta], when: always, mode: any}}
 """
 
 PIPELINES = """

@@ -5,17 +5,21 @@ deleted or disabled upstream task."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import fake_steps
 import pytest
+from conftest import Api, base_config
+from support.cli import taskd
 from support.engine import Gates, Harness
 
 from taskd.clock import utc
 from taskd.config import After, load_config
 from taskd.dependencies import environment, params_from, takes
+from taskd.durations import format_duration
 from taskd.errors import ConfigError
 from taskd.models import RunState, Trigger, UpstreamRun
 from taskd.processors import registry
@@ -258,7 +262,8 @@ async def test_deleting_or_disabling_an_upstream_task_leaves_the_downstream_wait
 
 
 async def test_spread_moves_the_fires_and_catch_up_uses_the_moved_instants(harness: Harness) -> None:
-    engine = await harness.start("  - {id: spread-me, schedule: '*/10 * * * *', spread: 5m, pipeline: note}\n")
+    task = "  - {id: spread-me, schedule: '*/10 * * * *', spread: 5m, misfire: run_once, pipeline: note}\n"
+    engine = await harness.start(task)
     offset = spread_offset("spread-me", 300)
     schedule = engine.tasks["spread-me"].schedule
     assert schedule is not None
@@ -273,6 +278,13 @@ async def test_spread_moves_the_fires_and_catch_up_uses_the_moved_instants(harne
     (run,) = await harness.runs("spread-me")
     assert run.scheduled_at == due.timestamp()
 
+    await harness.stop()  # down for 25 minutes: two shifted fires missed, one catch-up run for the last
+    harness.clock.advance(25 * 60)
+    await harness.start(task)
+    await harness.settle()
+    caught = [r for r in await harness.runs("spread-me") if r.trigger == Trigger.CATCH_UP]
+    assert [r.scheduled_at for r in caught] == [(due + timedelta(minutes=20)).timestamp()]
+
 
 def test_the_task_section_spreads_every_task_and_changes_their_definition(tmp_path: Path) -> None:
     tasks = (
@@ -285,3 +297,73 @@ def test_the_task_section_spreads_every_task_and_changes_their_definition(tmp_pa
     assert spread.spread_for(a) == 1800 and spread.spread_for(b) == 60
     assert plain.definition_hash(plain.tasks[0]) != spread.definition_hash(a)
     assert plain.definition_hash(plain.tasks[1]) == spread.definition_hash(b)
+
+
+# -- what the API and the command line show ---------------------------------------------------------
+
+
+API_TASKS = """
+- {id: extract, pipeline: ok}
+- {id: transform, pipeline: ok, after: extract}
+- {id: late, pipeline: ok, schedule: '0 3 * * *', spread: 10m}
+- {id: n1, pipeline: ok, schedule: '0 4 * * *'}
+- {id: n2, pipeline: ok, schedule: '0 4 * * *'}
+- {id: n3, pipeline: ok, schedule: '0 4 * * *'}
+"""
+API_PIPELINES = "- {name: ok, processors: [{log: {message: fine}}]}\n"
+
+
+async def test_the_api_shows_both_directions_the_links_the_spread_and_the_plan(
+    api_factory: Callable[..., Awaitable[Api]],
+) -> None:
+    api = await api_factory(base_config(API_TASKS, API_PIPELINES, slots=2))
+    upstream = await api.wait_run(await api.start_task("extract"))
+    async with asyncio.timeout(10):
+        while not (runs := (await api.request("GET", "/task/transform/runs")).json()["runs"]):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    downstream = await api.wait_run(runs[0]["id"])
+    assert downstream["trigger"] == "dependency"
+    detail = (await api.request("GET", f"/run/{downstream['id']}")).json()
+    assert [(u["run_id"], u["task_id"]) for u in detail["upstream_runs"]] == [(upstream["id"], "extract")]
+    assert (await api.request("GET", f"/run/{upstream['id']}")).json()["downstream_runs"] == [
+        {"task_id": "transform", "run_id": downstream["id"]}
+    ]
+    transform = (await api.request("GET", "/task/transform")).json()
+    assert transform["upstream"] == {"tasks": ["extract"], "when": "success", "mode": "all"}
+    assert transform["downstream"] == [] and transform["waiting_on"] == [] and transform["spread"] is None
+    assert (await api.request("GET", "/task/extract")).json()["downstream"] == ["transform"]
+    late = (await api.request("GET", "/task/late")).json()
+    offset = spread_offset("late", 600)
+    assert late["spread"] == {"spread_s": 600, "offset_s": offset}
+    assert all(t.startswith(f"{t[:10]}T03:{offset // 60:02d}:{offset % 60:02d}") for t in late["next_runs"])
+
+    plan = (await api.request("GET", "/plan?days=2")).json()
+    assert len(plan["hours"]) == 48 and plan["max_concurrent_tasks"] == 2
+    assert sum(h["runs"] for h in plan["hours"]) == 8  # late, n1, n2, n3 on each of two days
+    assert [c["tasks"] for c in plan["crowded"]] == [["n1", "n2", "n3"]] * len(plan["crowded"])
+    assert all(c["minute"].endswith("T04:00:00.000Z") and c["over_by"] == 1 for c in plan["crowded"])
+    assert (await api.request("GET", "/plan?days=40")).status == 400
+
+
+def test_plan_next_and_check_on_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "taskd.yml").write_text(
+        "task: {max_concurrent_tasks: 2}\ntasks:\n"
+        + "".join(f"  - {{id: n{i}, pipeline: p, schedule: '0 4 * * *'}}\n" for i in range(3))
+        + "  - {id: later, pipeline: p, schedule: '0 4 * * *', spread: 10m}\n"
+        + "  - {id: after-all, pipeline: p, after: {tasks: [n0, n1], mode: all}}\n"
+        + "pipelines: [{name: p, processors: [{log: {message: hi}}]}]\n"
+    )
+    out = taskd("plan", "-c", "taskd.yml", "--days", "3", cwd=tmp_path).stdout
+    assert out.startswith("4 scheduled task(s), 12 run(s) in the next 3 day(s); 3 minute(s) with more tasks")
+    assert out.count("! 04:00  3 tasks due, 1 more than max_concurrent_tasks (2): n0, n1, n2") == 3
+    assert "UTC" in out and "later" not in out.split("! 04:00")[1].splitlines()[0]
+    assert taskd("plan", "-c", "taskd.yml", "--days", "99", cwd=tmp_path).returncode == 2
+
+    offset = spread_offset("later", 600)
+    shown = taskd("next", "0 4 * * *", "--after", "2026-01-01T00:00:00+00:00", "--spread", "10m", "--task", "later")
+    first = datetime(2026, 1, 1, 4, tzinfo=UTC) + timedelta(seconds=offset)
+    assert shown.stdout.splitlines()[0] == first.isoformat()
+    checked = taskd("check", "-c", "taskd.yml", cwd=tmp_path).stdout
+    assert "dependencies (task <- the tasks it runs after):\n  after-all <- n0, n1 (success, all)" in checked
+    assert f"spread:    10m: fires {format_duration(offset)} late" in checked
+    assert "after:     n0, n1 (when: success, mode: all)" in checked
