@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_URL, Daemon, base_config, postgres_schema, wait_for
+from conftest import POSTGRES_URL, Daemon, base_config, kill_matching, postgres_schema, wait_for
 
 PIPELINES = """
 - {name: extract, processors: [{shell: {command: 'echo "extract $TASKD_RUN_ID" >> "${LEDGER}"'}}]}
@@ -32,6 +32,13 @@ TASKS = """
 - {id: transform, pipeline: transform, after: {tasks: [extract], when: success}}
 - {id: hog, pipeline: hold, params: {seconds: "3"}, priority: 1, concurrency: allow}
 """
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    """A daemon killed by a test leaves its hog's `sleep` until it starts again."""
+    yield
+    kill_matching("sleep 60.")
 
 
 def ledger_lines(ledger: Path, word: str) -> list[str]:
@@ -172,4 +179,43 @@ def test_two_nodes_run_a_downstream_task_once_per_upstream_run_and_a_killed_node
     )
     time.sleep(2)
     assert sum(f"after extract {after_kill} " in x for x in ledger_lines(ledger, "transform")) == 2
+    assert a.stop() == 0 and b.stop() == 0
+
+
+def test_a_node_killed_while_its_downstream_run_waits_gives_the_upstream_run_back_to_run_after_its_restart(
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+) -> None:
+    """extract ends on a; only-b (placed on b) is taken by b and queued behind b's hog (one slot);
+    b is killed with kill -9; a finds b's lease expired and interrupts b's runs, which gives the
+    upstream run back; b comes back and runs only-b for it, once."""
+    ledger = tmp_path / "ledger.txt"
+    tasks = (
+        TASKS.replace("{id: extract, pipeline: extract,", "{id: extract, pipeline: extract, placement: {nodes: [a]},")
+        .replace("concurrency: allow}", "concurrency: allow, placement: {nodes: [b]}}")
+        .replace("- {id: transform", "# - {id: transform")
+    ) + "- {id: only-b, pipeline: transform, after: extract, placement: {nodes: [b]}}\n"
+    config = base_config(tasks, PIPELINES, slots=1)
+    nodes = {}
+    for name in "ab":
+        text = config.replace("store: {path: ./var/taskd.db}", f"store: {{url: '{url}'}}\nnode: {{name: {name}}}")
+        nodes[name] = daemon_factory(text, env={"LEDGER": str(ledger)}, subdir=name).start()
+    a, b = nodes["a"], nodes["b"]
+    hog = b.start_task("hog", {"seconds": "60.75"})
+    b.wait_run(hog, states=("running",))
+    upstream = a.start_task("extract")
+    a.wait_run(upstream, states=("completed",))
+    (queued,) = wait_for(lambda: a.runs("only-b"), timeout=15, what="only-b taken by b")
+    assert (queued["state"], queued["node"]) == ("queued", "b")
+
+    b.stop(signal.SIGKILL)
+    interrupted = a.wait_run(queued["id"], states=("interrupted",), timeout=20)
+    assert "its upstream runs were given back" in interrupted["error"]
+    assert ledger_lines(ledger, "transform") == []
+    b.start()
+    wait_for(lambda: ledger_lines(ledger, "transform"), timeout=30, what="only-b on b after its restart")
+    time.sleep(2)
+    (line,) = ledger_lines(ledger, "transform")
+    assert f"after extract {upstream} completed" in line
+    again = [r for r in a.runs("only-b") if r["id"] != queued["id"]]
+    assert [(r["state"], r["node"]) for r in again] == [("completed", "b")]
     assert a.stop() == 0 and b.stop() == 0

@@ -209,9 +209,13 @@ async def test_a_failed_upstream_run_does_not_count_for_success_but_does_for_fai
     assert await harness.store.pending_upstreams() == []  # a failure is not kept for `next`
 
 
-async def test_a_restart_never_runs_a_downstream_task_twice_for_one_upstream_run(harness: Harness) -> None:
+async def test_a_reload_or_a_restart_never_runs_a_downstream_task_twice_for_one_upstream_run(
+    harness: Harness,
+) -> None:
     engine = await harness.start(CHAIN, PIPELINES)
     engine.start_run("extract", Trigger.MANUAL)
+    await drain(harness)
+    engine.reload(harness.config(CHAIN.replace("after: extract", "after: {tasks: [extract], mode: any}"), PIPELINES))
     await drain(harness)
     for _ in range(2):
         engine = await harness.start(CHAIN, PIPELINES)  # the same store, a new engine
