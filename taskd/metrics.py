@@ -36,6 +36,8 @@ ALL_TASKS = ""
 
 RUN_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 7200)  # few: each is a series per task
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+CPU_BUCKETS = (0.01, 0.1, 1, 10, 60, 600, 3600)
+MEMORY_BUCKETS = tuple(float(2**p) for p in (20, 24, 26, 28, 30, 32, 34))  # 1 MiB to 16 GiB
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
@@ -71,6 +73,8 @@ class Metrics:
         # bookkeeping in the engine (a lock and a label lookup each).
         self._runs: dict[tuple[str, str], int] = {}  # (task, state) -> runs
         self._durations: dict[str, _Buckets] = {}  # task -> run durations
+        self._cpu: dict[str, _Buckets] = {}  # task -> CPU seconds of its runs' processes
+        self._memory: dict[str, _Buckets] = {}  # task -> the peak memory of its runs' processes
         self._lateness = _Buckets(LATENESS_BUCKETS)
         self._skipped = Counter(
             "taskd_fires_skipped",
@@ -106,6 +110,8 @@ class Metrics:
         self._last_success.pop(task_id, None)
         if self.per_task:
             self._durations.pop(task_id, None)
+            self._cpu.pop(task_id, None)
+            self._memory.pop(task_id, None)
             for key in [key for key in self._runs if key[0] == task_id]:
                 del self._runs[key]
 
@@ -122,6 +128,19 @@ class Metrics:
             buckets.observe(duration_s)
         if state == "completed":
             self._last_success[task_id] = finished_at
+
+    def run_used(self, task_id: str, cpu_s: float | None, peak_memory_bytes: int | None) -> None:
+        """What an ended run's processes used (the figures it has)."""
+        label = task_id if self.per_task else ALL_TASKS
+        for figures, value, bounds in (
+            (self._cpu, cpu_s, CPU_BUCKETS),
+            (self._memory, peak_memory_bytes, MEMORY_BUCKETS),
+        ):
+            if value is not None:
+                buckets = figures.get(label)
+                if buckets is None:
+                    buckets = figures[label] = _Buckets(bounds)
+                buckets.observe(float(value))
 
     def first_step_started(self, lateness_s: float) -> None:
         self._lateness.observe(max(lateness_s, 0.0))
@@ -199,6 +218,18 @@ class _RunCollector(Collector):
         for task, buckets in sorted(metrics._durations.items()):
             duration.add_metric([task], buckets.cumulative(), buckets.total)
         yield duration
+        for name, text, figures in (
+            ("taskd_run_cpu_seconds", "CPU seconds (user + system) of a run's step processes.", metrics._cpu),
+            (
+                "taskd_run_peak_memory_bytes",
+                "The largest resident set among a run's step processes.",
+                metrics._memory,
+            ),
+        ):
+            family = HistogramMetricFamily(name, text, labels=["task"])
+            for task, buckets in sorted(figures.items()):
+                family.add_metric([task], buckets.cumulative(), buckets.total)
+            yield family
         lateness = HistogramMetricFamily(
             "taskd_schedule_lateness_seconds",
             "From a fire's scheduled instant to the start of its run's first step.",

@@ -61,6 +61,71 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+USAGE_SOURCES = ("rusage", "cgroup", "none")
+"""Where a run's usage figures come from: wait4's rusage of its step processes, the run's cgroup,
+or nowhere (this system cannot tell)."""
+
+
+@dataclass(slots=True)
+class Usage:
+    """What a run's step processes used: CPU seconds (user + system) of every process they started
+    and waited for, the largest resident set among them, and how many step processes ran. A step
+    that runs inside taskd (`python`) cannot be told apart from taskd itself: it is named in
+    `unknown`, and a run of only such steps has no figures (None), never zeros.
+
+    rusage's largest resident set starts from the parent's: a process taskd starts reports at least
+    taskd's own peak. A figure at or under it says nothing of the process, so the peak is then
+    unknown (None) and `peak_memory_at_most` says how large it could have been."""
+
+    cpu_s: float | None = None
+    peak_known: int | None = None
+    """The largest peak known to be the process's own."""
+    processes: int = 0
+    source: str = "none"
+    unknown: list[str] = field(default_factory=list)
+    peak_bound: int | None = None
+    """The largest floor among the processes whose peak is unknown."""
+
+    def add_process(self, cpu_s: float, peak_memory_bytes: int, source: str, floor: int = 0) -> None:
+        """A step process's figures; `floor` is the peak its source starts from (taskd's own, for
+        rusage), at or under which its peak is unknown."""
+        self.cpu_s = (self.cpu_s or 0.0) + cpu_s
+        self.processes += 1
+        self.source = source
+        if peak_memory_bytes > floor:
+            self.peak_known = max(self.peak_known or 0, peak_memory_bytes)
+        else:
+            self.peak_bound = max(self.peak_bound or 0, floor)
+
+    @property
+    def peak_memory_bytes(self) -> int | None:
+        """The run's peak, when it is known: no process's peak could have been larger."""
+        if self.peak_known is not None and (self.peak_bound is None or self.peak_known >= self.peak_bound):
+            return self.peak_known
+        return None
+
+    @property
+    def peak_memory_at_most(self) -> int | None:
+        """When the peak is unknown: how large it could have been."""
+        if self.peak_memory_bytes is not None or self.peak_bound is None:
+            return None
+        return max(self.peak_bound, self.peak_known or 0)
+
+    def add_unknown(self, step: str) -> None:
+        if step not in self.unknown:
+            self.unknown.append(step)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cpu_s": None if self.cpu_s is None else round(self.cpu_s, 3),
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "processes": self.processes,
+            "source": self.source,
+            "unknown": list(self.unknown),
+            "peak_memory_at_most": self.peak_memory_at_most,
+        }
+
+
 @dataclass(slots=True)
 class RunRecord:
     """A run as stored; the runner mutates it and hands it to the store after each change."""
@@ -78,6 +143,7 @@ class RunRecord:
     params: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     node: str | None = None  # the node that ran it (node.name)
+    usage: Usage | None = None  # None until its first attempt began
 
     @property
     def duration(self) -> float | None:
@@ -110,6 +176,7 @@ class RunRecord:
             "params": self.params,
             "priority": self.priority,
             "node": self.node,
+            "usage": None if self.usage is None else self.usage.to_json(),
         }
 
 

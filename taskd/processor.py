@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from taskd.durations import parse_duration
 from taskd.environment import task_environment
 from taskd.errors import TaskdError
+from taskd.models import Usage
 from taskd.redact import NONE, Redactor
 
 
@@ -124,6 +125,8 @@ class Context:
     """The run's secrets: what a processor sends elsewhere (an alert) passes through it."""
     permanent_exit_codes: frozenset[int] = frozenset()
     """Exit codes that mean a command failed for good (the task's `retry.permanent_exit_codes`)."""
+    usage: Usage = field(default_factory=Usage)
+    """What the run's step processes used so far: a processor that starts processes adds theirs."""
 
     @property
     def logger(self) -> Any:

@@ -16,7 +16,7 @@ from taskd.chain import Step, run_final, run_main
 from taskd.clock import Clock, utc
 from taskd.config import TaskConfig
 from taskd.durations import format_duration
-from taskd.models import RunRecord, RunState, StepState
+from taskd.models import RunRecord, RunState, StepState, Usage
 from taskd.processor import Context, StepFailed, describe
 from taskd.recorder import RunObserver, RunRecorder, RunSink
 from taskd.redact import NONE, Redactor
@@ -206,7 +206,14 @@ class Run:
             recent_log=recorder.recent_lines,
             now=lambda: utc(self._clock),
             permanent_exit_codes=frozenset(plan.task.retry.permanent_exit_codes),
+            usage=self._usage(),
         )
+
+    def _usage(self) -> Usage:
+        """The run's usage, made when its first attempt begins."""
+        if self.record.usage is None:
+            self.record.usage = Usage()
+        return self.record.usage
 
     async def _attempt(self, number: int) -> tuple[StepState, str | None, Context, bool]:
         """One attempt; returns its state, error, context, and whether its failure is permanent."""

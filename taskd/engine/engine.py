@@ -359,9 +359,12 @@ class Engine:
 
     def _run_ended(self, run: Run) -> None:
         """A run has ended: the downstream tasks waiting for it stage it (with its end's commit),
-        then the alerter hears of it."""
+        the alerter hears of it, and the metrics count what it used."""
         self.downstream.run_ended(run)
         self.alerter.run_finished(run)
+        usage = run.record.usage
+        if self.metrics is not None and usage is not None and usage.processes:
+            self.metrics.run_used(run.record.task_id, usage.cpu_s, usage.peak_memory_bytes)
 
     def _store_fault(self, reason: str | None) -> None:
         if reason is None:

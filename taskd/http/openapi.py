@@ -13,7 +13,7 @@ from taskd.engine import STOP_WAIT_S, TASK_STATUSES
 from taskd.faults import KINDS as FAULT_KINDS
 from taskd.forecast import MAX_DAYS, NAMED
 from taskd.http.selection import TASK_SORTS
-from taskd.models import RunState, Trigger
+from taskd.models import USAGE_SOURCES, RunState, Trigger
 from taskd.recorder import MAX_LOG_LINES
 from taskd.store.base import RUN_SORTS
 
@@ -73,6 +73,33 @@ RUN_PROPERTIES = {
     "params": {"type": "object"},
     "priority": {"type": "integer"},
     "node": _nullable("string", description="the node that ran it"),
+    "usage": {
+        "oneOf": [
+            _object(
+                ["cpu_s", "peak_memory_bytes", "processes", "source", "unknown", "peak_memory_at_most"],
+                {
+                    "cpu_s": _nullable("number", description="CPU seconds, user + system, of its step processes"),
+                    "peak_memory_bytes": _nullable(
+                        "integer", description="the largest resident set among its step processes"
+                    ),
+                    "processes": {"type": "integer", "description": "step processes it started"},
+                    "source": {"type": "string", "enum": list(USAGE_SOURCES)},
+                    "unknown": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "steps whose use cannot be told (a python step runs inside taskd)",
+                    },
+                    "peak_memory_at_most": _nullable(
+                        "integer",
+                        description="when the peak is unknown (rusage of a process at or under taskd's own"
+                        " peak, which it starts from): how large it could have been",
+                    ),
+                },
+            ),
+            {"type": "null"},
+        ],
+        "description": "what its steps used (null before its first attempt)",
+    },
 }
 TASK_PROPERTIES = {
     "id": {"type": "string"},

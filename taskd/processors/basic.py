@@ -86,6 +86,8 @@ class PythonProcessor:
         return self._function
 
     async def run(self, ctx: Context) -> Mapping[str, Any] | None:
+        # It runs inside taskd: what it uses cannot be told from taskd's own use.
+        ctx.usage.add_unknown(f"python {self.options.function}")
         function = self._load(ctx)
         if inspect.iscoroutinefunction(function):
             result = await function(ctx, **self.options.kwargs)

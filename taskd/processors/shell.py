@@ -22,6 +22,8 @@ from pydantic import Field, StrictStr, model_validator
 
 from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 from taskd.procgroup import KILL_WAIT_S, kill_run_processes, signal_group, terminate_group
+from taskd.reaper import Reaper, own_peak_memory
+from taskd.reaper import install as install_reaper
 
 STDERR_TAIL_LINES = 5
 MAX_LINE_BYTES = 1 << 20
@@ -137,6 +139,8 @@ class ShellProcessor:
         args = ["/bin/sh", "-c", options.command] if options.command is not None else list(options.argv or ())
         cwd = ctx.resolve(options.cwd) if options.cwd else ctx.base_dir
         loop = asyncio.get_running_loop()
+        reaper = install_reaper(loop)
+        floor = own_peak_memory() if reaper is not None else 0
         exited: asyncio.Future[int] = loop.create_future()
         try:
             transport, child = await loop.subprocess_exec(
@@ -180,6 +184,7 @@ class ShellProcessor:
                     break
                 await _kill_run_processes(ctx.run_id)
             transport.close()
+            _count(ctx, reaper, pid, floor)
         if code != 0:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             tail = " | ".join(child.stderr_tail)
@@ -189,6 +194,16 @@ class ShellProcessor:
                 permanent=code in ctx.permanent_exit_codes,
             )
         return {"exit_code": code}
+
+
+def _count(ctx: Context, reaper: Reaper | None, pid: int, floor: int) -> None:
+    """Add what the step's process (and every descendant it waited for) used to the run's usage;
+    its peak is its own only above `floor`, taskd's own peak when it was started."""
+    used = reaper.take(pid) if reaper is not None else None
+    if used is None:
+        ctx.usage.processes += 1  # started and gone, its figures unknown on this system
+        return
+    ctx.usage.add_process(used.cpu_s, used.peak_memory_bytes, "rusage", floor)
 
 
 async def _kill_run_processes(run_id: str) -> None:

@@ -87,7 +87,7 @@ class Fire:
         return self.key if self.key is not None else id(self)
 
 
-RUN_SORTS = ("queued_at", "started_at", "finished_at", "duration", "state", "task_id")
+RUN_SORTS = ("queued_at", "started_at", "finished_at", "duration", "state", "task_id", "cpu_s", "peak_memory")
 """What run history can be sorted by. A run without the value (not started or not finished yet)
 sorts before every value, so it comes first ascending and last descending. Runs with the same
 value are ordered by when they were queued, then by id, in the same direction."""

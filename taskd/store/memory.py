@@ -72,7 +72,7 @@ class MemoryStore(BufferedStore):
         for run in batch.runs.values():
             kept = self._run_rows.get(run.id)
             if kept is None or kept.state is not RunState.INTERRUPTED:  # as SQL: an interrupted run stays so
-                self._run_rows[run.id] = copy.copy(run)
+                self._run_rows[run.id] = _copied(run)
         for key, attempt in batch.attempts.items():
             self._attempt_rows[key] = copy.copy(attempt)
         for step_key, step in batch.steps.items():
@@ -154,7 +154,7 @@ class MemoryStore(BufferedStore):
             return False
         for upstream in taken:
             rows[upstream.key] = dataclasses.replace(rows[upstream.key], run_id=run.id)
-        self._run_rows[run.id] = copy.copy(run)
+        self._run_rows[run.id] = _copied(run)
         return True
 
     async def run_links(self, run_id: str) -> tuple[list[UpstreamRun], list[UpstreamRun]]:
@@ -318,6 +318,14 @@ class MemoryStore(BufferedStore):
         self._upstream_rows = {k: u for k, u in self._upstream_rows.items() if not doomed(u)}
 
 
+def _copied(run: RunRecord) -> RunRecord:
+    """A copy of the live record, as a database keeps it (its usage too: it changes as the run goes)."""
+    kept = copy.copy(run)
+    if run.usage is not None:
+        kept.usage = dataclasses.replace(run.usage, unknown=list(run.usage.unknown))
+    return kept
+
+
 def _searched_text(run: RunRecord) -> str:
     """What a text search looks in, as the SQLite store indexes it: the error and the params."""
     return f"{run.error or ''} {json.dumps(run.params, default=str)}".lower()
@@ -325,5 +333,12 @@ def _searched_text(run: RunRecord) -> str:
 
 def _sort_value(run: RunRecord, sort: str) -> tuple[int, float | str]:
     """A run's sort key; a missing value sorts before every value (as NULL does in SQLite)."""
-    value: float | str | None = run.duration if sort == "duration" else getattr(run, sort)
+    value: float | str | None
+    if sort == "duration":
+        value = run.duration
+    elif sort in ("cpu_s", "peak_memory"):
+        usage = run.usage
+        value = None if usage is None else usage.cpu_s if sort == "cpu_s" else usage.peak_memory_bytes
+    else:
+        value = getattr(run, sort)
     return (0, 0.0) if value is None else (1, str(value) if sort in ("state", "task_id") else value)

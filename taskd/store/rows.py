@@ -6,7 +6,17 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from taskd.models import AlertState, AttemptRecord, RunRecord, RunState, StepRecord, StepState, Trigger, UpstreamRun
+from taskd.models import (
+    AlertState,
+    AttemptRecord,
+    RunRecord,
+    RunState,
+    StepRecord,
+    StepState,
+    Trigger,
+    UpstreamRun,
+    Usage,
+)
 from taskd.store.base import Fire, LogLine, Transition
 
 PARTIAL_STATE_INDEXES = (
@@ -33,6 +43,21 @@ def run_params(run: RunRecord) -> tuple[Any, ...]:
         json.dumps(run.params, default=str),
         run.priority,
         run.node,
+        *usage_params(run.usage),
+    )
+
+
+def usage_params(usage: Usage | None) -> tuple[Any, ...]:
+    if usage is None:
+        return (None, None, None, None, None, None)
+    unknown = json.dumps(usage.unknown) if usage.unknown else None
+    return (
+        usage.cpu_s,
+        usage.peak_memory_bytes,
+        usage.processes,
+        usage.source,
+        unknown,
+        usage.peak_memory_at_most,
     )
 
 
@@ -65,6 +90,22 @@ def run_from_row(row: Row) -> RunRecord:
         params=json.loads(row["params"] or "{}"),
         priority=row["priority"],
         node=row["node"],
+        usage=_usage_from_row(row),
+    )
+
+
+def _usage_from_row(row: Row) -> Usage | None:
+    source = row["usage_source"]
+    if source is None:
+        return None
+    unknown = row["usage_unknown"]
+    return Usage(
+        cpu_s=row["cpu_s"],
+        peak_known=row["peak_memory_bytes"],
+        processes=row["processes"] or 0,
+        source=source,
+        unknown=json.loads(unknown) if unknown else [],
+        peak_bound=row["peak_memory_at_most"],
     )
 
 

@@ -54,10 +54,14 @@ FINISHED = "state IN ('completed', 'failed', 'stopped', 'interrupted')"
 STATEMENTS: dict[str, str] = {
     "save_run": """
         INSERT INTO runs (id, task_id, trigger, state, scheduled_at, queued_at, started_at, finished_at,
-                          attempts, error, params, priority, node)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                          attempts, error, params, priority, node, cpu_s, peak_memory_bytes, processes,
+                          usage_source, usage_unknown, peak_memory_at_most)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at,
-            finished_at = excluded.finished_at, attempts = excluded.attempts, error = excluded.error
+            finished_at = excluded.finished_at, attempts = excluded.attempts, error = excluded.error,
+            cpu_s = excluded.cpu_s, peak_memory_bytes = excluded.peak_memory_bytes, processes = excluded.processes,
+            usage_source = excluded.usage_source, usage_unknown = excluded.usage_unknown,
+            peak_memory_at_most = excluded.peak_memory_at_most
         WHERE runs.state <> 'interrupted'
     """,
     "save_attempt": """
@@ -159,6 +163,8 @@ SORT_COLUMNS = {
     "duration": "(finished_at - started_at)",
     "state": "state",
     "task_id": "task_id",
+    "cpu_s": "cpu_s",
+    "peak_memory": "peak_memory_bytes",
 }
 """What each sort key of run search orders by."""
 
