@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="shift the instants as `spread:` does for the task named by --task",
     )
-    nxt.add_argument("--task", metavar="ID", default="", help="the task id the spread's offset is derived from")
+    nxt.add_argument("--task", metavar="ID", default=None, help="the task id the spread's offset is derived from")
     plan = sub.add_parser(
         "plan",
         help="forecast the runs per hour and the minutes with more tasks due than slots",
@@ -208,6 +208,9 @@ def cmd_next(args: argparse.Namespace) -> int:
     except ScheduleError as exc:
         print(f"taskd next: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if (args.spread is None) != (args.task is None):
+        print("taskd next: --spread and --task go together: the offset is derived from the task id", file=sys.stderr)
+        return EXIT_USAGE
     if args.spread is not None:
         schedule = schedules.shifted(schedule, schedules.spread_offset(args.task, args.spread))
     after: datetime = args.after or datetime.now(UTC)
@@ -264,16 +267,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if task.enabled and (schedule := config.schedule_for(task)) is not None
     ]
     plan = forecast(scheduled, datetime.now(UTC), args.days, config.task.max_concurrent_tasks)
-    crowded = len(plan.crowded)
     print(
         f"{len(scheduled)} scheduled task(s), {sum(runs for _, runs, _ in plan.hours)} run(s) in the next "
-        f"{args.days} day(s); {crowded} minute(s) with more tasks due than max_concurrent_tasks "
+        f"{args.days} day(s); {plan.crowded_minutes} minute(s) with more tasks due than max_concurrent_tasks "
         f"({config.task.max_concurrent_tasks})"
     )
-    for line in forecast_lines(plan, zone):
-        print(line)
     for why in plan.cut_short:
         print(f"cut short: {why}")
+    for line in forecast_lines(plan, zone):
+        print(line)
     return EXIT_OK
 
 

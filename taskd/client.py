@@ -336,7 +336,7 @@ async def _tasks(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
         [
             t["id"],
             _status_text(t),
-            t["schedule"] or "manual",
+            t["schedule"] or (f"after {', '.join(t['after'])}" if t.get("after") else "manual"),
             t["next_run"] or "-",
             (t["last_run"] or {}).get("state") or "-",
             _seconds(t["duration"]),
@@ -511,6 +511,14 @@ async def _show(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
         print(f"{'params:':<13} {json.dumps(run['params'])}", file=out)
     if run["error"]:
         print(f"{'error:':<13} {run['error']}", file=out)
+    usage = run.get("usage")
+    if usage:
+        print(f"{'used:':<13} {_usage_text(usage)}", file=out)
+    for upstream in run.get("upstream_runs") or []:
+        print(f"{'after:':<13} run {upstream['run_id']} of {upstream['task_id']} ({upstream['state']})", file=out)
+    for downstream in run.get("downstream_runs") or []:
+        started = f"run {downstream['run_id']}" if downstream["run_id"] else "waiting"
+        print(f"{'triggered:':<13} {downstream['task_id']}: {started}", file=out)
     for attempt in run["attempt_list"]:
         print(f"attempt {attempt['number']}: {attempt['state']} in {_seconds(attempt['duration'])}", file=out)
         for step in attempt["steps"]:
@@ -520,6 +528,19 @@ async def _show(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
                 file=out,
             )
     return EXIT_OK
+
+
+def _usage_text(usage: dict[str, Any]) -> str:
+    """A run's usage in one line: `1.23 s CPU, 210.4 MiB peak, 1 process (rusage)`."""
+    cpu = "CPU unknown" if usage["cpu_s"] is None else f"{usage['cpu_s']:.2f} s CPU"
+    if usage["peak_memory_bytes"] is not None:
+        peak = f"{usage['peak_memory_bytes'] / 2**20:.1f} MiB peak"
+    elif usage.get("peak_memory_at_most") is not None:
+        peak = f"peak at most {usage['peak_memory_at_most'] / 2**20:.1f} MiB"
+    else:
+        peak = "peak unknown"
+    text = f"{cpu}, {peak}, {usage['processes']} process(es) ({usage['source']})"
+    return text + (f"; unknown: {', '.join(usage['unknown'])}" if usage["unknown"] else "")
 
 
 async def _logs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:

@@ -10,12 +10,12 @@ upstream run), until one run takes it: that key is what makes it happen once.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from taskd.config import After, TaskConfig
+from taskd.environment import env_name
 from taskd.models import RunState, UpstreamRun
 
 COUNTED = {
@@ -75,6 +75,12 @@ def takes(after: After, pending: Sequence[UpstreamRun]) -> list[list[UpstreamRun
     return []
 
 
+def stale(after: After, pending: Sequence[UpstreamRun]) -> list[UpstreamRun]:
+    """The pending upstream runs that no longer count for the task: their task is no longer in its
+    `after:`, or their outcome no longer what it waits for (its `after:` changed since)."""
+    return [u for u in pending if u.upstream_task_id not in after.tasks or not counts(after, u.state)]
+
+
 def waiting_for(after: After, pending: Sequence[UpstreamRun]) -> list[str]:
     """With `mode: all`, the upstream tasks with no pending run yet (what the task waits for)."""
     if after.mode == "any":
@@ -119,11 +125,6 @@ def environment(taken: Sequence[UpstreamRun]) -> dict[str, str]:
         env[f"{prefix}_TASK_ID"] = upstream.upstream_task_id
         env[f"{prefix}_STATE"] = upstream.state
     return env
-
-
-def env_name(task_id: str) -> str:
-    """`db-backup.nightly` -> `DB_BACKUP_NIGHTLY`."""
-    return re.sub(r"[^A-Za-z0-9]", "_", task_id).upper()
 
 
 def passable(context: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:

@@ -8,6 +8,7 @@ processor adds the run's TASKD_* variables and the step's `env` on top.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 BASE_NAMES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ")
@@ -28,3 +29,8 @@ def task_environment(
     if own:
         env.update(own)
     return env
+
+
+def env_name(name: str) -> str:
+    """A name as part of an environment variable's: `db-backup.nightly` -> `DB_BACKUP_NIGHTLY`."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()

@@ -4,6 +4,10 @@ Pure: the schedules and the start are passed in.
 
 A task counts once in a minute however often it fires in it: a task's own runs do not run side by
 side (unless its concurrency allows), so one firing every second is one slot, not sixty.
+
+Tasks on the same schedule in the same zone share its instants, which are worked out once: a
+spread task's are the same instants moved by its offset. A schedule that fires several times a
+minute is worked out a minute at a time.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskd.models import iso
-from taskd.schedule import Schedule
+from taskd.schedule import Schedule, ShiftedSchedule
 
 MAX_DAYS = 31
-MAX_FIRES = 2_000_000
-"""Fires counted at most in one forecast: past it the forecast says it is cut short."""
-MAX_FIRES_PER_TASK = 50_000
-"""A task firing more often than this in the forecast's span counts for its first fires only."""
+MAX_INSTANTS = 600_000
+"""Instants worked out at most in one forecast, over every distinct schedule: past it the
+forecast leaves the rest out and says so (`cut_short`)."""
 NAMED = 20
 """Tasks named per crowded minute; the rest are counted."""
+MAX_CROWDED = 2000
+"""Crowded minutes listed at most; the rest are counted."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,12 @@ class Forecast:
     end: float
     slots: int
     hours: list[tuple[float, int, int]]
-    """Each hour from the start: (its start, runs due, tasks due)."""
+    """Each hour from the start's: (its start, runs due, tasks due). Only fires after the start count."""
     crowded: list[Crowded] = field(default_factory=list)
+    crowded_minutes: int = 0
+    """Every crowded minute, `crowded` listing the first MAX_CROWDED of them."""
     cut_short: list[str] = field(default_factory=list)
-    """Why some fires were not counted (a task firing too often, too many fires in all)."""
+    """What was left out, and why."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,98 +66,120 @@ class Forecast:
             "max_concurrent_tasks": self.slots,
             "hours": [{"hour": iso(at), "runs": runs, "tasks": tasks} for at, runs, tasks in self.hours],
             "crowded": [c.to_json(self.slots) for c in self.crowded],
+            "crowded_minutes": self.crowded_minutes,
             "cut_short": self.cut_short,
         }
 
 
+@dataclass
+class _Fires:
+    """A base schedule's instants in the forecast's span: epoch seconds, each with how many fires
+    it stands for (more than one for a minute of a schedule that fires several times a minute)."""
+
+    instants: list[float]
+    weight: list[int]
+    complete: bool = True
+
+
 def forecast(schedules: Iterable[tuple[str, Schedule]], start: datetime, days: int, slots: int) -> Forecast:
-    """The fires of `schedules` (task id, schedule) from `start` (aware) for `days` days."""
+    """The fires of `schedules` (task id, schedule) after `start` (aware), hour by hour for `days`
+    days from the start of its hour."""
     if not 1 <= days <= MAX_DAYS:
         raise ValueError(f"days must be between 1 and {MAX_DAYS}")
+    now = start.timestamp()
     begin = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    end = begin + timedelta(days=days)
-    first, last = begin.timestamp(), end.timestamp()
+    first, last = begin.timestamp(), (begin + timedelta(days=days)).timestamp()
+    by_base: dict[int, tuple[Schedule, list[tuple[str, int]]]] = {}
+    for task_id, schedule in schedules:
+        base, offset = (schedule.base, schedule.offset_s) if isinstance(schedule, ShiftedSchedule) else (schedule, 0)
+        by_base.setdefault(id(base), (base, []))[1].append((task_id, offset))
     hours = int((last - first) // 3600)
     runs = [0] * hours
     tasks_in_hour: list[set[str]] = [set() for _ in range(hours)]
     by_minute: dict[int, list[str]] = {}
     cut_short: list[str] = []
-    total = 0
-    for task_id, schedule in sorted(schedules, key=lambda item: item[0]):
-        fired = 0
-        instant = schedule.next_after(begin - timedelta(microseconds=1))
-        following = None if instant is None else schedule.next_after(instant)
-        if instant is not None and following is not None and (following - instant).total_seconds() < 60:
-            # Several fires a minute: counted a minute at a time (one next_after a minute, not one a fire).
-            per_minute = max(1, round(60 / (following - instant).total_seconds()))
-            total += _minutely(task_id, schedule, begin, end, per_minute, runs, tasks_in_hour, by_minute)
-            continue
-        seen_minute = -1
-        while instant is not None and instant < end:
-            if fired >= MAX_FIRES_PER_TASK or total >= MAX_FIRES:
-                cut_short.append(f"{task_id}: only its first {fired} fires were counted")
-                break
-            at = instant.timestamp()
-            hour = int((at - first) // 3600)
-            runs[hour] += 1
-            tasks_in_hour[hour].add(task_id)
-            minute = int(at // 60)
-            if minute != seen_minute:
-                by_minute.setdefault(minute, []).append(task_id)
-                seen_minute = minute
-            fired += 1
-            total += 1
-            instant = schedule.next_after(instant)
-    crowded = [Crowded(minute * 60.0, tuple(ids)) for minute, ids in sorted(by_minute.items()) if len(ids) > slots]
+    budget = MAX_INSTANTS
+    for base, tasks in sorted(by_base.values(), key=lambda item: (item[0].expression, str(item[0].tz))):
+        latest = max(offset for _, offset in tasks)
+        fires = _fires(base, now - latest, last, budget)
+        budget -= len(fires.instants)
+        if not fires.complete:
+            ids = ", ".join(sorted(task_id for task_id, _ in tasks)[:5])
+            cut_short.append(f"{base.expression} ({len(tasks)} task(s): {ids}...): counted until the forecast's limit")
+        for task_id, offset in tasks:
+            seen_minute = -1
+            for instant, weight in zip(fires.instants, fires.weight, strict=True):
+                at = instant + offset
+                # A minute standing for several fires counts while some of it is still to come.
+                if at + (60.0 if weight > 1 else 0.0) <= now or at >= last:
+                    continue
+                hour = int((at - first) // 3600)
+                runs[hour] += weight
+                tasks_in_hour[hour].add(task_id)
+                minute = int(at // 60)
+                if minute != seen_minute:
+                    by_minute.setdefault(minute, []).append(task_id)
+                    seen_minute = minute
+    crowded = [Crowded(m * 60.0, tuple(sorted(ids))) for m, ids in sorted(by_minute.items()) if len(ids) > slots]
+    if len(crowded) > MAX_CROWDED:
+        cut_short.append(f"{len(crowded)} crowded minutes: the first {MAX_CROWDED} are listed")
     table = [(first + 3600.0 * h, runs[h], len(tasks_in_hour[h])) for h in range(hours)]
-    return Forecast(first, last, slots, table, crowded, cut_short)
+    return Forecast(now, last, slots, table, crowded[:MAX_CROWDED], len(crowded), cut_short)
 
 
-def _minutely(
-    task_id: str,
-    schedule: Schedule,
-    begin: datetime,
-    end: datetime,
-    per_minute: int,
-    runs: list[int],
-    tasks_in_hour: list[set[str]],
-    by_minute: dict[int, list[str]],
-) -> int:
-    """Count a task that fires several times a minute in each minute it fires in; return its fires."""
-    first = begin.timestamp()
-    fired = 0
-    minute = begin
-    while minute < end:
-        due = schedule.next_after(minute - timedelta(microseconds=1))
-        if due is None or due >= end:
+def _fires(schedule: Schedule, after: float, before: float, budget: int) -> _Fires:
+    """`schedule`'s instants in (after, before), within `budget` of them."""
+    fires = _Fires([], [])
+    instant = schedule.next_after(datetime.fromtimestamp(after, UTC))
+    following = None if instant is None else schedule.next_after(instant)
+    if instant is not None and following is not None and (following - instant).total_seconds() < 60:
+        # Several fires a minute: a minute at a time, each minute standing for its fires.
+        per_minute = max(1, round(60 / (following - instant).total_seconds()))
+        while instant is not None and instant.timestamp() < before:
+            if len(fires.instants) >= budget:
+                fires.complete = False
+                break
+            minute = instant.astimezone(UTC).replace(second=0, microsecond=0)
+            fires.instants.append(minute.timestamp())
+            fires.weight.append(per_minute)
+            instant = schedule.next_after(minute + timedelta(seconds=59, microseconds=999_999))
+        return fires
+    while instant is not None and instant.timestamp() < before:
+        if len(fires.instants) >= budget:
+            fires.complete = False
             break
-        minute = due.astimezone(UTC).replace(second=0, microsecond=0)
-        hour = int((minute.timestamp() - first) // 3600)
-        runs[hour] += per_minute
-        tasks_in_hour[hour].add(task_id)
-        by_minute.setdefault(int(minute.timestamp() // 60), []).append(task_id)
-        fired += per_minute
-        minute += timedelta(minutes=1)
-    return fired
+        fires.instants.append(instant.timestamp())
+        fires.weight.append(1)
+        instant = schedule.next_after(instant)
+    return fires
+
+
+CROWDED_SHOWN = 3
+"""Crowded minutes `taskd plan` prints under an hour; the rest are counted."""
 
 
 def lines(plan: Forecast, zone: Any = UTC) -> list[str]:
-    """The forecast as `taskd plan` prints it: the hours with runs, each crowded minute under its hour."""
+    """The forecast as `taskd plan` prints it: the hours with runs, under each its first crowded
+    minutes (and how many more)."""
     out = []
     crowded: dict[int, list[Crowded]] = {}
+    first = plan.hours[0][0] if plan.hours else plan.start
     for c in plan.crowded:
-        crowded.setdefault(int((c.minute - plan.start) // 3600), []).append(c)
+        crowded.setdefault(int((c.minute - first) // 3600), []).append(c)
     for index, (at, runs, tasks) in enumerate(plan.hours):
         if not runs:
             continue
         hour = datetime.fromtimestamp(at, zone)
         flag = "  !" if index in crowded else ""
         out.append(f"{hour:%Y-%m-%d %H:%M %Z}  {runs:>6} run{'s' if runs != 1 else ' '} of {tasks} task(s){flag}")
-        for c in crowded.get(index, []):
+        minutes = crowded.get(index, [])
+        for c in minutes[:CROWDED_SHOWN]:
             names = ", ".join(c.tasks[:NAMED]) + (f" and {len(c.tasks) - NAMED} more" if len(c.tasks) > NAMED else "")
             minute = datetime.fromtimestamp(c.minute, zone)
             out.append(
                 f"    ! {minute:%H:%M}  {len(c.tasks)} tasks due, {len(c.tasks) - plan.slots} more than"
                 f" max_concurrent_tasks ({plan.slots}): {names}"
             )
+        if len(minutes) > CROWDED_SHOWN:
+            out.append(f"    ! and {len(minutes) - CROWDED_SHOWN} more crowded minute(s) in this hour")
     return out

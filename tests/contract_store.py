@@ -566,6 +566,9 @@ async def test_an_upstream_run_is_pending_until_one_run_takes_it_and_a_run_that_
     assert (await store.run_links(taker.id))[0] == []
     again = _record("load", trigger=Trigger.DEPENDENCY)
     assert await store.take_upstreams(again, [staged])
+    store.give_back(again.id)  # stopped by a shutdown before it began: pending again, with its end's commit
+    assert await store.pending_upstreams() == [staged]
+    assert await store.take_upstreams(again, [staged])
 
     # a run that began keeps what it took, interrupted or not
     started = _record("load", trigger=Trigger.DEPENDENCY)

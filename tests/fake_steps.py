@@ -86,8 +86,12 @@ SEEN: dict[str, dict[str, Any]] = {}
 """What each run of `report` saw, by run id: its task, params and TASKD_UPSTREAM_* variables."""
 
 
-async def report(ctx: Context, rows: int = 0) -> dict[str, Any]:
-    """Note what the run got from its upstream runs; put `rows` and the task id in the context."""
+async def report(ctx: Context, rows: int = 0, echo: str = "") -> dict[str, Any]:
+    """Note what the run got from its upstream runs; put `rows` and the task id in the context (and
+    with `echo`, `echo` followed by the param of that name: a step that returns a secret)."""
     upstream = {k: v for k, v in ctx.environment.items() if k.startswith("TASKD_UPSTREAM")}
     SEEN[ctx.run_id] = {"task": ctx.task_id, "params": dict(ctx.params), "env": upstream}
-    return {"rows": rows, "made_by": ctx.task_id}
+    out: dict[str, Any] = {"rows": rows, "made_by": ctx.task_id}
+    if echo:
+        out["echoed"] = f"{echo}={ctx.params.get(echo)}"
+    return out

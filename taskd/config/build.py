@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from taskd.config.messages import describe_error, describe_value, with_suggestion
 from taskd.config.model import Config, PipelineConfig, ProcessorConfig, Source
 from taskd.config.schema import IncludedFile, MainFile, PipelineSpec, TaskConfig
+from taskd.environment import env_name
 from taskd.errors import ConfigError
 from taskd.processor import COMMON_OPTIONS, ProcessorType, StepPolicy, describe
 from taskd.yamldoc import Document, KeyPath
@@ -253,11 +254,26 @@ def _check_dependencies(dependents: Sequence[tuple[Document, int, TaskConfig]], 
                 doc.problem(
                     (*path, "tasks", j), with_suggestion(f"unknown upstream task {upstream!r}", upstream, known)
                 )
+        _same_names(doc, path, task.after.tasks)
         edges[task.id] = tuple(t for t in task.after.tasks if t != task.id and t in sources)
         where[task.id] = (doc, i)
     for cycle in dependency_cycles(edges):
         doc, i = where[cycle[0]]
         doc.problem(("tasks", i, "after"), "dependency cycle: " + " -> ".join((*cycle, cycle[0])))
+
+
+def _same_names(doc: Document, path: KeyPath, upstream: Sequence[str]) -> None:
+    """Two upstream ids whose TASKD_UPSTREAM_<ID>_* variables would be the same are an error."""
+    seen: dict[str, str] = {}
+    for j, task_id in enumerate(upstream):
+        name = env_name(task_id)
+        if name in seen and seen[name] != task_id:
+            doc.problem(
+                (*path, "tasks", j),
+                f"upstream tasks {seen[name]!r} and {task_id!r} would both be TASKD_UPSTREAM_{name}_* in the"
+                " environment of its steps; rename one",
+            )
+        seen.setdefault(name, task_id)
 
 
 def dependency_cycles(edges: Mapping[str, Sequence[str]]) -> list[tuple[str, ...]]:

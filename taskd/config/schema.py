@@ -426,7 +426,10 @@ class TaskConfig(Section):
         None, description="{tasks: [ids], when: success|failure|always, mode: all|any}: run after these tasks"
     )
     spread: Duration | None = Field(
-        None, gt=0, description="shift the fires by a fixed offset in [0, spread) derived from the task id"
+        None,
+        ge=0,
+        description="shift the fires by a fixed offset in [0, spread) derived from the task id; 0: none,"
+        " whatever task: says",
     )
 
     @model_validator(mode="before")
@@ -443,6 +446,12 @@ class TaskConfig(Section):
         if isinstance(retry, dict):
             return {**data, "retry": {**retry, "count": count}}
         return data
+
+    @model_validator(mode="after")
+    def _spread_needs_a_schedule(self) -> TaskConfig:
+        if self.spread and (self.schedule is None or self.at_start):
+            raise ValueError("spread shifts the fires of a schedule, and this task has no schedule to shift")
+        return self
 
     @field_serializer("params")
     def _plain_params(self, params: Mapping[str, Any]) -> dict[str, Any]:

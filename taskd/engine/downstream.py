@@ -93,7 +93,7 @@ class Downstream:
                 continue
             if not dependencies.counts(after, str(record.state)):
                 continue
-            context, why = dependencies.passable(run.context)
+            context, why = dependencies.passable(run.recorder.redactor.data(run.context))  # its secrets masked
             if why is not None:
                 run.recorder.write("log", f"{why}: {task_id} gets no params from this run")
             finished = record.finished_at if record.finished_at is not None else self._clock.time()
@@ -109,12 +109,17 @@ class Downstream:
         self._wake.set()
 
     def waiting_on(self, task_id: str) -> list[str]:
-        """The upstream tasks the task waits on that cannot run now: deleted or disabled."""
+        """The upstream tasks that cannot run now (deleted or disabled) and that the task cannot do
+        without: any of them with `mode: all`, all of them with `mode: any`."""
         upstream = self.graph.upstream.get(task_id)
-        if not upstream:
+        entry = self._engine.tasks.get(task_id)
+        if not upstream or entry is None or entry.config.after is None:
             return []
         tasks = self._engine.tasks
-        return [t for t in upstream if t not in tasks or not tasks[t].config.enabled]
+        gone = [t for t in upstream if t not in tasks or not tasks[t].config.enabled]
+        if entry.config.after.mode == "any" and len(gone) < len(upstream):
+            return []
+        return gone
 
     def waiting_for(self, task_id: str) -> list[str]:
         """With `mode: all`, the upstream tasks that have no run it has not taken yet (as of the
@@ -165,6 +170,10 @@ class Downstream:
             if entry is None or entry.config.after is None:
                 continue
             rows = pending.get(task_id, [])
+            stale = dependencies.stale(entry.config.after, rows)
+            if stale:  # its after: changed since they ended: they count no more
+                await self._store.discard_upstreams(stale)
+                rows = [u for u in rows if u not in stale]
             waiting[task_id] = dependencies.waiting_for(entry.config.after, rows)
             if rows and entry.config.enabled:
                 started += await self._start_due(task_id, entry.config.after, rows)

@@ -41,7 +41,7 @@ from taskd.processors import registry
 from taskd.redact import NONE, Redactor, masked_params, secret_values
 from taskd.runner import Run
 from taskd.slots import SlotPool
-from taskd.store.base import LogLine, Store, StoreError
+from taskd.store.base import GIVEN_BACK, LogLine, Store, StoreError, never_started
 
 log = structlog.get_logger("taskd.engine")
 _DEBUG = logging.getLogger("taskd.engine")
@@ -360,6 +360,12 @@ class Engine:
     def _run_ended(self, run: Run) -> None:
         """A run has ended: the downstream tasks waiting for it stage it (with its end's commit),
         the alerter hears of it, and the metrics count what it used."""
+        record = run.record
+        if not self._accepting and record.state is RunState.STOPPED and never_started(record):
+            # Stopped by the shutdown before it began: the task still runs for its upstream runs.
+            record.error = (record.error or "stopped") + GIVEN_BACK
+            self.store.save_run(record)
+            self.store.give_back(record.id)
         self.downstream.run_ended(run)
         self.alerter.run_finished(run)
         usage = run.record.usage

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from taskd import __version__
 from taskd.durations import parse_ago
-from taskd.engine import TASK_STATUSES, Engine, TaskEntry
+from taskd.engine import TASK_STATUSES, Engine, TaskEntry, config_digest
 from taskd.errors import Conflict, Overloaded, UnknownTask
 from taskd.faults import STORE_KINDS
 from taskd.forecast import MAX_DAYS, forecast
@@ -41,6 +41,19 @@ TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 VIEWS: web.AppKey[TaskViews] = web.AppKey("views", TaskViews)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 RELOAD: web.AppKey[Callable[[], Awaitable[ReloadOutcome]]] = web.AppKey("reload")
+
+
+class PlanCache:
+    """One forecast worked out at a time (seconds of CPU for thousands of tasks), and kept for the
+    rest of its minute for the same configuration and span: a dashboard opened by ten people
+    costs one."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.kept: tuple[tuple[str, int, int], dict[str, Any]] | None = None
+
+
+PLANS: web.AppKey[PlanCache] = web.AppKey("plans", PlanCache)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 1000
@@ -152,6 +165,7 @@ def create_app(
     app[STORE] = store
     app[TOKEN] = token
     app[VIEWS] = TaskViews(engine)
+    app[PLANS] = PlanCache()
     events.setup(app, heartbeat_s)
     dashboard.setup(app)
     app.router.add_get("/events", run_events)
@@ -486,13 +500,18 @@ async def _run_or_404(request: web.Request) -> RunRecord:
 
 async def plan(request: web.Request) -> web.Response:
     """The forecast of the enabled tasks' fires: runs per hour, and the crowded minutes."""
-    engine = request.app[ENGINE]
+    engine, plans = request.app[ENGINE], request.app[PLANS]
     days = _int_arg(request, "days", 7, 1, MAX_DAYS)
-    scheduled = [(e.id, e.schedule) for e in engine.entries() if e.schedule is not None and e.config.enabled]
-    now = datetime.fromtimestamp(engine.clock.time(), UTC)
-    # Seconds of work for a large configuration: in a thread, so the API keeps answering meanwhile.
-    made = await asyncio.to_thread(forecast, scheduled, now, days, engine.config.task.max_concurrent_tasks)
-    return _json(made.to_json())
+    async with plans.lock:
+        key = (config_digest(engine.config), days, int(engine.clock.time() // 60))
+        if plans.kept is None or plans.kept[0] != key:
+            scheduled = [(e.id, e.schedule) for e in engine.entries() if e.schedule is not None and e.config.enabled]
+            now = datetime.fromtimestamp(engine.clock.time(), UTC)
+            slots = engine.config.task.max_concurrent_tasks
+            # Seconds of work for a large configuration: in a thread, so the API keeps answering meanwhile.
+            made = await asyncio.to_thread(forecast, scheduled, now, days, slots)
+            plans.kept = (key, made.to_json())
+        return _json(plans.kept[1])
 
 
 async def get_run(request: web.Request) -> web.Response:

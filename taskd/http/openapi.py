@@ -275,7 +275,7 @@ SCHEMAS: dict[str, Any] = {
         },
     ),
     "Plan": _object(
-        ["from", "until", "max_concurrent_tasks", "hours", "crowded", "cut_short"],
+        ["from", "until", "max_concurrent_tasks", "hours", "crowded", "crowded_minutes", "cut_short"],
         {
             "from": INSTANT,
             "until": INSTANT,
@@ -300,7 +300,8 @@ SCHEMAS: dict[str, Any] = {
                     },
                 ),
             },
-            "cut_short": {"type": "array", "items": {"type": "string"}},
+            "crowded_minutes": {"type": "integer", "description": "every crowded minute (crowded lists 2,000 at most)"},
+            "cut_short": {"type": "array", "items": {"type": "string"}, "description": "what was left out, and why"},
         },
     ),
     "Run": _object(list(RUN_PROPERTIES), RUN_PROPERTIES),

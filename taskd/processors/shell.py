@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import re
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from typing import Any
 
 from pydantic import Field, StrictStr, model_validator
 
+from taskd.environment import env_name
 from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 from taskd.procgroup import KILL_WAIT_S, kill_run_processes, signal_group, terminate_group
 from taskd.reaper import Reaper, own_peak_memory
@@ -49,7 +49,7 @@ class ShellOptions(ProcessorOptions):
 
 def param_env_name(name: str) -> str:
     """`keep-days` -> `TASKD_PARAM_KEEP_DAYS`."""
-    return "TASKD_PARAM_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+    return "TASKD_PARAM_" + env_name(name)
 
 
 def _env_value(value: Any) -> str:

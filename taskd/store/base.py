@@ -181,6 +181,11 @@ class Store(ABC):
     def set_last_fire(self, task_id: str, instant: float) -> None: ...
 
     @abstractmethod
+    def give_back(self, run_id: str) -> None:
+        """Stage the upstream runs `run_id` took as pending again: a dependency run that ended
+        before it began (stopped by a shutdown), so that the task still runs for them."""
+
+    @abstractmethod
     def save_upstream(self, upstream: UpstreamRun) -> None:
         """Stage an upstream run a downstream task waits for (pending). Staged with the upstream
         run's end, it is committed with it: a crash keeps both or neither."""
@@ -306,6 +311,10 @@ class Store(ABC):
         """In one transaction: mark `taken` (pending upstream runs of `run`'s task) as taken by
         `run`, and insert `run`. False, and nothing written, when any of them was taken already:
         of nodes taking the same upstream run at once, one does."""
+
+    @abstractmethod
+    async def discard_upstreams(self, upstreams: Sequence[UpstreamRun]) -> None:
+        """Forget these pending upstream runs (those a task's changed `after:` no longer counts)."""
 
     @abstractmethod
     async def run_links(self, run_id: str) -> tuple[list[UpstreamRun], list[UpstreamRun]]:

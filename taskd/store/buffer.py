@@ -52,6 +52,7 @@ class Batch:
     last_fires: dict[str, float] = field(default_factory=dict)
     tombstones: list[Tombstone] = field(default_factory=list)
     upstreams: dict[tuple[str, str], UpstreamRun] = field(default_factory=dict)
+    given_back: list[str] = field(default_factory=list)
 
     def absorb(self, newer: Batch) -> None:
         """Add the writes staged after this batch: a newer state of a record wins, rows keep
@@ -67,6 +68,7 @@ class Batch:
         self.tombstones.extend(newer.tombstones)
         for key, upstream in newer.upstreams.items():
             self.upstreams.setdefault(key, upstream)
+        self.given_back.extend(newer.given_back)
 
     def __len__(self) -> int:
         return (
@@ -79,6 +81,7 @@ class Batch:
             + len(self.last_fires)
             + len(self.tombstones)
             + len(self.upstreams)
+            + len(self.given_back)
         )
 
 
@@ -180,6 +183,10 @@ class BufferedStore(Store):
 
     def save_upstream(self, upstream: UpstreamRun) -> None:
         self._batch.upstreams.setdefault(upstream.key, upstream)
+        self._wakeup.set()
+
+    def give_back(self, run_id: str) -> None:
+        self._batch.given_back.append(run_id)
         self._wakeup.set()
 
     def set_last_fire(self, task_id: str, instant: float) -> None:

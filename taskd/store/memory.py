@@ -86,6 +86,8 @@ class MemoryStore(BufferedStore):
             self._last_fire_rows[task_id] = max(instant, self._last_fire_rows.get(task_id, instant))
         for upstream in batch.upstreams.values():
             self._upstream_rows.setdefault(upstream.key, upstream)
+        for run_id in batch.given_back:
+            self._release(run_id)
         for tombstone in batch.tombstones:
             if tombstone.definition_hash is None:
                 self._tombstone_rows.pop(tombstone.task_id, None)
@@ -156,6 +158,13 @@ class MemoryStore(BufferedStore):
             rows[upstream.key] = dataclasses.replace(rows[upstream.key], run_id=run.id)
         self._run_rows[run.id] = _copied(run)
         return True
+
+    async def discard_upstreams(self, upstreams: Sequence[UpstreamRun]) -> None:
+        await self._read()
+        for upstream in upstreams:
+            kept = self._upstream_rows.get(upstream.key)
+            if kept is not None and kept.run_id is None:
+                del self._upstream_rows[upstream.key]
 
     async def run_links(self, run_id: str) -> tuple[list[UpstreamRun], list[UpstreamRun]]:
         await self._read()

@@ -137,6 +137,7 @@ STATEMENTS: dict[str, str] = {
         RETURNING upstream_run_id
     """,
     "release_upstreams": "UPDATE run_upstreams SET run_id = NULL WHERE run_id = ?",
+    "discard_upstream": "DELETE FROM run_upstreams WHERE task_id = ? AND upstream_run_id = ? AND run_id IS NULL",
     "upstreams_of_run": "SELECT * FROM run_upstreams WHERE run_id = ? ORDER BY finished_at",
     "downstreams_of_run": "SELECT * FROM run_upstreams WHERE upstream_run_id = ? ORDER BY task_id",
     "delete_upstreams": "DELETE FROM run_upstreams WHERE run_id IS NULL AND finished_at < ?",
@@ -335,6 +336,7 @@ class SQLStore(BufferedStore):
             ),
             ("set_last_fire", list(batch.last_fires.items())),
             ("save_upstream", [upstream_params(u) for u in batch.upstreams.values()]),
+            ("release_upstreams", [(run_id,) for run_id in batch.given_back]),
         ]
         tombstones: list[tuple[str, Sequence[Any]]] = [
             ("remove_tombstone", (t.task_id,))
@@ -515,6 +517,11 @@ class SQLStore(BufferedStore):
         except _Taken:
             return False
         return True
+
+    async def discard_upstreams(self, upstreams: Sequence[UpstreamRun]) -> None:
+        await self.flush()
+        async with self.transaction() as tx:
+            await tx.executemany(self.SQL["discard_upstream"], [u.key for u in upstreams])
 
     async def run_links(self, run_id: str) -> tuple[list[UpstreamRun], list[UpstreamRun]]:
         upstream = [upstream_from_row(r) for r in await self._fetch("upstreams_of_run", run_id)]

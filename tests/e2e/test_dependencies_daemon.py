@@ -66,6 +66,14 @@ def test_a_downstream_run_gets_its_upstream_and_the_api_and_check_show_the_graph
     assert daemon.request("GET", f"/run/{upstream}").json()["downstream_runs"] == [
         {"task_id": "transform", "run_id": run["id"]}
     ]
+    shown = subprocess.run(
+        [sys.executable, "-m", "taskd", "show", run["id"], "--url", f"http://127.0.0.1:{daemon.port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"after:        run {upstream} of extract (completed)" in shown
+    assert "used:" in shown and "process(es) (rusage)" in shown
     task = daemon.request("GET", "/task/transform").json()
     assert task["upstream"] == {"tasks": ["extract"], "when": "success", "mode": "all"}
     assert daemon.request("GET", "/task/extract").json()["downstream"] == ["transform"]
@@ -88,7 +96,10 @@ def test_a_downstream_run_gets_its_upstream_and_the_api_and_check_show_the_graph
         text=True,
         check=True,
     ).stdout
-    assert any(line.split()[:4] == ["transform", "waiting", "on", "extract"] for line in listed.splitlines())
+    assert any(
+        line.split()[:6] == ["transform", "waiting", "on", "extract", "after", "extract"]
+        for line in listed.splitlines()
+    )
     assert daemon.stop() == 0
 
 

@@ -21,6 +21,7 @@ from taskd.config import After, load_config
 from taskd.dependencies import environment, params_from, takes
 from taskd.durations import format_duration
 from taskd.errors import ConfigError
+from taskd.forecast import forecast, lines
 from taskd.models import RunState, Trigger, UpstreamRun
 from taskd.processors import registry
 from taskd.schedule import parse, shifted, spread_offset
@@ -367,7 +368,124 @@ def test_plan_next_and_check_on_the_command_line(tmp_path: Path) -> None:
     shown = taskd("next", "0 4 * * *", "--after", "2026-01-01T00:00:00+00:00", "--spread", "10m", "--task", "later")
     first = datetime(2026, 1, 1, 4, tzinfo=UTC) + timedelta(seconds=offset)
     assert shown.stdout.splitlines()[0] == first.isoformat()
+    alone = taskd("next", "0 4 * * *", "--spread", "10m")
+    assert alone.returncode == 2 and "--spread and --task go together" in alone.stderr
     checked = taskd("check", "-c", "taskd.yml", cwd=tmp_path).stdout
     assert "dependencies (task <- the tasks it runs after):\n  after-all <- n0, n1 (success, all)" in checked
     assert f"spread:    10m: fires {format_duration(offset)} late" in checked
     assert "after:     n0, n1 (when: success, mode: all)" in checked
+
+
+async def test_a_shutdown_gives_back_the_upstream_runs_of_a_dependency_run_that_had_not_begun(
+    harness: Harness,
+) -> None:
+    tasks = CHAIN + "  - {id: hog, pipeline: gated}\n"
+    engine = await harness.start(tasks, PIPELINES)
+    engine.slots.set_limit(1)
+    engine.start_run("hog", Trigger.MANUAL)
+    upstream = UpstreamRun("transform", "0000000000aa00000002", "extract", "completed", harness.clock.time())
+    harness.store.save_upstream(upstream)
+    await engine.downstream.process()
+    (queued,) = await harness.runs("transform")
+    await engine.shutdown(0)  # the gate stays shut: the hog and the queued run are stopped
+    harness.engine = None
+    stopped = await harness.store.get_run(queued.id)
+    assert stopped is not None and stopped.state == RunState.STOPPED
+    assert "its upstream runs were given back" in (stopped.error or "")
+    assert await harness.store.pending_upstreams() == [upstream]
+    harness.gates.gate("g").set()
+    await harness.start(tasks, PIPELINES)
+    await drain(harness)
+    assert [r.state for r in await harness.runs("transform") if r.id != queued.id] == [RunState.COMPLETED]
+
+
+async def test_an_upstream_run_reaches_its_downstream_run_with_its_secrets_masked(harness: Harness) -> None:
+    engine = await harness.start(
+        "  - {id: extract, pipeline: extract, params: {password: hunter2hunter2}, secret_params: [password]}\n"
+        "  - {id: transform, pipeline: transform, after: extract}\n",
+        PIPELINES.replace("kwargs: {rows: 10}", "kwargs: {rows: 10, echo: password}"),
+    )
+    engine.start_run("extract", Trigger.MANUAL)
+    await drain(harness)
+    (transform,) = await harness.runs("transform")
+    assert "hunter2hunter2" not in str(transform.params) and "***" in str(transform.params)
+    assert "hunter2hunter2" not in str(fake_steps.SEEN[transform.id]["params"])
+
+
+def test_ids_that_would_share_their_variables_a_spread_without_a_schedule_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "  - {id: my.task-1, pipeline: p}\n  - {id: my_task.1, pipeline: p}\n"
+        "  - {id: both, pipeline: p, after: [my.task-1, my_task.1]}\n"
+        "  - {id: lonely, pipeline: p, after: both, spread: 5m}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    text = "\n".join(caught.value.problems)
+    assert "tasks[2].after.tasks[1]: upstream tasks 'my.task-1' and 'my_task.1' would both be" in text
+    assert "TASKD_UPSTREAM_MY_TASK_1_*" in text
+    assert "spread shifts the fires of a schedule, and this task has no schedule to shift" in text
+
+
+def test_spread_0_opts_a_task_out_of_the_sections_spread(tmp_path: Path) -> None:
+    path = tmp_path / "taskd.yml"
+    path.write_text(
+        "task: {spread: 10m}\ntasks:\n  - {id: exact, pipeline: p, schedule: '0 3 * * *', spread: 0}\n"
+        "  - {id: spread, pipeline: p, schedule: '0 3 * * *'}\n"
+        "pipelines: [{name: p, processors: [{log: {message: hi}}]}]\n"
+    )
+    config = load_config(path, {})
+    exact, spread = (config.schedule_for(t) for t in config.tasks)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    assert exact is not None and exact.next_after(start) == datetime(2026, 1, 1, 3, tzinfo=UTC)
+    offset = spread_offset("spread", 600)
+    assert spread is not None and spread.next_after(start) == datetime(2026, 1, 1, 3, tzinfo=UTC) + timedelta(
+        seconds=offset
+    )
+
+
+async def test_with_mode_any_one_deleted_upstream_task_does_not_hold_the_task(harness: Harness) -> None:
+    tasks = (
+        "  - {id: a, pipeline: extract}\n  - {id: b, pipeline: extract}\n"
+        "  - {id: either, pipeline: extract, after: {tasks: [a, b], mode: any}}\n"
+    )
+    engine = await harness.start(tasks, PIPELINES)
+    await engine.delete_task("a")
+    assert engine.status("either") == "scheduled" and engine.downstream.waiting_on("either") == []
+    await engine.delete_task("b")
+    assert engine.status("either") == "waiting" and engine.downstream.waiting_on("either") == ["a", "b"]
+
+
+async def test_pending_upstream_runs_an_after_no_longer_counts_are_forgotten(harness: Harness) -> None:
+    fan = "  - {id: up, pipeline: extract}\n  - {id: up2, pipeline: extract}\n  - {id: fan, pipeline: extract, %s}\n"
+    engine = await harness.start(fan % "after: [up, up2]", PIPELINES)
+    engine.start_run("up", Trigger.MANUAL)
+    await drain(harness)
+    assert [u.upstream_task_id for u in await harness.store.pending_upstreams()] == ["up"]
+    engine.reload(harness.config(fan % "after: [up2]", PIPELINES))  # `up` counts no more: forgotten
+    await drain(harness)
+    assert await harness.store.pending_upstreams() == []
+    engine.reload(harness.config(fan % "after: [up, up2]", PIPELINES))
+    engine.start_run("up2", Trigger.MANUAL)
+    await drain(harness)
+    assert await harness.runs("fan") == []  # the old `up` run is not taken: fan waits for a new one
+
+
+def test_the_forecast_counts_only_fires_to_come_and_works_out_a_shared_schedule_once() -> None:
+    start = datetime(2026, 1, 5, 13, 30, tzinfo=UTC)
+    every_minute = parse("* * * * *")
+    seconds = parse("*/2 * * * * *")
+    tasks = [(f"m{i}", shifted(every_minute, spread_offset(f"m{i}", 30))) for i in range(3)]
+    plan = forecast([*tasks, ("fast", seconds), ("daily", parse("0 3 * * *"))], start, 1, 3)
+    assert plan.hours[0][0] == datetime(2026, 1, 5, 13, tzinfo=UTC).timestamp() and len(plan.hours) == 24
+    # The half hour to come: each m task's fires from 13:30 (its offset later) or 13:31, fast's 30 a minute.
+    minutely = sum(30 if spread_offset(f"m{i}", 30) else 29 for i in range(3))
+    assert plan.hours[0][1:] == (minutely + 30 * 30, 4)
+    assert sum(runs for _, runs, _ in plan.hours[1:]) == 23 * 60 * (3 + 30) + 1  # and daily's one
+    # Four tasks are due in every minute from 13:31 on (fast counts once a minute): over three slots.
+    assert plan.crowded[0].tasks == ("fast", "m0", "m1", "m2") and plan.crowded[1].minute - plan.crowded[0].minute == 60
+    assert plan.crowded_minutes >= 60 * 24 - 30 - 1
+    assert plan.cut_short == []
+    text = lines(plan)
+    assert text[1].startswith(f"    ! {datetime.fromtimestamp(plan.crowded[0].minute, UTC):%H:%M}  4 tasks due, 1 more")
+    assert text[4].startswith("    ! and ") and text[4].endswith(" more crowded minute(s) in this hour")
