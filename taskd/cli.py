@@ -17,10 +17,12 @@ from pathlib import Path
 from taskd import __version__, client
 from taskd import schedule as schedules
 from taskd.alerts import Route, route_for
+from taskd.capacity import detect as detect_capacity
 from taskd.channels import describe_channel
 from taskd.config import Config, PipelineConfig, ProcessorConfig, TaskConfig, load_config
 from taskd.dependencies import Graph
-from taskd.durations import format_duration, parse_duration
+from taskd.durations import format_duration, format_size, parse_duration
+from taskd.engine.policy import requests_too_large
 from taskd.errors import ConfigError, DurationError, ScheduleError
 from taskd.forecast import MAX_DAYS, forecast
 from taskd.forecast import lines as forecast_lines
@@ -243,6 +245,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     default_route = _route_text(config, route_for(config.alerts, TaskConfig(id="x", pipeline="x")))
     print(f"alerts: {default_route}")
+    if config.pools:
+        print("pools: " + ", ".join(f"{name} ({size})" for name, size in sorted(config.pools.items())))
+    if any(task.requests is not None for task in config.tasks):
+        capacity = detect_capacity(config.node.capacity.memory, config.node.capacity.cpu)
+        print(f"capacity for requests: {capacity.describe()}")
+        too_large = requests_too_large(config, capacity)
+        if too_large and not config.store.url:  # alone on its SQLite file: the daemon would refuse it
+            for problem in too_large:
+                print(problem, file=sys.stderr)
+            return EXIT_USAGE
     graph = Graph.of(config.tasks)
     if graph.upstream:
         by_id = {task.id: task for task in config.tasks}
@@ -295,6 +307,12 @@ def _print_task(config: Config, task: TaskConfig, now: datetime, count: int, def
         print(f"  alerts:    {route}")
     if task.expect is not None:
         print(f"  expect:    a success within {format_duration(task.expect.success_within)}")
+    if task.pools:
+        print("  pools:     " + ", ".join(f"{name} x{units}" for name, units in task.pools.items()))
+    if task.requests is not None:
+        asked = [f"memory {format_size(task.requests.memory)}"] if task.requests.memory else []
+        asked += [f"cpu {task.requests.cpu:g}"] if task.requests.cpu else []
+        print(f"  requests:  {', '.join(asked)}")
     if task.after is not None:
         after = task.after
         print(f"  after:     {', '.join(after.tasks)} (when: {after.when}, mode: {after.mode})")

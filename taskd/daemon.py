@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from taskd import __version__, logs
+from taskd import __version__, logs, reaper
 from taskd.clock import Clock, SystemClock
 from taskd.cluster import Coordinator, coordinator_for
 from taskd.config import Config, load_config, parse_listen
@@ -115,6 +115,8 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
+        # Step processes are reaped with wait4, which also tells what each used (taskd.reaper).
+        reaper.install(asyncio.get_running_loop())
         async with contextlib.AsyncExitStack() as stack:
             metrics = Metrics(__version__, per_task=config.metrics.per_task)
             store = self.store = open_store(config.store_location, self.clock)
@@ -283,6 +285,8 @@ class Daemon:
             log.warning("restart_needed", reason="api: and store: changes take effect at the next start")
         try:
             changes = self.engine.reload(config)
+        except ConfigError as exc:  # what only the engine can tell: a request larger than this node
+            return self._refused(list(exc.problems))
         except Exception as exc:  # a bug, not a config error: still no reason to stop the daemon
             return self._refused([describe(exc)], crashed=True)
         self.engine.faults.clear(RELOAD)

@@ -72,3 +72,30 @@ def format_duration(seconds: float) -> str:
     if rest or not parts:
         parts.append(f"{rest:g}s")
     return "".join(parts)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from `1024`, `"512M"`, `"2G"`, `"1.5GiB"`, `"64KB"`: K, M, G and T count in 1024s, as
+    systemd's MemoryMax= does."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 512M or 2G, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value}")
+        return value
+    found = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if found is None:
+        raise ValueError(f"expected a size such as 512M, 2G or 1.5GiB (bytes without a unit), got {value!r}")
+    return int(float(found.group(1)) * _SIZE_UNITS[found.group(2).upper()])
+
+
+def format_size(size: int) -> str:
+    """`536870912` -> `512 MiB`; `1610612736` -> `1.5 GiB`."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor:
+            return f"{size / factor:.4g} {unit}"
+    return f"{size} B"

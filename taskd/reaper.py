@@ -107,8 +107,16 @@ class Reaper(asyncio.AbstractChildWatcher):
 _REAPER: Reaper | None = None
 
 
+def current(loop: asyncio.AbstractEventLoop) -> Reaper | None:
+    """The reaper watching `loop`'s children, if the daemon installed one for it."""
+    reaper = _REAPER
+    return reaper if reaper is not None and reaper._loop is loop else None
+
+
 def install(loop: asyncio.AbstractEventLoop) -> Reaper | None:
-    """Make the reaper the child watcher of `loop` (once per loop); None where pidfds are missing."""
+    """Make the reaper the child watcher of `loop`, the daemon's only loop (it watches that loop's
+    children only: a process with other loops keeps asyncio's watcher); None where pidfds are
+    missing."""
     global _REAPER
     reaper = _REAPER
     if reaper is not None and reaper._loop is loop:

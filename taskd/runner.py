@@ -20,6 +20,7 @@ from taskd.models import RunRecord, RunState, StepState, Usage
 from taskd.processor import Context, StepFailed, describe
 from taskd.recorder import RunObserver, RunRecorder, RunSink
 from taskd.redact import NONE, Redactor
+from taskd.resources import Resources
 from taskd.retry import backoff_delay
 from taskd.slots import SlotPool
 
@@ -38,6 +39,8 @@ class RunPlan:
     """The variables the task's processes start with (see taskd.environment)."""
     secrets: tuple[str, ...] = ()
     """The values of the task's default secret params: every run masks them."""
+    needs: Mapping[str, int] = field(default_factory=dict)
+    """What each attempt holds besides a slot: pool units and requests (see taskd.resources)."""
 
     @functools.cached_property
     def has_final_phase(self) -> bool:
@@ -63,6 +66,7 @@ class Run:
         params: Mapping[str, Any] | None = None,
         redactor: Redactor = NONE,
         environment: Mapping[str, str] | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.record = record
         self.plan = plan
@@ -75,6 +79,8 @@ class Run:
         self.recorder = RunRecorder(record, sink, clock, observer, redactor)
         self._sink = sink
         self._slots = slots
+        self._resources = resources if plan.needs else None
+        self._held = False  # what plan.needs asks is held (taken with the slot, given back with it)
         self._clock = clock
         self._done: asyncio.Event | None = None  # made when someone waits: most runs are never waited for
         self.finished = False
@@ -111,7 +117,7 @@ class Run:
         A run with nothing to wait for that finds a free slot takes it and begins its first
         attempt right here; its pipeline runs when the loop gets to its task.
         """
-        if not after and self._slots.try_acquire():
+        if not after and self._take_at_once():
             self._slot_held = True
             self.recorder.open_attempt(1)
         self.task = asyncio.create_task(self.execute(after), name=f"run-{self.record.task_id}-{self.id}")
@@ -148,7 +154,7 @@ class Run:
                 if self._slot_held:  # taken when the run was started
                     self._slot_held = False
                 else:
-                    await self._slots.acquire(task.priority)
+                    await self._take(task.priority)
                 try:
                     state, error, ctx, permanent = await self._attempt(attempt)
                     last = state is StepState.COMPLETED or attempt == total
@@ -162,7 +168,7 @@ class Run:
                     if last:
                         self.context = ctx.data
                 finally:
-                    self._slots.release()
+                    self._give_back()
                 if last:
                     self._finish(final, error)
                     return
@@ -277,7 +283,54 @@ class Run:
     def _give_back_slot(self) -> None:
         if self._slot_held:
             self._slot_held = False
-            self._slots.release()
+            self._give_back()
+
+    # -- what an attempt holds: its needs (pools, requests), then a slot ------------------------
+    def _take_at_once(self) -> bool:
+        """Take the needs and a slot now if all are free; never waits."""
+        resources = self._resources
+        if resources is not None:
+            if not resources.try_acquire(self.plan.needs):
+                return False
+            if not self._slots.try_acquire():
+                resources.release(self.plan.needs)
+                return False
+            self._held = True
+            return True
+        return self._slots.try_acquire()
+
+    async def _take(self, priority: int) -> None:
+        """Wait for the needs, then for a slot: a run waiting for a pool holds no slot."""
+        resources = self._resources
+        if resources is not None:
+            await resources.acquire(self.plan.needs, priority, self.record.task_id)
+            self._held = True
+            try:
+                await self._slots.acquire(priority)
+            except BaseException:
+                self._held = False
+                resources.release(self.plan.needs)
+                raise
+            return
+        await self._slots.acquire(priority)
+
+    def _give_back(self) -> None:
+        self._slots.release()
+        if self._held and self._resources is not None:
+            self._held = False
+            self._resources.release(self.plan.needs)
+
+    @property
+    def waiting_for(self) -> list[str]:
+        """What a run waiting to begin an attempt waits for: its needs not free (`pool db`,
+        `memory`), else a slot; nothing while it runs or backs off."""
+        if self.finished or self.record.state is not RunState.QUEUED:
+            return []
+        if self._resources is not None and not self._held:
+            wanted = self._resources.waits_for(self.plan.needs)
+            if wanted:
+                return wanted
+        return [] if self._slot_held else ["slot"]
 
     def _finish(self, state: RunState, error: str | None) -> None:
         self.recorder.finish(state, error)

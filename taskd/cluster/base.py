@@ -125,6 +125,11 @@ class Coordinator(ABC):
         """Of the (key, instant) fires given, those this node won and must run: each is won by one
         node only, whatever the number asking."""
 
+    @property
+    def single_node(self) -> bool:
+        """Whether no other node can ever share this store (and run what this one cannot)."""
+        return not self.shared
+
     def claim_at_once(self, claims: Sequence[tuple[str, float]]) -> list[tuple[str, float]] | None:
         """The claims won, when no other node can compete for them (no round trip needed); else None
         and the fires are claimed with `claim_fires`."""

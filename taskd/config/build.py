@@ -166,7 +166,7 @@ def build_config(
         if doc.data is not None:
             _validate(doc, IncludedFile, doc.data)
     pipelines, pipeline_sources = _pipelines(documents, kinds, broken_plugins or {})
-    tasks, task_sources = _tasks(documents, pipeline_sources)
+    tasks, task_sources = _tasks(documents, pipeline_sources, root.pools if isinstance(root, MainFile) else None)
     problems = [msg for doc in documents for msg in doc.messages()]
     if problems or not isinstance(root, MainFile):
         raise ConfigError(problems or [f"{main.file}:1: invalid configuration"])
@@ -179,6 +179,7 @@ def build_config(
         metrics=root.metrics,
         node=root.node,
         alerts=root.alerts,
+        pools=types.MappingProxyType(dict(root.pools)),
         tasks=tuple(tasks),
         pipelines=types.MappingProxyType(pipelines),
         task_sources=types.MappingProxyType(task_sources),
@@ -208,7 +209,7 @@ def _pipelines(
 
 
 def _tasks(
-    documents: Sequence[Document], pipeline_sources: Mapping[str, Source]
+    documents: Sequence[Document], pipeline_sources: Mapping[str, Source], pools: Mapping[str, int] | None
 ) -> tuple[list[TaskConfig], dict[str, Source]]:
     """Every file's valid tasks, and where each id is defined (duplicates and unknown pipelines are problems)."""
     tasks: list[TaskConfig] = []
@@ -225,6 +226,8 @@ def _tasks(
             task = _validate(doc, TaskConfig, raw, ("tasks", i))
             if task is not None:
                 tasks.append(task)
+                if pools is not None:
+                    _check_pools(doc, i, task, pools)
                 if task.after is not None:
                     dependents.append((doc, i, task))
             ref = _raw_str(raw, "pipeline")
@@ -237,6 +240,21 @@ def _tasks(
                 )
     _check_dependencies(dependents, sources)
     return tasks, sources
+
+
+def _check_pools(doc: Document, i: int, task: TaskConfig, pools: Mapping[str, int]) -> None:
+    """A task's pools are defined at the top level, and none is asked for more units than it has."""
+    for name, units in task.pools.items():
+        path: KeyPath = ("tasks", i, "pools", name)
+        if name not in pools:
+            known = sorted(pools)
+            doc.problem(
+                path,
+                with_suggestion(f"unknown pool {name!r}", name, known)
+                + (f"; defined pools: {', '.join(known)}" if known else "; define it under the top-level pools:"),
+            )
+        elif units > pools[name]:
+            doc.problem(path, f"asks for {units} units of pool {name!r}, which has {pools[name]}: it could never run")
 
 
 def _check_dependencies(dependents: Sequence[tuple[Document, int, TaskConfig]], sources: Mapping[str, Source]) -> None:

@@ -83,6 +83,8 @@ _LATER_FIELDS: dict[str, Any] = {
     "expect": None,
     "after": None,
     "spread": None,
+    "pools": {},
+    "requests": None,
 }
 """Task fields added after tombstones existed, with their defaults."""
 _LATER_NESTED: dict[str, dict[str, Any]] = {"retry": {"permanent_exit_codes": ()}}
@@ -107,6 +109,8 @@ class Config:
     secrets: frozenset[str] = frozenset()
     """Values shown as *** wherever they would appear: the API token and ${credential:NAME} values."""
     alerts: AlertsSection = field(default_factory=AlertsSection)
+    pools: Mapping[str, int] = field(default_factory=dict)
+    """Named pools and their sizes."""
 
     @property
     def base_dir(self) -> Path:
@@ -136,6 +140,17 @@ class Config:
         schedule = cached_schedule(task.schedule, self.zone_for(task))
         spread = self.spread_for(task)
         return schedules.shifted(schedule, schedules.spread_offset(task.id, spread)) if spread else schedule
+
+    def needs_of(self, task: TaskConfig) -> dict[str, int]:
+        """What a run of `task` holds while it runs besides a slot: `pool <name>` units, `memory`
+        bytes and `cpu` millicores."""
+        needs = {f"pool {name}": units for name, units in task.pools.items()}
+        if task.requests is not None:
+            if task.requests.memory:
+                needs["memory"] = task.requests.memory
+            if task.requests.cpu:
+                needs["cpu"] = round(task.requests.cpu * 1000)
+        return needs
 
     def spread_for(self, task: TaskConfig) -> float | None:
         """The task's `spread`, else the `task:` section's (None: fires are not shifted)."""

@@ -29,6 +29,7 @@ from pydantic import (
 from taskd import schedule as schedules
 from taskd.channels import ChannelEntry
 from taskd.config.messages import all_zones, with_suggestion
+from taskd.durations import parse_size
 from taskd.errors import ScheduleError
 from taskd.processor import Duration
 
@@ -347,6 +348,40 @@ def _after_shape(value: Any) -> Any:
     return value
 
 
+def _size(value: object) -> int:
+    return parse_size(value)
+
+
+Size = Annotated[int, BeforeValidator(_size)]
+"""Bytes, accepting `1024`, `"512M"`, `"2G"`, `"1.5GiB"` in YAML (K, M, G, T count in 1024s)."""
+
+
+class Requests(Section):
+    """What a run of the task needs of its node's capacity while it runs."""
+
+    memory: Size | None = Field(None, gt=0, description="bytes: 512M, 2G")
+    cpu: float | None = Field(None, gt=0, le=10_000, description="cores: 0.5, 2")
+
+
+class Capacity(Section):
+    """What this node offers the runs' requests (default: detected: its cgroup's limits, else the host)."""
+
+    memory: Size | None = Field(None, gt=0, description="bytes: 16G")
+    cpu: float | None = Field(None, gt=0, le=10_000, description="cores: 8")
+
+
+def _pool_list(value: Any) -> Any:
+    """`pools: [db]` is `pools: {db: 1}`."""
+    if isinstance(value, list):
+        if not all(isinstance(name, str) for name in value):
+            raise ValueError(f"pools must be a list of pool names or {{name: units}}; got {value!r}")
+        return dict.fromkeys(value, 1)
+    return value
+
+
+PoolUnits = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
+
+
 class PlacementNodes(Section):
     """Run on these nodes only (node.name)."""
 
@@ -421,6 +456,12 @@ class TaskConfig(Section):
         "any",
         description="with several nodes on one store: any (one node, the least busy first), all (every "
         "live node), {nodes: [names]} or {labels: {key: value}}",
+    )
+    pools: Annotated[dict[Identifier, PoolUnits], BeforeValidator(_pool_list)] = Field(
+        default_factory=dict, description="[db] or {db: 2}: units of the top-level pools each run holds while it runs"
+    )
+    requests: Requests | None = Field(
+        None, description="{memory: 2G, cpu: 2}: what a run needs of its node's capacity; it waits until that is free"
     )
     after: Annotated[After | None, BeforeValidator(_after_shape)] = Field(
         None, description="{tasks: [ids], when: success|failure|always, mode: all|any}: run after these tasks"
@@ -497,6 +538,10 @@ class NodeSection(Section):
         description="the node's name, unique among the nodes sharing a store (default: the host name)",
     )
     labels: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="free key: value pairs")
+    capacity: Capacity = Field(
+        default_factory=Capacity,
+        description="{memory: 16G, cpu: 8}: what runs' requests may use here (default: detected)",
+    )
 
 
 class MainFile(Section):
@@ -509,6 +554,9 @@ class MainFile(Section):
     metrics: MetricsSection = MetricsSection()
     node: NodeSection = Field(default_factory=NodeSection)
     alerts: AlertsSection = AlertsSection()
+    pools: dict[Identifier, PoolUnits] = Field(
+        default_factory=dict, description="{db: 1, gpu: 2}: named pools of units; a pool of 1 is a mutex"
+    )
     include: list[StrictStr] = Field(default_factory=list)
     tasks: list[Any] = Field(default_factory=list)
     pipelines: list[Any] = Field(default_factory=list)

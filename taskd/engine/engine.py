@@ -21,17 +21,18 @@ from typing import Any
 import structlog
 
 from taskd.alerter import Alerter
+from taskd.capacity import detect as detect_capacity
 from taskd.clock import Clock, SystemClock
 from taskd.cluster import Coordinator, NodeInfo, coordinator_for
 from taskd.config import Config
 from taskd.engine.downstream import Downstream
 from taskd.engine.firing import Firing, TimerFactory
-from taskd.engine.policy import admit, eligible, overload, task_status
+from taskd.engine.policy import admit, eligible, overload, requests_too_large, task_status
 from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
 from taskd.engine.remote import Remote
 from taskd.engine.runs import Prepared, RunTable, stop_grace, wait_runs
 from taskd.engine.timer import APSchedulerTimer
-from taskd.errors import Conflict, Overloaded, UnknownTask
+from taskd.errors import ConfigError, Conflict, Overloaded, UnknownTask
 from taskd.faults import STORE_FILE, STORE_UNREACHABLE, STORE_WRITE, Faults
 from taskd.live import LiveHub
 from taskd.metrics import Metrics
@@ -39,6 +40,7 @@ from taskd.models import ReloadOutcome, RunRecord, RunState, RunSummary, Trigger
 from taskd.processor import ProcessorType
 from taskd.processors import registry
 from taskd.redact import NONE, Redactor, masked_params, secret_values
+from taskd.resources import Resources
 from taskd.runner import Run
 from taskd.slots import SlotPool
 from taskd.store.base import GIVEN_BACK, LogLine, Store, StoreError, never_started
@@ -112,6 +114,9 @@ class Engine:
         self.live = live or LiveHub()
         self._events = _RunEvents(metrics, self.live)
         self.slots = SlotPool(config.task.max_concurrent_tasks)
+        capacity = config.node.capacity
+        self.capacity = detect_capacity(capacity.memory, capacity.cpu)
+        self.resources = Resources()
         self.runs = RunTable(on_end=self._run_ended)
         self.started_at = self.clock.time()
         self.faults = Faults(self.clock.time)
@@ -206,7 +211,10 @@ class Engine:
         return cached[3]
 
     def _apply(self, config: Config) -> RegistryDiff:
-        """Make the registry match `config`. Active runs are not touched."""
+        """Make the registry match `config`. Active runs are not touched. Raises ConfigError, and
+        changes nothing, when a task requests more than this node has and no other node may run it."""
+        sizes = {**{f"pool {name}": size for name, size in config.pools.items()}, **self.capacity.sizes()}
+        self._check_requests(config, sizes)
         self._secrets.update(dict.fromkeys(sorted(config.secrets)))
         wanted = [self._builder.entry(config, task) for task in config.tasks]
         change = diff(self._tasks, wanted, self._tombstones)
@@ -227,6 +235,7 @@ class Engine:
         self.config = config
         self._sorted = None
         self.slots.set_limit(config.task.max_concurrent_tasks)
+        self.resources.set_sizes(sizes)
         self.alerter.configure(config, change.held_back)
         self.downstream.configure(config)
         if change.held_back:
@@ -236,6 +245,15 @@ class Engine:
                 reason="deleted through the API; edit their YAML definition to bring them back",
             )
         return change
+
+    def _check_requests(self, config: Config, sizes: Mapping[str, int]) -> None:
+        """Alone on its store, a node that could never run a task's runs refuses the configuration;
+        with other nodes, one of them may: the task's runs are refused here, with the reason."""
+        problems = requests_too_large(config, self.capacity)
+        if problems and self.coordinator.single_node:
+            raise ConfigError(problems)
+        for problem in problems:
+            log.warning("request_too_large_here", problem=problem, action="its runs are refused on this node")
 
     def reload(self, config: Config) -> dict[str, list[str]]:
         """Switch to a new, already validated config. Runs in progress keep their definition."""
@@ -270,6 +288,9 @@ class Engine:
         me = self.coordinator.name
         if entry.config.placement != "any" and not eligible(entry.config.placement, me, self.coordinator.labels):
             raise Conflict(f"task {task_id!r} may not run on this node ({me}): see its placement", "placement")
+        never = self.resources.fits(entry.plan.needs) if entry.plan.needs else None
+        if never is not None:
+            raise Conflict(f"task {task_id!r} can never run on this node ({me}): {never}", "capacity")
         self._admit_load()
         task = entry.config
         # `allow` never needs the list of active runs; with thousands of them, building it costs.
@@ -314,6 +335,7 @@ class Engine:
             prepared.given,
             prepared.redactor,
             prepared.environment,
+            self.resources,
         )
         run.queue()
         self.runs.add(run)

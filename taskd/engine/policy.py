@@ -7,7 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from taskd.config import Placement, PlacementLabels, PlacementNodes
+from taskd.capacity import Capacity
+from taskd.config import Config, Placement, PlacementLabels, PlacementNodes
+from taskd.durations import format_size
 from taskd.errors import Conflict
 from taskd.models import ACTIVE_STATES, RunState
 from taskd.schedule import Schedule
@@ -185,3 +187,25 @@ def task_status(
     if last is not None and last not in ACTIVE_STATES:
         return str(last)
     return "scheduled" if scheduled else "manual"
+
+
+def requests_too_large(config: Config, capacity: Capacity) -> list[str]:
+    """The tasks whose `requests` are more than `capacity`, one line each (file:line, what, why)."""
+    problems = []
+    sizes = capacity.sizes()
+    for task in config.tasks:
+        needs = config.needs_of(task)
+        for name, where in (("memory", capacity.memory_from), ("cpu", capacity.cpu_from)):
+            need = needs.get(name)
+            if need is None or need <= sizes[name]:
+                continue
+            if name == "memory":
+                asked, has = format_size(need), format_size(sizes[name])
+            else:
+                asked, has = f"{need / 1000:g} cores", f"{sizes[name] / 1000:g} cores"
+            source = config.task_sources.get(task.id)
+            problems.append(
+                f"{source or config.path}: tasks.{task.id}.requests.{name}: {asked} is more than this node's"
+                f" capacity ({has}, {where}); lower it, or set node.capacity"
+            )
+    return problems

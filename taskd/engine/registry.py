@@ -79,6 +79,7 @@ class StepBuilder:
                 time_zone=zone,
                 environment=task_environment(self._environ, task.pass_env, task.env),
                 secrets=tuple(secret_values(params, task.secret_params)),
+                needs=config.needs_of(task),
             ),
             params=params,
         )

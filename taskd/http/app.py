@@ -26,7 +26,7 @@ from taskd.forecast import MAX_DAYS, forecast
 from taskd.http import dashboard, events, openapi
 from taskd.http.selection import TASK_SORTS, TaskQuery, select_tasks
 from taskd.http.server import error_body
-from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, run_detail
+from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, resources_view, run_detail
 from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import ReloadOutcome, RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
@@ -521,7 +521,11 @@ async def get_run(request: web.Request) -> web.Response:
     steps = await store.steps(run.id)
     transitions = await store.transitions(run.id)
     links = await store.run_links(run.id)
-    return _json(run_detail(run, attempts, steps, transitions, request.app[ENGINE].clock.time(), links))
+    engine = request.app[ENGINE]
+    view = run_detail(run, attempts, steps, transitions, engine.clock.time(), links)
+    live = engine.live_run(run.id)
+    view["waiting_for"] = live.waiting_for if live is not None else []
+    return _json(view)
 
 
 async def run_log(request: web.Request) -> web.StreamResponse:
@@ -588,6 +592,7 @@ async def health(request: web.Request) -> web.Response:
         "pending_writes": store.pending_writes,
         "overloaded": load.overloaded,
         "reload": engine.last_reload.to_json() if engine.last_reload else None,
+        "resources": resources_view(engine),
     }
     return _json(body, status=code)
 

@@ -306,9 +306,14 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Run": _object(list(RUN_PROPERTIES), RUN_PROPERTIES),
     "RunDetail": _object(
-        [*RUN_PROPERTIES, "attempt_list", "transitions", "upstream_runs", "downstream_runs"],
+        [*RUN_PROPERTIES, "attempt_list", "transitions", "upstream_runs", "downstream_runs", "waiting_for"],
         {
             **RUN_PROPERTIES,
+            "waiting_for": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "what a queued run waits for: pool <name>, memory, cpu, slot (empty otherwise)",
+            },
             "upstream_runs": {
                 "type": "array",
                 "description": "the upstream runs that triggered it (trigger dependency)",

@@ -275,3 +275,18 @@ def run_detail(
     ]
     view["transitions"] = [{"state": t.state, "at": iso(t.at), "detail": t.detail} for t in transitions]
     return view
+
+
+def resources_view(engine: Engine) -> dict[str, Any]:
+    """This node's capacity for requests (reserved and free) and each pool's holders and waiters."""
+    capacity = engine.capacity
+    pools = []
+    node: dict[str, Any] = {"node": engine.node_name}
+    for holding in engine.resources.holdings():
+        figures = {"size": holding.size, "held": holding.held, "free": holding.free}
+        if holding.name.startswith("pool "):
+            pools.append({"name": holding.name[5:], **figures, "holders": holding.holders, "waiting": holding.waiting})
+        else:
+            source = capacity.memory_from if holding.name == "memory" else capacity.cpu_from
+            node[holding.name] = {**figures, "waiting": holding.waiting, "from": source}
+    return {"capacity": node, "pools": pools}

@@ -23,7 +23,7 @@ from taskd.environment import env_name
 from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 from taskd.procgroup import KILL_WAIT_S, kill_run_processes, signal_group, terminate_group
 from taskd.reaper import Reaper, own_peak_memory
-from taskd.reaper import install as install_reaper
+from taskd.reaper import current as current_reaper
 
 STDERR_TAIL_LINES = 5
 MAX_LINE_BYTES = 1 << 20
@@ -139,7 +139,7 @@ class ShellProcessor:
         args = ["/bin/sh", "-c", options.command] if options.command is not None else list(options.argv or ())
         cwd = ctx.resolve(options.cwd) if options.cwd else ctx.base_dir
         loop = asyncio.get_running_loop()
-        reaper = install_reaper(loop)
+        reaper = current_reaper(loop)
         floor = own_peak_memory() if reaper is not None else 0
         exited: asyncio.Future[int] = loop.create_future()
         try:

@@ -60,10 +60,12 @@ class Harness:
         self.kinds = {**registry().types, "gate": gates.kind()}
         self.engine: Engine | None = None
         self.timer: ManualTimer | None = None
+        self.header = ""
+        """More top-level sections of the configuration (pools:, node:)."""
 
     def config(self, tasks: str, pipelines: str = "") -> Config:
         (self.tmp_path / "taskd.yml").write_text(
-            "task: {max_concurrent_tasks: 10}\nstore: {path: ':memory:'}\n"
+            "task: {max_concurrent_tasks: 10}\nstore: {path: ':memory:'}\n" + self.header + "\n"
             f"tasks:\n{tasks}\npipelines:\n"
             "  - {name: note, processors: [{log: {message: 'at {now:%H:%M:%S}'}}]}\n"
             "  - {name: gated, processors: [{gate: {name: g}}]}\n" + pipelines

@@ -18,7 +18,17 @@ PACKAGE = Path(__file__).resolve().parents[2] / "taskd"
 LAYERS: list[tuple[str, ...]] = [
     ("taskd.errors", "taskd"),
     ("taskd.models", "taskd.durations", "taskd.clock", "taskd.faults"),
-    ("taskd.yamldoc", "taskd.schedule", "taskd.retry", "taskd.slots", "taskd.systemd", "taskd.logs", "taskd.metrics"),
+    (
+        "taskd.yamldoc",
+        "taskd.schedule",
+        "taskd.retry",
+        "taskd.slots",
+        "taskd.resources",
+        "taskd.capacity",
+        "taskd.systemd",
+        "taskd.logs",
+        "taskd.metrics",
+    ),
     ("taskd.store", "taskd.cluster", "taskd.live", "taskd.schedule_words"),
     ("taskd.processor",),
     ("taskd.procgroup", "taskd.processors", "taskd.channels"),

@@ -1,0 +1,129 @@
+"""Pools and requests: a run takes every unit it needs at once, in priority then FIFO order, with a
+large request never passed over by small ones; the engine makes runs wait in `queued` for them
+without holding a slot, says what they wait for, and refuses a configuration no run of it fits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from support.engine import Gates, Harness
+
+from taskd.config import load_config
+from taskd.errors import ConfigError
+from taskd.models import RunState, Trigger
+from taskd.resources import Resources
+
+
+async def test_a_run_takes_everything_at_once_in_order_and_a_large_need_is_not_passed_over() -> None:
+    pools = Resources({"pool db": 1, "memory": 9})
+    assert pools.try_acquire({"pool db": 1, "memory": 4})
+    order: list[str] = []
+
+    async def wait(name: str, needs: dict[str, int], priority: int = 0) -> None:
+        await pools.acquire(needs, priority)
+        order.append(name)
+
+    big = asyncio.create_task(wait("big", {"memory": 8}))
+    await asyncio.sleep(0)
+    small = asyncio.create_task(wait("small", {"memory": 2}))  # fits now, but big came first
+    urgent = asyncio.create_task(wait("urgent", {"pool db": 1}, priority=5))
+    await asyncio.sleep(0)
+    assert order == [] and pools.waits_for({"pool db": 1}) == ["pool db"]
+    pools.release({"pool db": 1, "memory": 4})
+    await asyncio.sleep(0)
+    assert order == ["urgent", "big"]  # the db pool to the urgent one, the memory to the first in line
+    pools.release({"memory": 8})
+    await asyncio.gather(big, small, urgent)
+    assert order == ["urgent", "big", "small"]
+    assert {h.name: (h.held, h.holders) for h in pools.holdings()} == {"memory": (2, 1), "pool db": (1, 1)}
+    assert pools.fits({"pool gpu": 1}) == "pool gpu does not exist"
+    assert pools.fits({"memory": 10}) == "memory needs 10, more than its size 9"
+
+
+async def test_a_cancelled_wait_gives_its_place_to_the_next() -> None:
+    pools = Resources({"pool db": 1})
+    assert pools.try_acquire({"pool db": 1})
+    first = asyncio.create_task(pools.acquire({"pool db": 1}))
+    second = asyncio.create_task(pools.acquire({"pool db": 1}))
+    await asyncio.sleep(0)
+    first.cancel()
+    pools.release({"pool db": 1})
+    await second
+    assert first.cancelled() and pools.holdings()[0].held == 1
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    made = Harness(tmp_path, Gates())
+    yield made
+    await made.stop()
+
+
+POOLED = """
+  - {id: a, pipeline: gated, pools: [db], concurrency: allow}
+  - {id: b, pipeline: gated, pools: {db: 1}}
+  - {id: free, pipeline: note}
+"""
+
+
+async def test_a_pool_of_one_is_a_mutex_and_its_waiters_hold_no_slot(harness: Harness) -> None:
+    harness.header = "pools: {db: 1}"
+    engine = await harness.start(POOLED)
+    first = engine.start_run("a", Trigger.MANUAL)
+    second = engine.start_run("b", Trigger.MANUAL)
+    third = engine.start_run("a", Trigger.MANUAL)
+    async with asyncio.timeout(5):
+        while not harness.gates.entered:  # noqa: ASYNC110  # polled with a deadline
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    assert harness.gates.entered == [first.id]
+    assert second.state == RunState.QUEUED and second.waiting_for == ["pool db"]
+    assert third.waiting_for == ["pool db"] and first.waiting_for == []
+    assert engine.slots.held == 1  # the waiting runs hold no slot
+    done = engine.start_run("free", Trigger.MANUAL)  # a task without pools is not held up
+    await done.done.wait()
+    harness.gates.gate("g").set()
+    await harness.settle()
+    assert harness.gates.entered == [first.id, second.id, third.id]  # one at a time, in order
+
+
+def test_pools_are_checked_at_load_time(tmp_path: Path) -> None:
+    path = tmp_path / "taskd.yml"
+    path.write_text(
+        "pools: {db: 1, gpu: 2}\ntasks:\n  - {id: a, pipeline: p, pools: [dbb]}\n"
+        "  - {id: b, pipeline: p, pools: {gpu: 3}}\n  - {id: c, pipeline: p, requests: {memory: lots}}\n"
+        "pipelines: [{name: p, processors: [{log: {message: hi}}]}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {})
+    text = "\n".join(caught.value.problems)
+    assert "tasks[0].pools.dbb: unknown pool 'dbb' (did you mean 'db'?); defined pools: db, gpu" in text
+    assert "tasks[1].pools.gpu: asks for 3 units of pool 'gpu', which has 2: it could never run" in text
+    assert "tasks[2].requests.memory" in text and "expected a size such as 512M" in text
+
+
+REQUESTS = """
+  - {id: big, pipeline: gated, requests: {memory: 600M}, concurrency: allow}
+  - {id: huge, pipeline: gated, requests: {memory: 2G}}
+"""
+
+
+async def test_a_request_waits_until_it_fits_and_one_that_never_fits_is_refused(harness: Harness) -> None:
+    harness.header = "node: {capacity: {memory: 1G}}"
+    with pytest.raises(ConfigError) as caught:
+        await harness.start(REQUESTS)
+    problems = "\n".join(caught.value.problems)
+    assert "tasks.huge.requests.memory: 2 GiB is more than this node's capacity (1 GiB, node.capacity)" in problems
+    engine = await harness.start(REQUESTS.replace("  - {id: huge, pipeline: gated, requests: {memory: 2G}}\n", ""))
+    first = engine.start_run("big", Trigger.MANUAL)
+    second = engine.start_run("big", Trigger.MANUAL)
+    async with asyncio.timeout(5):
+        while not harness.gates.entered:  # noqa: ASYNC110  # polled with a deadline
+            await asyncio.sleep(0.001)
+    assert second.waiting_for == ["memory"] and first.waiting_for == []
+    harness.gates.gate("g").set()
+    await harness.settle()
+    assert harness.gates.entered == [first.id, second.id]
