@@ -20,6 +20,7 @@ from taskd.alerts import Route, route_for
 from taskd.capacity import detect as detect_capacity
 from taskd.channels import describe_channel
 from taskd.config import Config, PipelineConfig, ProcessorConfig, TaskConfig, load_config
+from taskd.config.schema import Limits
 from taskd.dependencies import Graph
 from taskd.durations import format_duration, format_size, parse_duration
 from taskd.engine.policy import requests_too_large
@@ -307,12 +308,7 @@ def _print_task(config: Config, task: TaskConfig, now: datetime, count: int, def
         print(f"  alerts:    {route}")
     if task.expect is not None:
         print(f"  expect:    a success within {format_duration(task.expect.success_within)}")
-    if task.pools:
-        print("  pools:     " + ", ".join(f"{name} x{units}" for name, units in task.pools.items()))
-    if task.requests is not None:
-        asked = [f"memory {format_size(task.requests.memory)}"] if task.requests.memory else []
-        asked += [f"cpu {task.requests.cpu:g}"] if task.requests.cpu else []
-        print(f"  requests:  {', '.join(asked)}")
+    _print_resources(config, task)
     if task.after is not None:
         after = task.after
         print(f"  after:     {', '.join(after.tasks)} (when: {after.when}, mode: {after.mode})")
@@ -323,6 +319,30 @@ def _print_task(config: Config, task: TaskConfig, now: datetime, count: int, def
     if schedule is not None:
         fires = schedule.next_n(now, count)
         print("  next:      " + ("\n             ".join(f.isoformat() for f in fires) or "never"))
+
+
+def _print_resources(config: Config, task: TaskConfig) -> None:
+    """A task's pools, limits and requests, as `taskd check` lists them."""
+    if task.pools:
+        print("  pools:     " + ", ".join(f"{name} x{units}" for name, units in task.pools.items()))
+    limits = config.limits_for(task)
+    if limits != Limits():
+        print(f"  limits:    {_limits_text(limits)}")
+    if task.requests is not None:
+        asked = [f"memory {format_size(task.requests.memory)}"] if task.requests.memory else []
+        asked += [f"cpu {task.requests.cpu:g}"] if task.requests.cpu else []
+        print(f"  requests:  {', '.join(asked)}")
+
+
+def _limits_text(limits: Limits) -> str:
+    """A task's limits, and what enforces them with cgroups and without."""
+    parts = [f"memory {format_size(limits.memory)}"] if limits.memory is not None else []
+    parts += [f"cpu {limits.cpu:g}"] if limits.cpu is not None else []
+    parts += [f"processes {limits.processes}"] if limits.processes is not None else []
+    fallback = ["memory as address space (ulimit -v)"] if limits.memory is not None else []
+    unenforced = [name for name in ("cpu", "processes") if getattr(limits, name) is not None]
+    without = ", ".join(fallback + ([f"{' and '.join(unenforced)} not enforced"] if unenforced else []))
+    return f"{', '.join(parts)} (each step's cgroup; without cgroups: {without})"
 
 
 def _print_findings(title: str, config: Config, find: Callable[[PipelineConfig, ProcessorConfig], list[str]]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from taskd import __version__, logs, reaper
+from taskd import __version__, cgroups, logs, reaper
 from taskd.clock import Clock, SystemClock
 from taskd.cluster import Coordinator, coordinator_for
 from taskd.config import Config, load_config, parse_listen
@@ -117,6 +117,8 @@ class Daemon:
         config = self.config
         # Step processes are reaped with wait4, which also tells what each used (taskd.reaper).
         reaper.install(asyncio.get_running_loop())
+        # A cgroup per shell step where the system lets taskd make them (limits, figures).
+        cgroups.set_up(config.task.cgroups)
         async with contextlib.AsyncExitStack() as stack:
             metrics = Metrics(__version__, per_task=config.metrics.per_task)
             store = self.store = open_store(config.store_location, self.clock)

@@ -61,6 +61,20 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """What a run's step processes may not pass (a task's `limits`)."""
+
+    memory: int | None = None
+    """Bytes."""
+    cpu: float | None = None
+    """Cores."""
+    processes: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.memory is not None or self.cpu is not None or self.processes is not None
+
+
 USAGE_SOURCES = ("rusage", "cgroup", "none")
 """Where a run's usage figures come from: wait4's rusage of its step processes, the run's cgroup,
 or nowhere (this system cannot tell)."""

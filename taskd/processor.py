@@ -22,7 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from taskd.durations import parse_duration
 from taskd.environment import task_environment
 from taskd.errors import TaskdError
-from taskd.models import Usage
+from taskd.models import RunLimits, Usage
 from taskd.redact import NONE, Redactor
 
 
@@ -127,6 +127,10 @@ class Context:
     """Exit codes that mean a command failed for good (the task's `retry.permanent_exit_codes`)."""
     usage: Usage = field(default_factory=Usage)
     """What the run's step processes used so far: a processor that starts processes adds theirs."""
+    limits: RunLimits = field(default_factory=RunLimits)
+    """What the task's processes may not pass (a processor that starts processes applies them)."""
+    retry_on_limit: bool = False
+    """Whether an attempt that went past its memory limit is retried (`retry.on_limit`)."""
 
     @property
     def logger(self) -> Any:

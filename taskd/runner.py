@@ -16,7 +16,7 @@ from taskd.chain import Step, run_final, run_main
 from taskd.clock import Clock, utc
 from taskd.config import TaskConfig
 from taskd.durations import format_duration
-from taskd.models import RunRecord, RunState, StepState, Usage
+from taskd.models import RunLimits, RunRecord, RunState, StepState, Usage
 from taskd.processor import Context, StepFailed, describe
 from taskd.recorder import RunObserver, RunRecorder, RunSink
 from taskd.redact import NONE, Redactor
@@ -41,6 +41,8 @@ class RunPlan:
     """The values of the task's default secret params: every run masks them."""
     needs: Mapping[str, int] = field(default_factory=dict)
     """What each attempt holds besides a slot: pool units and requests (see taskd.resources)."""
+    limits: RunLimits = field(default_factory=RunLimits)
+    """What its step processes may not pass."""
 
     @functools.cached_property
     def has_final_phase(self) -> bool:
@@ -213,6 +215,8 @@ class Run:
             now=lambda: utc(self._clock),
             permanent_exit_codes=frozenset(plan.task.retry.permanent_exit_codes),
             usage=self._usage(),
+            limits=plan.limits,
+            retry_on_limit=plan.task.retry.on_limit,
         )
 
     def _usage(self) -> Usage:

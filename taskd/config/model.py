@@ -14,6 +14,7 @@ from taskd import schedule as schedules
 from taskd.config.schema import (
     AlertsSection,
     ApiSection,
+    Limits,
     LogSection,
     MetricsSection,
     NodeSection,
@@ -85,9 +86,10 @@ _LATER_FIELDS: dict[str, Any] = {
     "spread": None,
     "pools": {},
     "requests": None,
+    "limits": None,
 }
 """Task fields added after tombstones existed, with their defaults."""
-_LATER_NESTED: dict[str, dict[str, Any]] = {"retry": {"permanent_exit_codes": ()}}
+_LATER_NESTED: dict[str, dict[str, Any]] = {"retry": {"permanent_exit_codes": (), "on_limit": False}}
 """The same, inside a task's sections."""
 
 
@@ -152,6 +154,16 @@ class Config:
                 needs["cpu"] = round(task.requests.cpu * 1000)
         return needs
 
+    def limits_for(self, task: TaskConfig) -> Limits:
+        """The task's limits, key by key its own else the `task:` section's."""
+        section = self.task.limits
+        own = task.limits or Limits()
+        return Limits(
+            memory=own.memory if own.memory is not None else section.memory,
+            cpu=own.cpu if own.cpu is not None else section.cpu,
+            processes=own.processes if own.processes is not None else section.processes,
+        )
+
     def spread_for(self, task: TaskConfig) -> float | None:
         """The task's `spread`, else the `task:` section's (None: fires are not shifted)."""
         return task.spread if task.spread is not None else self.task.spread
@@ -173,4 +185,6 @@ class Config:
         digest.update(self.zone_for(task).encode())
         if task.spread is None and self.task.spread is not None:  # the section's spread moves its fires
             digest.update(f"spread {self.task.spread!r}".encode())
+        if self.task.limits != Limits():  # so do the section's limits
+            digest.update(f"limits {self.limits_for(task).model_dump_json()}".encode())
         return digest.hexdigest()[:16]

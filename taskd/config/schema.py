@@ -98,6 +98,23 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _size(value: object) -> int:
+    return parse_size(value)
+
+
+Size = Annotated[int, BeforeValidator(_size)]
+"""Bytes, accepting `1024`, `"512M"`, `"2G"`, `"1.5GiB"` in YAML (K, M, G, T count in 1024s)."""
+
+
+class Limits(Section):
+    """What a run's step processes may not pass: with cgroups, memory.max, cpu.max and pids.max on
+    each step's cgroup; without, the closest rlimits (see the README)."""
+
+    memory: Size | None = Field(None, gt=0, description="bytes: 512M, 2G; past it the step fails")
+    cpu: float | None = Field(None, gt=0, le=10_000, description="cores: 1.5 (throttled, never killed)")
+    processes: StrictInt | None = Field(None, ge=1, le=4_194_304, description="processes at once")
+
+
 class TaskSection(Section):
     """The seed-compatible `task:` section: defaults for every task and the global slot limit."""
 
@@ -117,6 +134,14 @@ class TaskSection(Section):
         gt=0,
         description="shift every task's fires by a fixed offset in [0, spread) derived from its id (a task's"
         " own spread wins)",
+    )
+    limits: Limits = Field(
+        default_factory=Limits, description="default limits of every task's runs (a task's own win, key by key)"
+    )
+    cgroups: StrictBool = Field(
+        True,
+        description="give each shell step a cgroup where the system lets taskd (v2 delegated, else v1): its"
+        " limits and figures; false: rlimits and rusage only",
     )
     log_task_execution: StrictBool | Literal["failures"] = Field(
         "failures",
@@ -270,6 +295,7 @@ class RetryPolicy(Section):
     permanent_exit_codes: tuple[Annotated[StrictInt, Field(ge=1, le=255)], ...] = Field(
         (), description="exit codes of a shell step that mean retrying cannot help: the run fails at once"
     )
+    on_limit: StrictBool = Field(False, description="retry an attempt that went past its memory limit")
 
 
 REPEAT_INTERVAL_S = 4 * 3600.0
@@ -346,14 +372,6 @@ def _after_shape(value: Any) -> Any:
     if value is not None and not isinstance(value, dict):
         raise ValueError(f"after must be a task id, a list of them or {{tasks: [...], when, mode}}; got {value!r}")
     return value
-
-
-def _size(value: object) -> int:
-    return parse_size(value)
-
-
-Size = Annotated[int, BeforeValidator(_size)]
-"""Bytes, accepting `1024`, `"512M"`, `"2G"`, `"1.5GiB"` in YAML (K, M, G, T count in 1024s)."""
 
 
 class Requests(Section):
@@ -462,6 +480,9 @@ class TaskConfig(Section):
     )
     requests: Requests | None = Field(
         None, description="{memory: 2G, cpu: 2}: what a run needs of its node's capacity; it waits until that is free"
+    )
+    limits: Limits | None = Field(
+        None, description="{memory: 512M, cpu: 1.5, processes: 200}: what its step processes may not pass"
     )
     after: Annotated[After | None, BeforeValidator(_after_shape)] = Field(
         None, description="{tasks: [ids], when: success|failure|always, mode: all|any}: run after these tasks"

@@ -10,6 +10,7 @@ from typing import Any
 from taskd.chain import Step
 from taskd.config import Config, PipelineConfig, Source, TaskConfig, thaw
 from taskd.environment import task_environment
+from taskd.models import RunLimits
 from taskd.redact import secret_values
 from taskd.runner import RunPlan
 from taskd.schedule import Schedule, offset_of
@@ -80,9 +81,15 @@ class StepBuilder:
                 environment=task_environment(self._environ, task.pass_env, task.env),
                 secrets=tuple(secret_values(params, task.secret_params)),
                 needs=config.needs_of(task),
+                limits=_limits(config, task),
             ),
             params=params,
         )
+
+
+def _limits(config: Config, task: TaskConfig) -> RunLimits:
+    limits = config.limits_for(task)
+    return RunLimits(limits.memory, limits.cpu, limits.processes)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
+from taskd import cgroups
 from taskd.cluster import NodeInfo, alive, differs
 from taskd.config import thaw
 from taskd.engine import Engine, TaskEntry, TaskState
@@ -289,4 +290,4 @@ def resources_view(engine: Engine) -> dict[str, Any]:
         else:
             source = capacity.memory_from if holding.name == "memory" else capacity.cpu_from
             node[holding.name] = {**figures, "waiting": holding.waiting, "from": source}
-    return {"capacity": node, "pools": pools}
+    return {"capacity": node, "pools": pools, "cgroups": cgroups.current().version}

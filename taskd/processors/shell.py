@@ -14,11 +14,13 @@ import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import Field, StrictStr, model_validator
 
+from taskd import cgroups
+from taskd.durations import format_size
 from taskd.environment import env_name
 from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
 from taskd.procgroup import KILL_WAIT_S, kill_run_processes, signal_group, terminate_group
@@ -141,11 +143,12 @@ class ShellProcessor:
         loop = asyncio.get_running_loop()
         reaper = current_reaper(loop)
         floor = own_peak_memory() if reaper is not None else 0
+        group = cgroups.current().make(f"{cgroups.PREFIX}{ctx.run_id}-{ctx.usage.processes + 1}", ctx.limits)
         exited: asyncio.Future[int] = loop.create_future()
         try:
             transport, child = await loop.subprocess_exec(
                 lambda: _Child(ctx, exited),
-                *args,
+                *cgroups.wrapper(group, ctx.limits, args),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -155,14 +158,12 @@ class ShellProcessor:
             )
         except (OSError, ValueError) as exc:
             # A missing program or directory stays missing; too many processes or files may pass.
+            if group is not None:
+                group.remove()
             missing = isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError | ValueError)
             raise StepFailed(f"cannot start {args[0]!r} in {cwd}: {exc}", permanent=missing) from None
         except BaseException:
-            # Stopped while the child was being started: asyncio kills the main process only, and
-            # what it forked may still be starting (mid setsid or exec) at the first scan.
-            await _kill_run_processes(ctx.run_id)
-            await asyncio.shield(asyncio.sleep(STRAGGLER_WAIT_S))
-            await _kill_run_processes(ctx.run_id)
+            await _stopped_while_starting(ctx, group)
             raise
         pid = transport.get_pid()
         try:
@@ -184,22 +185,60 @@ class ShellProcessor:
                     break
                 await _kill_run_processes(ctx.run_id)
             transport.close()
-            _count(ctx, reaper, pid, floor)
-        if code != 0:
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            tail = " | ".join(child.stderr_tail)
-            what = args[0] if options.argv else "command"
-            raise StepFailed(
-                f"{what} failed: {how}" + (f"; stderr: {tail}" if tail else ""),
-                permanent=code in ctx.permanent_exit_codes,
-            )
+            figures = await asyncio.shield(asyncio.to_thread(_end_group, group)) if group is not None else None
+            _count(ctx, reaper, pid, floor, figures)
+        failure = _failure(ctx, code, figures, args[0] if options.argv else "command", child.stderr_tail)
+        if failure is not None:
+            raise failure
         return {"exit_code": code}
 
 
-def _count(ctx: Context, reaper: Reaper | None, pid: int, floor: int) -> None:
-    """Add what the step's process (and every descendant it waited for) used to the run's usage;
-    its peak is its own only above `floor`, taskd's own peak when it was started."""
+def _failure(
+    ctx: Context, code: int, figures: cgroups.StepFigures | None, what: str, stderr_tail: Iterable[str]
+) -> StepFailed | None:
+    """Why the step failed (None: it did not)."""
+    if figures is not None and figures.oom_killed and ctx.limits.memory is not None:
+        # The kernel killed the tree for its memory limit: said as such, never as a bare SIGKILL.
+        return StepFailed(cgroups.memory_message(ctx.limits.memory), permanent=not ctx.retry_on_limit)
+    if code == 0:
+        return None
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    tail = " | ".join(stderr_tail)
+    hint = ""
+    if figures is None and ctx.limits.memory is not None:
+        hint = f" (with its memory limited to {format_size(ctx.limits.memory)} of address space)"
+    return StepFailed(
+        f"{what} failed: {how}{hint}" + (f"; stderr: {tail}" if tail else ""),
+        permanent=code in ctx.permanent_exit_codes,
+    )
+
+
+async def _stopped_while_starting(ctx: Context, group: cgroups.StepGroup | None) -> None:
+    """Stopped while the child was being started: asyncio kills the main process only, and what
+    it forked may still be starting (mid setsid or exec) at the first scan. Its cgroup goes too."""
+    if group is not None:
+        await asyncio.shield(asyncio.to_thread(_end_group, group))
+    await _kill_run_processes(ctx.run_id)
+    await asyncio.shield(asyncio.sleep(STRAGGLER_WAIT_S))
+    await _kill_run_processes(ctx.run_id)
+
+
+def _end_group(group: cgroups.StepGroup) -> cgroups.StepFigures:
+    """The step cgroup's figures, then whatever is left in it killed and the cgroup removed."""
+    figures = group.figures()
+    group.kill_all()
+    group.remove()
+    return figures
+
+
+def _count(ctx: Context, reaper: Reaper | None, pid: int, floor: int, figures: cgroups.StepFigures | None) -> None:
+    """Add what the step used to the run's usage: its cgroup's figures when it had one, else what
+    its process (and every descendant it waited for) used, the peak its own only above `floor`,
+    taskd's own peak when it was started."""
     used = reaper.take(pid) if reaper is not None else None
+    if figures is not None and figures.cpu_s is not None and figures.peak_memory_bytes is not None:
+        ctx.usage.add_process(figures.cpu_s, figures.peak_memory_bytes, "cgroup")
+        return
     if used is None:
         ctx.usage.processes += 1  # started and gone, its figures unknown on this system
         return

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("taskd.store", "taskd.cluster", "taskd.live", "taskd.schedule_words"),
     ("taskd.processor",),
-    ("taskd.procgroup", "taskd.processors", "taskd.channels"),
+    ("taskd.procgroup", "taskd.reaper", "taskd.cgroups", "taskd.processors", "taskd.channels"),
     ("taskd.config", "taskd.crontab"),
     ("taskd.chain", "taskd.alerts", "taskd.dependencies", "taskd.forecast"),
     ("taskd.recorder", "taskd.runner"),
