@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    accounting,
     api_load,
     cluster,
     critical_path,
@@ -40,6 +41,7 @@ SECTIONS = (
     "precision",
     "critical_path",
     "throughput",
+    "accounting",
     "api",
     "memory",
     "stop",
@@ -108,6 +110,11 @@ def main() -> None:
             "bare_asyncio": spread(bare_rates),
             "celery": celery,
         }
+
+    if "accounting" in only:
+        count, repeats = (200, 1) if quick else (500, 3)
+        say(f"accounting: {count} shell runs x {repeats}, none / rusage / cgroup")
+        results["accounting"] = accounting.measure(count, repeats)
 
     if "api" in only:
         say("API under load")
@@ -342,6 +349,34 @@ def metrics_section(m: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def accounting_section(a: dict[str, Any] | None) -> list[str]:
+    """What measuring each run's usage costs, beside the same runs measured without it."""
+    if not a:
+        return []
+    rates, notes = a["rates"], a["notes"]
+    lines = [
+        "",
+        "## The cost of accounting",
+        "",
+        f"{a['runs']:,} manual runs of a one-step shell pipeline (`/bin/true`), `max_concurrent_tasks: 20`, each",
+        "way of measuring in a fresh process, interleaved. Peer: none (asyncio's own child watcher, no",
+        "figures). rusage: taskd's wait4 reaper on pidfds. cgroup: the reaper and a cgroup per step.",
+        "",
+        "| accounting | runs/s (min / median / max) | against none | target |",
+        "|---|---|---|---|",
+    ]
+    peer = spread(rates["none"])["median"] if rates.get("none") else None
+    for mode in ("none", "rusage", "cgroup"):
+        if not rates.get(mode):
+            lines.append(f"| {mode} | {notes.get(mode, 'not measured')} | | |")
+            continue
+        figures = spread(rates[mode])
+        ratio = figures["median"] / peer if peer else None
+        target = "" if mode == "none" else f">= 0.8x: {verdict(ratio is not None and ratio >= 0.8)}"
+        lines.append(f"| {mode} | {mmm(figures, 0)} | {f(ratio, 2) if ratio else ''}x | {target} |")
+    return lines
+
+
 def render(r: dict[str, Any]) -> str:
     m, v = r["machine"], r["versions"]
     lines = [
@@ -408,6 +443,7 @@ def render(r: dict[str, Any]) -> str:
         f"| taskd | {mmm(t['taskd'], 0)} | >= 5,000: {verdict(t['taskd']['median'] >= 5000)} |",
         f"| bare asyncio (semaphore, nothing persisted: the ceiling) | {mmm(t['bare_asyncio'], 0)} | |",
         f"| Celery + Redis broker, 1 worker (results stored in Redis) | {celery_text} | |",
+        *accounting_section(r.get("accounting")),
         "",
         "## API under load",
         "",

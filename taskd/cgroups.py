@@ -12,6 +12,7 @@ directory under taskd's own cgroup in each. Else none.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shlex
 import signal
@@ -58,6 +59,9 @@ class Hierarchy:
                 for directory in parent.iterdir():
                     if directory.is_dir() and directory.name.startswith(PREFIX):
                         group = StepGroup(self.version, {controller: directory})
+                        left = [pid for procs in group.procs_files for pid in _pids(procs)]
+                        if left:
+                            log.warning("cgroup_leftovers_killed", cgroup=str(directory), pids=left)
                         group.kill_all()
                         group.remove()
 
@@ -172,14 +176,37 @@ class V1(Hierarchy):
 _DETECTED: Hierarchy | None = None
 
 
-def set_up(enabled: bool = True, root: Path = ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Hierarchy:
+def set_up(
+    enabled: bool = True,
+    instance: str = "",
+    root: Path = ROOT,
+    proc_cgroup: Path = Path("/proc/self/cgroup"),
+) -> Hierarchy:
     """At the daemon's start: where this system lets it make step cgroups (with `enabled` false,
-    nowhere: rlimits stand in). Leftovers of a previous process (a kill -9 mid-step) are removed."""
+    nowhere: rlimits stand in). With v1, whose hierarchies other processes share (other taskd
+    daemons among them), the steps' cgroups go in a directory of this daemon's own, named after
+    `instance` (the same at every start of this daemon, different for another one). Leftovers of
+    a previous process of this daemon (a kill -9 mid-step) are killed and removed."""
     global _DETECTED
-    _DETECTED = _detect(root, proc_cgroup) if enabled else Hierarchy()
+    _DETECTED = _detect(root, proc_cgroup, instance) if enabled else Hierarchy()
     _DETECTED.sweep()
     log.info("cgroups", version=_DETECTED.version)
     return _DETECTED
+
+
+def instance_of(store: str, node: str) -> str:
+    """A daemon's name among the cgroups: one per store and node (no two live daemons share both)."""
+    return hashlib.sha256(f"{store}\0{node}".encode()).hexdigest()[:12]
+
+
+def tear_down() -> None:
+    """At the daemon's end: its own directory of step cgroups goes (v1), when nothing is left in it."""
+    global _DETECTED
+    found, _DETECTED = _DETECTED, None
+    if isinstance(found, V1):
+        for directory in found.parents().values():
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def current() -> Hierarchy:
@@ -187,7 +214,7 @@ def current() -> Hierarchy:
     return _DETECTED if _DETECTED is not None else Hierarchy()
 
 
-def _detect(root: Path, proc_cgroup: Path) -> Hierarchy:
+def _detect(root: Path, proc_cgroup: Path, instance: str) -> Hierarchy:
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
@@ -204,9 +231,16 @@ def _detect(root: Path, proc_cgroup: Path) -> Hierarchy:
         if found is not None:
             return found
     parents = {c: root / c / own[c] for c in V1_CONTROLLERS if c in own and (root / c / own[c]).is_dir()}
-    if "memory" in parents and all(os.access(p, os.W_OK) for p in parents.values()):
-        return V1(parents)
-    return Hierarchy()
+    if "memory" not in parents or not all(os.access(p, os.W_OK) for p in parents.values()):
+        return Hierarchy()
+    mine = {c: parent / f"taskd-{instance}" if instance else parent / "taskd" for c, parent in parents.items()}
+    try:
+        for directory in mine.values():
+            directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        log.info("cgroup_v1_not_writable", error=str(exc))
+        return Hierarchy()
+    return V1(mine)
 
 
 def _v2(own: Path) -> V2 | None:

@@ -117,8 +117,6 @@ class Daemon:
         config = self.config
         # Step processes are reaped with wait4, which also tells what each used (taskd.reaper).
         reaper.install(asyncio.get_running_loop())
-        # A cgroup per shell step where the system lets taskd make them (limits, figures).
-        cgroups.set_up(config.task.cgroups)
         async with contextlib.AsyncExitStack() as stack:
             metrics = Metrics(__version__, per_task=config.metrics.per_task)
             store = self.store = open_store(config.store_location, self.clock)
@@ -136,6 +134,10 @@ class Daemon:
             await coordinator.join()  # another live process may hold this node's name
             stack.push_async_callback(coordinator.leave)
             await self._recover(coordinator)
+            # A cgroup per shell step where the system lets taskd make them (limits, figures); the
+            # ones a previous process of this daemon left go (recovery killed what ran in them).
+            cgroups.set_up(config.task.cgroups, cgroups.instance_of(config.store_location, config.node.name))
+            stack.callback(cgroups.tear_down)
             await engine.start()
             stack.push_async_callback(engine.shutdown, 0.0)  # if start-up fails from here on
             tune_gc()

@@ -73,7 +73,7 @@ def test_a_downstream_run_gets_its_upstream_and_the_api_and_check_show_the_graph
         check=True,
     ).stdout
     assert f"after:        run {upstream} of extract (completed)" in shown
-    assert "used:" in shown and "process(es) (rusage)" in shown
+    assert "used:" in shown and ("process(es) (rusage)" in shown or "process(es) (cgroup)" in shown)
     task = daemon.request("GET", "/task/transform").json()
     assert task["upstream"] == {"tasks": ["extract"], "when": "success", "mode": "all"}
     assert daemon.request("GET", "/task/extract").json()["downstream"] == ["transform"]

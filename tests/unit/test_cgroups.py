@@ -39,7 +39,7 @@ def test_a_delegated_v2_cgroup_gets_a_leaf_for_taskd_and_a_cgroup_per_step_with_
     root, proc = fake_v2(tmp_path)
     service = root / "system.slice" / "taskd.service"
     (service / f"{cgroups.PREFIX}old-1").mkdir()  # left by a process killed mid-step
-    found = cgroups.set_up(True, root, proc)
+    found = cgroups.set_up(True, "abc", root, proc)
     assert found.version == "v2"
     assert (service / "taskd" / "cgroup.procs").read_text() == str(os.getpid())  # taskd moved into its leaf
     assert (service / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
@@ -62,19 +62,24 @@ def test_a_delegated_v2_cgroup_gets_a_leaf_for_taskd_and_a_cgroup_per_step_with_
 
 def test_a_v2_cgroup_without_the_controllers_is_not_used_and_v1_is_next(tmp_path: Path) -> None:
     root, proc = fake_v2(tmp_path, controllers="io")
-    assert cgroups.set_up(True, root, proc).version == "none"
+    assert cgroups.set_up(True, "abc", root, proc).version == "none"
     proc.write_text("4:memory:/box\n3:pids:/\n2:cpu:/\n1:cpuacct:/\n0::/\n")
     for path in ("memory/box", "pids", "cpu", "cpuacct"):
         (root / path).mkdir(parents=True, exist_ok=True)
     (root / "cgroup.controllers").unlink()
-    found = cgroups.set_up(True, root, proc)
+    (root / "memory" / "box" / "taskd-abc" / f"{cgroups.PREFIX}old-2").mkdir(parents=True)
+    (root / "memory" / "box" / "taskd-other" / f"{cgroups.PREFIX}theirs-1").mkdir(parents=True)
+    found = cgroups.set_up(True, "abc", root, proc)
     assert found.version == "v1"
+    assert not (root / "memory" / "box" / "taskd-abc" / f"{cgroups.PREFIX}old-2").exists()  # its own leftover
+    assert (root / "memory" / "box" / "taskd-other" / f"{cgroups.PREFIX}theirs-1").exists()  # another daemon's
     group = found.make(f"{cgroups.PREFIX}r2-1", LIMITS)
     assert group is not None
-    assert (root / "memory" / "box" / f"{cgroups.PREFIX}r2-1" / "memory.limit_in_bytes").read_text() == str(512 * 2**20)
-    assert (root / "cpu" / f"{cgroups.PREFIX}r2-1" / "cpu.cfs_quota_us").read_text() == "150000"
-    assert (root / "pids" / f"{cgroups.PREFIX}r2-1" / "pids.max").read_text() == "200"
-    assert cgroups.set_up(False, root, proc).version == "none"  # task: {cgroups: false}
+    step = f"taskd-abc/{cgroups.PREFIX}r2-1"
+    assert (root / "memory" / "box" / step / "memory.limit_in_bytes").read_text() == str(512 * 2**20)
+    assert (root / "cpu" / step / "cpu.cfs_quota_us").read_text() == "150000"
+    assert (root / "pids" / step / "pids.max").read_text() == "200"
+    assert cgroups.set_up(False, "abc", root, proc).version == "none"  # task: {cgroups: false}
 
 
 def test_without_a_cgroup_the_memory_limit_becomes_the_address_space_rlimit() -> None:
