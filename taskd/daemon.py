@@ -115,9 +115,10 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
-        # Step processes are reaped with wait4, which also tells what each used (taskd.reaper).
-        reaper.install(asyncio.get_running_loop())
         async with contextlib.AsyncExitStack() as stack:
+            # Step processes are reaped with wait4, which also tells what each used (taskd.reaper).
+            reaper.install(asyncio.get_running_loop())
+            stack.callback(reaper.uninstall)
             metrics = Metrics(__version__, per_task=config.metrics.per_task)
             store = self.store = open_store(config.store_location, self.clock)
             store.commit_observer = metrics.store_committed

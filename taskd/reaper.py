@@ -10,7 +10,6 @@ and usage is unknown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import warnings
 from collections.abc import Callable
@@ -42,6 +41,8 @@ class Reaper(asyncio.AbstractChildWatcher):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._callbacks: dict[int, tuple[int, Callable[..., Any], tuple[Any, ...]]] = {}
         self._usage: dict[int, ProcessUsage] = {}
+        self.previous: asyncio.AbstractChildWatcher | None = None
+        """The watcher it replaced, given back by `uninstall`."""
 
     def __enter__(self) -> Reaper:
         return self
@@ -133,13 +134,25 @@ def install(loop: asyncio.AbstractEventLoop) -> Reaper | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # child watchers are deprecated from 3.12
         policy = asyncio.get_event_loop_policy()
-        previous = policy.get_child_watcher()
+        reaper.previous = policy.get_child_watcher()
         policy.set_child_watcher(reaper)
-    with contextlib.suppress(Exception):
-        if previous is not reaper:
-            previous.close()
     _REAPER = reaper
     return reaper
+
+
+def uninstall() -> None:
+    """Give the child watcher back (the daemon's loop is ending: another loop of this process must
+    not find a watcher of a closed loop)."""
+    global _REAPER
+    reaper, _REAPER = _REAPER, None
+    if reaper is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy = asyncio.get_event_loop_policy()
+        if policy.get_child_watcher() is reaper and reaper.previous is not None:
+            policy.set_child_watcher(reaper.previous)
+    reaper.close()
 
 
 def own_peak_memory(status: str = "/proc/self/status") -> int:

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass
@@ -37,6 +38,14 @@ class Holding:
         return max(0, self.size - self.held)
 
 
+class Claims(Protocol):
+    """Pools exact across the nodes sharing a store (the coordinator)."""
+
+    async def claim_pools(self, run_id: str, pools: Mapping[str, int], sizes: Mapping[str, int]) -> bool: ...
+
+    async def release_pools(self, run_id: str) -> None: ...
+
+
 @dataclass
 class Resources:
     """Named counted resources: `pool <name>` for pools, `memory` (bytes) and `cpu` (millicores)
@@ -47,6 +56,12 @@ class Resources:
     _holders: dict[str, int] = field(default_factory=dict)
     _waiters: list[_Waiter] = field(default_factory=list)
     _order: itertools.count[int] = field(default_factory=itertools.count)
+    claims: Claims | None = None
+    """Where pool units are also claimed after this node's, for the nodes sharing its store (the
+    coordinator: alone, it holds every claim at once)."""
+
+    def pool_sizes(self) -> dict[str, int]:
+        return {name[5:]: size for name, size in self.sizes.items() if name.startswith("pool ")}
 
     def set_sizes(self, sizes: Mapping[str, int]) -> None:
         """Resize (a reload): a larger size lets waiters in at once; a smaller one as runs give back."""

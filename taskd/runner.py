@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from taskd.chain import Step, run_final, run_main
 from taskd.clock import Clock, utc
 from taskd.config import TaskConfig
@@ -20,11 +22,12 @@ from taskd.models import RunLimits, RunRecord, RunState, StepState, Usage
 from taskd.processor import Context, StepFailed, describe
 from taskd.recorder import RunObserver, RunRecorder, RunSink
 from taskd.redact import NONE, Redactor
-from taskd.resources import Resources
+from taskd.resources import Claims, Resources
 from taskd.retry import backoff_delay
 from taskd.slots import SlotPool
 
 _DEBUG = logging.getLogger("taskd.run")  # isEnabledFor is cached by the logging module
+_LOG = structlog.get_logger("taskd.run")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,31 @@ class RunPlan:
     def stop_grace_s(self) -> float:
         """How long a stopped run may take to end: its slowest step to stop, plus a second."""
         return 1.0 + max((step.stop_grace_s for step in self.steps), default=0.0)
+
+
+CLAIM_POLL_S = 0.25
+"""How often a run waiting for pool units other nodes hold asks again."""
+RELEASE_TRIES = 5
+_RELEASES: set[asyncio.Task[None]] = set()
+
+
+async def _release_pools(claims: Claims, run_id: str) -> None:
+    """Give back a run's pool units in the store, trying again while it cannot be reached (the
+    node's death gives them back otherwise)."""
+    for attempt in range(RELEASE_TRIES):
+        try:
+            await claims.release_pools(run_id)
+            return
+        except Exception as exc:
+            _LOG.warning(
+                "pool_release_failed", run_id=run_id, attempt=attempt + 1, error=f"{type(exc).__name__}: {exc}"
+            )
+            await asyncio.sleep(2**attempt)
+
+
+def _pool_label(name: str) -> str:
+    """`db` -> `pool db`; the cluster's slots (`*slots`) -> `cluster slot`."""
+    return "cluster slot" if name.startswith("*") else f"pool {name}"
 
 
 class Run:
@@ -83,6 +111,8 @@ class Run:
         self._slots = slots
         self._resources = resources if plan.needs else None
         self._held = False  # what plan.needs asks is held (taken with the slot, given back with it)
+        self._claiming = False  # waiting for pool units held on other nodes
+        self._claimed = False  # pool units held in the store, for the nodes sharing it
         self._clock = clock
         self._done: asyncio.Event | None = None  # made when someone waits: most runs are never waited for
         self.finished = False
@@ -291,8 +321,11 @@ class Run:
 
     # -- what an attempt holds: its needs (pools, requests), then a slot ------------------------
     def _take_at_once(self) -> bool:
-        """Take the needs and a slot now if all are free; never waits."""
+        """Take the needs and a slot now if all are free; never waits (pools shared with other
+        nodes are claimed in the store: that waits)."""
         resources = self._resources
+        if resources is not None and resources.claims is not None and self._pools:
+            return False
         if resources is not None:
             if not resources.try_acquire(self.plan.needs):
                 return False
@@ -310,19 +343,45 @@ class Run:
             await resources.acquire(self.plan.needs, priority, self.record.task_id)
             self._held = True
             try:
+                await self._claim_shared(resources)
                 await self._slots.acquire(priority)
             except BaseException:
-                self._held = False
-                resources.release(self.plan.needs)
+                self._give_back_needs()
                 raise
             return
         await self._slots.acquire(priority)
 
+    @functools.cached_property
+    def _pools(self) -> dict[str, int]:
+        return {name[5:]: units for name, units in self.plan.needs.items() if name.startswith("pool ")}
+
+    async def _claim_shared(self, resources: Resources) -> None:
+        """With other nodes on the store: wait until the pools' units are claimed there too."""
+        claims = resources.claims
+        if claims is None or not self._pools:
+            return
+        self._claiming = True
+        try:
+            while not await claims.claim_pools(self.id, self._pools, resources.pool_sizes()):
+                await self._clock.sleep(CLAIM_POLL_S)
+            self._claimed = True
+        finally:
+            self._claiming = False
+
+    def _give_back_needs(self) -> None:
+        resources = self._resources
+        if self._held and resources is not None:
+            self._held = False
+            resources.release(self.plan.needs)
+        if self._claimed and resources is not None and resources.claims is not None:
+            self._claimed = False
+            release = asyncio.get_running_loop().create_task(_release_pools(resources.claims, self.id))
+            _RELEASES.add(release)
+            release.add_done_callback(_RELEASES.discard)
+
     def _give_back(self) -> None:
         self._slots.release()
-        if self._held and self._resources is not None:
-            self._held = False
-            self._resources.release(self.plan.needs)
+        self._give_back_needs()
 
     @property
     def waiting_for(self) -> list[str]:
@@ -333,7 +392,9 @@ class Run:
         if self._resources is not None and not self._held:
             wanted = self._resources.waits_for(self.plan.needs)
             if wanted:
-                return wanted
+                return [_pool_label(name[5:]) if name.startswith("pool ") else name for name in wanted]
+        if self._claiming:
+            return [_pool_label(name) + " (on another node)" for name in self._pools]
         return [] if self._slot_held else ["slot"]
 
     def _finish(self, state: RunState, error: str | None) -> None:

@@ -135,6 +135,15 @@ class Coordinator(ABC):
         and the fires are claimed with `claim_fires`."""
         return None
 
+    async def claim_pools(self, run_id: str, pools: Mapping[str, int], sizes: Mapping[str, int]) -> bool:
+        """Hold `pools` (name -> units) for `run_id` if the units the runs of live nodes hold leave
+        room in each (of `sizes`); all or nothing. Alone on its store, the node's own count is
+        exact already: every claim is held."""
+        return True
+
+    async def release_pools(self, run_id: str) -> None:  # noqa: B027  # alone: nothing is held in the store
+        """Give back what `run_id` holds."""
+
     @abstractmethod
     async def _send(self, payload: str) -> None:
         """Deliver an encoded message to every other node."""

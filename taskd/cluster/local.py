@@ -28,6 +28,7 @@ class Hub:
         self.members: list[LocalCoordinator] = []
         self.claims: dict[tuple[str, float], tuple[str, float]] = {}  # (key, instant) -> (node, claimed at)
         self._claimed: list[tuple[float, str]] = []  # (instant, key), to forget old claims in order
+        self.holds: dict[str, tuple[str, dict[str, int]]] = {}  # run id -> (node, pool -> units)
 
 
 class LocalCoordinator(Coordinator):
@@ -75,6 +76,9 @@ class LocalCoordinator(Coordinator):
         for name in expired:
             nodes[name] = dataclasses.replace(nodes[name], dead_at=now)
             await self.store.interrupt_runs_of(name, now, lease_expired(name))
+        gone = {*expired, *heirs_of}
+        for run_id in [run_id for run_id, (node, _) in self.hub.holds.items() if node in gone]:
+            del self.hub.holds[run_id]  # a dead node's runs hold no pool any more
         adopted = await self._adopt_orphans([*expired, *heirs_of], now)
         return Beat(kept, expired, await self.nodes(), now, adopted)
 
@@ -114,6 +118,21 @@ class LocalCoordinator(Coordinator):
             instant, key = heapq.heappop(hub._claimed)
             hub.claims.pop((key, instant), None)
         return won
+
+    async def claim_pools(self, run_id: str, pools: Mapping[str, int], sizes: Mapping[str, int]) -> bool:
+        if not self.shared:
+            return True
+        hub = self.hub
+        live = {name for name, node in hub.nodes.items() if node.dead_at is None}
+        for name, units in pools.items():
+            held = sum(held.get(name, 0) for node, held in hub.holds.values() if node in live)
+            if held + units > sizes.get(name, 0):
+                return False
+        hub.holds[run_id] = (self.name, dict(pools))
+        return True
+
+    async def release_pools(self, run_id: str) -> None:
+        self.hub.holds.pop(run_id, None)
 
     async def _send(self, payload: str) -> None:
         loop = asyncio.get_running_loop()

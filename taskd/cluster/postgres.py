@@ -26,6 +26,8 @@ CLAIMS_PRUNED_EVERY_S = 3600.0
 
 NODE_LOCK_CLASS = 0x7461736B
 """The first key of the advisory locks that serialize heartbeats of one node name ("task")."""
+POOL_LOCK_CLASS = 0x706F6F6C
+"""The first key of the advisory locks that serialize the claims of one pool ("pool")."""
 
 SQL = {
     "lock_node_name": "SELECT pg_advisory_xact_lock($1::int, hashtext($2))",
@@ -52,6 +54,17 @@ SQL = {
         ) RETURNING name
     """,
     "nodes": "SELECT * FROM nodes ORDER BY name",
+    "lock_pool": "SELECT pg_advisory_xact_lock($1::int, hashtext($2))",
+    "pool_held": """
+        SELECT coalesce(sum(h.units), 0) FROM pool_holds h JOIN nodes n ON n.name = h.node
+        WHERE h.pool = $1 AND n.dead_at IS NULL
+    """,
+    "hold_pool": """
+        INSERT INTO pool_holds (pool, run_id, node, units, held_at) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (pool, run_id) DO UPDATE SET units = excluded.units, node = excluded.node
+    """,
+    "release_pools": "DELETE FROM pool_holds WHERE run_id = $1",
+    "drop_holds_of": "DELETE FROM pool_holds WHERE node = ANY($1::text[])",
     "claim_fires": """
         INSERT INTO fire_claims (task_id, instant, node, claimed_at)
         SELECT c.task_id, c.instant, $3, coalesce($4::double precision, extract(epoch FROM clock_timestamp()))
@@ -119,6 +132,8 @@ class PostgresCoordinator(Coordinator):
             expired = [r["name"] for r in await db.fetch(SQL["expire_nodes"], now, now - LEASE_S)]
             for name in expired:
                 await self._pg.interrupt(tx, "node = ?", [name], now, lease_expired(name))
+            if expired or heirs_of:  # a dead node's runs hold no pool any more
+                await db.execute(SQL["drop_holds_of"], [*expired, *heirs_of])
             adopted: list[tuple[str, float]] = []
             if expired or heirs_of:
                 rows = await db.fetch(SQL["adopt_claims"], [*expired, *heirs_of], me.name, now, ORPHANS_WITHIN_S)
@@ -150,6 +165,23 @@ class PostgresCoordinator(Coordinator):
         at = None if self._server_time else self.clock.time()
         rows = await self._pool().fetch(SQL["claim_fires"], keys, instants, self.name, at)
         return [(r["task_id"], r["instant"]) for r in rows]
+
+    async def claim_pools(self, run_id: str, pools: Mapping[str, int], sizes: Mapping[str, int]) -> bool:
+        async with self._pg.transaction() as tx:
+            db = tx.db
+            for name in sorted(pools):  # locked in one order: two claims never wait on each other
+                await db.execute(SQL["lock_pool"], POOL_LOCK_CLASS, name)
+            for name, units in pools.items():
+                held = int(await db.fetchval(SQL["pool_held"], name))
+                if held + units > sizes.get(name, 0):
+                    return False
+            now = self.clock.time()
+            for name, units in pools.items():
+                await db.execute(SQL["hold_pool"], name, run_id, self.name, units, now)
+        return True
+
+    async def release_pools(self, run_id: str) -> None:
+        await self._pool().execute(SQL["release_pools"], run_id)
 
     async def _send(self, payload: str) -> None:
         await self._pool().execute("SELECT pg_notify($1, $2)", await self._channel_name(), payload)

@@ -180,6 +180,7 @@ def build_config(
         node=root.node,
         alerts=root.alerts,
         pools=types.MappingProxyType(dict(root.pools)),
+        cluster=root.cluster,
         tasks=tuple(tasks),
         pipelines=types.MappingProxyType(pipelines),
         task_sources=types.MappingProxyType(task_sources),

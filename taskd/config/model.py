@@ -14,6 +14,7 @@ from taskd import schedule as schedules
 from taskd.config.schema import (
     AlertsSection,
     ApiSection,
+    ClusterSection,
     Limits,
     LogSection,
     MetricsSection,
@@ -93,6 +94,10 @@ _LATER_NESTED: dict[str, dict[str, Any]] = {"retry": {"permanent_exit_codes": ()
 """The same, inside a task's sections."""
 
 
+CLUSTER_SLOTS = "*slots"
+"""The pool that `cluster.max_concurrent_tasks` makes (not a name a configured pool can have)."""
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole, validated configuration. Paths in it are resolved against the main file."""
@@ -113,6 +118,7 @@ class Config:
     alerts: AlertsSection = field(default_factory=AlertsSection)
     pools: Mapping[str, int] = field(default_factory=dict)
     """Named pools and their sizes."""
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
     @property
     def base_dir(self) -> Path:
@@ -143,10 +149,19 @@ class Config:
         spread = self.spread_for(task)
         return schedules.shifted(schedule, schedules.spread_offset(task.id, spread)) if spread else schedule
 
+    def pool_sizes(self) -> dict[str, int]:
+        """Every pool's size, with the cluster's slots as the pool `*slots` when they are limited."""
+        sizes = dict(self.pools)
+        if self.cluster.max_concurrent_tasks is not None:
+            sizes[CLUSTER_SLOTS] = self.cluster.max_concurrent_tasks
+        return sizes
+
     def needs_of(self, task: TaskConfig) -> dict[str, int]:
         """What a run of `task` holds while it runs besides a slot: `pool <name>` units, `memory`
         bytes and `cpu` millicores."""
         needs = {f"pool {name}": units for name, units in task.pools.items()}
+        if self.cluster.max_concurrent_tasks is not None:
+            needs[f"pool {CLUSTER_SLOTS}"] = 1
         if task.requests is not None:
             if task.requests.memory:
                 needs["memory"] = task.requests.memory

@@ -537,6 +537,17 @@ class PipelineSpec(Section):
     processors: list[Any] = Field(min_length=1)
 
 
+class ClusterSection(Section):
+    """What holds for every node sharing the store together."""
+
+    max_concurrent_tasks: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="runs running at once across every node (claimed in the store); none when omitted",
+    )
+
+
 class MetricsSection(Section):
     """What GET /metrics exposes."""
 
@@ -578,6 +589,7 @@ class MainFile(Section):
     pools: dict[Identifier, PoolUnits] = Field(
         default_factory=dict, description="{db: 1, gpu: 2}: named pools of units; a pool of 1 is a mutex"
     )
+    cluster: ClusterSection = ClusterSection()
     include: list[StrictStr] = Field(default_factory=list)
     tasks: list[Any] = Field(default_factory=list)
     pipelines: list[Any] = Field(default_factory=list)

@@ -57,6 +57,16 @@ import { getToken } from "./state.js";
  * @property {number | null} duration
  * @property {string | null} error
  * @property {Record<string, unknown>} params
+ * @property {Usage | null} usage  null before its first attempt
+ *
+ * @typedef {object} Usage  what a run's step processes used; a null figure is unknown, never 0
+ * @property {number | null} cpu_s  CPU seconds, user + system
+ * @property {number | null} peak_memory_bytes  the largest resident set among them
+ * @property {number} processes  the step processes it started
+ * @property {"rusage" | "cgroup" | "none"} source
+ * @property {string[]} unknown  steps whose use cannot be told ("python mod:func": it runs inside taskd)
+ * @property {number | null} peak_memory_at_most  when the peak is unknown (at or under taskd's own): how
+ *   large it could have been
  *
  * @typedef {object} Step
  * @property {number} index
@@ -82,10 +92,36 @@ import { getToken } from "./state.js";
  * @property {string} task_id
  * @property {string | null} run_id
  *
- * @typedef {Run & { attempt_list: Attempt[], upstream_runs: UpstreamRun[], downstream_runs: DownstreamRun[] }} RunDetail
+ * @typedef {object} RunDetailFields  what GET /run/{id} adds to a run's row
+ * @property {Attempt[]} attempt_list
+ * @property {UpstreamRun[]} upstream_runs
+ * @property {DownstreamRun[]} downstream_runs
+ * @property {string[]} waiting_for  what a queued run waits for: "pool db", "memory", "cpu", "slot"
+ *
+ * @typedef {Run & RunDetailFields} RunDetail
  * @typedef {{ tasks: Task[], total: number }} TaskPage
  * @typedef {{ runs: Run[], total: number }} RunPage
- * @typedef {{ slots: { held: number, limit: number } }} Health
+ *
+ * @typedef {object} Held  one of this node's capacities: memory in bytes, cpu in millicores
+ * @property {number} size
+ * @property {number} held  by the requests of the runs that run
+ * @property {number} free
+ * @property {number} waiting  runs waiting for it
+ * @property {string} from  where the size came from: "host", "cgroup limit", "node.capacity"
+ *
+ * @typedef {object} Pool  one of the top-level pools:
+ * @property {string} name
+ * @property {number} size
+ * @property {number} held  units
+ * @property {number} free
+ * @property {number} holders  runs holding units of it
+ * @property {number} waiting  runs waiting for units of it
+ *
+ * @typedef {object} Resources  what runs hold besides a slot
+ * @property {{ node: string, memory?: Held, cpu?: Held }} capacity  this node's
+ * @property {Pool[]} pools
+ *
+ * @typedef {{ slots: { held: number, limit: number }, resources: Resources }} Health
  *
  * @typedef {object} PlanHour
  * @property {string} hour

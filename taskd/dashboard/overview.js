@@ -1,11 +1,13 @@
 // @ts-check
-// The overview: slots, queued runs and the day's failures as cards, the next days' runs due per hour
-// as a strip with the crowded hours in red, and each task's last runs as a strip coloured by outcome.
+// The overview: slots, queued runs and the day's failures as cards, what runs hold of this node's
+// capacity and of each pool, the next days' runs due per hour as a strip with the crowded hours in
+// red, and each task's last runs as a strip coloured by outcome.
 
 import * as API from "./api.js";
 import { h, message, PAGE, pages, render, taskLink, taskStatus } from "./dom.js";
 import { keyedRows } from "./rows.js";
 import { getView } from "./state.js";
+import { bytes, cores } from "./usage.js";
 
 /** Runs per task in a strip. */
 const STRIP = 20;
@@ -28,9 +30,12 @@ export async function overview(ctx, query) {
   const tbody = h("tbody");
   const pager = h("div", { class: "pager" });
   const plan = h("div", { class: "plan" }, h("p", { class: "muted" }, "Reading the forecast…"));
+  const held = h("div");
   render(
     h("h1", {}, "Overview"),
     cards,
+    h("h2", { id: "capacity" }, "Capacity and pools"),
+    held,
     h("h2", { id: "plan" }, `Next ${PLAN_DAYS} days`),
     plan,
     h("h2", { id: "history" }, "Recent runs by task"),
@@ -66,6 +71,7 @@ export async function overview(ctx, query) {
       card("Queued runs", queued.total.toLocaleString(), "card-queued"),
       card("Failures in the last 24 hours", failures.total.toLocaleString(), "card-failures"),
     );
+    held.replaceChildren(...holdings(health.resources));
   }
 
   /** @param {Set<string> | undefined} only  the tasks whose strips changed; undefined: all of them */
@@ -99,6 +105,39 @@ export async function overview(ctx, query) {
 
   await Promise.all([drawCards(), drawTasks(undefined)]);
   ctx.refresh = (tasks) => Promise.all([drawCards(), drawTasks(tasks)]);
+}
+
+/**
+ * What runs' requests hold of this node's memory and CPU, and each pool's units and who waits for them.
+ * @param {API.Resources} resources
+ */
+function holdings({ capacity, pools }) {
+  /**
+   * @param {string} label
+   * @param {API.Held | undefined} figures
+   * @param {(held: string, size: string, free: string) => string} text  given the figures in their unit
+   * @param {(value: number) => string} unit
+   */
+  const line = (label, figures, text, unit) => figures
+    ? [h("dt", {}, label), h("dd", {},
+      `${text(unit(figures.held), unit(figures.size), unit(figures.free))}, `,
+      h("span", { class: figures.waiting ? "state-waiting" : null }, `waiting ${figures.waiting.toLocaleString()}`),
+      " ", h("span", { class: "muted" }, `· size from ${figures.from}`))]
+    : [];
+  const table = h("table", { class: "pools", "aria-label": "Pools" },
+    h("thead", {}, h("tr", {}, ["Pool", "Held", "Holders", "Waiting"].map((name) => h("th", { scope: "col" }, name)))),
+    h("tbody", {}, pools.map((pool) => h("tr", { "data-pool": pool.name },
+      h("th", { scope: "row" }, h("code", {}, pool.name)),
+      h("td", {}, `${pool.held.toLocaleString()} of ${pool.size.toLocaleString()}`),
+      h("td", {}, pool.holders.toLocaleString()),
+      h("td", { class: pool.waiting ? "state-waiting" : null }, pool.waiting.toLocaleString())))));
+  return [
+    h("dl", { class: "facts", "aria-label": "Capacity" },
+      h("dt", {}, "Node"), h("dd", {}, h("code", {}, capacity.node), " ", h("span", { class: "muted" }, "· what its runs' requests hold of it")),
+      line("Memory", capacity.memory, (held, size, free) => `${held} of ${size} (${free} free)`, bytes),
+      line("CPU", capacity.cpu, (held, size, free) => `${held} of ${size} core${size === "1" ? "" : "s"} (${free} free)`, cores)),
+    pools.length ? table : h("p", { class: "muted" }, "No pools: taskd.yml defines none under pools:."),
+  ];
 }
 
 /** @param {API.Task} task */

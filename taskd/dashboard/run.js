@@ -1,11 +1,15 @@
 // @ts-check
-// One run: its facts, its attempts with their steps, and its log, followed as it is written until
-// the run ends.
+// One run: its facts (what it waits for while queued, what it used), its attempts with their steps,
+// and its log, followed as it is written until the run ends.
 
 import * as API from "./api.js";
 import { h, render, runLink, seconds, stateBadge, taskLink, when } from "./dom.js";
 import { keyedRows } from "./rows.js";
 import { events } from "./sse.js";
+import { usedLine } from "./usage.js";
+
+/** The states of a run that has not ended. */
+const ACTIVE = new Set(["queued", "running", "retrying"]);
 
 /** @typedef {import("./state.js").View} View */
 /** @typedef {{ key: string, attempt: API.Attempt, step: API.Step | null }} Line  an attempt's row, or one of its steps' */
@@ -38,6 +42,7 @@ export async function runView(ctx, id) {
     facts.replaceChildren(
       ...fact("Task", taskLink(run.task_id)),
       ...fact("State", stateBadge(run.state)),
+      ...(run.waiting_for.length ? fact("Waiting for", run.waiting_for.join(", ")) : []),
       ...fact("Trigger", run.trigger),
       ...(run.upstream_runs.length ? fact("Triggered by", upstreamRuns(run.upstream_runs)) : []),
       ...(run.downstream_runs.length ? fact("Triggered", downstreamRuns(run.downstream_runs)) : []),
@@ -47,6 +52,7 @@ export async function runView(ctx, id) {
       ...fact("Started", when(run.started_at)),
       ...fact("Finished", when(run.finished_at)),
       ...fact("Duration", seconds(run.duration)),
+      ...(run.usage ? fact("Used", usedLine(run.usage, ACTIVE.has(run.state))) : []),
       ...(run.error ? fact("Error", h("span", { class: "error" }, run.error)) : []),
     );
     rows.draw(run.attempt_list.flatMap((attempt) => [

@@ -1,17 +1,19 @@
 // @ts-check
-// The run search: filters by state, task, trigger, time and text, columns sorted from their header,
-// and pages; each run links to its own page.
+// The run search: filters by state, task, trigger, time and text, columns sorted from their header
+// (what each run used among them), and pages; each run links to its own page.
 
 import * as API from "./api.js";
 import { h, PAGE, pages, render, runLink, seconds, stateBadge, taskRunsLink, when } from "./dom.js";
 import { keyedRows } from "./rows.js";
 import { vocabulary } from "./schema.js";
 import { getView } from "./state.js";
+import { cpuCell, memoryCell } from "./usage.js";
 
 /** @type {Array<[string, string | null]>} each column's label, and the sort key of GET /runs if it sorts */
 const COLUMNS = [
   ["Run", null], ["Task", "task_id"], ["State", "state"], ["Trigger", null], ["Queued", "queued_at"],
-  ["Started", "started_at"], ["Finished", "finished_at"], ["Duration", "duration"], ["Error", null],
+  ["Started", "started_at"], ["Finished", "finished_at"], ["Duration", "duration"], ["CPU", "cpu_s"],
+  ["Memory", "peak_memory"], ["Error", null],
 ];
 
 /** The value of a datetime-local input, in the browser's time zone. @param {string | null} iso */
@@ -108,6 +110,8 @@ function runCells(run) {
     h("td", {}, when(run.started_at)),
     h("td", {}, when(run.finished_at)),
     h("td", {}, seconds(run.duration)),
+    h("td", { class: "figure" }, cpuCell(run.usage)),
+    h("td", { class: "figure" }, memoryCell(run.usage)),
     h("td", {}, run.error || ""),
   ];
 }

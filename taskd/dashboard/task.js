@@ -1,10 +1,11 @@
 // @ts-check
 // One task: its status, schedule and spread, the tasks it runs after and those that run after it,
-// its next fires, and its latest runs.
+// its next fires, and its latest runs with what they used.
 
 import * as API from "./api.js";
 import { h, render, runLink, seconds, stateBadge, taskLink, taskRunsLink, taskStatus, when } from "./dom.js";
 import { keyedRows } from "./rows.js";
+import { cpuCell, memoryCell } from "./usage.js";
 
 /** @typedef {import("./state.js").View} View */
 /** @typedef {import("./dom.js").Child} Child */
@@ -19,7 +20,7 @@ export async function taskView(ctx, id) {
   render(h("h1", {}, "Task ", h("code", {}, id)), facts, h("h2", { id: "recent" }, "Latest runs"), recent);
   const tbody = h("tbody");
   const table = h("table", { "aria-labelledby": "recent" },
-    h("thead", {}, h("tr", {}, ["Run", "State", "Trigger", "Queued", "Duration", "Error"].map((name) => h("th", { scope: "col" }, name)))),
+    h("thead", {}, h("tr", {}, ["Run", "State", "Trigger", "Queued", "Duration", "CPU", "Memory", "Error"].map((name) => h("th", { scope: "col" }, name)))),
     tbody);
   const none = h("p", { class: "muted" }, "It has not run yet.");
   const rows = keyedRows(tbody, (/** @type {API.Run} */ run) => run.id, () => {
@@ -101,6 +102,8 @@ function runCells(run) {
     h("td", {}, run.trigger),
     h("td", {}, when(run.queued_at)),
     h("td", {}, seconds(run.duration)),
+    h("td", { class: "figure" }, cpuCell(run.usage)),
+    h("td", { class: "figure" }, memoryCell(run.usage)),
     h("td", {}, run.error || ""),
   ];
 }

@@ -140,6 +140,7 @@ class Engine:
             self._describe, self._lease_lost, self._remote.heard, adopt=lambda fires: self.firing.adopt(fires)
         )
         self.firing = Firing(self, timer, self.coordinator, store, self.slots, self.clock, metrics)
+        self.resources.claims = self.coordinator  # pools are exact across every node sharing the store
         self.last_reload: ReloadOutcome | None = None
         """What the last reload did (the daemon records it; /health shows it)."""
         self._overload: str | None = None  # why new runs are refused, while they are
@@ -213,7 +214,7 @@ class Engine:
     def _apply(self, config: Config) -> RegistryDiff:
         """Make the registry match `config`. Active runs are not touched. Raises ConfigError, and
         changes nothing, when a task requests more than this node has and no other node may run it."""
-        sizes = {**{f"pool {name}": size for name, size in config.pools.items()}, **self.capacity.sizes()}
+        sizes = {**{f"pool {name}": size for name, size in config.pool_sizes().items()}, **self.capacity.sizes()}
         self._check_requests(config, sizes)
         self._secrets.update(dict.fromkeys(sorted(config.secrets)))
         wanted = [self._builder.entry(config, task) for task in config.tasks]

@@ -286,7 +286,9 @@ def resources_view(engine: Engine) -> dict[str, Any]:
     for holding in engine.resources.holdings():
         figures = {"size": holding.size, "held": holding.held, "free": holding.free}
         if holding.name.startswith("pool "):
-            pools.append({"name": holding.name[5:], **figures, "holders": holding.holders, "waiting": holding.waiting})
+            name = holding.name[5:]
+            shown = "cluster slots (this node's count)" if name.startswith("*") else name
+            pools.append({"name": shown, **figures, "holders": holding.holders, "waiting": holding.waiting})
         else:
             source = capacity.memory_from if holding.name == "memory" else capacity.cpu_from
             node[holding.name] = {**figures, "waiting": holding.waiting, "from": source}

@@ -5,7 +5,9 @@ is saved as a screenshot (set TASKD_SCREENSHOTS=DIR to keep them)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,19 @@ CHAINED = """
 - {id: night1, pipeline: quick, schedule: '15 3 * * *'}
 - {id: night2, pipeline: quick, schedule: '15 3 * * *'}
 - {id: night3, pipeline: quick, schedule: '15 3 * * *'}
+"""
+# A pool of one unit (a mutex) that hold keeps for 3 s while next waits, and a task whose process
+# holds 150 MiB: what runs hold and what they used. next's step runs inside taskd: its use is unknown.
+POOLED = """
+- {id: hold, pipeline: hold, pools: [db]}
+- {id: next, pipeline: inside, pools: {db: 1}}
+- {id: hungry, pipeline: hungry}
+"""
+HUNGRY = f'["{sys.executable}", "-c", "x = bytearray(150 * 1024 * 1024)"]'
+POOLED_PIPELINES = f"""{PIPELINES}
+- {{name: hold, processors: [{{shell: {{argv: [sleep, "3"]}}}}]}}
+- {{name: hungry, processors: [{{shell: {{argv: {HUNGRY}}}}}]}}
+- {{name: inside, processors: [{{python: {{function: "builtins:id"}}}}]}}
 """
 
 try:
@@ -94,11 +109,17 @@ class Watched:
 
 @contextmanager
 def served(
-    daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path, tasks: str, slots: int
+    daemon_factory: Callable[..., Daemon],
+    browser: Any,
+    tmp_path: Path,
+    tasks: str,
+    slots: int,
+    pipelines: str = PIPELINES,
+    extra: str = "",
 ) -> Iterator[tuple[Daemon, Watched]]:
-    """A daemon with a token running `tasks`, and a watched page on it."""
-    extra = f"api: {{listen: '127.0.0.1:{{port}}', token: {TOKEN}}}\n"
-    config = base_config(tasks, PIPELINES, slots=slots).replace("api: {listen: '127.0.0.1:{port}'}\n", extra)
+    """A daemon with a token running `tasks` (with `extra` top-level sections), and a watched page on it."""
+    api = f"api: {{listen: '127.0.0.1:{{port}}', token: {TOKEN}}}\n"
+    config = base_config(tasks, pipelines, slots=slots, extra=extra).replace("api: {listen: '127.0.0.1:{port}'}\n", api)
     daemon = daemon_factory(config)
     daemon.token = TOKEN
     daemon.start()
@@ -126,6 +147,12 @@ def dashboard(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Pat
 @pytest.fixture
 def chained(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
     with served(daemon_factory, browser, tmp_path, CHAINED, slots=2) as opened:
+        yield opened
+
+
+@pytest.fixture
+def pooled(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+    with served(daemon_factory, browser, tmp_path, POOLED, 4, POOLED_PIPELINES, "pools: {db: 1}\n") as opened:
         yield opened
 
 
@@ -374,3 +401,84 @@ def test_dependencies_spread_and_the_forecast(chained: tuple[Daemon, Watched]) -
     watched.shot("overview-no-plan")
     # The browser reports the refused request, and nothing else.
     assert [p for p in watched.problems if "status of 500" not in p] == []
+
+
+def fact(page: Any, label: str) -> Any:
+    """The value of a run's or a task's fact."""
+    return page.locator(f"dl.facts dt:text-is('{label}') + dd")
+
+
+def test_capacity_pools_and_what_runs_used(pooled: tuple[Daemon, Watched]) -> None:
+    daemon, watched = pooled
+    page = watched.page
+    hungry = daemon.wait_run(daemon.start_task("hungry"), timeout=30)
+    assert hungry["state"] == "completed"
+    sign_in(watched)
+    # This node's capacity always shows; the pool, free.
+    capacity = page.locator('dl[aria-label="Capacity"]')
+    expect(capacity).to_contain_text("Node")
+    expect(capacity).to_contain_text(re.compile(r"Memory0 B of [\d.]+ [KMGT]iB \([\d.]+ [KMGT]iB free\), waiting 0"))
+    expect(capacity).to_contain_text(re.compile(r"CPU0 of [\d.]+ cores? \([\d.]+ free\), waiting 0"))
+    pool = page.locator('tr[data-pool="db"]')
+    expect(pool.locator("td")).to_have_text(["0 of 1", "0", "0"])
+
+    # hold takes the pool's one unit; next waits for it, and its page says so.
+    hold = daemon.start_task("hold")
+    daemon.wait_run(hold, states=("running",))
+    waiting = daemon.start_task("next")
+    page.evaluate(f"location.hash = '#/run/{waiting}'")
+    expect(fact(page, "Waiting for")).to_have_text("pool db")
+    expect(fact(page, "State")).to_have_text("queued")
+    watched.shot("run-waiting")
+    page.get_by_role("link", name="Overview", exact=True).click()
+    expect(pool.locator("td")).to_have_text(["1 of 1", "1", "1"])
+    expect(pool.locator("td").last).to_have_css("color", "rgb(161, 98, 7)")  # amber: a run waits
+    watched.shot("overview-pools")
+    # Once hold ends, next takes the pool and ends too; the overview follows without a reload.
+    for run_id in (hold, waiting):
+        ended = daemon.wait_run(run_id)
+        assert ended["state"] == "completed", (ended["task_id"], ended["error"])
+    expect(pool.locator("td")).to_have_text(["0 of 1", "0", "0"])
+
+    # Sorted by peak memory, largest first: hungry's 150 MiB array puts it first, in MiB. hold's
+    # sleep is small: a figure, or (measured by rusage, which counts from taskd's own size) unknown
+    # and how large it could have been; never 0.
+    page.get_by_role("link", name="Runs", exact=True).click()
+    table = page.get_by_role("table", name="Runs")
+    expect(table.locator("tbody tr")).to_have_count(3)
+    page.get_by_role("button", name="Memory").click()
+    page.get_by_role("button", name="Memory ▲").click()
+    expect(page.locator('th[aria-sort="descending"]')).to_contain_text("Memory")
+    first = table.locator("tbody tr").first
+    expect(first).to_contain_text("hungry")
+    cpu, memory = first.locator("td.figure").all_inner_texts()
+    assert re.fullmatch(r"\d+\.\d+ s", cpu), cpu
+    assert (found := re.fullmatch(r"(\d+(?:\.\d+)?) MiB", memory)) and 140 <= float(found[1]) <= 220, memory
+    small = daemon.run(hold)["usage"]
+    bound = small["peak_memory_bytes"] is None
+    assert not bound or small["peak_memory_at_most"], small
+    peak = table.locator(f'tr[data-run="{hold}"] td.figure').last
+    expect(peak).to_have_text(re.compile(r"^≤ [\d.]+ MiB$" if bound else r"^[\d.]+ [KM]iB$"))
+    expect(peak.locator(".muted")).to_have_count(1 if bound else 0)
+    # next's step ran inside taskd: unknown, and why, never 0.
+    inside = table.locator(f'tr[data-run="{waiting}"] td.figure .muted')
+    expect(inside).to_have_text(["unknown", "unknown"])
+    expect(inside.first).to_have_attribute("title", "python builtins:id runs inside taskd")
+    watched.shot("runs-by-memory")
+
+    first.get_by_role("link", name=hungry["id"]).click()
+    expect(page.get_by_role("heading", name=f"Run {hungry['id']}")).to_be_visible()
+    source = daemon.run(hungry["id"])["usage"]["source"]
+    assert source in ("rusage", "cgroup")
+    expect(fact(page, "Used")).to_have_text(f"{cpu} CPU · {memory} peak · 1 process ({source})")
+    expect(fact(page, "Waiting for")).to_have_count(0)
+    watched.shot("run-used")
+    fact(page, "Task").get_by_role("link", name="hungry").click()
+    latest = page.get_by_role("table", name="Latest runs")
+    expect(latest.locator("thead")).to_contain_text("CPUMemory")
+    expect(latest.locator("tbody td.figure")).to_have_text([cpu, memory])
+    watched.shot("task-used")
+    page.evaluate(f"location.hash = '#/run/{waiting}'")
+    expect(fact(page, "Used")).to_have_text("CPU and memory unknown: python builtins:id runs inside taskd")
+    watched.shot("run-unknown")
+    assert watched.problems == []
