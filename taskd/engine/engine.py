@@ -273,6 +273,11 @@ class Engine:
         """Create a run and start it, applying the task's concurrency policy."""
         return self.launch(self.prepare(task_id, trigger, params, scheduled_at))
 
+    def never_fits(self, task_id: str) -> str | None:
+        """Why the task's requests can never fit this node, or None."""
+        needs = self.entry(task_id).plan.needs
+        return self.resources.fits(needs) if needs else None
+
     def prepare(
         self,
         task_id: str,
@@ -289,7 +294,7 @@ class Engine:
         me = self.coordinator.name
         if entry.config.placement != "any" and not eligible(entry.config.placement, me, self.coordinator.labels):
             raise Conflict(f"task {task_id!r} may not run on this node ({me}): see its placement", "placement")
-        never = self.resources.fits(entry.plan.needs) if entry.plan.needs else None
+        never = self.never_fits(task_id)
         if never is not None:
             raise Conflict(f"task {task_id!r} can never run on this node ({me}): {never}", "capacity")
         self._admit_load()

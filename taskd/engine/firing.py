@@ -53,6 +53,9 @@ class Starter(Protocol):
         self, task_id: str, trigger: Trigger, params: Mapping[str, Any] | None = None, scheduled_at: float | None = None
     ) -> object: ...
 
+    def never_fits(self, task_id: str) -> str | None:
+        """Why the task's requests can never fit this node, or None."""
+
 
 class Firing:
     """The timer's jobs and what each fire becomes."""
@@ -78,11 +81,14 @@ class Firing:
         self._adopted: list[tuple[str, float]] = []  # adopted before the engine accepted runs
         # task id -> reason -> the summary of its fires refused since its last run began
         self._refused: dict[str, dict[str, Fire]] = {}
+        self._sized: set[str] = set()  # the tasks with requests: a node where they never fit claims none
         self.timer: Timer = timer(self.on_group_fire)
 
     # -- the timer's jobs --------------------------------------------------------------------------
     def schedule(self, entry: TaskEntry) -> None:
         self.unschedule(entry.id)
+        if "memory" in entry.plan.needs or "cpu" in entry.plan.needs:
+            self._sized.add(entry.id)
         group = entry.group
         if group is None or entry.schedule is None:
             return
@@ -94,6 +100,7 @@ class Firing:
 
     def unschedule(self, task_id: str) -> None:
         self._refused.pop(task_id, None)
+        self._sized.discard(task_id)
         for group, members in list(self._groups.items()):
             if task_id in members:
                 del members[task_id]
@@ -128,6 +135,8 @@ class Firing:
         ordered = sorted(members, key=lambda task_id: -tasks[task_id].config.priority)
         if any(tasks[task_id].config.placement != "any" for task_id in ordered):
             ordered = self._placed(ordered, fire)
+        if self._sized and not self._sized.isdisjoint(members):
+            ordered = self._fitting(ordered, fire)
         me = self._coordinator.name
         keys = {claim_key(task_id, tasks[task_id].config.placement, me): task_id for task_id in ordered}
         claims = [(key, fire.instant) for key in keys]
@@ -148,6 +157,19 @@ class Firing:
                 why = f"placement: this node ({me}) is not one the task may run on"
                 self.skip(Fire(task_id, fire.instant, "skipped", why, now), "placement")
         return placed
+
+    def _fitting(self, ordered: list[str], fire: FirePlan) -> list[str]:
+        """The tasks of a fire whose requests can fit this node: the others are left to the nodes
+        they fit (not claimed here); with no other node alive, they are recorded as skipped."""
+        fitting = []
+        for task_id in ordered:
+            why = self._engine.never_fits(task_id) if task_id in self._sized else None
+            if why is None:
+                fitting.append(task_id)
+            elif self._coordinator.alone:
+                reason = f"capacity: its requests can never fit this node ({why})"
+                self.skip(Fire(task_id, fire.instant, "skipped", reason, self._clock.time()), "capacity")
+        return fitting
 
     async def _claimed_fire(
         self, ordered: list[str], keys: dict[str, str], claims: list[tuple[str, float]], fire: FirePlan

@@ -7,14 +7,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.engine import Gates, Harness
 
+from taskd.clock import FakeClock
+from taskd.cluster import HEARTBEAT_S, LEASE_S, Hub, LocalCoordinator
 from taskd.config import load_config
-from taskd.errors import ConfigError
+from taskd.engine import Engine
+from taskd.engine.timer import ManualTimer
+from taskd.errors import ConfigError, Conflict
 from taskd.models import RunState, Trigger
 from taskd.resources import Resources
+from taskd.store import MemoryStore, RunQuery
+
+T0 = 1_800_000_000.0  # on a minute
 
 
 async def test_a_run_takes_everything_at_once_in_order_and_a_large_need_is_not_passed_over() -> None:
@@ -127,3 +135,51 @@ async def test_a_request_waits_until_it_fits_and_one_that_never_fits_is_refused(
     harness.gates.gate("g").set()
     await harness.settle()
     assert harness.gates.entered == [first.id, second.id]
+
+
+async def test_a_fire_goes_to_the_node_its_request_fits_and_alone_a_node_records_why_not(tmp_path: Path) -> None:
+    clock = FakeClock(T0 + 1)
+    store = MemoryStore(clock=clock)
+    clock.waits_for(store.settled)
+    await store.open()
+    hub = Hub()
+    engines: dict[str, Engine] = {}
+    for name, memory in (("large", "8G"), ("small", "1G")):  # small joins a cluster: no config error
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "taskd.yml").write_text(
+            f"store: {{path: ':memory:'}}\nnode: {{name: {name}, capacity: {{memory: {memory}}}}}\n"
+            "tasks:\n  - {id: big, pipeline: p, schedule: '* * * * *', requests: {memory: 4G}}\n"
+            "pipelines:\n  - {name: p, processors: [{sleep: {duration: 0}}]}\n"
+        )
+        config = load_config(tmp_path / name / "taskd.yml", {})
+        coordinator = LocalCoordinator(store, name, {}, clock, hub)
+
+        def timer(callback: Any) -> ManualTimer:
+            return ManualTimer(callback, clock)
+
+        engines[name] = Engine(config, store, clock=clock, timer=timer, coordinator=coordinator)
+        await engines[name].start()
+    await clock.run_for(2 * HEARTBEAT_S)  # each node has seen the other alive
+    for minute in (60, 120, 180):
+        clock.set(T0 + minute)
+        for engine in (engines["small"], engines["large"]):  # the small node first: it never claims the fire
+            assert isinstance(engine.firing.timer, ManualTimer)
+            engine.firing.timer.fire_due()
+        await clock.run_for(1)
+    runs, _ = await store.list_runs(RunQuery(task_ids=("big",)))
+    assert sorted(r.node for r in runs) == ["large"] * 3
+    assert await store.fires("big") == []  # nothing refused: the small node left the fires alone
+    with pytest.raises(Conflict, match="can never run on this node"):
+        engines["small"].start_run("big", Trigger.MANUAL)
+
+    await engines["large"].shutdown(1)  # alone now: the small node records the fires it cannot run
+    await clock.run_for(LEASE_S + 2 * HEARTBEAT_S)
+    clock.set(T0 + 300)
+    small_timer = engines["small"].firing.timer
+    assert isinstance(small_timer, ManualTimer)
+    small_timer.fire_due()
+    await clock.run_for(1)
+    (refused,) = await store.fires("big")
+    assert refused.reason.startswith("capacity: its requests can never fit this node (memory needs")
+    await engines["small"].shutdown(1)
+    await store.close()
