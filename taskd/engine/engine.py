@@ -278,6 +278,11 @@ class Engine:
         needs = self.entry(task_id).plan.needs
         return self.resources.fits(needs) if needs else None
 
+    def fits_now(self, task_id: str) -> bool:
+        """Whether the task's requests fit beside what runs here now."""
+        needs = self.entry(task_id).plan.needs
+        return not needs or not self.resources.waits_for(needs)
+
     def prepare(
         self,
         task_id: str,

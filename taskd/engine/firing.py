@@ -56,6 +56,9 @@ class Starter(Protocol):
     def never_fits(self, task_id: str) -> str | None:
         """Why the task's requests can never fit this node, or None."""
 
+    def fits_now(self, task_id: str) -> bool:
+        """Whether the task's requests fit beside what runs here now."""
+
 
 class Firing:
     """The timer's jobs and what each fire becomes."""
@@ -176,8 +179,10 @@ class Firing:
     ) -> None:
         """Each fire runs on the one node that claims it first (or, for `placement: all`, once on
         every node). A busier node waits a little before claiming, so that the least loaded node
-        tends to win."""
+        tends to win; so does a node where a task's request does not fit now."""
         busy = self._slots.held / self._slots.limit
+        if self._sized and any(task_id in self._sized and not self._engine.fits_now(task_id) for task_id in ordered):
+            busy = 1.0  # a request that does not fit here now: a node where it does claims first
         if busy > 0 and not self._coordinator.alone:
             await self._clock.sleep(CLAIM_DELAY_S * min(busy, 1.0))
         try:

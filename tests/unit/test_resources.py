@@ -183,3 +183,47 @@ async def test_a_fire_goes_to_the_node_its_request_fits_and_alone_a_node_records
     assert refused.reason.startswith("capacity: its requests can never fit this node (memory needs")
     await engines["small"].shutdown(1)
     await store.close()
+
+
+async def test_a_node_where_the_request_does_not_fit_now_lets_one_where_it_fits_claim_first(tmp_path: Path) -> None:
+    clock = FakeClock(T0 + 1)
+    store = MemoryStore(clock=clock)
+    clock.waits_for(store.settled)
+    await store.open()
+    hub = Hub()
+    engines: dict[str, Engine] = {}
+    for name in ("busy", "idle"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "taskd.yml").write_text(
+            f"store: {{path: ':memory:'}}\nnode: {{name: {name}, capacity: {{memory: 8G}}}}\n"
+            "tasks:\n  - {id: big, pipeline: p, schedule: '* * * * *', requests: {memory: 5G}, concurrency: allow}\n"
+            "  - {id: other, pipeline: p}\n"
+            "pipelines:\n  - {name: p, processors: [{sleep: {duration: 600}}]}\n"
+        )
+        config = load_config(tmp_path / name / "taskd.yml", {})
+
+        def timer(callback: Any) -> ManualTimer:
+            return ManualTimer(callback, clock)
+
+        coordinator = LocalCoordinator(store, name, {}, clock, hub)
+        engines[name] = Engine(config, store, clock=clock, timer=timer, coordinator=coordinator)
+        await engines[name].start()
+    await clock.run_for(2 * HEARTBEAT_S)
+    busy, idle = engines["busy"], engines["idle"]
+    held = busy.start_run("big", Trigger.MANUAL)  # 5G of busy's 8G: another 5G does not fit there now
+    other = idle.start_run("other", Trigger.MANUAL)  # a slot each: as busy as each other but for memory
+    await clock.run_for(0)
+    assert not busy.fits_now("big") and idle.fits_now("big")
+    await clock.run_for(T0 + 59.5 - clock.time())  # heartbeats go on: each node sees the other alive
+    clock.set(T0 + 60)
+    for engine in (busy, idle):  # busy is asked first, and still lets idle claim
+        assert isinstance(engine.firing.timer, ManualTimer)
+        engine.firing.timer.fire_due()
+    await clock.run_for(1)
+    runs, _ = await store.list_runs(RunQuery(task_ids=("big",), triggers=("schedule",)))
+    assert [r.node for r in runs] == ["idle"]
+    held.stop("the test is over")
+    other.stop("the test is over")
+    for engine in engines.values():
+        await engine.shutdown(1)
+    await store.close()
