@@ -52,6 +52,8 @@ class NodeInfo:
     slots_in_use: int
     heartbeat_at: float = 0.0
     dead_at: float | None = None  # when another node found its lease expired
+    capacity: Mapping[str, int] = field(default_factory=dict)
+    """What it offers runs' requests: memory (bytes), cpu (millicores)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ class Coordinator(ABC):
         self._joined = False
         self._differing: frozenset[str] = frozenset()
         self._others_alive = False
+        self.capacity: dict[str, int] = {}
+        """What this node offers runs' requests (the engine sets it), told at every heartbeat."""
+        self.live_nodes: list[NodeInfo] = []
+        """The nodes alive at the last heartbeat, this one among them."""
 
     def attach(
         self,
@@ -154,7 +160,17 @@ class Coordinator(ABC):
     # -- membership --------------------------------------------------------------------------------
     def info(self) -> NodeInfo:
         digest, slots, in_use = self._describe()
-        return NodeInfo(self.name, self.incarnation, self.labels, __version__, digest, self.started_at, slots, in_use)
+        return NodeInfo(
+            self.name,
+            self.incarnation,
+            self.labels,
+            __version__,
+            digest,
+            self.started_at,
+            slots,
+            in_use,
+            capacity=dict(self.capacity),
+        )
 
     async def join(self) -> None:
         """The first heartbeat (once), then one every HEARTBEAT_S. A process that held this node
@@ -207,6 +223,7 @@ class Coordinator(ABC):
             self._lease_lost()
         # Liveness on the leases' own clock: a node whose clock is off does not take the others for dead.
         self._others_alive = any(n.name != self.name and alive(n, found.now) for n in found.nodes)
+        self.live_nodes = [n for n in found.nodes if alive(n, found.now)]
         self._compare(found.nodes, found.now)
 
     async def _beating(self) -> None:

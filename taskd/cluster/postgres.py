@@ -35,12 +35,12 @@ SQL = {
     "node_row": "SELECT * FROM nodes WHERE name = $1 FOR UPDATE",
     "join_node": """
         INSERT INTO nodes (name, incarnation, labels, version, config_digest, started_at, slots, slots_in_use,
-                           heartbeat_at, dead_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)
+                           capacity, heartbeat_at, dead_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)
         ON CONFLICT (name) DO UPDATE SET incarnation = excluded.incarnation, labels = excluded.labels,
             version = excluded.version, config_digest = excluded.config_digest, started_at = excluded.started_at,
-            slots = excluded.slots, slots_in_use = excluded.slots_in_use, heartbeat_at = excluded.heartbeat_at,
-            dead_at = NULL
+            slots = excluded.slots, slots_in_use = excluded.slots_in_use, capacity = excluded.capacity,
+            heartbeat_at = excluded.heartbeat_at, dead_at = NULL
     """,
     "renew_node": """
         UPDATE nodes SET heartbeat_at = $3, slots_in_use = $4, slots = $5, config_digest = $6
@@ -222,6 +222,7 @@ def _node_params(node: NodeInfo) -> tuple[Any, ...]:
         node.started_at,
         node.slots,
         node.slots_in_use,
+        json.dumps(dict(node.capacity)),
     )
 
 
@@ -237,4 +238,5 @@ def _node(r: asyncpg.Record) -> NodeInfo:
         slots_in_use=r["slots_in_use"],
         heartbeat_at=r["heartbeat_at"],
         dead_at=r["dead_at"],
+        capacity=json.loads(r["capacity"]),
     )

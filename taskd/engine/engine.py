@@ -141,6 +141,7 @@ class Engine:
         )
         self.firing = Firing(self, timer, self.coordinator, store, self.slots, self.clock, metrics)
         self.resources.claims = self.coordinator  # pools are exact across every node sharing the store
+        self.coordinator.capacity = self.capacity.sizes()  # told to the other nodes at every heartbeat
         self.last_reload: ReloadOutcome | None = None
         """What the last reload did (the daemon records it; /health shows it)."""
         self._overload: str | None = None  # why new runs are refused, while they are
@@ -277,6 +278,17 @@ class Engine:
         """Why the task's requests can never fit this node, or None."""
         needs = self.entry(task_id).plan.needs
         return self.resources.fits(needs) if needs else None
+
+    def fits_nowhere(self, task_id: str) -> bool:
+        """Whether no live node (as the last heartbeat saw them) offers what the task requests."""
+        needs = self.entry(task_id).plan.needs
+        asked = {name: units for name, units in needs.items() if name in ("memory", "cpu")}
+        nodes = self.coordinator.live_nodes
+        return (
+            bool(asked)
+            and bool(nodes)
+            and not any(all(units <= node.capacity.get(name, 0) for name, units in asked.items()) for node in nodes)
+        )
 
     def fits_now(self, task_id: str) -> bool:
         """Whether the task's requests fit beside what runs here now."""

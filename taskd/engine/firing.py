@@ -59,6 +59,9 @@ class Starter(Protocol):
     def fits_now(self, task_id: str) -> bool:
         """Whether the task's requests fit beside what runs here now."""
 
+    def fits_nowhere(self, task_id: str) -> bool:
+        """Whether no live node offers what the task requests."""
+
 
 class Firing:
     """The timer's jobs and what each fire becomes."""
@@ -172,7 +175,15 @@ class Firing:
             elif self._coordinator.alone:
                 reason = f"capacity: its requests can never fit this node ({why})"
                 self.skip(Fire(task_id, fire.instant, "skipped", reason, self._clock.time()), "capacity")
+            elif self._engine.fits_nowhere(task_id) and self._first_alive():
+                # No node can run it: one of them (the first by name) says so, for the cluster.
+                reason = f"capacity: its requests fit no live node's capacity ({why} here)"
+                self.skip(Fire(task_id, fire.instant, "skipped", reason, self._clock.time()), "capacity")
         return fitting
+
+    def _first_alive(self) -> bool:
+        nodes = self._coordinator.live_nodes
+        return bool(nodes) and min(node.name for node in nodes) == self._coordinator.name
 
     async def _claimed_fire(
         self, ordered: list[str], keys: dict[str, str], claims: list[tuple[str, float]], fire: FirePlan

@@ -684,6 +684,7 @@ def document(secured: bool = True) -> dict[str, Any]:
                                             "dead_at",
                                             "slots",
                                             "slots_in_use",
+                                            "capacity",
                                         ],
                                         {
                                             "name": {"type": "string"},
@@ -698,6 +699,12 @@ def document(secured: bool = True) -> dict[str, Any]:
                                             "dead_at": _nullable("string", format="date-time"),
                                             "slots": {"type": "integer"},
                                             "slots_in_use": {"type": "integer"},
+                                            "capacity": {
+                                                "type": "object",
+                                                "description": "what it offers runs' requests: memory (bytes),"
+                                                " cpu (millicores)",
+                                                "additionalProperties": {"type": "integer"},
+                                            },
                                         },
                                     ),
                                 }

@@ -212,6 +212,7 @@ def node_views(nodes: list[NodeInfo], this: str, now: float) -> list[dict[str, A
             "dead_at": iso(node.dead_at),
             "slots": node.slots,
             "slots_in_use": node.slots_in_use,
+            "capacity": dict(node.capacity),
         }
         for node in nodes
     ]

@@ -227,3 +227,41 @@ async def test_a_node_where_the_request_does_not_fit_now_lets_one_where_it_fits_
     for engine in engines.values():
         await engine.shutdown(1)
     await store.close()
+
+
+async def test_a_request_no_live_node_can_hold_is_refused_once_for_the_cluster(tmp_path: Path) -> None:
+    clock = FakeClock(T0 + 1)
+    store = MemoryStore(clock=clock)
+    clock.waits_for(store.settled)
+    await store.open()
+    hub = Hub()
+    coordinators = {name: LocalCoordinator(store, name, {}, clock, hub) for name in ("n1", "n2")}
+    engines: dict[str, Engine] = {}
+    for name, coordinator in coordinators.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "taskd.yml").write_text(
+            f"store: {{path: ':memory:'}}\nnode: {{name: {name}, capacity: {{memory: 1G}}}}\n"
+            "tasks:\n  - {id: huge, pipeline: p, schedule: '* * * * *', requests: {memory: 4G}}\n"
+            "pipelines:\n  - {name: p, processors: [{sleep: {duration: 0}}]}\n"
+        )
+        config = load_config(tmp_path / name / "taskd.yml", {})
+
+        def timer(callback: Any) -> ManualTimer:
+            return ManualTimer(callback, clock)
+
+        engines[name] = Engine(config, store, clock=clock, timer=timer, coordinator=coordinator)
+        await engines[name].start()  # with another node on the store: not a configuration error
+    await clock.run_for(T0 + 59.5 - clock.time())
+    assert [n.capacity["memory"] for n in coordinators["n2"].live_nodes] == [2**30, 2**30]  # each told its own
+    clock.set(T0 + 60)
+    for engine in engines.values():
+        assert isinstance(engine.firing.timer, ManualTimer)
+        engine.firing.timer.fire_due()
+    await clock.run_for(1)
+    assert (await store.list_runs(RunQuery(task_ids=("huge",))))[0] == []
+    (refused,) = await store.fires("huge")  # one node says so, not each
+    assert refused.reason.startswith("capacity: its requests fit no live node's capacity (memory needs")
+    assert {n.name: n.capacity["memory"] for n in await coordinators["n1"].nodes()} == {"n1": 2**30, "n2": 2**30}
+    for engine in engines.values():
+        await engine.shutdown(1)
+    await store.close()

@@ -10,3 +10,6 @@ CREATE TABLE pool_holds (
 );
 CREATE INDEX pool_holds_by_run ON pool_holds (run_id);
 CREATE INDEX pool_holds_by_node ON pool_holds (node);
+-- What each node offers runs' requests (memory bytes, cpu millicores), told at every heartbeat: a
+-- task whose request fits no live node is refused with that reason, once for the cluster.
+ALTER TABLE nodes ADD COLUMN capacity TEXT NOT NULL DEFAULT '{}';
