@@ -16,6 +16,7 @@ import hashlib
 import os
 import shlex
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,7 @@ class Hierarchy:
                         left = [pid for procs in group.procs_files for pid in _pids(procs)]
                         if left:
                             log.warning("cgroup_leftovers_killed", cgroup=str(directory), pids=left)
-                        group.kill_all()
-                        group.remove()
+                        group.end()
 
 
 class StepGroup:
@@ -105,10 +105,28 @@ class StepGroup:
             if not found:
                 return
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Remove the cgroup's directories; False when one is still busy (a process in it has not
+        finished exiting yet)."""
+        removed = True
         for directory in self.directories.values():
-            with contextlib.suppress(OSError):
+            try:
                 directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                removed = False
+        return removed
+
+    def end(self, tries: int = 40, pause_s: float = 0.025) -> None:
+        """Kill what is left in the cgroup and remove it, trying again while a killed process is
+        still on its way out (blocking: run it off the event loop)."""
+        for _ in range(tries):
+            self.kill_all()
+            if self.remove():
+                return
+            time.sleep(pause_s)
+        log.warning("cgroup_not_removed", cgroups=[str(d) for d in self.directories.values()])
 
 
 class V2(Hierarchy):

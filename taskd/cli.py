@@ -239,6 +239,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
+    capacity = None
+    if any(task.requests is not None for task in config.tasks):
+        capacity = detect_capacity(config.node.capacity.memory, config.node.capacity.cpu)
+        too_large = requests_too_large(config, capacity)
+        if too_large and not config.store.url:  # alone on its SQLite file: the daemon would refuse it
+            for problem in too_large:
+                print(problem, file=sys.stderr)
+            count = len(too_large)
+            print(f"{args.config}: {count} error{'s' if count != 1 else ''}; configuration rejected", file=sys.stderr)
+            return EXIT_USAGE
     now = datetime.now(UTC)
     print(
         f"{args.config}: OK: {len(config.tasks)} task(s), {len(config.pipelines)} pipeline(s), "
@@ -248,14 +258,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"alerts: {default_route}")
     if config.pools:
         print("pools: " + ", ".join(f"{name} ({size})" for name, size in sorted(config.pools.items())))
-    if any(task.requests is not None for task in config.tasks):
-        capacity = detect_capacity(config.node.capacity.memory, config.node.capacity.cpu)
+    if capacity is not None:
         print(f"capacity for requests: {capacity.describe()}")
-        too_large = requests_too_large(config, capacity)
-        if too_large and not config.store.url:  # alone on its SQLite file: the daemon would refuse it
-            for problem in too_large:
-                print(problem, file=sys.stderr)
-            return EXIT_USAGE
     graph = Graph.of(config.tasks)
     if graph.upstream:
         by_id = {task.id: task for task in config.tasks}
@@ -327,22 +331,25 @@ def _print_resources(config: Config, task: TaskConfig) -> None:
         print("  pools:     " + ", ".join(f"{name} x{units}" for name, units in task.pools.items()))
     limits = config.limits_for(task)
     if limits != Limits():
-        print(f"  limits:    {_limits_text(limits)}")
+        print(f"  limits:    {_limits_text(limits, config.task.cgroups)}")
     if task.requests is not None:
         asked = [f"memory {format_size(task.requests.memory)}"] if task.requests.memory else []
         asked += [f"cpu {task.requests.cpu:g}"] if task.requests.cpu else []
         print(f"  requests:  {', '.join(asked)}")
 
 
-def _limits_text(limits: Limits) -> str:
-    """A task's limits, and what enforces them with cgroups and without."""
+def _limits_text(limits: Limits, cgroups: bool) -> str:
+    """A task's limits, and what enforces them: with cgroups where the system lets taskd make them,
+    else (and with `task: {cgroups: false}`) the rlimit fallback."""
     parts = [f"memory {format_size(limits.memory)}"] if limits.memory is not None else []
     parts += [f"cpu {limits.cpu:g}"] if limits.cpu is not None else []
     parts += [f"processes {limits.processes}"] if limits.processes is not None else []
     fallback = ["memory as address space (ulimit -v)"] if limits.memory is not None else []
     unenforced = [name for name in ("cpu", "processes") if getattr(limits, name) is not None]
     without = ", ".join(fallback + ([f"{' and '.join(unenforced)} not enforced"] if unenforced else []))
-    return f"{', '.join(parts)} (each step's cgroup; without cgroups: {without})"
+    if not cgroups:
+        return f"{', '.join(parts)} (task: {{cgroups: false}}: {without})"
+    return f"{', '.join(parts)} (each step's cgroup; where none can be made: {without})"
 
 
 def _print_findings(title: str, config: Config, find: Callable[[PipelineConfig, ProcessorConfig], list[str]]) -> None:

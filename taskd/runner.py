@@ -390,9 +390,9 @@ class Run:
         if self.finished or self.record.state is not RunState.QUEUED:
             return []
         if self._resources is not None and not self._held:
-            wanted = self._resources.waits_for(self.plan.needs)
-            if wanted:
-                return [_pool_label(name[5:]) if name.startswith("pool ") else name for name in wanted]
+            # What is not free; or, all of it free but kept for a run queued before this one, all of it.
+            wanted = self._resources.waits_for(self.plan.needs) or list(self.plan.needs)
+            return [_pool_label(name[5:]) if name.startswith("pool ") else name for name in wanted]
         if self._claiming:
             return [_pool_label(name) + " (on another node)" for name in self._pools]
         return [] if self._slot_held else ["slot"]

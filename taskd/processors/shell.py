@@ -226,8 +226,7 @@ async def _stopped_while_starting(ctx: Context, group: cgroups.StepGroup | None)
 def _end_group(group: cgroups.StepGroup) -> cgroups.StepFigures:
     """The step cgroup's figures, then whatever is left in it killed and the cgroup removed."""
     figures = group.figures()
-    group.kill_all()
-    group.remove()
+    group.end()
     return figures
 
 

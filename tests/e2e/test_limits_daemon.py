@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import Daemon, base_config, processes_matching
@@ -16,6 +17,7 @@ TASKS = """
 - {id: patient, pipeline: greedy, limits: {memory: 100M}, retry: {count: 1, backoff: 0.1, on_limit: true}}
 - {id: modest, pipeline: modest, limits: {memory: 100M, processes: 50, cpu: 1}}
 - {id: forky, pipeline: forky, limits: {processes: 4}}
+- {id: escape, pipeline: escape}
 """
 PIPELINES = f"""
 - name: greedy
@@ -23,6 +25,7 @@ PIPELINES = f"""
     - shell: {{command: 'sleep 60.125 & "{sys.executable}" -c "{GREEDY}"'}}
 - {{name: modest, processors: [{{shell: {{command: "echo fine"}}}}]}}
 - {{name: forky, processors: [{{shell: {{command: "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait"}}}}]}}
+- {{name: escape, processors: [{{shell: {{command: "(sleep 30.25 &) ; sleep 0.2"}}}}]}}
 """
 
 
@@ -54,6 +57,10 @@ def test_a_step_past_its_memory_limit_fails_as_such_once_and_leaves_nothing(
     forky = daemon.wait_run(daemon.start_task("forky"), timeout=30)
     assert forky["state"] == "failed", forky  # pids.max: the fifth process is refused
     assert "fork" in daemon.request("GET", f"/run/{forky['id']}/log").text.lower()
+    for _ in range(3):  # a process that left its step's group is killed with the cgroup, which goes
+        escaped = daemon.wait_run(daemon.start_task("escape"))
+        assert escaped["state"] == "completed" and not processes_matching("sleep 30.25")
+        assert not list(Path("/sys/fs/cgroup").glob(f"*/**/taskd-step-{escaped['id']}-*"))
     assert daemon.stop() == 0
 
 

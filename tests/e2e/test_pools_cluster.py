@@ -50,12 +50,16 @@ def test_a_pool_of_one_runs_one_task_at_a_time_across_nodes_and_a_dead_holder_le
     a, b = nodes["a"], nodes["b"]
     lines = lambda: ledger.read_text().splitlines() if ledger.exists() else []  # noqa: E731
 
-    first = a.start_task("hold", {"seconds": "2"})
+    first = a.start_task("hold", {"seconds": "4"})
     wait_for(lambda: "start hold" in lines(), what="hold running on a")
     waiting = b.start_task("next", {"seconds": "0.1"})
-    time.sleep(0.5)
-    run = b.request("GET", f"/run/{waiting}").json()
+    run = wait_for(
+        lambda: (r := b.request("GET", f"/run/{waiting}").json())["waiting_for"] and r,
+        timeout=3,
+        what="next waiting for the pool",
+    )
     assert run["state"] == "queued" and run["waiting_for"] == ["pool db (on another node)"]
+    assert a.run(first)["state"] == "running"
     b.wait_run(waiting, timeout=20)
     assert lines() == ["start hold", "end hold", "start next", "end next"]  # one at a time
     assert a.run(first)["state"] == "completed"
@@ -87,11 +91,13 @@ def test_cluster_max_concurrent_tasks_counts_the_runs_of_every_node(
         text = config.replace("store: {path: ./var/taskd.db}", f"store: {{url: '{url}'}}\nnode: {{name: {name}}}")
         nodes[name] = daemon_factory(text, env={"LEDGER": str(ledger)}, subdir=name).start()
     a, b = nodes["a"], nodes["b"]
-    first = a.start_task("hold", {"seconds": "2"})
+    first = a.start_task("hold", {"seconds": "4"})
     wait_for(lambda: ledger.exists() and "start hold" in ledger.read_text(), what="hold running on a")
     second = b.start_task("next", {"seconds": "0.1"})
-    time.sleep(0.5)
-    assert b.request("GET", f"/run/{second}").json()["waiting_for"] == ["cluster slot (on another node)"]
+    waiting = wait_for(
+        lambda: b.request("GET", f"/run/{second}").json()["waiting_for"], timeout=3, what="next waiting for a slot"
+    )
+    assert waiting == ["cluster slot (on another node)"] and a.run(first)["state"] == "running"
     b.wait_run(second, timeout=20)
     assert a.run(first)["state"] == "completed"
     assert ledger.read_text().splitlines() == ["start hold", "end hold", "start next", "end next"]

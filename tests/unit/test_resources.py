@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import taskd
 from support.engine import Gates, Harness
 
 from taskd.clock import FakeClock
@@ -265,3 +266,39 @@ async def test_a_request_no_live_node_can_hold_is_refused_once_for_the_cluster(t
     for engine in engines.values():
         await engine.shutdown(1)
     await store.close()
+
+
+async def test_a_run_kept_waiting_behind_a_larger_one_says_it_waits_for_the_pool(harness: Harness) -> None:
+    harness.header = "pools: {gpu: 2}"
+    engine = await harness.start(
+        "  - {id: g1, pipeline: gated, pools: {gpu: 1}, concurrency: allow}\n"
+        "  - {id: g2, pipeline: gated, pools: {gpu: 2}}\n"
+    )
+    first = engine.start_run("g1", Trigger.MANUAL)
+    large = engine.start_run("g2", Trigger.MANUAL)
+    small = engine.start_run("g1", Trigger.MANUAL)  # one unit is free, but kept for the larger one first
+    async with asyncio.timeout(5):
+        while not harness.gates.entered:  # noqa: ASYNC110  # polled with a deadline
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    assert first.waiting_for == [] and large.waiting_for == ["pool gpu"] and small.waiting_for == ["pool gpu"]
+    harness.gates.gate("g").set()
+    await harness.settle()
+    assert harness.gates.entered == [first.id, large.id, small.id]
+
+
+def test_check_refuses_a_request_larger_than_the_node_without_saying_ok_first(tmp_path: Path) -> None:
+    (tmp_path / "taskd.yml").write_text(
+        "node: {capacity: {memory: 1G}}\ntasks:\n  - {id: r2, pipeline: p, requests: {memory: 2G}, limits: {cpu: 1}}\n"
+        "pipelines: [{name: p, processors: [{log: {message: hi}}]}]\n"
+    )
+    refused = taskd("check", "-c", "taskd.yml", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "tasks.r2.requests.memory: 2 GiB is more than this node's capacity (1 GiB, node.capacity)" in refused.stderr
+    (tmp_path / "taskd.yml").write_text(
+        "task: {cgroups: false}\ntasks:\n  - {id: r2, pipeline: p, requests: {memory: 512M}, limits: {cpu: 1}}\n"
+        "pipelines: [{name: p, processors: [{log: {message: hi}}]}]\n"
+    )
+    checked = taskd("check", "-c", "taskd.yml", cwd=tmp_path).stdout
+    assert "  limits:    cpu 1 (task: {cgroups: false}: cpu not enforced)" in checked
+    assert "  requests:  memory 512 MiB" in checked
