@@ -125,7 +125,7 @@ def test_a_node_back_after_losing_its_lease_stops_what_it_no_longer_owns(
     b = node(daemon_factory, url, "b", ledger).start()
     run_id = a.start_task("slow", {"seconds": "60.5"})
     a.wait_run(run_id, states=("running",))
-    assert processes_matching("sleep 60.5")
+    wait_for(lambda: processes_matching("sleep 60.5"), what="the run's process")  # running comes first
     a.send(signal.SIGSTOP)  # paused: it cannot renew its lease
     try:
         b.wait_run(run_id, states=("interrupted",), timeout=15)
