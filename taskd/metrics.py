@@ -54,6 +54,7 @@ class Snapshot:
     faults: frozenset[str] = frozenset()  # the kinds of fault current
     faults_raised: Mapping[str, int] = field(default_factory=dict)  # kind -> times raised
     overdue: Mapping[str, bool] = field(default_factory=dict)  # task with an expectation -> overdue now
+    nodes_alive: int = 1  # nodes sharing the store with a live lease, as this node last saw them
 
 
 class Metrics:
@@ -254,6 +255,11 @@ class _StateCollector(Collector):
         for state in ("queued", "running", "retrying"):
             active.add_metric([state], snapshot.active.get(state, 0))
         yield active
+        yield GaugeMetricFamily(
+            "taskd_nodes_alive",
+            "Nodes sharing the store whose lease is live, this one included, as its last heartbeat saw them.",
+            value=snapshot.nodes_alive,
+        )
         yield GaugeMetricFamily("taskd_slots", "The max_concurrent_tasks limit.", value=snapshot.slots)
         yield GaugeMetricFamily("taskd_slots_in_use", "Slots held by running runs.", value=snapshot.slots_in_use)
         yield GaugeMetricFamily(
