@@ -597,6 +597,11 @@ class Engine:
     def node_name(self) -> str:
         return self.coordinator.name
 
+    @property
+    def nodes_alive(self) -> int:
+        """Nodes sharing the store whose lease is live, this one included, as its last heartbeat saw them."""
+        return max(1, len(self.coordinator.live_nodes))
+
     async def nodes(self) -> list[NodeInfo]:
         """The nodes sharing the store (this one alone, on a store no other process shares)."""
         return await self.coordinator.nodes()

@@ -192,7 +192,7 @@ def metrics_snapshot(engine: Engine, store: Store, next_fires: NextFires) -> Sna
         faults=frozenset(fault.kind for fault in engine.faults.current()),
         faults_raised=dict(engine.faults.raised),
         overdue=engine.alerter.overdue_tasks(),
-        nodes_alive=max(1, len(engine.coordinator.live_nodes)),
+        nodes_alive=engine.nodes_alive,
     )
 
 
