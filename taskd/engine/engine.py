@@ -311,7 +311,7 @@ class Engine:
         me = self.coordinator.name
         if entry.config.placement != "any" and not eligible(entry.config.placement, me, self.coordinator.labels):
             raise Conflict(f"task {task_id!r} may not run on this node ({me}): see its placement", "placement")
-        never = self.never_fits(task_id)
+        never = self.resources.fits(entry.plan.needs) if entry.plan.needs else None
         if never is not None:
             raise Conflict(f"task {task_id!r} can never run on this node ({me}): {never}", "capacity")
         self._admit_load()

@@ -138,28 +138,41 @@ async def test_a_request_waits_until_it_fits_and_one_that_never_fits_is_refused(
     assert harness.gates.entered == [first.id, second.id]
 
 
-async def test_a_fire_goes_to_the_node_its_request_fits_and_alone_a_node_records_why_not(tmp_path: Path) -> None:
+async def cluster(
+    tmp_path: Path, capacities: dict[str, str], tasks: str, seconds: int = 0
+) -> tuple[FakeClock, MemoryStore, dict[str, LocalCoordinator], dict[str, Engine]]:
+    """Engines on one hub, memory store and fake clock, node name -> its memory capacity. The nodes
+    join the hub before any engine starts: each finds others on the store (a request larger than
+    itself is not a configuration error then)."""
     clock = FakeClock(T0 + 1)
     store = MemoryStore(clock=clock)
     clock.waits_for(store.settled)
     await store.open()
     hub = Hub()
+    coordinators = {name: LocalCoordinator(store, name, {}, clock, hub) for name in capacities}
     engines: dict[str, Engine] = {}
-    for name, memory in (("large", "8G"), ("small", "1G")):  # small joins a cluster: no config error
+    for name, coordinator in coordinators.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "taskd.yml").write_text(
-            f"store: {{path: ':memory:'}}\nnode: {{name: {name}, capacity: {{memory: {memory}}}}}\n"
-            "tasks:\n  - {id: big, pipeline: p, schedule: '* * * * *', requests: {memory: 4G}}\n"
-            "pipelines:\n  - {name: p, processors: [{sleep: {duration: 0}}]}\n"
+            f"store: {{path: ':memory:'}}\nnode: {{name: {name}, capacity: {{memory: {capacities[name]}}}}}\n"
+            f"tasks:\n{tasks}pipelines:\n  - {{name: p, processors: [{{sleep: {{duration: {seconds}}}}}]}}\n"
         )
         config = load_config(tmp_path / name / "taskd.yml", {})
-        coordinator = LocalCoordinator(store, name, {}, clock, hub)
 
         def timer(callback: Any) -> ManualTimer:
             return ManualTimer(callback, clock)
 
         engines[name] = Engine(config, store, clock=clock, timer=timer, coordinator=coordinator)
         await engines[name].start()
+    return clock, store, coordinators, engines
+
+
+async def test_a_fire_goes_to_the_node_its_request_fits_and_alone_a_node_records_why_not(tmp_path: Path) -> None:
+    clock, store, _, engines = await cluster(
+        tmp_path,
+        {"large": "8G", "small": "1G"},
+        "  - {id: big, pipeline: p, schedule: '* * * * *', requests: {memory: 4G}}\n",
+    )
     await clock.run_for(2 * HEARTBEAT_S)  # each node has seen the other alive
     for minute in (60, 120, 180):
         clock.set(T0 + minute)
@@ -187,28 +200,13 @@ async def test_a_fire_goes_to_the_node_its_request_fits_and_alone_a_node_records
 
 
 async def test_a_node_where_the_request_does_not_fit_now_lets_one_where_it_fits_claim_first(tmp_path: Path) -> None:
-    clock = FakeClock(T0 + 1)
-    store = MemoryStore(clock=clock)
-    clock.waits_for(store.settled)
-    await store.open()
-    hub = Hub()
-    engines: dict[str, Engine] = {}
-    for name in ("busy", "idle"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "taskd.yml").write_text(
-            f"store: {{path: ':memory:'}}\nnode: {{name: {name}, capacity: {{memory: 8G}}}}\n"
-            "tasks:\n  - {id: big, pipeline: p, schedule: '* * * * *', requests: {memory: 5G}, concurrency: allow}\n"
-            "  - {id: other, pipeline: p}\n"
-            "pipelines:\n  - {name: p, processors: [{sleep: {duration: 600}}]}\n"
-        )
-        config = load_config(tmp_path / name / "taskd.yml", {})
-
-        def timer(callback: Any) -> ManualTimer:
-            return ManualTimer(callback, clock)
-
-        coordinator = LocalCoordinator(store, name, {}, clock, hub)
-        engines[name] = Engine(config, store, clock=clock, timer=timer, coordinator=coordinator)
-        await engines[name].start()
+    clock, store, _, engines = await cluster(
+        tmp_path,
+        {"busy": "8G", "idle": "8G"},
+        "  - {id: big, pipeline: p, schedule: '* * * * *', requests: {memory: 5G}, concurrency: allow}\n"
+        "  - {id: other, pipeline: p}\n",
+        seconds=600,
+    )
     await clock.run_for(2 * HEARTBEAT_S)
     busy, idle = engines["busy"], engines["idle"]
     held = busy.start_run("big", Trigger.MANUAL)  # 5G of busy's 8G: another 5G does not fit there now
@@ -231,27 +229,11 @@ async def test_a_node_where_the_request_does_not_fit_now_lets_one_where_it_fits_
 
 
 async def test_a_request_no_live_node_can_hold_is_refused_once_for_the_cluster(tmp_path: Path) -> None:
-    clock = FakeClock(T0 + 1)
-    store = MemoryStore(clock=clock)
-    clock.waits_for(store.settled)
-    await store.open()
-    hub = Hub()
-    coordinators = {name: LocalCoordinator(store, name, {}, clock, hub) for name in ("n1", "n2")}
-    engines: dict[str, Engine] = {}
-    for name, coordinator in coordinators.items():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "taskd.yml").write_text(
-            f"store: {{path: ':memory:'}}\nnode: {{name: {name}, capacity: {{memory: 1G}}}}\n"
-            "tasks:\n  - {id: huge, pipeline: p, schedule: '* * * * *', requests: {memory: 4G}}\n"
-            "pipelines:\n  - {name: p, processors: [{sleep: {duration: 0}}]}\n"
-        )
-        config = load_config(tmp_path / name / "taskd.yml", {})
-
-        def timer(callback: Any) -> ManualTimer:
-            return ManualTimer(callback, clock)
-
-        engines[name] = Engine(config, store, clock=clock, timer=timer, coordinator=coordinator)
-        await engines[name].start()  # with another node on the store: not a configuration error
+    clock, store, coordinators, engines = await cluster(
+        tmp_path,
+        {"n1": "1G", "n2": "1G"},
+        "  - {id: huge, pipeline: p, schedule: '* * * * *', requests: {memory: 4G}}\n",
+    )
     await clock.run_for(T0 + 59.5 - clock.time())
     assert [n.capacity["memory"] for n in coordinators["n2"].live_nodes] == [2**30, 2**30]  # each told its own
     clock.set(T0 + 60)
