@@ -25,7 +25,9 @@ import aiohttp
 
 from taskd.config import load_config, parse_listen
 from taskd.config.load import TOKEN_CREDENTIAL, load_api
+from taskd.config.schema import ROLES, ApiSection
 from taskd.errors import ConfigError, TaskdError
+from taskd.http.access import AUDIT_ACTIONS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -121,6 +123,24 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
     logs = command("logs", "print a run's log", "Print a run's log; -f follows it until the run ends.")
     logs.add_argument("run_id", metavar="RUN")
     logs.add_argument("-f", "--follow", action="store_true", help="follow the log until the run ends")
+    audit = command(
+        "audit",
+        "who did what through the API",
+        "The audit trail, newest first: every start, stop, re-run, delete and reload, and every refused "
+        "sign-in or action, with the token's name, the client's address and the answer's status.",
+    )
+    audit.add_argument("--action", default=None, help=f"action (a comma list is allowed): {', '.join(AUDIT_ACTIONS)}")
+    audit.add_argument("--actor", default=None, help="the token's name")
+    audit.add_argument("--since", default=None, help="at or after: ISO-8601, epoch seconds, or a time ago (1h, 2d)")
+    audit.add_argument("--until", default=None, help="before: ISO-8601, epoch seconds, or a time ago")
+    audit.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    rerun = command(
+        "rerun",
+        "run a run's task again with the same params",
+        "Start the run's task again with the params the run was given (secret ones take the task's "
+        "defaults: they are never stored); print the new run's id.",
+    )
+    rerun.add_argument("run_id", metavar="RUN")
     command("status", "the daemon's health", "Health: store, scheduler, version, tasks, runs, slots, last reload.")
     command(
         "reload",
@@ -132,7 +152,7 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
     )
 
 
-COMMANDS = ("tasks", "task", "start", "stop", "delete", "runs", "show", "logs", "status", "reload")
+COMMANDS = ("tasks", "task", "start", "stop", "delete", "runs", "show", "logs", "audit", "rerun", "status", "reload")
 
 
 def run_command(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> int:
@@ -170,7 +190,7 @@ def find_daemon(args: argparse.Namespace, env: Mapping[str, str], err: TextIO | 
     except ConfigError as exc:
         api = load_api(args.config, env)  # the rest has errors: its api: section still names the daemon
         if api is not None:
-            return _listen_target(api.listen, token or api.token)
+            return _listen_target(api.listen, token or _config_token(api))
         problems = "\n  ".join(exc.problems)
         print(
             f"taskd {args.command}: warning: cannot read {args.config}, trying {DEFAULT_URL}"
@@ -178,7 +198,16 @@ def find_daemon(args: argparse.Namespace, env: Mapping[str, str], err: TextIO | 
             file=err or sys.stderr,
         )
         return Target(DEFAULT_URL, None, token)
-    return _listen_target(config.api.listen, token or config.api.token)
+    return _listen_target(config.api.listen, token or _config_token(config.api))
+
+
+def _config_token(api: ApiSection) -> str | None:
+    """The token the configuration gives whoever can read it: api.token, else the named token
+    with the highest role (the first of those)."""
+    if api.token:
+        return api.token
+    ranked = sorted(api.tokens, key=lambda entry: -ROLES.index(entry.role))
+    return next((entry.token for entry in ranked if entry.token), None)
 
 
 def _given_token(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
@@ -258,6 +287,8 @@ async def _run(args: argparse.Namespace, target: Target, out: TextIO) -> int:
             "runs": _runs,
             "show": _show,
             "logs": _logs,
+            "audit": _audit,
+            "rerun": _rerun,
             "status": _status,
             "reload": _reload,
         }[args.command]
@@ -282,7 +313,7 @@ class _Api:
             raise ClientError(
                 f"cannot reach the daemon at {self._target.describe()}: {exc}", EXIT_UNREACHABLE
             ) from None
-        codes = {404: EXIT_NOT_FOUND, 409: EXIT_FAILED, 401: EXIT_USAGE, 400: EXIT_USAGE}
+        codes = {404: EXIT_NOT_FOUND, 409: EXIT_FAILED, 401: EXIT_USAGE, 403: EXIT_USAGE, 400: EXIT_USAGE}
         raise ClientError(message, codes.get(response.status, EXIT_FAILED))
 
     def _unreachable(self, exc: Exception) -> ClientError:
@@ -497,6 +528,39 @@ async def _runs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
         return _print_json(body, out)
     _run_table(body["runs"], out)
     print(f"{len(body['runs'])} of {body['total']} run(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _audit(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    query = {"action": args.action, "actor": args.actor, "since": args.since, "until": args.until, "limit": args.limit}
+    body = await api.call("GET", "/audit?" + "&".join(f"{k}={_quote(str(v))}" for k, v in query.items() if v))
+    if args.json:
+        return _print_json(body, out)
+    rows = [
+        [
+            e["at"],
+            e["action"],
+            e["actor"] or "-",
+            e["role"] or "-",
+            e["remote"] or "-",
+            e["target"] or "-",
+            e["status"],
+            e["detail"] or "",
+        ]
+        for e in body["entries"]
+    ]
+    _table(["AT", "ACTION", "WHO", "ROLE", "FROM", "TARGET", "STATUS", "DETAIL"], rows, out)
+    print(f"{len(body['entries'])} of {body['total']} entr{'y' if body['total'] == 1 else 'ies'}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _rerun(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    body = await api.call("POST", f"/run/{_quote(args.run_id)}/_rerun")
+    if args.json:
+        return _print_json(body, out)
+    print(body["run_id"], file=out)
+    if body["params_not_repeated"]:
+        print(f"params not repeated (secret): {', '.join(body['params_not_repeated'])}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ from taskd.config import Config, load_config, parse_listen
 from taskd.engine import Engine
 from taskd.errors import ConfigError, TaskdError
 from taskd.faults import RELOAD, RETENTION, STORE_KINDS, STORE_UNREACHABLE
+from taskd.http.access import Access
 from taskd.http.app import create_app
 from taskd.http.server import GuardedRunner, Limits, quiet_loop_errors
 from taskd.metrics import Metrics
@@ -143,7 +144,9 @@ class Daemon:
             stack.push_async_callback(engine.shutdown, 0.0)  # if start-up fails from here on
             tune_gc()
             quiet_loop_errors(asyncio.get_running_loop())
-            app = create_app(engine, store, config.api.token, config.api.max_body_bytes, metrics, reload=self.reload)
+            app = create_app(
+                engine, store, Access.of(config.api), config.api.max_body_bytes, metrics, reload=self.reload
+            )
             api = config.api
             runner = GuardedRunner(app, Limits(api.header_timeout, api.idle_timeout, api.max_connections))
             await runner.setup()

@@ -29,6 +29,13 @@ class UnknownTask(TaskdError):
     """No task with that id (never defined, removed, or deleted)."""
 
 
+class UnknownRun(TaskdError):
+    """No run with that id (never started, or pruned by retention)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} does not exist")
+
+
 class Conflict(TaskdError):
     """The request contradicts the task's state or policy (e.g. `forbid` with a run active);
     `reason` is a short code for it (a fire skipped for it is counted under that reason)."""

@@ -1,6 +1,7 @@
 """The forecast of fires (`taskd plan`, `GET /plan`): how many runs each hour brings, and the
-minutes when more tasks are due at once than `max_concurrent_tasks` lets run, with their names.
-Pure: the schedules and the start are passed in.
+minutes when more tasks are due at once than `max_concurrent_tasks` lets run, with their names;
+and each task's next fires in a window (`GET /upcoming`). Pure: the schedules and the start are
+passed in.
 
 A task counts once in a minute however often it fires in it: a task's own runs do not run side by
 side (unless its concurrency allows), so one firing every second is one slot, not sixty.
@@ -183,3 +184,32 @@ def lines(plan: Forecast, zone: Any = UTC) -> list[str]:
         if len(minutes) > CROWDED_SHOWN:
             out.append(f"    ! and {len(minutes) - CROWDED_SHOWN} more crowded minute(s) in this hour")
     return out
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """A task's fires in a window: the first `per_task` of them, and whether it has more."""
+
+    task_id: str
+    fires: list[datetime]
+    more: bool
+
+
+def upcoming(schedules: Iterable[tuple[str, Schedule]], start: datetime, hours: int, per_task: int) -> list[Upcoming]:
+    """Each task's fires in the next `hours` after `start`, the tasks that fire soonest first
+    (ties by id); tasks that do not fire in the window are left out."""
+    until = start + timedelta(hours=hours)
+    found: list[Upcoming] = []
+    for task_id, schedule in schedules:
+        fires: list[datetime] = []
+        current: datetime | None = start
+        while current is not None and len(fires) <= per_task:
+            current = schedule.next_after(current)
+            if current is not None and current <= until:
+                fires.append(current)
+            else:
+                current = None
+        if fires:
+            found.append(Upcoming(task_id, fires[:per_task], len(fires) > per_task))
+    found.sort(key=lambda item: (item.fires[0], item.task_id))
+    return found

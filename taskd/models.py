@@ -22,6 +22,7 @@ class RunState(StrEnum):
 
 
 ACTIVE_STATES = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.RETRYING})
+FINAL_STATES = (RunState.COMPLETED, RunState.FAILED, RunState.STOPPED, RunState.INTERRUPTED)
 
 
 class Trigger(StrEnum):

@@ -36,6 +36,7 @@ from taskd.clock import Clock, FakeClock
 from taskd.config import load_config
 from taskd.engine import Engine
 from taskd.errors import ConfigError
+from taskd.http.access import Access
 from taskd.http.app import create_app
 from taskd.metrics import Metrics
 from taskd.models import ReloadOutcome
@@ -395,7 +396,7 @@ async def api_factory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIt
             return engine.last_reload
 
         app = create_app(
-            engine, store, loaded.api.token, loaded.api.max_body_bytes, metrics, heartbeat_s, reload=reload
+            engine, store, Access.of(loaded.api), loaded.api.max_body_bytes, metrics, heartbeat_s, reload=reload
         )
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
         await client.start_server()

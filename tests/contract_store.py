@@ -25,7 +25,7 @@ from taskd.models import (
     new_run_id,
 )
 from taskd.store import Fire, LogLine, MemoryStore, RunQuery, Store, StoreError, Transition
-from taskd.store.base import RUN_SORTS
+from taskd.store.base import RUN_SORTS, AuditEntry, AuditQuery
 from taskd.store.buffer import Batch, BufferedStore
 
 Reopen = Callable[[], Awaitable[Store]]
@@ -422,9 +422,46 @@ async def test_stats(store: Store) -> None:
     await store.flush()  # stats may lag the last batch of writes
     stats = await store.task_stats("a")
     assert stats["runs"] == 5 and stats["finished_considered"] == 4 and stats["success_rate"] == 0.75
-    assert stats["mean_duration"] == 2.5 and stats["p95_duration"] == 4
+    assert stats["mean_duration"] == 2.5 and stats["p95_duration"] == 4 and stats["p50_duration"] == 2
     empty = await store.task_stats("nobody")
     assert empty["runs"] == 0 and empty["success_rate"] is None and empty["p95_duration"] is None
+
+
+async def test_runs_are_counted_by_the_minute_they_finished_and_their_state(store: Store) -> None:
+    ends = [(6000.0, RunState.COMPLETED), (6059.9, RunState.COMPLETED), (6060.0, RunState.FAILED), (5999.0, None)]
+    for i, (end, state) in enumerate(ends):
+        run = _record("a", queued_at=5000 + i, state=state or RunState.STOPPED)
+        run.started_at, run.finished_at = 5000.0 + i, end
+        store.save_run(run)
+    store.save_run(_record("a", queued_at=6001, state=RunState.RUNNING))
+    await store.flush()
+    counted = sorted(await store.run_counts(6000.0, 60))
+    assert counted == [(100, "completed", 2), (101, "failed", 1)]  # the one before `since` is left out
+    assert await store.run_counts(7000.0, 60) == []
+
+
+async def test_the_audit_trail_pages_newest_first_filters_and_ages_out(backend: tuple[Store, Reopen]) -> None:
+    store, reopen = backend
+    now = time.time()
+    old = AuditEntry(now - 40 * 86400, "delete", "carol", "admin", "10.0.0.9", "gone", 200, None)
+    store.record_audit(old)
+    for i, (action, actor) in enumerate([("start", "bob"), ("forbidden", "alice"), ("stop", "bob")]):
+        store.record_audit(AuditEntry(now + i, action, actor, "operator", "127.0.0.1", "t", 202, f"detail {i}"))
+    store.record_audit(AuditEntry(now + 2, "sign_in_failed", None, None, "::1", None, 401, "wrong bearer token"))
+    entries, total = await store.audit(AuditQuery())
+    assert (
+        total == 5 and entries[0].action == "sign_in_failed" and entries[1].action == "stop"
+    )  # same instant: last first
+    assert entries[-1] == old
+    store = await reopen()  # it survives a restart
+    bobs, total = await store.audit(AuditQuery(actor="bob", limit=1))
+    assert total == 2 and [e.detail for e in bobs] == ["detail 2"]
+    picked, total = await store.audit(AuditQuery(actions=("start", "delete"), since=now - 86400))
+    assert total == 1 and picked[0].action == "start"
+    window, total = await store.audit(AuditQuery(until=now + 1, offset=1))
+    assert total == 2 and [e.action for e in window] == ["delete"]
+    await store.prune(now, days=30, max_runs_per_task=0)
+    assert (await store.audit(AuditQuery()))[1] == 4  # kept as long as runs are
 
 
 async def test_a_closed_store_refuses_reads_and_answers_ping_false(backend: tuple[Store, Reopen]) -> None:

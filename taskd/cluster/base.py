@@ -54,6 +54,8 @@ class NodeInfo:
     dead_at: float | None = None  # when another node found its lease expired
     capacity: Mapping[str, int] = field(default_factory=dict)
     """What it offers runs' requests: memory (bytes), cpu (millicores)."""
+    draining: bool = False
+    """Shutting down: it fires nothing more and lets its runs finish."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class Coordinator(ABC):
         """What this node offers runs' requests (the engine sets it), told at every heartbeat."""
         self.live_nodes: list[NodeInfo] = []
         """The nodes alive at the last heartbeat, this one among them."""
+        self.draining = False
+        """Shutting down (the engine sets it), told at every heartbeat until the node leaves."""
 
     def attach(
         self,
@@ -170,6 +174,7 @@ class Coordinator(ABC):
             slots,
             in_use,
             capacity=dict(self.capacity),
+            draining=self.draining,
         )
 
     async def join(self) -> None:

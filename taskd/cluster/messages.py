@@ -23,12 +23,13 @@ class MessageError(TaskdError, ValueError):
 
 @dataclass(frozen=True)
 class StopRuns:
-    """Stop the task's active runs held by the node that hears it."""
+    """Stop the task's active runs held by the node that hears it (only `run_id`, when given)."""
 
     kind: ClassVar[str] = "stop"
     __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(strict=True)
     task_id: str
     reason: str
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)

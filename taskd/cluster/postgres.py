@@ -40,10 +40,10 @@ SQL = {
         ON CONFLICT (name) DO UPDATE SET incarnation = excluded.incarnation, labels = excluded.labels,
             version = excluded.version, config_digest = excluded.config_digest, started_at = excluded.started_at,
             slots = excluded.slots, slots_in_use = excluded.slots_in_use, capacity = excluded.capacity,
-            heartbeat_at = excluded.heartbeat_at, dead_at = NULL
+            heartbeat_at = excluded.heartbeat_at, dead_at = NULL, draining = FALSE
     """,
     "renew_node": """
-        UPDATE nodes SET heartbeat_at = $3, slots_in_use = $4, slots = $5, config_digest = $6
+        UPDATE nodes SET heartbeat_at = $3, slots_in_use = $4, slots = $5, config_digest = $6, draining = $7
         WHERE name = $1 AND incarnation = $2 AND dead_at IS NULL RETURNING name
     """,
     # A row another transaction holds (its node renewing it, another node expiring it) is left for
@@ -127,7 +127,7 @@ class PostgresCoordinator(Coordinator):
                 self._registered = me.incarnation
                 kept = True
             else:
-                current = (me.slots_in_use, me.slots, me.config_digest)
+                current = (me.slots_in_use, me.slots, me.config_digest, me.draining)
                 kept = await db.fetchval(SQL["renew_node"], me.name, me.incarnation, now, *current) is not None
             expired = [r["name"] for r in await db.fetch(SQL["expire_nodes"], now, now - LEASE_S)]
             for name in expired:
@@ -239,4 +239,5 @@ def _node(r: asyncpg.Record) -> NodeInfo:
         heartbeat_at=r["heartbeat_at"],
         dead_at=r["dead_at"],
         capacity=json.loads(r["capacity"]),
+        draining=r["draining"],
     )

@@ -15,7 +15,7 @@ from taskd.errors import ConfigError
 from taskd.processor import ProcessorType
 from taskd.processors import registry
 from taskd.redact import MASK, Redactor
-from taskd.yamldoc import CREDENTIAL, Document, parse_document
+from taskd.yamldoc import CREDENTIAL, Document, format_path, parse_document
 
 
 def load_config(
@@ -72,11 +72,9 @@ def load_config(
             config = build_config(main_path.absolute(), main, includes, kinds)
     except ConfigError as exc:
         raise ConfigError([_unquoted(problem, env.secrets) for problem in exc.problems]) from None
-    token = config.api.token
-    if config.api.token_file:
-        token = _read_token(config.resolve(config.api.token_file), main, read)
-        config = replace(config, api=config.api.model_copy(update={"token": token}))
-    return replace(config, secrets=frozenset(env.secrets | ({token} if token else set())))
+    api = _tokens_read(config.api, config.resolve, main, read)
+    tokens = {entry.token for entry in api.tokens if entry.token} | ({api.token} if api.token else set())
+    return replace(config, api=api, secrets=frozenset(env.secrets | tokens))
 
 
 def load_api(
@@ -97,9 +95,7 @@ def load_api(
         _default_token_file(main, environ.credential_path(TOKEN_CREDENTIAL))
         raw = main.data.get("api", {})
         api = ApiSection.model_validate(raw if raw is not None else {})
-        if api.token_file:
-            token = _read_token((main_path.parent / Path(api.token_file).expanduser()).resolve(), main, read)
-            api = api.model_copy(update={"token": token})
+        api = _tokens_read(api, lambda name: (main_path.parent / Path(name).expanduser()).resolve(), main, read)
     except Exception:  # whatever is wrong, load_config says it; here there is no api section to use
         return None
     return api
@@ -131,8 +127,34 @@ def _default_token_file(main: Document, credential: Path | None) -> None:
         api["token_file"] = str(credential)
 
 
-def _read_token(path: Path, main: Document, read: Callable[[Path], str]) -> str:
-    where = f"{main.file}:{main.line_of(('api', 'token_file'))}: api.token_file"
+def _tokens_read(
+    api: ApiSection, resolve: Callable[[str], Path], main: Document, read: Callable[[Path], str]
+) -> ApiSection:
+    """The api section with every token read from its file, and no token given twice (which
+    would leave the name and role a request is recorded with to chance)."""
+    token = api.token
+    if api.token_file:
+        token = _read_token(resolve(api.token_file), main, read, ("api", "token_file"))
+    entries = tuple(
+        entry.model_copy(
+            update={"token": _read_token(resolve(entry.token_file), main, read, ("api", "tokens", i, "token_file"))}
+        )
+        if entry.token_file
+        else entry
+        for i, entry in enumerate(api.tokens)
+    )
+    seen: dict[str, str] = {} if token is None else {token: "admin"}
+    for i, entry in enumerate(entries):
+        if entry.token is not None and entry.token in seen:
+            where = f"{main.file}:{main.line_of(('api', 'tokens', i))}: api.tokens[{i}]"
+            raise ConfigError([f"{where}: token {entry.name!r} is the same as token {seen[entry.token]!r}"])
+        if entry.token is not None:
+            seen[entry.token] = entry.name
+    return api.model_copy(update={"token": token, "tokens": entries})
+
+
+def _read_token(path: Path, main: Document, read: Callable[[Path], str], key: tuple[str | int, ...]) -> str:
+    where = f"{main.file}:{main.line_of(key)}: {format_path(key)}"
     try:
         token = read(path).strip()
     except (OSError, UnicodeDecodeError) as exc:

@@ -150,6 +150,33 @@ class TaskSection(Section):
     )
 
 
+ROLES = ("viewer", "operator", "admin")
+"""What a token may do, each role everything the one before may: viewers read; operators also
+start, stop and re-run; admins also delete tasks and reload the configuration."""
+Role = Literal["viewer", "operator", "admin"]
+
+
+class TokenEntry(Section):
+    """A named bearer token and its role."""
+
+    name: Identifier = Field(description="who holds it: the audit trail and the dashboard say this name")
+    token: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(None, description="the token itself")
+    token_file: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
+        None, description="file holding the token (relative to the config file)"
+    )
+    role: Role = Field(
+        description="viewer (reads), operator (also starts, stops, re-runs), admin (also deletes, reloads)"
+    )
+
+    @model_validator(mode="after")
+    def _one_token(self) -> TokenEntry:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError(f"token {self.name!r}: give token or token_file, one of them")
+        if self.token is not None and any(c.isspace() for c in self.token):
+            raise ValueError(f"token {self.name!r} holds whitespace; a bearer token cannot")
+        return self
+
+
 class ApiSection(Section):
     """The REST API listener and its protection."""
 
@@ -161,6 +188,11 @@ class ApiSection(Section):
         None,
         description="file holding the bearer token (relative to the config file); by default the"
         " systemd credential api-token ($CREDENTIALS_DIRECTORY/api-token) when there is one",
+    )
+    tokens: tuple[TokenEntry, ...] = Field(
+        (),
+        description="named tokens, each with a role (viewer, operator, admin); api.token, when given, is one"
+        " more, named admin, with the admin role",
     )
     insecure: StrictBool = Field(False, description="allow a non-loopback listen address without a token")
     public_url: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
@@ -197,8 +229,17 @@ class ApiSection(Section):
         """A non-loopback TCP address without a token is refused unless `insecure: true`."""
         if self.token and self.token_file:
             raise ValueError("give api.token or api.token_file, not both")
+        names = [entry.name for entry in self.tokens] + (["admin"] if self.token or self.token_file else [])
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"token name {twice[0]!r} is given twice (api.token, when set, is named admin)"
+                if twice[0] == "admin"
+                else f"token name {twice[0]!r} is given twice"
+            )
         target = parse_listen(self.listen)
-        if isinstance(target, str) or self.token or self.token_file or self.insecure or _is_loopback(target[0]):
+        guarded = self.token or self.token_file or self.tokens
+        if isinstance(target, str) or guarded or self.insecure or _is_loopback(target[0]):
             return self
         raise ValueError(
             f"refusing to listen on {self.listen} without api.token: anyone who can reach it could "

@@ -32,14 +32,14 @@ from taskd.engine.registry import RegistryDiff, StepBuilder, TaskEntry, diff
 from taskd.engine.remote import Remote
 from taskd.engine.runs import Prepared, RunTable, stop_grace, wait_runs
 from taskd.engine.timer import APSchedulerTimer
-from taskd.errors import ConfigError, Conflict, Overloaded, UnknownTask
+from taskd.errors import ConfigError, Conflict, Overloaded, UnknownRun, UnknownTask
 from taskd.faults import STORE_FILE, STORE_UNREACHABLE, STORE_WRITE, Faults
 from taskd.live import LiveHub
 from taskd.metrics import Metrics
-from taskd.models import ReloadOutcome, RunRecord, RunState, RunSummary, Trigger, new_run_id
+from taskd.models import ACTIVE_STATES, ReloadOutcome, RunRecord, RunState, RunSummary, Trigger, new_run_id
 from taskd.processor import ProcessorType
 from taskd.processors import registry
-from taskd.redact import NONE, Redactor, masked_params, secret_values
+from taskd.redact import MASK, NONE, Redactor, masked_params, secret_values
 from taskd.resources import Resources
 from taskd.runner import Run
 from taskd.slots import SlotPool
@@ -175,6 +175,7 @@ class Engine:
     async def shutdown(self, grace_s: float) -> None:
         """Stop firing; let active runs finish for up to `grace_s` (or until `hurry()`), then stop them."""
         self._accepting = False
+        self.coordinator.draining = True  # the other nodes see it at the next heartbeat
         self.firing.stop()
         await self.downstream.close()
         if len(self.runs):
@@ -497,6 +498,42 @@ class Engine:
         if outcome.stopping:
             log.warning("runs_still_stopping", task_id=task_id, run_ids=outcome.stopping, reason=reason)
         return outcome
+
+    async def stop_run(self, run_id: str, reason: str) -> StopOutcome:
+        """Stop one active run, here or on the node that holds it; wait as `stop_task` does."""
+        live = self.runs.get(run_id)
+        done: bool
+        if live is not None and not live.finished:
+            live.stop(reason)
+            await wait_runs([live], min(stop_grace([live]), STOP_WAIT_S), clock=self.clock)
+            done = live.finished
+        else:
+            record = await self.store.get_run(run_id)
+            if record is None:
+                raise UnknownRun(run_id)
+            if record.state not in ACTIVE_STATES:
+                raise Conflict(f"run {run_id!r} is not active: it {record.state}")
+            await self._remote.stop(record.task_id, reason, run_id)
+            grace = self.entry(record.task_id).plan.stop_grace_s if self.has_task(record.task_id) else 0.0
+            done = not await self._remote.wait([run_id], grace, STOP_WAIT_S)
+        if not done:
+            log.warning("runs_still_stopping", run_ids=[run_id], reason=reason)
+        return StopOutcome(stopped=[run_id] if done else [], stopping=[] if done else [run_id])
+
+    async def rerun(self, run_id: str) -> tuple[str, str, list[str]]:
+        """Start the run's task again, manually, with the params the run was given; answers the
+        new run's id and state, and the params not repeated: a secret is never stored, so a
+        secret param (or a value masked as one) takes the task's default."""
+        record = self.runs.get(run_id)
+        known = record.record if record is not None else await self.store.get_run(run_id)
+        if known is None:
+            raise UnknownRun(run_id)
+        entry = self.entry(known.task_id)
+        secret = set(entry.config.secret_params)
+        dropped = sorted(k for k, v in known.params.items() if k in secret or v == MASK)
+        params = {k: v for k, v in known.params.items() if k not in dropped}
+        started, state = await self.start_manual(known.task_id, params)
+        return started, state, dropped
 
     async def delete_task(self, task_id: str) -> list[str]:
         """Stop active runs (on every node), remove the task (from every node), and keep a

@@ -67,9 +67,10 @@ class Remote:
                     waiting.set_result(message)
             case StartRun(to=to) if to == self._coordinator.name:
                 self._start_for_another(message)
-            case StopRuns(task_id=task_id, reason=reason):
+            case StopRuns(task_id=task_id, reason=reason, run_id=run_id):
                 for run in self._runs.active(task_id):
-                    run.stop(reason or "stopped from another node")
+                    if run_id is None or run.id == run_id:
+                        run.stop(reason or "stopped from another node")
             case DropTask(task_id=task_id, definition_hash=definition_hash) if self._host.has_task(task_id):
                 stopped = self._host.drop(task_id, definition_hash)
                 log.info("task_deleted", task_id=task_id, stopped=[r.id for r in stopped], by="another node")
@@ -83,11 +84,11 @@ class Remote:
         self._host.track(asyncio.get_running_loop().create_task(self._coordinator.send(reply)))
 
     # -- asking other nodes --------------------------------------------------------------------------
-    async def stop(self, task_id: str, reason: str) -> None:
-        """Ask the other nodes to stop the task's runs. When the message cannot be sent (the
-        store's connection is down) their runs go on: `wait` does not see them end."""
+    async def stop(self, task_id: str, reason: str, run_id: str | None = None) -> None:
+        """Ask the other nodes to stop the task's runs (or that one run). When the message cannot
+        be sent (the store's connection is down) their runs go on: `wait` does not see them end."""
         try:
-            await self._coordinator.send(StopRuns(task_id, reason))
+            await self._coordinator.send(StopRuns(task_id, reason, run_id))
         except Exception as exc:
             if not self._store.owns(exc):
                 raise

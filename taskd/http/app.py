@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import hmac
 import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -20,24 +19,35 @@ from aiohttp import web
 from taskd import __version__
 from taskd.durations import parse_ago
 from taskd.engine import TASK_STATUSES, Engine, TaskEntry, config_digest
-from taskd.errors import Conflict, Overloaded, UnknownTask
+from taskd.errors import Conflict, Overloaded, UnknownRun, UnknownTask
 from taskd.faults import STORE_KINDS
-from taskd.forecast import MAX_DAYS, forecast
+from taskd.forecast import MAX_DAYS, forecast, upcoming
 from taskd.http import dashboard, events, openapi
+from taskd.http.access import AUDIT_ACTIONS, NOBODY, Access, Caller, Throttle, action_of
 from taskd.http.selection import TASK_SORTS, TaskQuery, select_tasks
 from taskd.http.server import error_body
-from taskd.http.views import TaskViews, fire_view, metrics_snapshot, node_views, resources_view, run_detail
+from taskd.http.views import (
+    TaskViews,
+    audit_view,
+    fire_view,
+    history_point,
+    metrics_snapshot,
+    node_views,
+    resources_view,
+    run_detail,
+)
 from taskd.metrics import CONTENT_TYPE, Metrics
-from taskd.models import ReloadOutcome, RunRecord, RunState, Trigger, iso
+from taskd.models import FINAL_STATES, ReloadOutcome, RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
 from taskd.recorder import MAX_LOG_LINES
-from taskd.store.base import RUN_SORTS, RunQuery, Store
+from taskd.store.base import RUN_SORTS, AuditEntry, AuditQuery, RunQuery, Store
 
 log = structlog.get_logger("taskd.api")
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
-TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
+ACCESS: web.AppKey[Access] = web.AppKey("access", Access)
+THROTTLE: web.AppKey[Throttle] = web.AppKey("throttle", Throttle)
 VIEWS: web.AppKey[TaskViews] = web.AppKey("views", TaskViews)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 RELOAD: web.AppKey[Callable[[], Awaitable[ReloadOutcome]]] = web.AppKey("reload")
@@ -65,10 +75,17 @@ MAX_LOG_SEQ = MAX_LOG_LINES + 1
 class ApiError(web.HTTPException):
     """An error answered as JSON `{"error": {"code", "message"}}`."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.status_code = status
         super().__init__(
-            text=error_body(code, message),
+            text=error_body(code, message, extra),
             content_type="application/json",
             headers=headers,
         )
@@ -119,20 +136,55 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
 """Answered without the token: a bare health status, and the API's description (it holds no data)."""
 
+CALLER: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
+"""Where a request keeps who sent it."""
+AUDITED: web.RequestKey[str] = web.RequestKey("audited", str)
+"""What a handler adds to its audit entry: the run it started, the runs it stopped."""
 
-def authorized(request: web.Request) -> bool:
-    """Whether the request may see and change everything: no token is configured, or it sent it."""
-    token = request.app[TOKEN]
-    if not token:
-        return True
-    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
-    # Bytes that are not UTF-8 arrive as surrogates: kept as they are, they simply do not match.
-    given = supplied.strip().encode("utf-8", "surrogateescape")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given, token.encode())
+
+def caller_of(request: web.Request) -> Caller | None:
+    """Who sent the request: the token's name and role, or None when it names no token."""
+    if CALLER in request:
+        return request[CALLER]
+    return request.app[ACCESS].caller(request.headers.get("Authorization", ""))
+
+
+def _route(request: web.Request) -> str | None:
+    resource = request.match_info.route.resource
+    return None if resource is None else resource.canonical
+
+
+def _audit(request: web.Request, action: str, caller: Caller | None, status: int, detail: str | None) -> None:
+    target = request.match_info.get("id") or request.match_info.get("run_id")
+    entry = AuditEntry(
+        at=request.app[ENGINE].clock.time(),
+        action=action,
+        actor=None if caller is None else caller.name,
+        role=None if caller is None else caller.role,
+        remote=request.remote,
+        target=target,
+        status=status,
+        detail=detail,
+    )
+    request.app[STORE].record_audit(entry)
+    log.info("api_audit", **entry._asdict())
+
+
+def _refuse_sign_in(request: web.Request) -> ApiError:
+    """A 401, recorded in the audit trail (once a minute per address; the rest counted)."""
+    given = request.headers.get("Authorization", "")
+    why = "wrong bearer token" if given else "no bearer token"
+    folded = request.app[THROTTLE].admit(request.remote or "", request.app[ENGINE].clock.time())
+    if folded is not None:
+        more = f"; {folded} more refused from this address in the minute before" if folded else ""
+        _audit(request, "sign_in_failed", None, 401, f"{why} for {request.method} {request.path}"[:300] + more)
+    return ApiError(401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="taskd"'})
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who is asking (401 when the token is missing or wrong), whether their role may do what
+    they ask (403 naming the role needed), and the audit trail of every action and refusal."""
     # GET /health answers without a token (a bare liveness status; the details need the token),
     # so load balancers, monitors and the bundled health pipelines can reach it.
     # A method no route takes is a 405 for everyone: it reveals nothing the OpenAPI document does not.
@@ -142,17 +194,37 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     public = request.path in PUBLIC_PATHS or dashboard.is_public(request.path)
     if public and request.method in ("GET", "HEAD"):
         return await handler(request)
-    if not authorized(request):
+    caller = caller_of(request)
+    if caller is None:
+        raise _refuse_sign_in(request)
+    request[CALLER] = caller
+    action = None if unmatched is not None else action_of(request.method, _route(request))
+    if action is None:
+        return await handler(request)
+    if not caller.may(action.role):
+        _audit(request, "forbidden", caller, 403, f"{action.name}: needs the {action.role} role")
         raise ApiError(
-            401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="taskd"'}
+            403,
+            "forbidden",
+            f"{action.what} needs the {action.role} role; token {caller.name!r} has the {caller.role} role",
+            extra={"required_role": action.role},
         )
-    return await handler(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        _audit(request, action.name, caller, status, request.get(AUDITED))
 
 
 def create_app(
     engine: Engine,
     store: Store,
-    token: str | None,
+    access: Access,
     max_body_bytes: int,
     metrics: Metrics | None = None,
     heartbeat_s: float = events.HEARTBEAT_S,
@@ -163,7 +235,8 @@ def create_app(
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=max_body_bytes)
     app[ENGINE] = engine
     app[STORE] = store
-    app[TOKEN] = token
+    app[ACCESS] = access
+    app[THROTTLE] = Throttle()
     app[VIEWS] = TaskViews(engine)
     app[PLANS] = PlanCache()
     events.setup(app, heartbeat_s)
@@ -190,6 +263,12 @@ def create_app(
     app.router.add_get("/processors", processors)
     app.router.add_get("/nodes", list_nodes)
     app.router.add_get("/plan", plan)
+    app.router.add_get("/upcoming", upcoming_fires)
+    app.router.add_get("/stats/runs", runs_per_minute)
+    app.router.add_post("/run/{run_id}/_stop", stop_run)
+    app.router.add_post("/run/{run_id}/_rerun", rerun)
+    app.router.add_get("/audit", audit_trail)
+    app.router.add_get("/whoami", whoami)
     return app
 
 
@@ -304,17 +383,23 @@ async def get_task(request: web.Request) -> web.Response:
     states = await engine.task_states([entry])
     view = request.app[VIEWS].detail(entry, states[entry.id], _now(engine))
     # Asked together: the store answers them in turn, but the loop waits once, not three times.
-    stats, (recent, _), fires = await asyncio.gather(
+    finished = RunQuery(task_ids=(entry.id,), states=FINAL_STATES, limit=HISTORY, fresh=False)
+    stats, (recent, _), (history, _), fires = await asyncio.gather(
         store.task_stats(entry.id),
         store.list_runs(RunQuery(task_ids=(entry.id,), limit=10, fresh=False)),
+        store.list_runs(finished),
         store.fires(entry.id, limit=10),
     )
     now = engine.clock.time()
     view["stats"] = stats
     view["recent_runs"] = [run.to_json(now) for run in recent]
+    view["history"] = [history_point(run) for run in reversed(history)]
     view["skipped_fires"] = [fire_view(f) for f in fires]
     return _json(view)
 
+
+HISTORY = 200
+"""The latest finished runs a task's page charts."""
 
 MAX_BODY_DEPTH = 32
 """How deep a request body's objects and arrays may nest."""
@@ -380,6 +465,7 @@ async def start_task(request: web.Request) -> web.Response:
         raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
     except Conflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    request[AUDITED] = f"run {run_id}"
     return _json({"run_id": run_id, "task_id": entry.id, "state": state}, status=202)
 
 
@@ -390,6 +476,7 @@ async def stop_task(request: web.Request) -> web.Response:
         outcome = await engine.stop_task(entry.id, "stopped through the API")
     except Conflict as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    request[AUDITED] = _runs_named(outcome.stopped, outcome.stopping)
     # 200 only when every run it stopped has ended; 202 while some are still stopping.
     return _json(
         {"task_id": entry.id, "stopped": outcome.stopped, "stopping": outcome.stopping},
@@ -401,7 +488,56 @@ async def delete_task(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     entry = _entry(request)
     stopped = await engine.delete_task(entry.id)
+    if stopped:
+        request[AUDITED] = f"stopped {', '.join(stopped)}"
     return _json({"deleted": entry.id, "stopped": stopped})
+
+
+def _runs_named(stopped: list[str], stopping: list[str]) -> str:
+    told = [f"stopped {', '.join(stopped)}"] if stopped else []
+    return "; ".join(told + ([f"still stopping {', '.join(stopping)}"] if stopping else []))
+
+
+async def stop_run(request: web.Request) -> web.Response:
+    run_id = request.match_info["run_id"]
+    try:
+        outcome = await request.app[ENGINE].stop_run(run_id, "stopped through the API")
+    except UnknownRun as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except Conflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    request[AUDITED] = _runs_named(outcome.stopped, outcome.stopping)
+    return _json(
+        {"run_id": run_id, "stopped": bool(outcome.stopped), "stopping": bool(outcome.stopping)},
+        status=202 if outcome.stopping else 200,
+    )
+
+
+async def rerun(request: web.Request) -> web.Response:
+    """Start the run's task again with the params the run was given (secret ones excepted: they
+    are never stored, and take the task's defaults)."""
+    run_id = request.match_info["run_id"]
+    try:
+        started, state, dropped = await request.app[ENGINE].rerun(run_id)
+    except (UnknownRun, UnknownTask) as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except Overloaded as exc:
+        raise ApiError(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
+    except Conflict as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    run = request.app[ENGINE].live_run(started)
+    task_id = run.record.task_id if run is not None else None
+    request[AUDITED] = f"run {started}" + (f"; params not repeated: {', '.join(dropped)}" if dropped else "")
+    return _json(
+        {"run_id": started, "task_id": task_id, "state": state, "rerun_of": run_id, "params_not_repeated": dropped},
+        status=202,
+    )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """Who the token names and its role, for the dashboard to offer only what the role may do."""
+    caller = caller_of(request) or NOBODY
+    return _json({"name": caller.name, "role": caller.role, "auth": request.app[ACCESS].enabled})
 
 
 RUN_FILTERS = ("state", "task_id", "trigger", "since", "until", "q", "sort", "limit", "offset")
@@ -514,6 +650,83 @@ async def plan(request: web.Request) -> web.Response:
         return _json(plans.kept[1])
 
 
+MAX_UPCOMING_HOURS = 7 * 24
+UPCOMING_PER_TASK = 100
+
+
+async def upcoming_fires(request: web.Request) -> web.Response:
+    """Each enabled task's fires in the next `hours` (24 by default), soonest first."""
+    engine = request.app[ENGINE]
+    hours = _int_arg(request, "hours", 24, 1, MAX_UPCOMING_HOURS)
+    limit = _int_arg(request, "limit", 500, 1, 10_000)
+    now = _now(engine)
+    entries = {e.id: e for e in engine.entries() if e.schedule is not None and e.config.enabled}
+    scheduled = [(task_id, e.schedule) for task_id, e in entries.items() if e.schedule is not None]
+    # Thousands of tasks take a while: in a thread, so the API keeps answering meanwhile.
+    found = await asyncio.to_thread(upcoming, scheduled, now, hours, UPCOMING_PER_TASK)
+    tasks = [
+        {
+            "task_id": item.task_id,
+            "time_zone": entries[item.task_id].time_zone,
+            "fires": [t.isoformat() for t in item.fires],
+            "more": item.more,
+        }
+        for item in found[:limit]
+    ]
+    until = now + timedelta(hours=hours)
+    return _json({"from": now.isoformat(), "until": until.isoformat(), "tasks": tasks, "truncated": len(found) > limit})
+
+
+MAX_STATS_MINUTES = 24 * 60
+
+
+async def runs_per_minute(request: web.Request) -> web.Response:
+    """Runs that finished in each of the last `minutes` minutes (60 by default), by final state."""
+    engine = request.app[ENGINE]
+    minutes = _int_arg(request, "minutes", 60, 1, MAX_STATS_MINUTES)
+    now = engine.clock.time()
+    last = int(now // 60)
+    first = last - minutes + 1
+    counts = await request.app[STORE].run_counts(first * 60.0, 60)
+    buckets = {minute: dict.fromkeys(map(str, FINAL_STATES), 0) for minute in range(first, last + 1)}
+    for minute, state, count in counts:
+        if minute in buckets and state in buckets[minute]:
+            buckets[minute][state] += count
+    return _json(
+        {
+            "from": iso(first * 60.0),
+            "until": iso(now),
+            "bucket_s": 60,
+            "buckets": [{"at": iso(minute * 60.0), **counted} for minute, counted in buckets.items()],
+        }
+    )
+
+
+AUDIT_FILTERS = ("action", "actor", "since", "until", "limit", "offset")
+
+
+async def audit_trail(request: web.Request) -> web.Response:
+    """The audit trail, newest first: every start, stop, re-run, delete and reload, and every
+    refused sign-in or action, with who, from where and the answer's status."""
+    unknown = sorted(set(request.query) - set(AUDIT_FILTERS))
+    if unknown:
+        raise ApiError(
+            400, "bad_request", f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(AUDIT_FILTERS)}"
+        )
+    query = AuditQuery(
+        actions=_choices(request, "action", AUDIT_ACTIONS),
+        actor=_given(request, "actor"),
+        since=_time_arg(request, "since"),
+        until=_time_arg(request, "until"),
+        limit=_int_arg(request, "limit", 50, 1, MAX_LIMIT),
+        offset=_int_arg(request, "offset", 0, 0, MAX_OFFSET),
+    )
+    if query.actor is not None and _unstorable(query.actor):
+        return _json({"entries": [], "total": 0})
+    entries, total = await request.app[STORE].audit(query)
+    return _json({"entries": [audit_view(entry) for entry in entries], "total": total})
+
+
 async def get_run(request: web.Request) -> web.Response:
     store = request.app[STORE]
     run = await _run_or_404(request)
@@ -575,7 +788,7 @@ async def health(request: web.Request) -> web.Response:
     status = "ok" if healthy else "degraded"
     code = 200 if healthy else 503
     current = faults.current()
-    if not authorized(request):
+    if caller_of(request) is None:
         return _json({"status": status, "faults": [fault.kind for fault in current]}, status=code)
     load = engine.load()
     store_fault = next((fault for fault in current if fault.kind in STORE_KINDS), None)
@@ -605,7 +818,7 @@ def _openapi_body(secured: bool) -> bytes:
 async def openapi_document(request: web.Request) -> web.Response:
     """The document as this daemon answers: with a token configured, every operation but the
     public ones requires it."""
-    return web.Response(body=_openapi_body(bool(request.app[TOKEN])), content_type="application/json")
+    return web.Response(body=_openapi_body(request.app[ACCESS].enabled), content_type="application/json")
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:

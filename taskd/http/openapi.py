@@ -8,12 +8,14 @@ from typing import Any
 
 from taskd import __version__
 from taskd.alerts import EVENTS, LOG_TAIL
+from taskd.config.schema import ROLES
 from taskd.durations import AGO
 from taskd.engine import STOP_WAIT_S, TASK_STATUSES
 from taskd.faults import KINDS as FAULT_KINDS
 from taskd.forecast import MAX_DAYS, NAMED
+from taskd.http.access import AUDIT_ACTIONS
 from taskd.http.selection import TASK_SORTS
-from taskd.models import USAGE_SOURCES, RunState, Trigger
+from taskd.models import FINAL_STATES, USAGE_SOURCES, RunState, Trigger
 from taskd.recorder import MAX_LOG_LINES
 from taskd.store.base import RUN_SORTS
 
@@ -53,9 +55,14 @@ _FAULTS = {
         ]
     },
 }
+RUN_STOP_ANSWER = _object(
+    ["run_id", "stopped", "stopping"],
+    {"run_id": {"type": "string"}, "stopped": {"type": "boolean"}, "stopping": {"type": "boolean"}},
+)
 ERRORS = {
     "400": _error("malformed input"),
     "401": _error("missing or wrong bearer token"),
+    "403": _error("the token's role may not do this (the error's required_role names the role that may)"),
     "503": _error("the store cannot answer now (code store_unavailable; the reason is in the message)"),
 }
 RUN_PROPERTIES = {
@@ -163,7 +170,30 @@ ALERT_FIELDS: dict[str, Any] = {
 }
 SCHEMAS: dict[str, Any] = {
     "Error": _object(
-        ["error"], {"error": _object(["code", "message"], {"code": {"type": "string"}, "message": {"type": "string"}})}
+        ["error"],
+        {
+            "error": _object(
+                ["code", "message"],
+                {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "required_role": {"type": "string", "enum": list(ROLES), "description": "403: the role needed"},
+                },
+            )
+        },
+    ),
+    "AuditEntry": _object(
+        ["at", "action", "actor", "role", "remote", "target", "status", "detail"],
+        {
+            "at": INSTANT,
+            "action": {"type": "string", "enum": list(AUDIT_ACTIONS)},
+            "actor": _nullable("string", description="the token's name (null: no tokens, or none matched)"),
+            "role": _nullable("string"),
+            "remote": _nullable("string", description="the client's address"),
+            "target": _nullable("string", description="the task or run acted on"),
+            "status": {"type": "integer", "description": "the answer's HTTP status"},
+            "detail": _nullable("string"),
+        },
     ),
     "LastRun": _object(
         ["id", "state", "trigger", "started_at", "finished_at", "duration"],
@@ -179,6 +209,7 @@ SCHEMAS: dict[str, Any] = {
             "stats",
             "recent_runs",
             "skipped_fires",
+            "history",
             "alert",
             "upstream",
             "downstream",
@@ -227,6 +258,19 @@ SCHEMAS: dict[str, Any] = {
             "stats": {"type": "object"},
             "recent_runs": {"type": "array", "items": _ref("Run")},
             "skipped_fires": {"type": "array", "items": _ref("SkippedFire")},
+            "history": {
+                "type": "array",
+                "description": "the latest finished runs (200 at most), oldest first, as its chart plots them",
+                "items": _object(
+                    ["id", "state", "finished_at", "duration"],
+                    {
+                        "id": {"type": "string"},
+                        "state": RUN_PROPERTIES["state"],
+                        "finished_at": _nullable("string", format="date-time"),
+                        "duration": _nullable("number"),
+                    },
+                ),
+            },
         },
     ),
     "SkippedFire": _object(
@@ -685,6 +729,7 @@ def document(secured: bool = True) -> dict[str, Any]:
                                             "slots",
                                             "slots_in_use",
                                             "capacity",
+                                            "draining",
                                         ],
                                         {
                                             "name": {"type": "string"},
@@ -704,6 +749,11 @@ def document(secured: bool = True) -> dict[str, Any]:
                                                 "description": "what it offers runs' requests: memory (bytes),"
                                                 " cpu (millicores)",
                                                 "additionalProperties": {"type": "integer"},
+                                            },
+                                            "draining": {
+                                                "type": "boolean",
+                                                "description": "shutting down: it takes no new runs and lets its"
+                                                " runs finish",
                                             },
                                         },
                                     ),
@@ -738,6 +788,163 @@ def document(secured: bool = True) -> dict[str, Any]:
             "get": {
                 "summary": "Prometheus text exposition",
                 "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}, **ERRORS},
+            }
+        },
+        "/run/{run_id}/_stop": {
+            "post": {
+                "operationId": "stopRun",
+                "summary": "Stop one active run (operator)",
+                "description": f"Stops the run here or on the node holding it and waits ({STOP_WAIT_S:g} s at most):"
+                " 200 once it has ended, 202 while it is still stopping.",
+                "parameters": [_run_id()],
+                "responses": {
+                    "200": _json(RUN_STOP_ANSWER, "the run has ended"),
+                    "202": _json(RUN_STOP_ANSWER, "the run was told to stop and has not ended yet"),
+                    **ERRORS,
+                    "404": _error("no such run"),
+                    "409": _error("the run is not active"),
+                },
+            }
+        },
+        "/run/{run_id}/_rerun": {
+            "post": {
+                "operationId": "rerunRun",
+                "summary": "Run the run's task again with the same params (operator)",
+                "description": "Secret params are never stored: they take the task's defaults, and the answer"
+                " names them in params_not_repeated.",
+                "parameters": [_run_id()],
+                "responses": {
+                    "202": _json(
+                        _object(
+                            ["run_id", "task_id", "state", "rerun_of", "params_not_repeated"],
+                            {
+                                "run_id": {"type": "string"},
+                                "task_id": _nullable("string"),
+                                "state": {"type": "string"},
+                                "rerun_of": {"type": "string"},
+                                "params_not_repeated": {"type": "array", "items": {"type": "string"}},
+                            },
+                        ),
+                        "the new run was created",
+                        links={"GetRun": {"operationId": "getRun", "parameters": {"run_id": "$response.body#/run_id"}}},
+                    ),
+                    **ERRORS,
+                    "404": _error("no such run, or its task is gone"),
+                    "409": _error("the task's concurrency policy refuses another run"),
+                },
+            }
+        },
+        "/upcoming": {
+            "get": {
+                "operationId": "upcoming",
+                "summary": "Each enabled task's fires in the next hours, soonest first",
+                "parameters": [
+                    _query("hours", {"type": "integer", "minimum": 1, "maximum": 168}, "how far ahead (24)"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "tasks at most (500)"),
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["from", "until", "tasks", "truncated"],
+                            {
+                                "from": INSTANT,
+                                "until": INSTANT,
+                                "tasks": {
+                                    "type": "array",
+                                    "items": _object(
+                                        ["task_id", "time_zone", "fires", "more"],
+                                        {
+                                            "task_id": {"type": "string"},
+                                            "time_zone": {"type": "string"},
+                                            "fires": {"type": "array", "items": INSTANT, "maxItems": 100},
+                                            "more": {"type": "boolean", "description": "it fires more than listed"},
+                                        },
+                                    ),
+                                },
+                                "truncated": {"type": "boolean", "description": "more tasks fire than listed"},
+                            },
+                        ),
+                        "the fires",
+                    ),
+                    **ERRORS,
+                },
+            }
+        },
+        "/stats/runs": {
+            "get": {
+                "operationId": "runsPerMinute",
+                "summary": "Runs finished in each of the last minutes, by final state",
+                "parameters": [
+                    _query("minutes", {"type": "integer", "minimum": 1, "maximum": 1440}, "how many minutes (60)")
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["from", "until", "bucket_s", "buckets"],
+                            {
+                                "from": INSTANT,
+                                "until": INSTANT,
+                                "bucket_s": {"type": "integer"},
+                                "buckets": {
+                                    "type": "array",
+                                    "items": _object(
+                                        ["at", *FINAL_STATES],
+                                        {"at": INSTANT, **{state: {"type": "integer"} for state in FINAL_STATES}},
+                                    ),
+                                },
+                            },
+                        ),
+                        "one bucket per minute, oldest first",
+                    ),
+                    **ERRORS,
+                },
+            }
+        },
+        "/audit": {
+            "get": {
+                "operationId": "audit",
+                "summary": "The audit trail, newest first: actions and refusals, with who and from where",
+                "parameters": [
+                    _query(
+                        "action",
+                        {"type": "string", "pattern": "^[^,]+(,[^,]+)*$"},
+                        f"comma list of {', '.join(AUDIT_ACTIONS)}",
+                    ),
+                    _query("actor", {"type": "string"}, "the token's name"),
+                    _query("since", {"type": "string"}, "at or after (ISO 8601, epoch seconds, or 2h/3d ago)"),
+                    _query("until", {"type": "string"}, "before"),
+                    *PAGING,
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["entries", "total"],
+                            {"entries": {"type": "array", "items": _ref("AuditEntry")}, "total": {"type": "integer"}},
+                        ),
+                        "a page of the audit trail",
+                    ),
+                    **ERRORS,
+                },
+            }
+        },
+        "/whoami": {
+            "get": {
+                "operationId": "whoami",
+                "summary": "The token's name and role",
+                "responses": {
+                    "200": _json(
+                        _object(
+                            ["name", "role", "auth"],
+                            {
+                                "name": _nullable("string"),
+                                "role": {"type": "string", "enum": list(ROLES)},
+                                "auth": {"type": "boolean", "description": "tokens are configured"},
+                            },
+                        ),
+                        "who",
+                    ),
+                    **ERRORS,
+                },
             }
         },
         "/openapi.json": {

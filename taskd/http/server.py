@@ -56,9 +56,10 @@ class Throttle:
 THROTTLE = Throttle()
 
 
-def error_body(code: str, message: str) -> str:
-    """The API's error shape: `{"error": {"code", "message"}}`."""
-    return json.dumps({"error": {"code": code, "message": message}})
+def error_body(code: str, message: str, extra: dict[str, str] | None = None) -> str:
+    """The API's error shape: `{"error": {"code", "message"}}`, and what a refusal adds (the role
+    it needs)."""
+    return json.dumps({"error": {"code": code, "message": message, **(extra or {})}})
 
 
 class _Handler(RequestHandler):

@@ -17,7 +17,10 @@ from taskd.models import AttemptRecord, RunRecord, RunSummary, StepRecord, Upstr
 from taskd.redact import masked_params
 from taskd.schedule import Schedule, offset_of
 from taskd.schedule_words import describe
-from taskd.store.base import Fire, Store, Transition
+from taskd.store.base import AuditEntry, Fire, Store, Transition
+
+NEXT_RUNS = 10
+"""The upcoming fires a task's detail lists."""
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -137,7 +140,7 @@ class TaskViews:
             }
         )
         view["next_runs"] = (
-            [t.isoformat() for t in entry.schedule.next_n(now, 5)] if entry.schedule and task.enabled else []
+            [t.isoformat() for t in entry.schedule.next_n(now, NEXT_RUNS)] if entry.schedule and task.enabled else []
         )
         epoch = now.timestamp()
         view["active_runs"] = [run.record.to_json(epoch) for run in self._engine.active_runs(entry.id)]
@@ -214,9 +217,24 @@ def node_views(nodes: list[NodeInfo], this: str, now: float) -> list[dict[str, A
             "slots": node.slots,
             "slots_in_use": node.slots_in_use,
             "capacity": dict(node.capacity),
+            "draining": node.draining,
         }
         for node in nodes
     ]
+
+
+def history_point(run: RunRecord) -> dict[str, Any]:
+    """A finished run as the task page's chart plots it."""
+    return {
+        "id": run.id,
+        "state": str(run.state),
+        "finished_at": iso(run.finished_at),
+        "duration": _rounded(run.duration),
+    }
+
+
+def audit_view(entry: AuditEntry) -> dict[str, Any]:
+    return {**entry._asdict(), "at": iso(entry.at)}
 
 
 def fire_view(fire: Fire) -> dict[str, Any]:

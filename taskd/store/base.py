@@ -67,6 +67,33 @@ class Transition(NamedTuple):
     detail: str | None = None
 
 
+class AuditEntry(NamedTuple):
+    """Something done through the API (a start, a stop, a delete, a reload) or refused to whoever
+    asked (a wrong token, a role short of the action): who, from where, on what, and the answer's
+    status. A tuple in column order, like Transition."""
+
+    at: float
+    action: str
+    actor: str | None  # the token's name; None without tokens, or when none matched
+    role: str | None
+    remote: str | None
+    target: str | None  # the task or run acted on
+    status: int
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """A page of the audit trail, newest first; each filter given must hold."""
+
+    actions: tuple[str, ...] = ()
+    actor: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 50
+    offset: int = 0
+
+
 @dataclass(frozen=True)
 class Fire:
     """A fire that did not become a run; or, with `count` > 1, a task's fires refused one after
@@ -191,6 +218,10 @@ class Store(ABC):
         run's end, it is committed with it: a crash keeps both or neither."""
 
     @abstractmethod
+    def record_audit(self, entry: AuditEntry) -> None:
+        """Stage an audit trail entry (kept as long as runs are, by age)."""
+
+    @abstractmethod
     def add_tombstone(self, task_id: str, definition_hash: str, deleted_at: float) -> None: ...
 
     @abstractmethod
@@ -290,6 +321,15 @@ class Store(ABC):
         batch of writes)."""
 
     @abstractmethod
+    async def run_counts(self, since: float, bucket_s: int) -> list[tuple[int, str, int]]:
+        """Runs that finished at or after `since`, counted by (bucket, final state): a bucket is
+        `int(finished_at // bucket_s)`."""
+
+    @abstractmethod
+    async def audit(self, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+        """A page of the audit trail, newest first, and how many entries match in all."""
+
+    @abstractmethod
     async def tombstones(self) -> dict[str, str]:
         """task id -> definition hash of every deleted task."""
 
@@ -349,5 +389,13 @@ def run_stats(total: int, finished: Iterable[tuple[str, float | None]]) -> dict[
         "finished_considered": len(rows),
         "success_rate": round(completed / len(rows), 4) if rows else None,
         "mean_duration": round(sum(durations) / len(durations), 3) if durations else None,
-        "p95_duration": round(durations[max(0, math.ceil(0.95 * len(durations)) - 1)], 3) if durations else None,
+        "p50_duration": _percentile(durations, 0.50),
+        "p95_duration": _percentile(durations, 0.95),
     }
+
+
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of sorted values."""
+    if not ordered:
+        return None
+    return round(ordered[max(0, math.ceil(fraction * len(ordered)) - 1)], 3)

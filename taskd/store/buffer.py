@@ -22,7 +22,7 @@ import structlog
 
 from taskd.clock import Clock, SystemClock
 from taskd.models import AttemptRecord, RunRecord, StepRecord, UpstreamRun
-from taskd.store.base import Fire, LogLine, Store, StoreError, Transition
+from taskd.store.base import AuditEntry, Fire, LogLine, Store, StoreError, Transition
 
 log = structlog.get_logger("taskd.store")
 RETRY_PAUSE_S = 0.5
@@ -53,6 +53,7 @@ class Batch:
     tombstones: list[Tombstone] = field(default_factory=list)
     upstreams: dict[tuple[str, str], UpstreamRun] = field(default_factory=dict)
     given_back: list[str] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
 
     def absorb(self, newer: Batch) -> None:
         """Add the writes staged after this batch: a newer state of a record wins, rows keep
@@ -69,6 +70,7 @@ class Batch:
         for key, upstream in newer.upstreams.items():
             self.upstreams.setdefault(key, upstream)
         self.given_back.extend(newer.given_back)
+        self.audit.extend(newer.audit)
 
     def __len__(self) -> int:
         return (
@@ -82,6 +84,7 @@ class Batch:
             + len(self.tombstones)
             + len(self.upstreams)
             + len(self.given_back)
+            + len(self.audit)
         )
 
 
@@ -187,6 +190,10 @@ class BufferedStore(Store):
 
     def give_back(self, run_id: str) -> None:
         self._batch.given_back.append(run_id)
+        self._wakeup.set()
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        self._batch.audit.append(entry)
         self._wakeup.set()
 
     def set_last_fire(self, task_id: str, instant: float) -> None:

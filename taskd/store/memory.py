@@ -6,6 +6,7 @@ survives the process. Data lives in the object, so closing and reopening it acts
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import json
@@ -28,6 +29,8 @@ from taskd.store.base import (
     GIVEN_BACK,
     LOG_PAGE,
     STATS_WINDOW,
+    AuditEntry,
+    AuditQuery,
     Fire,
     LogLine,
     RunQuery,
@@ -55,6 +58,7 @@ class MemoryStore(BufferedStore):
         self._last_fire_rows: dict[str, float] = {}
         self._alert_rows: dict[str, AlertState] = {}
         self._upstream_rows: dict[tuple[str, str], UpstreamRun] = {}
+        self._audit_rows: list[AuditEntry] = []
 
     async def open(self) -> None:
         self._open = True
@@ -88,6 +92,7 @@ class MemoryStore(BufferedStore):
             self._upstream_rows.setdefault(upstream.key, upstream)
         for run_id in batch.given_back:
             self._release(run_id)
+        self._audit_rows.extend(batch.audit)
         for tombstone in batch.tombstones:
             if tombstone.definition_hash is None:
                 self._tombstone_rows.pop(tombstone.task_id, None)
@@ -274,6 +279,29 @@ class MemoryStore(BufferedStore):
             ],
         )
 
+    async def run_counts(self, since: float, bucket_s: int) -> list[tuple[int, str, int]]:
+        await self._read(fresh=False)
+        counted = collections.Counter(
+            (int(run.finished_at // bucket_s), str(run.state))
+            for run in self._run_rows.values()
+            if run.state not in ACTIVE_STATES and run.finished_at is not None and run.finished_at >= since
+        )
+        return [(bucket, state, count) for (bucket, state), count in counted.items()]
+
+    async def audit(self, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+        await self._read()
+        found = [
+            entry
+            for entry in self._audit_rows
+            if (not query.actions or entry.action in query.actions)
+            and (query.actor is None or entry.actor == query.actor)
+            and (query.since is None or entry.at >= query.since)
+            and (query.until is None or entry.at < query.until)
+        ]
+        # Newest first; entries at the same instant, the one written last first (as by id in SQL).
+        ordered = [entry for _, entry in sorted(enumerate(found), key=lambda pair: (pair[1].at, pair[0]), reverse=True)]
+        return ordered[query.offset : query.offset + query.limit], len(found)
+
     async def tombstones(self) -> dict[str, str]:
         await self._read()
         return dict(self._tombstone_rows)
@@ -300,13 +328,7 @@ class MemoryStore(BufferedStore):
 
     async def prune(self, now: float, days: int, max_runs_per_task: int) -> int:
         await self._read()
-        doomed: set[str] = set()
-        finished = [run for run in self._run_rows.values() if run.state not in ACTIVE_STATES]
-        if days > 0:
-            cutoff = now - days * 86400
-            doomed.update(r.id for r in finished if r.finished_at is not None and r.finished_at < cutoff)
-            self._fire_rows = {k: f for k, f in self._fire_rows.items() if f.recorded_at >= cutoff}
-            self._prune_upstreams(lambda u: u.run_id is None and u.finished_at < cutoff)
+        doomed = self._prune_older(now - days * 86400) if days > 0 else set()
         if max_runs_per_task > 0:
             by_task: dict[str, list[RunRecord]] = defaultdict(list)
             for run in self._run_rows.values():
@@ -322,6 +344,17 @@ class MemoryStore(BufferedStore):
         self._step_rows = {k: v for k, v in self._step_rows.items() if k[0] not in doomed}
         self._prune_upstreams(lambda u: u.run_id in doomed)
         return len(doomed)
+
+    def _prune_older(self, cutoff: float) -> set[str]:
+        """Drop the rows older than `cutoff` but runs; answer the finished runs that are."""
+        self._fire_rows = {k: f for k, f in self._fire_rows.items() if f.recorded_at >= cutoff}
+        self._prune_upstreams(lambda u: u.run_id is None and u.finished_at < cutoff)
+        self._audit_rows = [entry for entry in self._audit_rows if entry.at >= cutoff]
+        return {
+            run.id
+            for run in self._run_rows.values()
+            if run.state not in ACTIVE_STATES and run.finished_at is not None and run.finished_at < cutoff
+        }
 
     def _prune_upstreams(self, doomed: Callable[[UpstreamRun], bool]) -> None:
         self._upstream_rows = {k: u for k, u in self._upstream_rows.items() if not doomed(u)}

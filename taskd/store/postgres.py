@@ -23,7 +23,7 @@ from taskd.faults import STORE_UNREACHABLE
 from taskd.models import RunRecord, RunState
 from taskd.store.base import RunQuery, StoreError, redacted
 from taskd.store.rows import PARTIAL_STATE_INDEXES, Row, run_from_row
-from taskd.store.sql import ACTIVE, SORT_COLUMNS, STATEMENTS, SQLStore, Tx, migrations, numbered
+from taskd.store.sql import ACTIVE, FINISHED, SORT_COLUMNS, STATEMENTS, SQLStore, Tx, migrations, numbered
 
 MIGRATION_LOCK = 0x7461736B64  # "taskd": the advisory lock held while the schema is migrated
 
@@ -40,6 +40,10 @@ SQL = {
     for name, sql in {
         **STATEMENTS,
         "active_runs": f"SELECT * FROM runs WHERE {ACTIVE} AND ({{}}) FOR UPDATE",
+        "run_counts": f"""
+            SELECT floor(finished_at / ?)::bigint, state, count(*) FROM runs WHERE finished_at >= ? AND {FINISHED}
+            GROUP BY 1, 2
+        """,
         "latest_runs": "SELECT DISTINCT ON (task_id) * FROM runs WHERE {} ORDER BY task_id, queued_at DESC, id DESC",
     }.items()
 }

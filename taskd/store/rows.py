@@ -17,7 +17,7 @@ from taskd.models import (
     UpstreamRun,
     Usage,
 )
-from taskd.store.base import Fire, LogLine, Transition
+from taskd.store.base import AuditEntry, Fire, LogLine, Transition
 
 PARTIAL_STATE_INDEXES = (
     (frozenset({"failed", "stopped", "interrupted"}), "state IN ('failed', 'stopped', 'interrupted')"),
@@ -132,6 +132,10 @@ def log_from_row(r: Row) -> LogLine:
 
 def transition_from_row(r: Row) -> Transition:
     return Transition(r["run_id"], r["seq"], r["at"], r["state"], r["detail"])
+
+
+def audit_from_row(r: Row) -> AuditEntry:
+    return AuditEntry(r["at"], r["action"], r["actor"], r["role"], r["remote"], r["target"], r["status"], r["detail"])
 
 
 def fire_from_row(r: Row) -> Fire:

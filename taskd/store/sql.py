@@ -21,6 +21,8 @@ from taskd.store.base import (
     GIVEN_BACK,
     LOG_PAGE,
     STATS_WINDOW,
+    AuditEntry,
+    AuditQuery,
     Fire,
     LogLine,
     RunQuery,
@@ -35,6 +37,7 @@ from taskd.store.rows import (
     alert_state_from_row,
     attempt_from_row,
     attempt_params,
+    audit_from_row,
     fire_from_row,
     log_from_row,
     run_from_row,
@@ -141,6 +144,10 @@ STATEMENTS: dict[str, str] = {
     "upstreams_of_run": "SELECT * FROM run_upstreams WHERE run_id = ? ORDER BY finished_at",
     "downstreams_of_run": "SELECT * FROM run_upstreams WHERE upstream_run_id = ? ORDER BY task_id",
     "delete_upstreams": "DELETE FROM run_upstreams WHERE run_id IS NULL AND finished_at < ?",
+    "record_audit": """
+        INSERT INTO audit (at, action, actor, role, remote, target, status, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    """,
+    "delete_audit": "DELETE FROM audit WHERE at < ?",
     "alert_states": "SELECT * FROM alert_state",
     "alert_state": "SELECT * FROM alert_state WHERE task_id = ?",
     "insert_alert_state": """
@@ -337,6 +344,7 @@ class SQLStore(BufferedStore):
             ("set_last_fire", list(batch.last_fires.items())),
             ("save_upstream", [upstream_params(u) for u in batch.upstreams.values()]),
             ("release_upstreams", [(run_id,) for run_id in batch.given_back]),
+            ("record_audit", batch.audit),
         ]
         tombstones: list[tuple[str, Sequence[Any]]] = [
             ("remove_tombstone", (t.task_id,))
@@ -432,6 +440,7 @@ class SQLStore(BufferedStore):
             if days > 0:
                 await tx.execute(self.SQL["delete_fires"], (cutoff,))
                 await tx.execute(self.SQL["delete_upstreams"], (cutoff,))
+                await tx.execute(self.SQL["delete_audit"], (cutoff,))
         return len(doomed)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -494,6 +503,33 @@ class SQLStore(BufferedStore):
         counted = await self._fetch("task_run_count", task_id, fresh=False)
         rows = await self._fetch("task_durations", task_id, fresh=False)
         return run_stats(int(counted[0][0]), [(r["state"], r["duration"]) for r in rows])
+
+    async def run_counts(self, since: float, bucket_s: int) -> list[tuple[int, str, int]]:
+        rows = await self._fetch("run_counts", float(bucket_s), since, fresh=False)
+        return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def audit(self, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+        await self.flush()
+        conditions: list[str] = []
+        args: list[Any] = []
+        if query.actions:
+            condition, values = self._any("action", list(query.actions))
+            conditions.append(condition)
+            args += values
+        for sql, value in (("actor = ?", query.actor), ("at >= ?", query.since), ("at < ?", query.until)):
+            if value is not None:
+                conditions.append(sql)
+                args.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        total = await self._number(self._sql(f"SELECT count(*) FROM audit {where}"), args)
+        rows = await self._fetch_sql(
+            self._sql(
+                f"SELECT at, action, actor, role, remote, target, status, detail FROM audit {where}"
+                " ORDER BY at DESC, id DESC LIMIT ? OFFSET ?"
+            ),
+            [*args, query.limit, query.offset],
+        )
+        return [audit_from_row(row) for row in rows], total
 
     async def tombstones(self) -> dict[str, str]:
         return {r["task_id"]: r["definition_hash"] for r in await self._fetch("tombstones")}

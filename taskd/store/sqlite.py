@@ -25,7 +25,7 @@ from taskd.models import ACTIVE_STATES, RunRecord, RunState, Trigger
 from taskd.store.base import RunQuery, StoreError
 from taskd.store.buffer import Batch
 from taskd.store.rows import Row, run_from_row
-from taskd.store.sql import ACTIVE, STATEMENTS, SQLStore, Tx, migrations
+from taskd.store.sql import ACTIVE, FINISHED, STATEMENTS, SQLStore, Tx, migrations
 
 log = structlog.get_logger("taskd.store")
 
@@ -34,6 +34,10 @@ MIGRATIONS = migrations("sqlite")
 SQL = {
     **STATEMENTS,
     "active_runs": f"SELECT * FROM runs WHERE {ACTIVE} AND {{}}",
+    "run_counts": f"""
+        SELECT CAST(finished_at / ? AS INTEGER), state, count(*) FROM runs WHERE finished_at >= ? AND {FINISHED}
+        GROUP BY 1, 2
+    """,
     "latest_runs": """
         SELECT r.* FROM runs r
         JOIN (SELECT task_id, max(queued_at) AS latest FROM runs WHERE {} GROUP BY task_id) m

@@ -59,7 +59,7 @@ async def test_task_details(api: Api) -> None:
     body = (await api.request("GET", "/task/alpha")).json()
     assert body["definition"]["pipeline"]["processors"] == [{"log": {"message": "fine"}}]
     assert body["definition"]["source"].endswith("taskd.yml:6")
-    assert len(body["next_runs"]) == 5
+    assert len(body["next_runs"]) == 10
     assert body["stats"]["runs"] == 1 and body["stats"]["success_rate"] == 1.0
     assert body["recent_runs"][0]["id"] == run["id"]
 
