@@ -1,6 +1,7 @@
 // @ts-check
-// The daemon's API: every call carries the token when there is one, and a refused token becomes
-// Unauthorized, which signs the page out. The shapes below are the parts of the answers the page reads.
+// The daemon's API: every call carries the token when there is one, a refused token becomes
+// Unauthorized, which signs the page out, and a call the caller's role may not make becomes
+// Forbidden, which names the role it needs. The shapes below are the parts of the answers the page reads.
 
 import { getToken } from "./state.js";
 
@@ -9,6 +10,8 @@ import { getToken } from "./state.js";
  * @property {string} id
  * @property {string} state
  * @property {number | null} duration
+ * @property {string | null} [started_at]
+ * @property {string | null} [finished_at]
  *
  * @typedef {object} Task
  * @property {string} id
@@ -21,6 +24,7 @@ import { getToken } from "./state.js";
  * @property {string | null} next_run
  * @property {string[]} after  the tasks it runs after (after:)
  * @property {string[]} waiting_on  upstream tasks (after:) that were deleted or disabled: it waits on them
+ * @property {string} time_zone  the zone its schedule is read in
  *
  * @typedef {object} Upstream  a task's after:
  * @property {string[]} tasks
@@ -32,12 +36,27 @@ import { getToken } from "./state.js";
  * @property {number} finished_considered  the latest finished runs the rate and mean are of
  * @property {number | null} success_rate
  * @property {number | null} mean_duration
+ * @property {number | null} [p50_duration]
+ * @property {number | null} [p95_duration]
+ *
+ * @typedef {object} Finished  one of a task's latest finished runs, for the chart of durations
+ * @property {string} id
+ * @property {string} state
+ * @property {string} finished_at
+ * @property {number | null} duration
+ *
+ * @typedef {object} Definition  the task as written in taskd.yml, its secrets masked
+ * @property {{ name: string, description?: string | null, processors: Array<Record<string, Record<string, unknown>>> }} pipeline
+ * @property {string | null} [source]  the file it was read from
  *
  * @typedef {object} TaskDetailFields  what GET /task/{id} adds to a task's row
  * @property {string} pipeline
+ * @property {Definition} [definition]
  * @property {TaskStats} stats
  * @property {string[]} next_runs  already shifted by the spread's offset
  * @property {Run[]} recent_runs  newest first
+ * @property {Run[]} [active_runs]  the runs that have not ended
+ * @property {Finished[]} [history]  the latest finished runs, oldest first
  * @property {Upstream | null} upstream
  * @property {string[]} downstream  the tasks that run after it
  * @property {string[]} waiting_for  with mode all, the upstream tasks with no run it has not taken yet
@@ -121,7 +140,76 @@ import { getToken } from "./state.js";
  * @property {{ node: string, memory?: Held, cpu?: Held }} capacity  this node's
  * @property {Pool[]} pools
  *
- * @typedef {{ slots: { held: number, limit: number }, resources: Resources }} Health
+ * @typedef {object} Fault  something wrong that the daemon reports
+ * @property {string} kind
+ * @property {string} reason
+ * @property {string} since
+ *
+ * @typedef {object} Reload  what the last reload of taskd.yml did
+ * @property {string} at
+ * @property {boolean} [applied]
+ * @property {"applied" | "refused"} [outcome]
+ * @property {string[]} errors  why a refused one was refused
+ * @property {Record<string, string[]>} [changes]  task ids added, changed, removed
+ *
+ * @typedef {object} Health  GET /health as a signed-in caller reads it
+ * @property {"ok" | "degraded"} status
+ * @property {Fault[]} faults
+ * @property {string} version
+ * @property {number} uptime_s
+ * @property {string} [store]
+ * @property {string} [scheduler]
+ * @property {{ held: number, limit: number, waiting?: number }} slots
+ * @property {number} pending_writes  results waiting to be written to the store
+ * @property {string | boolean | null} overloaded  why new runs are refused, when they are
+ * @property {Reload | null} reload
+ * @property {Resources} resources
+ *
+ * @typedef {object} Node  a taskd process sharing the store
+ * @property {string} name
+ * @property {boolean} this  the node that answers
+ * @property {boolean} alive
+ * @property {Record<string, string>} labels
+ * @property {string} version
+ * @property {string} config_digest
+ * @property {boolean} config_differs  its tasks and pipelines differ from most nodes'
+ * @property {number} slots
+ * @property {number} slots_in_use
+ * @property {string | null} last_heartbeat
+ * @property {boolean} [draining]  it takes no new runs
+ *
+ * @typedef {object} Bucket  a minute of finished runs, counted by outcome
+ * @property {string} at
+ * @property {number} [completed]
+ * @property {number} [failed]
+ * @property {number} [timeout]
+ * @property {number} [stopped]
+ * @property {number} [interrupted]
+ *
+ * @typedef {{ from: string, until: string, bucket_s: number, buckets: Bucket[] }} RunStats
+ *
+ * @typedef {object} TaskFires  a task's fires in the span GET /upcoming asks for
+ * @property {string} task_id
+ * @property {string} time_zone
+ * @property {string[]} fires
+ * @property {boolean} more  it fires more often than listed
+ *
+ * @typedef {{ from: string, until: string, tasks: TaskFires[], truncated: boolean }} Upcoming
+ *
+ * @typedef {"viewer" | "operator" | "admin"} Role
+ * @typedef {{ name: string | null, role: Role, auth: boolean }} Caller  who the token is, as GET /whoami answers
+ *
+ * @typedef {object} AuditEntry  something a caller did, or tried to
+ * @property {string} at
+ * @property {string} action
+ * @property {string | null} actor
+ * @property {string | null} role
+ * @property {string | null} remote
+ * @property {string | null} target  the task or run acted on
+ * @property {number} status  the answer's HTTP status
+ * @property {string | null} detail
+ *
+ * @typedef {{ entries: AuditEntry[], total: number }} AuditPage
  *
  * @typedef {object} PlanHour
  * @property {string} hour
@@ -143,6 +231,24 @@ import { getToken } from "./state.js";
 
 export class Unauthorized extends Error {}
 
+/** An answer other than a success: its status, and the message the API gave. */
+export class Refused extends Error {
+  /** @param {string} text @param {number} status */
+  constructor(text, status) {
+    super(text);
+    this.status = status;
+  }
+}
+
+/** The caller's role may not do this: `role` is the one it needs. */
+export class Forbidden extends Refused {
+  /** @param {string} text @param {string | null} role */
+  constructor(text, role) {
+    super(text, 403);
+    this.role = role;
+  }
+}
+
 /** @returns {Record<string, string>} */
 export function authHeaders() {
   const token = getToken();
@@ -158,7 +264,9 @@ export async function api(path, options = {}) {
   const resp = await fetch(path, { ...options, headers: { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) } });
   if (resp.status === 401) throw new Unauthorized("the API refused the token");
   const body = await resp.json().catch(() => null);
-  if (!resp.ok) throw new Error(body?.error?.message || `${resp.status} ${resp.statusText}`);
+  const text = body?.error?.message || `${resp.status} ${resp.statusText}`;
+  if (resp.status === 403) throw new Forbidden(text, body?.error?.required_role ?? null);
+  if (!resp.ok) throw new Refused(text, resp.status);
   return body;
 }
 
@@ -173,6 +281,19 @@ export async function accepted() {
 /** @returns {Promise<Health>} */
 export function health() {
   return /** @type {Promise<Health>} */ (api("/health"));
+}
+
+/**
+ * Who the token is. A daemon older than GET /whoami has one token, which may do everything.
+ * @returns {Promise<Caller>}
+ */
+export async function whoami() {
+  try {
+    return /** @type {Caller} */ (await api("/whoami"));
+  } catch (error) {
+    if (error instanceof Refused && error.status === 404) return { name: null, role: "admin", auth: Boolean(getToken()) };
+    throw error;
+  }
 }
 
 /** @param {number} limit @param {number} offset @returns {Promise<TaskPage>} */
@@ -198,6 +319,26 @@ export function taskRuns(taskId, limit) {
 /** @param {string} runId @returns {Promise<RunDetail>} */
 export function run(runId) {
   return /** @type {Promise<RunDetail>} */ (api(`/run/${encodeURIComponent(runId)}`));
+}
+
+/** @returns {Promise<{ nodes: Node[] }>} */
+export function nodes() {
+  return /** @type {Promise<{ nodes: Node[] }>} */ (api("/nodes"));
+}
+
+/** Finished runs per minute by outcome. @param {number} minutes @returns {Promise<RunStats>} */
+export function runStats(minutes) {
+  return /** @type {Promise<RunStats>} */ (api(`/stats/runs?minutes=${minutes}`));
+}
+
+/** Every task's fires in the next hours. @param {number} hours @returns {Promise<Upcoming>} */
+export function upcoming(hours) {
+  return /** @type {Promise<Upcoming>} */ (api(`/upcoming?hours=${hours}`));
+}
+
+/** The audit trail, newest first. @param {URLSearchParams} query @returns {Promise<AuditPage>} */
+export function audit(query) {
+  return /** @type {Promise<AuditPage>} */ (api(`/audit?${query}`));
 }
 
 /** The forecast of the next days' fires. @param {number} days @returns {Promise<Plan>} */
@@ -229,4 +370,17 @@ export function stopTask(taskId) {
 /** @param {string} taskId */
 export async function deleteTask(taskId) {
   await api(`/task/${encodeURIComponent(taskId)}`, { method: "DELETE" });
+}
+
+/**
+ * Stopped: the run has ended; stopping: it has been asked to and has not yet.
+ * @param {string} runId @returns {Promise<{ run_id: string, stopped: boolean, stopping: boolean }>}
+ */
+export function stopRun(runId) {
+  return /** @type {Promise<{ run_id: string, stopped: boolean, stopping: boolean }>} */ (api(`/run/${encodeURIComponent(runId)}/_stop`, { method: "POST" }));
+}
+
+/** A new run of the same task with the same params. @param {string} runId @returns {Promise<{ run_id: string, task_id: string }>} */
+export function rerun(runId) {
+  return /** @type {Promise<{ run_id: string, task_id: string }>} */ (api(`/run/${encodeURIComponent(runId)}/_rerun`, { method: "POST" }));
 }

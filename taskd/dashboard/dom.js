@@ -1,6 +1,6 @@
 // @ts-check
-// Building the page: h() and render(), notices, the confirm dialog, state badges, times, durations,
-// links and the pager. Data always enters the page as text, never as HTML.
+// Building the page: h() and render(), notices, the confirm dialog, state badges, durations, links,
+// the pager and the box a wide table scrolls in. Data always enters the page as text, never as HTML.
 
 /** Rows asked of the API per page, and shown per page. */
 export const PAGE = 50;
@@ -108,10 +108,13 @@ export function taskStatus(task, name = (taskId) => taskId) {
   return h("span", {}, stateBadge(task.status), " ", h("span", { class: "state-waiting" }, "waiting on ", on));
 }
 
-/** @param {string | null | undefined} iso */
-export function when(iso) {
-  if (!iso) return "—";
-  return h("time", { datetime: iso, title: iso }, new Date(iso).toLocaleString());
+/**
+ * A table in a box of its own that scrolls sideways when the screen is narrower than the table,
+ * so that the page itself never does.
+ * @param {HTMLTableElement} table
+ */
+export function scroller(table) {
+  return h("div", { class: "scroll" }, table);
 }
 
 /** A duration in the unit that reads best. @param {number | null | undefined} value */

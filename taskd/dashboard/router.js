@@ -1,11 +1,15 @@
 // @ts-check
 // Which view the location's hash asks for, and signing in and out: the token is asked for when the
-// API refuses the one the page has, and kept only once the API accepts it.
+// API refuses the one the page has, and kept only once the API accepts it; then the page asks who
+// it is, and shows only what that role may do.
 
-import { accepted, Unauthorized } from "./api.js";
+import { accepted, Forbidden, Unauthorized, whoami } from "./api.js";
+import { auditView } from "./audit.js";
 import { h, message, notice, render } from "./dom.js";
+import { showCaller } from "./header.js";
 import { liveStream } from "./live.js";
 import { overview } from "./overview.js";
+import { refusal, setCaller } from "./roles.js";
 import { runView } from "./run.js";
 import { runsView } from "./runs.js";
 import { forgetToken, getToken, getView, keepToken, setToken, setView } from "./state.js";
@@ -17,17 +21,36 @@ const REFUSED = "That token was refused. Try again.";
 const live = liveStream(signOut);
 
 /** Signs in with the token the page has (or none, when the API needs none). */
-export function enter() {
+export async function enter() {
   live.start();
-  route();
+  try {
+    setCaller(await whoami());
+  } catch (error) {
+    if (error instanceof Unauthorized) return signOut();
+    // Left unknown: the page offers no action until it is known; the view says what failed.
+  }
+  showCaller();
+  await route();
 }
 
 /** The API refused the token: forget it, and ask for it again. */
 export function signOut() {
   const had = Boolean(getToken());
+  leaveSession();
+  login(had ? REFUSED : null);
+}
+
+/** The operator signs out: the token is forgotten. */
+export function signOff() {
+  leaveSession();
+  login(null);
+}
+
+function leaveSession() {
   forgetToken();
   live.stop();
-  login(had ? REFUSED : null);
+  setCaller(null);
+  showCaller();
 }
 
 /** @param {string | null} problem  shown above the form */
@@ -78,6 +101,7 @@ export function signingIn() {
 /** @param {unknown} error */
 function failed(error) {
   if (error instanceof Unauthorized) signOut();
+  else if (error instanceof Forbidden) notice(h("span", { class: "error", role: "alert" }, refusal(error.role)));
   else notice(h("span", { class: "error" }, message(error)));
 }
 
@@ -89,7 +113,7 @@ function leave() {
   setView(null);
 }
 
-/** Draws the view the hash names: #/, #/tasks, #/task/ID, #/runs?… or #/run/ID. */
+/** Draws the view the hash names: #/, #/tasks, #/task/ID, #/runs?…, #/run/ID or #/audit?…. */
 export async function route() {
   leave();
   const hash = location.hash || "#/";
@@ -112,9 +136,12 @@ export async function route() {
     else if (task) await taskView(view, decodeURIComponent(task[1]));
     else if (path.startsWith("#/tasks")) await tasksView(view, query);
     else if (path.startsWith("#/runs")) await runsView(view, query);
+    else if (path.startsWith("#/audit")) await auditView(view, query);
     else await overview(view, query);
   } catch (error) {
+    if (getView() !== view) return; // the operator went elsewhere meanwhile
     if (error instanceof Unauthorized) signOut();
+    else if (error instanceof Forbidden) render(h("h1", {}, "Not allowed"), h("p", { class: "error", role: "alert" }, refusal(error.role)));
     else render(h("h1", {}, "Something went wrong"), h("p", { class: "error", role: "alert" }, message(error)));
   }
 }

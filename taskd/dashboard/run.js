@@ -1,15 +1,17 @@
 // @ts-check
-// One run: its facts (what it waits for while queued, what it used), its attempts with their steps,
-// and its log, followed as it is written until the run ends.
+// One run: Stop while it is active and Re-run with the same params (as the caller's role allows),
+// its facts (what it waits for while queued, what it used, the runs that triggered it and those it
+// triggered), its attempts with their steps, and its log, followed as it is written until the run ends.
 
+import { ACTIVE } from "./actions.js";
 import * as API from "./api.js";
-import { h, render, runLink, seconds, stateBadge, taskLink, when } from "./dom.js";
+import { h, notice, render, runLink, scroller, seconds, stateBadge, taskLink } from "./dom.js";
+import { may } from "./roles.js";
 import { keyedRows } from "./rows.js";
 import { events } from "./sse.js";
+import { isoClock, partsIn, when, zoneFor } from "./times.js";
 import { usedLine } from "./usage.js";
-
-/** The states of a run that has not ended. */
-const ACTIVE = new Set(["queued", "running", "retrying"]);
+import { taskZones } from "./zones.js";
 
 /** @typedef {import("./state.js").View} View */
 /** @typedef {{ key: string, attempt: API.Attempt, step: API.Step | null }} Line  an attempt's row, or one of its steps' */
@@ -20,23 +22,29 @@ const ACTIVE = new Set(["queued", "running", "retrying"]);
  * @param {string} id
  */
 export async function runView(ctx, id) {
+  const [first, zones] = await Promise.all([API.run(id), taskZones()]);
+  const zone = zoneFor(zones.get(first.task_id));
   const facts = h("dl", { class: "facts" });
   const attempts = h("div");
   const log = h("pre", { class: "log", "aria-label": "Log", tabindex: "0" });
   const ending = h("p", { role: "status", id: "run-end" });
   const heading = h("h1", {}, "Run ", h("code", {}, id));
-  render(heading, facts, h("h2", {}, "Attempts"), attempts, h("h2", {}, "Log"), log, ending);
+  const controls = runControls(id, ctx, () => draw());
+  render(heading, controls.group, facts, h("h2", {}, "Attempts"), attempts,
+    h("h2", {}, "Log ", h("span", { class: "muted small" }, `· times in ${zone}`)), log, ending);
   const tbody = h("tbody");
-  const table = h("table", { "aria-label": "Attempts and steps" },
+  const table = scroller(h("table", { "aria-label": "Attempts and steps" },
     h("thead", {}, h("tr", {}, ["Attempt", "Step", "Type", "State", "Duration", "Error"].map((name) => h("th", { scope: "col" }, name)))),
-    tbody);
+    tbody));
   const none = h("p", { class: "muted" }, "No attempt has begun yet.");
   const rows = keyedRows(tbody, (/** @type {Line} */ line) => line.key, () => {
     const row = h("tr", {});
     return { row, update: (line) => row.replaceChildren(...lineCells(line)) };
   });
-  async function draw() {
-    const run = await API.run(id);
+  /** @param {API.RunDetail} [given]  the run as just read; else it is read again */
+  async function draw(given) {
+    const run = given ?? await API.run(id);
+    controls.update(ACTIVE.has(run.state));
     /** @param {string} label @param {import("./dom.js").Child[]} value */
     const fact = (label, ...value) => [h("dt", {}, label), h("dd", {}, ...value)];
     facts.replaceChildren(
@@ -44,13 +52,13 @@ export async function runView(ctx, id) {
       ...fact("State", stateBadge(run.state)),
       ...(run.waiting_for.length ? fact("Waiting for", run.waiting_for.join(", ")) : []),
       ...fact("Trigger", run.trigger),
-      ...(run.upstream_runs.length ? fact("Triggered by", upstreamRuns(run.upstream_runs)) : []),
+      ...(run.upstream_runs.length ? fact("Triggered by", upstreamRuns(run.upstream_runs, zone)) : []),
       ...(run.downstream_runs.length ? fact("Triggered", downstreamRuns(run.downstream_runs)) : []),
       ...fact("Params", Object.keys(run.params).length ? h("code", {}, JSON.stringify(run.params)) : h("span", { class: "muted" }, "none")),
-      ...fact("Scheduled", when(run.scheduled_at)),
-      ...fact("Queued", when(run.queued_at)),
-      ...fact("Started", when(run.started_at)),
-      ...fact("Finished", when(run.finished_at)),
+      ...fact("Scheduled", when(run.scheduled_at, zone)),
+      ...fact("Queued", when(run.queued_at, zone)),
+      ...fact("Started", when(run.started_at, zone)),
+      ...fact("Finished", when(run.finished_at, zone)),
       ...fact("Duration", seconds(run.duration)),
       ...(run.usage ? fact("Used", usedLine(run.usage, ACTIVE.has(run.state))) : []),
       ...(run.error ? fact("Error", h("span", { class: "error" }, run.error)) : []),
@@ -61,20 +69,62 @@ export async function runView(ctx, id) {
     ]));
     attempts.replaceChildren(run.attempt_list.length ? table : none);
   }
-  await draw();
-  ctx.refresh = draw;
+  await draw(first);
+  ctx.refresh = () => draw();
   const controller = new AbortController();
   ctx.cleanups.push(() => controller.abort());
-  follow(id, { log, ending, draw, failed: ctx.failed }, controller.signal);
+  follow(id, { log, ending, draw: () => draw(), failed: ctx.failed, zone }, controller.signal);
+}
+
+/**
+ * Stop (enabled while the run is active) and Re-run, as the caller's role allows.
+ * @param {string} id
+ * @param {View} ctx
+ * @param {() => Promise<void>} redraw
+ */
+function runControls(id, ctx, redraw) {
+  let active = false;
+  /** @param {() => Promise<void>} fn */
+  const act = (fn) => async (/** @type {Event} */ event) => {
+    const button = /** @type {HTMLButtonElement} */ (event.currentTarget);
+    button.disabled = true;
+    try {
+      await fn();
+    } catch (error) {
+      ctx.failed(error);
+    } finally {
+      button.disabled = button === stop && !active;
+    }
+  };
+  const stop = h("button", { type: "button", disabled: true, onclick: act(async () => {
+    const body = await API.stopRun(id);
+    notice(body.stopped ? `Stopped ${id}.` : `Stopping ${id}…`);
+    await redraw();
+  }) }, "Stop");
+  const rerun = h("button", { type: "button", title: "A new run of its task, with the same params", onclick: act(async () => {
+    const body = await API.rerun(id);
+    notice("Re-ran as ", runLink({ id: body.run_id }), ".");
+    location.hash = `#/run/${encodeURIComponent(body.run_id)}`;
+  }) }, "Re-run");
+  const buttons = [may("stop") ? stop : null, may("rerun") ? rerun : null].filter((button) => button !== null);
+  return {
+    group: buttons.length ? h("div", { class: "toolbar", role: "group", "aria-label": "Actions" }, buttons) : null,
+    /** @param {boolean} now  whether the run is active */
+    update(now) {
+      active = now;
+      stop.disabled = !active;
+    },
+  };
 }
 
 /**
  * The upstream runs whose end started this one (trigger dependency), each linked to its page.
  * @param {API.UpstreamRun[]} runs
+ * @param {string} zone
  */
-function upstreamRuns(runs) {
+function upstreamRuns(runs, zone) {
   return h("ul", { class: "inline", "aria-label": "Triggered by" }, runs.map((up) =>
-    h("li", {}, runLink({ id: up.run_id }, `run of ${up.task_id}`), " ", stateBadge(up.state), " ", h("span", { class: "muted" }, "ended ", when(up.finished_at)))));
+    h("li", {}, runLink({ id: up.run_id }, `run of ${up.task_id}`), " ", stateBadge(up.state), " ", h("span", { class: "muted" }, "ended ", when(up.finished_at, zone)))));
 }
 
 /**
@@ -98,10 +148,10 @@ function lineCells({ attempt, step }) {
  * Appends the run's log lines as they are written; at the end, says how the run ended and draws it
  * once more. A dropped stream is taken up again after the last line shown, a few times.
  * @param {string} id
- * @param {{ log: HTMLElement, ending: HTMLElement, draw: () => Promise<void>, failed: (error: unknown) => void }} into
+ * @param {{ log: HTMLElement, ending: HTMLElement, draw: () => Promise<void>, failed: (error: unknown) => void, zone: string }} into
  * @param {AbortSignal} signal
  */
-async function follow(id, { log, ending, draw, failed }, signal) {
+async function follow(id, { log, ending, draw, failed, zone }, signal) {
   let last = 0;
   for (let tries = 0; tries < 5 && !signal.aborted; tries++) {
     try {
@@ -118,7 +168,7 @@ async function follow(id, { log, ending, draw, failed }, signal) {
         const data = /** @type {LogLine} */ (JSON.parse(event.data));
         last = data.seq;
         const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-        log.append(h("span", { class: data.stream }, `${new Date(data.time).toLocaleTimeString()} [${data.stream}] ${data.line}\n`));
+        log.append(h("span", { class: data.stream }, `${isoClock(partsIn(new Date(data.time), zone), true)} [${data.stream}] ${data.line}\n`));
         if (atBottom) log.scrollTop = log.scrollHeight;
       }
     } catch (error) {

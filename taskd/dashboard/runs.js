@@ -1,13 +1,16 @@
 // @ts-check
 // The run search: filters by state, task, trigger, time and text, columns sorted from their header
-// (what each run used among them), and pages; each run links to its own page.
+// (what each run used among them), and pages; each run links to its own page. Each run's times are
+// in the chosen zone, its task's own when that is the choice.
 
 import * as API from "./api.js";
-import { h, PAGE, pages, render, runLink, seconds, stateBadge, taskRunsLink, when } from "./dom.js";
+import { h, PAGE, pages, render, runLink, scroller, seconds, stateBadge, taskRunsLink } from "./dom.js";
 import { keyedRows } from "./rows.js";
 import { vocabulary } from "./schema.js";
 import { getView } from "./state.js";
+import { fromInput, toInput, when, zoneFor } from "./times.js";
 import { cpuCell, memoryCell } from "./usage.js";
+import { taskZones } from "./zones.js";
 
 /** @type {Array<[string, string | null]>} each column's label, and the sort key of GET /runs if it sorts */
 const COLUMNS = [
@@ -16,22 +19,16 @@ const COLUMNS = [
   ["Memory", "peak_memory"], ["Error", null],
 ];
 
-/** The value of a datetime-local input, in the browser's time zone. @param {string | null} iso */
-function toLocalInput(iso) {
-  if (!iso) return "";
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return "";
-  const pad = (/** @type {number} */ n) => String(n).padStart(2, "0");
-  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
-}
-
 /**
  * @param {import("./state.js").View} ctx
  * @param {URLSearchParams} query
  */
 export async function runsView(ctx, query) {
-  const { states, triggers } = await vocabulary();
+  const [{ states, triggers }, zones] = await Promise.all([vocabulary(), taskZones()]);
   if (getView() !== ctx) return; // the operator went elsewhere while the lists were read
+  // Since and Until are read in the zone of the one task searched for, else the browser's (or UTC).
+  const only = query.get("task_id");
+  const zone = zoneFor(only && !only.includes(",") ? zones.get(only) : null);
   const offset = Number(query.get("offset") || 0);
   const sort = query.get("sort") || "-queued_at";
   /** @param {string} label @param {HTMLInputElement | HTMLSelectElement} control */
@@ -41,8 +38,8 @@ export async function runsView(ctx, query) {
   const state = h("select", { id: "f-state", name: "state" }, options(states, query.get("state")));
   const trigger = h("select", { id: "f-trigger", name: "trigger" }, options(triggers, query.get("trigger")));
   const task = h("input", { id: "f-task", name: "task_id", value: query.get("task_id") || "", size: 16 });
-  const since = h("input", { id: "f-since", name: "since", type: "datetime-local", value: toLocalInput(query.get("since")) });
-  const until = h("input", { id: "f-until", name: "until", type: "datetime-local", value: toLocalInput(query.get("until")) });
+  const since = h("input", { id: "f-since", name: "since", type: "datetime-local", value: toInput(query.get("since"), zone) });
+  const until = h("input", { id: "f-until", name: "until", type: "datetime-local", value: toInput(query.get("until"), zone) });
   const text = h("input", { id: "f-q", name: "q", type: "search", value: query.get("q") || "", size: 18 });
   const form = h("form", {
     class: "filters",
@@ -55,13 +52,13 @@ export async function runsView(ctx, query) {
         if (control.value.trim()) next.set(name, control.value.trim());
       }
       for (const [name, control] of /** @type {const} */ ([["since", since], ["until", until]])) {
-        if (control.value) next.set(name, new Date(control.value).toISOString());
+        if (control.value) next.set(name, fromInput(control.value, zone).toISOString());
       }
       if (sort !== "-queued_at") next.set("sort", sort);
       location.hash = `#/runs?${next}`;
     },
   },
-    field("State", state), field("Task", task), field("Trigger", trigger), field("Since", since), field("Until", until), field("Search", text),
+    field("State", state), field("Task", task), field("Trigger", trigger), field(`Since (${zone})`, since), field(`Until (${zone})`, until), field("Search", text),
     h("button", { type: "submit", class: "primary" }, "Apply"),
     h("button", { type: "button", onclick: () => { location.hash = "#/runs"; } }, "Clear"),
   );
@@ -78,10 +75,10 @@ export async function runsView(ctx, query) {
   const tbody = h("tbody");
   const pager = h("div", { class: "pager" });
   const summary = h("p", { class: "muted", role: "status" });
-  render(h("h1", {}, "Runs"), form, summary, h("table", { "aria-label": "Runs" }, h("thead", {}, h("tr", {}, header)), tbody), pager);
+  render(h("h1", {}, "Runs"), form, summary, scroller(h("table", { "aria-label": "Runs" }, h("thead", {}, h("tr", {}, header)), tbody)), pager);
   const rows = keyedRows(tbody, (/** @type {API.Run} */ run) => run.id, (run) => {
     const row = h("tr", { "data-run": run.id });
-    return { row, update: (run) => row.replaceChildren(...runCells(run)) };
+    return { row, update: (run) => row.replaceChildren(...runCells(run, zoneFor(zones.get(run.task_id)))) };
   });
   const params = new URLSearchParams(query);
   params.set("limit", String(PAGE));
@@ -99,16 +96,16 @@ export async function runsView(ctx, query) {
   ctx.refresh = draw;
 }
 
-/** @param {API.Run} run */
-function runCells(run) {
+/** @param {API.Run} run @param {string} zone */
+function runCells(run, zone) {
   return [
     h("th", { scope: "row" }, runLink(run, h("code", {}, run.id))),
     h("td", {}, taskRunsLink(run.task_id)),
     h("td", {}, stateBadge(run.state)),
     h("td", {}, run.trigger),
-    h("td", {}, when(run.queued_at)),
-    h("td", {}, when(run.started_at)),
-    h("td", {}, when(run.finished_at)),
+    h("td", {}, when(run.queued_at, zone)),
+    h("td", {}, when(run.started_at, zone)),
+    h("td", {}, when(run.finished_at, zone)),
     h("td", {}, seconds(run.duration)),
     h("td", { class: "figure" }, cpuCell(run.usage)),
     h("td", { class: "figure" }, memoryCell(run.usage)),

@@ -1,10 +1,15 @@
 // @ts-check
-// One task: its status, schedule and spread, the tasks it runs after and those that run after it,
-// its next fires, and its latest runs with what they used.
+// One task: what its role lets the caller do to it (Start, Stop while a run of it is active,
+// Delete), its status, schedule and spread, the tasks it runs after and those that run after it,
+// how its runs went (success rate, median and 95th percentile durations, a chart of its latest
+// finished runs), its next fires, its pipeline as written, and its latest runs with what they used.
 
+import { ACTIVE, taskControls } from "./actions.js";
 import * as API from "./api.js";
-import { h, render, runLink, seconds, stateBadge, taskLink, taskRunsLink, taskStatus, when } from "./dom.js";
+import { OUTCOMES, valueBars } from "./charts.js";
+import { h, render, runLink, scroller, seconds, stateBadge, taskLink, taskRunsLink, taskStatus } from "./dom.js";
 import { keyedRows } from "./rows.js";
+import { isoClock, isoDate, partsIn, relative, when, zoneFor } from "./times.js";
 import { cpuCell, memoryCell } from "./usage.js";
 
 /** @typedef {import("./state.js").View} View */
@@ -15,35 +20,66 @@ import { cpuCell, memoryCell } from "./usage.js";
  * @param {string} id
  */
 export async function taskView(ctx, id) {
+  const first = await API.task(id);
+  const zone = zoneFor(first.time_zone);
   const facts = h("dl", { class: "facts" });
+  const fires = h("div");
+  const chart = h("div");
   const recent = h("div");
-  render(h("h1", {}, "Task ", h("code", {}, id)), facts, h("h2", { id: "recent" }, "Latest runs"), recent);
+  const formPlace = h("div");
+  const controls = taskControls(first, ctx, {
+    form: (form) => formPlace.replaceChildren(...(form ? [form] : [])),
+    deleted: () => { location.hash = "#/tasks"; },
+  });
   const tbody = h("tbody");
-  const table = h("table", { "aria-labelledby": "recent" },
+  const table = scroller(h("table", { "aria-labelledby": "recent" },
     h("thead", {}, h("tr", {}, ["Run", "State", "Trigger", "Queued", "Duration", "CPU", "Memory", "Error"].map((name) => h("th", { scope: "col" }, name)))),
-    tbody);
+    tbody));
+  render(
+    h("h1", {}, "Task ", h("code", {}, id)),
+    controls.buttons.length ? h("div", { class: "toolbar", role: "group", "aria-label": "Actions" }, controls.buttons) : null,
+    formPlace,
+    facts,
+    h("h2", { id: "durations" }, "Durations"),
+    chart,
+    first.schedule ? [h("h2", { id: "fires" }, "Next fires"), fires] : null,
+    h("h2", { id: "pipeline" }, "Pipeline"),
+    pipelineView(first),
+    h("h2", { id: "recent" }, "Latest runs"),
+    recent,
+  );
   const none = h("p", { class: "muted" }, "It has not run yet.");
   const rows = keyedRows(tbody, (/** @type {API.Run} */ run) => run.id, () => {
     const row = h("tr", {});
-    return { row, update: (run) => row.replaceChildren(...runCells(run)) };
+    return { row, update: (run) => row.replaceChildren(...runCells(run, zone)) };
   });
   /** The task, and those it runs after or before: their runs change what the page shows. */
   let related = new Set([id]);
-  async function draw() {
-    const task = await API.task(id);
+  /** @param {API.TaskDetail} task */
+  function show(task) {
     related = new Set([id, ...(task.upstream?.tasks || []), ...task.downstream]);
-    facts.replaceChildren(...taskFacts(task));
+    const active = task.active_runs ?? task.recent_runs.filter((run) => ACTIVE.has(run.state));
+    controls.update(active.length > 0);
+    facts.replaceChildren(...taskFacts(task, active, zone));
+    fires.replaceChildren(task.next_runs.length
+      ? h("ol", { class: "fires", "aria-labelledby": "fires" }, task.next_runs.map((iso) => h("li", {}, when(iso, zone), " ", h("span", { class: "muted" }, relative(iso, zone)))))
+      : h("p", { class: "muted" }, task.status === "disabled" ? "None: it is disabled." : "None."));
+    chart.replaceChildren(durations(task, zone));
     rows.draw(task.recent_runs);
     recent.replaceChildren(task.recent_runs.length ? table : none);
   }
-  await draw();
+  show(first);
   ctx.refresh = async (tasks) => {
-    if (!tasks || [...tasks].some((taskId) => related.has(taskId))) await draw();
+    if (!tasks || [...tasks].some((taskId) => related.has(taskId))) show(await API.task(id));
   };
 }
 
-/** @param {API.TaskDetail} task */
-function taskFacts(task) {
+/**
+ * @param {API.TaskDetail} task
+ * @param {API.Run[]} active
+ * @param {string} zone
+ */
+function taskFacts(task, active, zone) {
   /** @param {string} label @param {Child[]} value */
   const fact = (label, ...value) => [h("dt", {}, label), h("dd", {}, ...value)];
   const none = (/** @type {string} */ text) => h("span", { class: "muted" }, text);
@@ -57,8 +93,8 @@ function taskFacts(task) {
     ...fact("Schedule", task.schedule
       ? [h("code", {}, task.schedule), " ", h("span", { class: "muted" }, task.schedule_text)]
       : none(upstream ? "runs after its upstream tasks" : "started by hand")),
+    ...fact("Time zone", task.time_zone, zone === task.time_zone ? "" : h("span", { class: "muted" }, ` · times here are in ${zone}`)),
     ...(spread ? fact("Spread", `fires shifted by ${written(spread.offset_s)}, spread ${written(spread.spread_s)}`) : []),
-    ...(task.schedule ? fact("Next fires", task.next_runs.length ? list(task.next_runs.map((iso) => when(iso))) : none("none")) : []),
     ...fact("Upstream", upstream
       ? [
         "after ", links(upstream.tasks), " ",
@@ -69,18 +105,71 @@ function taskFacts(task) {
       ]
       : none("none")),
     ...fact("Downstream", task.downstream.length ? links(task.downstream) : none("none")),
-    ...fact("Pipeline", h("code", {}, task.pipeline)),
-    ...fact("Last run", last ? [runLink(last, stateBadge(last.state)), " ", h("span", { class: "muted" }, seconds(last.duration))] : none("never ran")),
-    ...fact("Runs", `${stats.runs.toLocaleString()} run${stats.runs === 1 ? "" : "s"}`,
-      stats.success_rate === null ? "" : ` · ${Math.round(stats.success_rate * 100)}% of the last ${stats.finished_considered} completed`,
-      stats.mean_duration === null ? "" : ` · ${seconds(stats.mean_duration)} on average`,
-      " · ", taskRunsLink(task.id, "all its runs")),
+    ...fact("Active runs", active.length
+      ? h("ul", { class: "inline" }, active.map((run) => h("li", {}, runLink(run, h("code", {}, run.id)), " ", stateBadge(run.state))))
+      : none("none")),
+    ...fact("Last run", last
+      ? [runLink(last, stateBadge(last.state)), " ", h("span", { class: "muted" }, seconds(last.duration)),
+        last.finished_at ? h("span", { class: "muted" }, " · ended ", relative(last.finished_at, zone)) : null]
+      : none("never ran")),
+    ...fact("Runs", `${stats.runs.toLocaleString()} run${stats.runs === 1 ? "" : "s"}`, " · ", taskRunsLink(task.id, "all its runs")),
+    ...fact("Success rate", stats.success_rate === null
+      ? none("no finished run yet")
+      : [`${Math.round(stats.success_rate * 100)}%`, h("span", { class: "muted" }, ` of the last ${stats.finished_considered} finished`)]),
+    ...fact("Duration", stats.mean_duration === null && stats.p50_duration == null
+      ? none("no finished run yet")
+      : [
+        stats.p50_duration == null ? null : `median ${seconds(stats.p50_duration)}`,
+        stats.p95_duration == null ? null : ` · 95% within ${seconds(stats.p95_duration)}`,
+        stats.mean_duration === null ? null : h("span", { class: "muted" }, ` · mean ${seconds(stats.mean_duration)}`),
+      ]),
   ];
 }
 
-/** @param {Child[]} items */
-function list(items) {
-  return h("ul", { class: "inline" }, items.map((item) => h("li", {}, item)));
+/**
+ * The latest finished runs' durations, oldest first, coloured by outcome, with the median and the
+ * 95th percentile across.
+ * @param {API.TaskDetail} task
+ * @param {string} zone
+ */
+function durations(task, zone) {
+  const history = (task.history ?? []).filter((run) => run.duration !== null);
+  if (!history.length) return h("p", { class: "muted" }, task.history ? "No finished run yet." : "Not available from this taskd.");
+  /** @param {string} iso */
+  const label = (iso) => {
+    const parts = partsIn(new Date(iso), zone);
+    return `${isoDate(parts)} ${isoClock(parts)}`;
+  };
+  const { p50_duration: p50, p95_duration: p95 } = task.stats;
+  return valueBars({
+    label: `Durations of the last ${history.length} finished runs of ${task.id}, oldest first`,
+    items: history.map((run) => ({
+      kind: run.state,
+      value: run.duration ?? 0,
+      title: `${run.id}: ${run.state} in ${seconds(run.duration)}, ended ${label(run.finished_at)} ${zone}`,
+      href: `#/run/${encodeURIComponent(run.id)}`,
+    })),
+    series: OUTCOMES,
+    lines: [...(p50 == null ? [] : [{ value: p50, label: "median" }]), ...(p95 == null ? [] : [{ value: p95, label: "95th percentile" }])],
+    format: seconds,
+    axis: [{ at: 0, label: label(history[0].finished_at) }, { at: 1, label: `${label(history[history.length - 1].finished_at)} ${zone}` }],
+  });
+}
+
+/** The pipeline's steps as written, and the whole definition on demand. @param {API.TaskDetail} task */
+function pipelineView(task) {
+  const definition = task.definition;
+  const steps = definition?.pipeline.processors ?? [];
+  return h("div", {},
+    h("p", {}, h("code", {}, task.pipeline), definition?.pipeline.description ? h("span", { class: "muted" }, ` · ${definition.pipeline.description}`) : null),
+    steps.length
+      ? h("ol", { class: "steps" }, steps.map((step) => Object.entries(step).map(([type, options]) =>
+        h("li", {}, h("strong", {}, type), Object.keys(options).length ? [" ", h("code", {}, JSON.stringify(options))] : null))))
+      : null,
+    definition
+      ? h("details", {}, h("summary", {}, "Definition as written", definition.source ? ` in ${definition.source}` : ""),
+        h("pre", { class: "definition" }, JSON.stringify(definition, null, 2)))
+      : null);
 }
 
 /**
@@ -94,13 +183,13 @@ function written(value) {
   return parts.filter(([n]) => n).map(([n, unit]) => `${n}${unit}`).join("") || "0s";
 }
 
-/** @param {API.Run} run */
-function runCells(run) {
+/** @param {API.Run} run @param {string} zone */
+function runCells(run, zone) {
   return [
     h("th", { scope: "row" }, runLink(run, h("code", {}, run.id))),
     h("td", {}, stateBadge(run.state)),
     h("td", {}, run.trigger),
-    h("td", {}, when(run.queued_at)),
+    h("td", {}, when(run.queued_at, zone)),
     h("td", {}, seconds(run.duration)),
     h("td", { class: "figure" }, cpuCell(run.usage)),
     h("td", { class: "figure" }, memoryCell(run.usage)),

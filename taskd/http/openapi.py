@@ -905,14 +905,10 @@ def document(secured: bool = True) -> dict[str, Any]:
                 "operationId": "audit",
                 "summary": "The audit trail, newest first: actions and refusals, with who and from where",
                 "parameters": [
-                    _query(
-                        "action",
-                        {"type": "string", "pattern": "^[^,]+(,[^,]+)*$"},
-                        f"comma list of {', '.join(AUDIT_ACTIONS)}",
-                    ),
-                    _query("actor", {"type": "string"}, "the token's name"),
-                    _query("since", {"type": "string"}, "at or after (ISO 8601, epoch seconds, or 2h/3d ago)"),
-                    _query("until", {"type": "string"}, "before"),
+                    _query("action", _comma_list(list(AUDIT_ACTIONS)), "comma list of actions"),
+                    _query("actor", {"type": "string", "minLength": 1}, "the token's name"),
+                    _query("since", _ISO_OR_EPOCH, "at or after: ISO-8601, epoch seconds, or a time ago (2h)"),
+                    _query("until", _ISO_OR_EPOCH, "before: ISO-8601, epoch seconds, or a time ago (30m)"),
                     *PAGING,
                 ],
                 "responses": {

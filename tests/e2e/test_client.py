@@ -290,3 +290,44 @@ def test_reload_answers_whether_the_new_configuration_runs(daemon: Daemon) -> No
     daemon.config_path.write_text(good)
     daemon.send(signal.SIGHUP)
     wait_for(lambda: daemon.request("GET", "/health").json()["reload"]["outcome"] == "applied", what="a reload")
+
+
+def test_named_tokens_rerun_and_the_audit_trail(daemon_factory: Callable[..., Daemon]) -> None:
+    tokens = (
+        "api:\n  listen: '127.0.0.1:{port}'\n  tokens:\n"
+        "    - {name: watcher, token: watcher-token-1234, role: viewer}\n"
+        "    - {name: ops, token: ops-token-123456, role: operator}\n"
+    )
+    daemon = daemon_factory(base_config(TASKS, PIPELINES).replace("api: {listen: '127.0.0.1:{port}'}\n", tokens))
+    daemon.token = "ops-token-123456"
+    daemon.start()
+    c = str(daemon.config_path)  # the configuration's highest role is the one the client uses
+    started = client("start", "hello", "-c", c, "-p", "who=again")
+    assert started.code == 0, started.err
+    first = started.out.strip()
+    daemon.wait_run(first)
+    again = client("rerun", first, "-c", c)
+    assert again.code == 0 and again.out.strip() != first, again.err
+    assert daemon.wait_run(again.out.strip())["params"]["who"] == "again"
+    viewer = {"TASKD_URL": f"http://127.0.0.1:{daemon.port}", "TASKD_TOKEN": "watcher-token-1234"}
+    refused = client("delete", "hello", "--yes", env=viewer)
+    assert (
+        refused.code == 2 and "needs the admin role" in refused.err and "'watcher' has the viewer role" in refused.err
+    )
+    assert client("tasks", env={**viewer, "TASKD_TOKEN": "guess"}).code == 2
+
+    audit = client("audit", "-c", c)
+    assert audit.code == 0, audit.err
+    header, *rows = audit.out.splitlines()
+    assert header.split() == ["AT", "ACTION", "WHO", "ROLE", "FROM", "TARGET", "STATUS", "DETAIL"]
+    assert [row.split()[1:4] for row in rows] == [
+        ["sign_in_failed", "-", "-"],
+        ["forbidden", "watcher", "viewer"],
+        ["rerun", "ops", "operator"],
+        ["start", "ops", "operator"],
+    ]
+    assert all(row.split()[4] == "127.0.0.1" for row in rows)
+    only = client("audit", "-c", c, "--action", "rerun,start", "--actor", "ops", "--json").json()
+    assert [e["action"] for e in only["entries"]] == ["rerun", "start"]  # type: ignore[index]
+    assert client("audit", "-c", c, "--action", "explode").code == 2
+    assert daemon.stop() == 0

@@ -20,6 +20,9 @@ TASKS = """
 - {id: t3, pipeline: note, schedule: '* * * * * *'}
 - {id: slow, pipeline: wait, params: {seconds: "60"}}
 """
+SLOW_ONLY = """
+- {id: slow, pipeline: wait, params: {seconds: "60"}, concurrency: allow}
+"""
 PIPELINES = """
 - {name: note, processors: [{shell: {command: 'echo "$TASKD_TASK_ID $TASKD_RUN_ID" >> "${LEDGER}"'}}]}
 - {name: wait, processors: [{shell: {command: 'sleep "$TASKD_PARAM_SECONDS"'}}]}
@@ -240,3 +243,35 @@ def test_stop_and_delete_reach_the_node_that_holds_the_run(
     wait_for(lambda: b.request("GET", "/task/slow").status == 404, timeout=5, what="the task gone from node b")
     assert not processes_matching("sleep 60.8")
     assert a.stop() == 0 and b.stop() == 0
+
+
+def test_one_run_is_stopped_and_run_again_from_another_node_and_a_draining_node_says_so(
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    a = node(daemon_factory, url, "a", ledger, tasks=SLOW_ONLY).start()
+    b = node(daemon_factory, url, "b", ledger, tasks=SLOW_ONLY).start()
+    first = b.start_task("slow", {"seconds": "60.91"})
+    second = b.start_task("slow", {"seconds": "60.92"})
+    b.wait_run(first, states=("running",))
+    b.wait_run(second, states=("running",))
+    wait_for(lambda: processes_matching("sleep 60.91"), timeout=5, what="the first run's process")
+    resp = a.request("POST", f"/run/{first}/_stop")  # asked of the node that does not hold it
+    assert resp.status == 200 and resp.json() == {"run_id": first, "stopped": True, "stopping": False}, resp.text
+    wait_for(lambda: not processes_matching("sleep 60.91"), timeout=5, what="the stopped run's process gone")
+    assert processes_matching("sleep 60.92") and b.run(second)["state"] == "running"  # the other run goes on
+    again = a.request("POST", f"/run/{first}/_rerun")
+    assert again.status == 202 and again.json()["rerun_of"] == first, again.text
+    rerun = again.json()["run_id"]
+    assert a.wait_run(rerun, states=("running",))["params"]["seconds"] == "60.91"
+    # A node told to stop drains its runs (for shutdown_timeout), and the others see it draining.
+    b.send(signal.SIGTERM)
+    wait_for(
+        lambda: (
+            {n["name"]: n["draining"] for n in a.request("GET", "/nodes").json()["nodes"]} == {"a": False, "b": True}
+        ),
+        timeout=5,
+        what="node b shown draining",
+    )
+    assert b.proc is not None and b.proc.wait(timeout=30) == 0
+    assert a.stop() == 0
