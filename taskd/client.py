@@ -32,6 +32,8 @@ from taskd.http.access import AUDIT_ACTIONS
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 DEFAULT_URL = "http://127.0.0.1:8080"
 FINAL = ("completed", "failed", "stopped", "interrupted")
+DRAIN_TIMEOUT_S = 3600.0
+DRAIN_POLL_S = 0.5
 STOP_TIMEOUT_S = 60.0
 """How long `taskd stop` polls the runs the daemon still reports stopping (it has waited up to 10 s
 itself): a shell step is killed `kill_grace` after SIGTERM, 5 s by default."""
@@ -141,6 +143,18 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
         "defaults: they are never stored); print the new run's id.",
     )
     rerun.add_argument("run_id", metavar="RUN")
+    drain = command(
+        "drain",
+        "drain a node for a restart or an upgrade",
+        "Make a node (this daemon's by default) fire nothing more, finish its runs and exit 0, while the "
+        "other nodes claim the fires. --wait waits until it has stopped, printing how many runs it still has; "
+        "exit 1 when it has not by --timeout.",
+    )
+    drain.add_argument("node", metavar="NODE", nargs="?", default=None, help="the node's name (default: this one)")
+    drain.add_argument("--wait", action="store_true", help="wait until the node has stopped")
+    drain.add_argument(
+        "--timeout", type=float, default=DRAIN_TIMEOUT_S, metavar="SECONDS", help="how long --wait waits (default 3600)"
+    )
     command("status", "the daemon's health", "Health: store, scheduler, version, tasks, runs, slots, last reload.")
     command(
         "reload",
@@ -152,7 +166,21 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
     )
 
 
-COMMANDS = ("tasks", "task", "start", "stop", "delete", "runs", "show", "logs", "audit", "rerun", "status", "reload")
+COMMANDS = (
+    "tasks",
+    "task",
+    "start",
+    "stop",
+    "delete",
+    "runs",
+    "show",
+    "logs",
+    "audit",
+    "rerun",
+    "drain",
+    "status",
+    "reload",
+)
 
 
 def run_command(args: argparse.Namespace, env: Mapping[str, str], out: TextIO | None = None) -> int:
@@ -289,6 +317,7 @@ async def _run(args: argparse.Namespace, target: Target, out: TextIO) -> int:
             "logs": _logs,
             "audit": _audit,
             "rerun": _rerun,
+            "drain": _drain,
             "status": _status,
             "reload": _reload,
         }[args.command]
@@ -562,6 +591,38 @@ async def _rerun(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     if body["params_not_repeated"]:
         print(f"params not repeated (secret): {', '.join(body['params_not_repeated'])}", file=sys.stderr)
     return EXIT_OK
+
+
+async def _drain(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
+    nodes = (await api.call("GET", "/nodes"))["nodes"]
+    this = next((node["name"] for node in nodes if node["this"]), None)
+    name = args.node or this
+    if name is None:
+        raise ClientError("the daemon names no node of its own; give the node's name", EXIT_USAGE)
+    body = await api.call("POST", f"/nodes/{_quote(name)}/_drain")
+    if args.json and not args.wait:
+        return _print_json(body, out)
+    print(f"node {name} is draining", file=sys.stderr)
+    if not args.wait:
+        return EXIT_OK
+    deadline, told = time.monotonic() + args.timeout, None
+    while time.monotonic() < deadline:
+        await asyncio.sleep(DRAIN_POLL_S)
+        try:
+            nodes = (await api.call("GET", "/nodes"))["nodes"]
+        except ClientError as exc:
+            if exc.code == EXIT_UNREACHABLE and name == this:  # the daemon asked has drained and exited
+                print(f"node {name} has drained and stopped", file=out)
+                return EXIT_OK
+            raise
+        row = next((node for node in nodes if node["name"] == name), None)
+        if row is None or not row["alive"]:
+            print(f"node {name} has drained and stopped", file=out)
+            return EXIT_OK
+        if row["slots_in_use"] != told:
+            told = row["slots_in_use"]
+            print(f"node {name}: {told} run(s) still running", file=sys.stderr)
+    raise ClientError(f"node {name} has not stopped within {args.timeout:g} s", EXIT_FAILED)
 
 
 async def _show(api: _Api, args: argparse.Namespace, out: TextIO) -> int:

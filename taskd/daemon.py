@@ -142,6 +142,7 @@ class Daemon:
             stack.callback(cgroups.tear_down)
             await engine.start()
             stack.push_async_callback(engine.shutdown, 0.0)  # if start-up fails from here on
+            engine.on_drained = lambda: self.request_stop("drain")
             tune_gc()
             quiet_loop_errors(asyncio.get_running_loop())
             app = create_app(

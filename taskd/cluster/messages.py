@@ -67,8 +67,17 @@ class Started:
     reason: str | None = None
 
 
-Message = StopRuns | DropTask | StartRun | Started
-KINDS: dict[str, type[Message]] = {kind.kind: kind for kind in (StopRuns, DropTask, StartRun, Started)}
+@dataclass(frozen=True)
+class DrainNode:
+    """Node `to` should drain: fire nothing more, finish its runs and exit."""
+
+    kind: ClassVar[str] = "drain"
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(strict=True)
+    to: str
+
+
+Message = StopRuns | DropTask | StartRun | Started | DrainNode
+KINDS: dict[str, type[Message]] = {kind.kind: kind for kind in (StopRuns, DropTask, StartRun, Started, DrainNode)}
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {name: TypeAdapter(kind) for name, kind in KINDS.items()}
 
 

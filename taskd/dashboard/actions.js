@@ -34,14 +34,14 @@ export function taskControls(task, ctx, place) {
     notice("Started ", runLink({ id: body.run_id }), ` of ${task.id}.`);
   };
   // A button stays disabled until its action and the redraw after it are done; Stop then stays
-  // disabled unless a run is left to stop.
-  /** @param {() => Promise<void>} fn */
+  // disabled unless a run is left to stop. An action that changed nothing, or left the view,
+  // answers false: nothing is redrawn.
+  /** @param {() => Promise<boolean | void>} fn */
   const act = (fn) => async (/** @type {Event} */ event) => {
     const button = /** @type {HTMLButtonElement} */ (event.currentTarget);
     button.disabled = true;
     try {
-      await fn();
-      await ctx.refresh?.();
+      if ((await fn()) !== false) await ctx.refresh?.();
     } catch (error) {
       ctx.failed(error);
     } finally {
@@ -69,10 +69,12 @@ export function taskControls(task, ctx, place) {
   if (may("delete")) {
     buttons.push(h("button", { type: "button", class: "danger", onclick: act(async () => {
       const ok = await confirmDialog(`Delete the task ${task.id}? Its active runs are stopped, and it stays deleted until its YAML definition changes.`, "Delete");
-      if (!ok) return;
+      if (!ok) return false;
       await API.deleteTask(task.id);
       notice(`Deleted ${task.id}.`);
-      place.deleted?.();
+      if (!place.deleted) return true;
+      place.deleted();
+      return false;
     }) }, "Delete"));
   }
   return {

@@ -23,7 +23,7 @@ export async function runsPerMinute(zone) {
     .map((bucket, i) => ({ bucket, i }))
     // Each quarter of an hour, and the last minute: a quarter too close to it is left out.
     .filter(({ bucket, i }) => i === n - 1 || (i < n - 6 && partsIn(new Date(bucket.at), zone).minute % 15 === 0))
-    .map(({ bucket, i }) => ({ at: (i + 0.5) / n, label: clock(bucket.at) }));
+    .map(({ bucket, i }) => ({ at: (i + 0.5) / n, label: clock(bucket.at), minor: i < n - 1 && partsIn(new Date(bucket.at), zone).minute % 30 !== 0 }));
   // The outcomes the daemon counts: those its answer names.
   const series = OUTCOMES.filter(({ key }) => stats.buckets.some((bucket) => key in bucket));
   const figure = stackedBars({
@@ -58,11 +58,12 @@ export async function nextDay(zone) {
       note: `×${count}`,
     };
   });
-  /** @type {Array<{ at: number, label: string }>} every third hour of the zone, with the date at midnight */
+  /** @type {Array<{ at: number, label: string, minor: boolean }>} every third hour of the zone, the date at midnight */
   const marks = [];
   for (let at = Math.ceil(from / HOUR) * HOUR; at < until; at += HOUR) {
     const parts = partsIn(at, zone);
-    if (parts.hour % 3 === 0) marks.push({ at, label: parts.hour === 0 ? `${isoDate(parts).slice(5)} ${isoClock(parts)}` : isoClock(parts) });
+    if (parts.hour % 3) continue;
+    marks.push({ at, label: parts.hour === 0 ? `${isoDate(parts).slice(5)} ${isoClock(parts)}` : isoClock(parts), minor: parts.hour % 6 !== 0 });
   }
   const left = firing.length - lanes.length;
   return timeline({

@@ -60,7 +60,7 @@ export async function auditView(ctx, query) {
     const body = await API.audit(params);
     // Entries never change, and a row holds nothing of the operator's: each page is drawn anew.
     tbody.replaceChildren(...body.entries.map((entry) => h("tr", { "data-action": entry.action }, entryCells(entry, zone))));
-    summary.textContent = `${body.total.toLocaleString()} entr${body.total === 1 ? "y" : "ies"} match.`;
+    summary.textContent = `${body.total.toLocaleString()} ${body.total === 1 ? "entry matches" : "entries match"}.`;
     const base = new URLSearchParams(query);
     base.delete("offset");
     pager.replaceChildren(...pages(body.total, offset, "#/audit", base));
@@ -79,6 +79,6 @@ function entryCells(entry, zone) {
     h("td", {}, entry.target ? h("code", {}, entry.target) : ""),
     h("td", { class: entry.status >= 400 ? "error" : null }, String(entry.status)),
     h("td", {}, entry.remote ?? ""),
-    h("td", { class: "detail" }, entry.detail ?? ""),
+    h("td", { class: entry.detail ? "long" : null }, entry.detail ?? ""),
   ];
 }

@@ -5,7 +5,7 @@
 
 import { accepted, Forbidden, Unauthorized, whoami } from "./api.js";
 import { auditView } from "./audit.js";
-import { h, message, notice, render } from "./dom.js";
+import { byId, h, message, notice, render } from "./dom.js";
 import { showCaller } from "./header.js";
 import { liveStream } from "./live.js";
 import { overview } from "./overview.js";
@@ -47,6 +47,7 @@ export function signOff() {
 }
 
 function leaveSession() {
+  byId("notice").replaceChildren(); // what the last caller was told is not for the next
   forgetToken();
   live.stop();
   setCaller(null);
@@ -101,8 +102,24 @@ export function signingIn() {
 /** @param {unknown} error */
 function failed(error) {
   if (error instanceof Unauthorized) signOut();
-  else if (error instanceof Forbidden) notice(h("span", { class: "error", role: "alert" }, refusal(error.role)));
+  else if (error instanceof Forbidden) forbidden(error);
   else notice(h("span", { class: "error" }, message(error)));
+}
+
+/**
+ * The role was short of an action the page offered: the token's role may have changed since the
+ * page asked. It asks again, says which role the action needs, and redraws with what the role may do.
+ * @param {Forbidden} error
+ */
+async function forbidden(error) {
+  try {
+    setCaller(await whoami());
+  } catch {
+    // The refusal is said all the same, with the role the page knew.
+  }
+  showCaller();
+  notice(h("span", { class: "error", role: "alert" }, refusal(error.role)));
+  await route();
 }
 
 function leave() {

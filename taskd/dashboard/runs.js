@@ -38,8 +38,9 @@ export async function runsView(ctx, query) {
   const state = h("select", { id: "f-state", name: "state" }, options(states, query.get("state")));
   const trigger = h("select", { id: "f-trigger", name: "trigger" }, options(triggers, query.get("trigger")));
   const task = h("input", { id: "f-task", name: "task_id", value: query.get("task_id") || "", size: 16 });
-  const since = h("input", { id: "f-since", name: "since", type: "datetime-local", value: toInput(query.get("since"), zone) });
-  const until = h("input", { id: "f-until", name: "until", type: "datetime-local", value: toInput(query.get("until"), zone) });
+  const typed = { placeholder: "YYYY-MM-DD HH:MM or 2h", size: 20, autocomplete: "off" };
+  const since = h("input", { id: "f-since", name: "since", value: toInput(query.get("since"), zone), ...typed });
+  const until = h("input", { id: "f-until", name: "until", value: toInput(query.get("until"), zone), ...typed });
   const text = h("input", { id: "f-q", name: "q", type: "search", value: query.get("q") || "", size: 18 });
   const form = h("form", {
     class: "filters",
@@ -52,7 +53,9 @@ export async function runsView(ctx, query) {
         if (control.value.trim()) next.set(name, control.value.trim());
       }
       for (const [name, control] of /** @type {const} */ ([["since", since], ["until", until]])) {
-        if (control.value) next.set(name, fromInput(control.value, zone).toISOString());
+        // A date and time is read in the zone shown; anything else (2h: two hours ago) goes to the API as it is.
+        const value = control.value.trim();
+        if (value) next.set(name, fromInput(value, zone)?.toISOString() ?? value);
       }
       if (sort !== "-queued_at") next.set("sort", sort);
       location.hash = `#/runs?${next}`;
@@ -87,7 +90,7 @@ export async function runsView(ctx, query) {
   async function draw() {
     const body = await API.runs(params);
     rows.draw(body.runs);
-    summary.textContent = `${body.total.toLocaleString()} run${body.total === 1 ? "" : "s"} match.`;
+    summary.textContent = `${body.total.toLocaleString()} ${body.total === 1 ? "run matches" : "runs match"}.`;
     const base = new URLSearchParams(query);
     base.delete("offset");
     pager.replaceChildren(...pages(body.total, offset, "#/runs", base));
@@ -109,6 +112,6 @@ function runCells(run, zone) {
     h("td", {}, seconds(run.duration)),
     h("td", { class: "figure" }, cpuCell(run.usage)),
     h("td", { class: "figure" }, memoryCell(run.usage)),
-    h("td", {}, run.error || ""),
+    h("td", { class: run.error ? "long" : null }, run.error || ""),
   ];
 }

@@ -141,6 +141,8 @@ function durations(task, zone) {
     return `${isoDate(parts)} ${isoClock(parts)}`;
   };
   const { p50_duration: p50, p95_duration: p95 } = task.stats;
+  // The last one's date is left out when it is the first one's.
+  const [first, last] = [label(history[0].finished_at), label(history[history.length - 1].finished_at)];
   return valueBars({
     label: `Durations of the last ${history.length} finished runs of ${task.id}, oldest first`,
     items: history.map((run) => ({
@@ -152,7 +154,7 @@ function durations(task, zone) {
     series: OUTCOMES,
     lines: [...(p50 == null ? [] : [{ value: p50, label: "median" }]), ...(p95 == null ? [] : [{ value: p95, label: "95th percentile" }])],
     format: seconds,
-    axis: [{ at: 0, label: label(history[0].finished_at) }, { at: 1, label: `${label(history[history.length - 1].finished_at)} ${zone}` }],
+    ends: [first, `${last.startsWith(first.slice(0, 10)) ? last.slice(11) : last} ${zone}`],
   });
 }
 
@@ -193,6 +195,6 @@ function runCells(run, zone) {
     h("td", {}, seconds(run.duration)),
     h("td", { class: "figure" }, cpuCell(run.usage)),
     h("td", { class: "figure" }, memoryCell(run.usage)),
-    h("td", {}, run.error || ""),
+    h("td", { class: run.error ? "long" : null }, run.error || ""),
   ];
 }

@@ -135,28 +135,32 @@ export function refreshRelative() {
   }
 }
 
+/** What an instant typed in a field looks like: 2026-12-01, 2026-12-01 14:05 (or with a T). */
+const TYPED = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2}))?$/;
+
 /**
- * The value of a datetime-local input (2026-12-01T14:05) for an instant, in a zone.
- * @param {string | null} iso
+ * An instant as a field shows it, in a zone: 2026-12-01 14:05. Anything else the field was given
+ * (a time ago such as 2h, which the API reads) is shown as it is.
+ * @param {string | null} value
  * @param {string} zone
  */
-export function toInput(iso, zone) {
-  if (!iso) return "";
-  const date = new Date(iso);
-  if (Number.isNaN(date.getTime())) return "";
+export function toInput(value, zone) {
+  if (!value) return "";
+  const date = new Date(value);
+  if (!value.includes("-") || Number.isNaN(date.getTime())) return value;
   const parts = partsIn(date, zone);
-  return `${isoDate(parts)}T${isoClock(parts)}`;
+  return `${isoDate(parts)} ${isoClock(parts)}`;
 }
 
 /**
- * The instant a datetime-local input's value names in a zone.
- * @param {string} value  2026-12-01T14:05
+ * The instant a field's date and time name in a zone; null when it holds no date.
+ * @param {string} value  2026-12-01 14:05, or 2026-12-01 for its midnight
  * @param {string} zone
  */
 export function fromInput(value, zone) {
-  const [date, time = "00:00"] = value.split("T");
-  const [year, month, day] = date.split("-").map(Number);
-  const [hour, minute] = time.split(":").map(Number);
+  const found = TYPED.exec(value.trim());
+  if (!found) return null;
+  const [year, month, day, hour, minute] = found.slice(1).map((part) => Number(part ?? 0));
   const wall = Date.UTC(year, month - 1, day, hour, minute);
   // The zone's offset at the instant guessed, then again at the instant it gives (they differ
   // across a change of offset).

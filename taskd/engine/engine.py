@@ -13,7 +13,7 @@ import collections
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -23,7 +23,7 @@ import structlog
 from taskd.alerter import Alerter
 from taskd.capacity import detect as detect_capacity
 from taskd.clock import Clock, SystemClock
-from taskd.cluster import Coordinator, NodeInfo, coordinator_for
+from taskd.cluster import Coordinator, NodeInfo, alive, coordinator_for
 from taskd.config import Config
 from taskd.engine.downstream import Downstream
 from taskd.engine.firing import Firing, TimerFactory
@@ -58,6 +58,8 @@ step SIGTERM, `kill_grace`, 5 s by default, then SIGKILL); another node's once i
 stopped it and committed its end, or a lease after a dead holder's last heartbeat (about 6 s).
 10 s covers those, and keeps the answer within what HTTP clients and proxies wait for whatever
 grace a step asks; `taskd stop` polls the runs still stopping."""
+DRAIN_POLL_S = 0.1
+"""How often a drain looks whether anything is left to run."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,9 @@ class Engine:
         self._tombstones: dict[str, str] = {}
         self._sorted: tuple[TaskEntry, ...] | None = None
         self._accepting = False
+        self._draining: asyncio.Task[None] | None = None
+        self.on_drained: Callable[[], None] | None = None
+        """Called once a drain has nothing left to run (the daemon stops, exit 0)."""
         self._hurry = asyncio.Event()
         self._digest = config_digest(config)
         self.coordinator = coordinator or coordinator_for(store, config.node.name, config.node.labels, self.clock)
@@ -170,13 +175,39 @@ class Engine:
 
     @property
     def scheduler_running(self) -> bool:
-        return self.firing.timer.running and self._accepting
+        """Firing, or paused by a drain (which is not a fault)."""
+        return (self.firing.timer.running or self.draining) and self._accepting
+
+    @property
+    def draining(self) -> bool:
+        return self._draining is not None
+
+    def drain(self) -> None:
+        """Fire nothing more (the other nodes claim the fires), start no manual run here (they
+        go to another node), take no upstream run; let the runs here finish, then call
+        `on_drained`. Asked again, nothing more happens."""
+        if self._draining is not None or not self._accepting:
+            return
+        log.info("draining", active_runs=len(self.runs), action="no new fires here; exit once the runs end")
+        self.coordinator.draining = True  # the other nodes see it at the next heartbeat
+        self.firing.pause()
+        self._draining = asyncio.get_running_loop().create_task(self._drained())
+
+    async def _drained(self) -> None:
+        await self.downstream.close()
+        while len(self.runs) or self.firing.in_flight:
+            await self.clock.sleep(DRAIN_POLL_S)
+        log.info("drained", action="stopping")
+        if self.on_drained is not None:
+            self.on_drained()
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop firing; let active runs finish for up to `grace_s` (or until `hurry()`), then stop them."""
         self._accepting = False
         self.coordinator.draining = True  # the other nodes see it at the next heartbeat
         self.firing.stop()
+        if self._draining is not None:
+            self._draining.cancel()
         await self.downstream.close()
         if len(self.runs):
             log.info("draining_runs", count=len(self.runs), grace_s=grace_s)
@@ -310,6 +341,8 @@ class Engine:
             raise Conflict("taskd is shutting down", "shutting_down")
         entry = self.entry(task_id)
         me = self.coordinator.name
+        if self.draining and trigger is Trigger.MANUAL:
+            raise Conflict(f"node {me} is draining: a manual run starts on another node", "placement")
         if entry.config.placement != "any" and not eligible(entry.config.placement, me, self.coordinator.labels):
             raise Conflict(f"task {task_id!r} may not run on this node ({me}): see its placement", "placement")
         never = self.resources.fits(entry.plan.needs) if entry.plan.needs else None
@@ -534,6 +567,18 @@ class Engine:
         params = {k: v for k, v in known.params.items() if k not in dropped}
         started, state = await self.start_manual(known.task_id, params)
         return started, state, dropped
+
+    async def drain_node(self, name: str) -> bool:
+        """Drain this node, or ask node `name` to: False when it is not a live node."""
+        if name == self.coordinator.name:
+            self.drain()
+            return True
+        now = self.clock.time()
+        found = next((node for node in await self.coordinator.nodes() if node.name == name), None)
+        if found is None or not alive(found, now):
+            return False
+        await self._remote.drain(name)
+        return True
 
     async def delete_task(self, task_id: str) -> list[str]:
         """Stop active runs (on every node), remove the task (from every node), and keep a

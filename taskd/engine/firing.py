@@ -119,6 +119,15 @@ class Firing:
     def groups(self) -> Mapping[str, Mapping[str, None]]:
         return self._groups
 
+    def pause(self) -> None:
+        """No more fires; the claims in flight go on, and their runs start (a drain)."""
+        self.timer.shutdown()
+
+    @property
+    def in_flight(self) -> int:
+        """Claims (or answers to other nodes) not done yet."""
+        return len(self._claims)
+
     def stop(self) -> None:
         """No more fires: the timer stops and the claims in flight are dropped."""
         self.timer.shutdown()

@@ -13,7 +13,7 @@ import structlog
 
 from taskd.clock import Clock
 from taskd.cluster import LEASE_S, Coordinator, alive
-from taskd.cluster.messages import DropTask, Message, Started, StartRun, StopRuns
+from taskd.cluster.messages import DrainNode, DropTask, Message, Started, StartRun, StopRuns
 from taskd.engine.policy import eligible
 from taskd.engine.registry import TaskEntry
 from taskd.engine.runs import RunTable
@@ -45,6 +45,8 @@ class Host(Protocol):
 
     def track(self, task: asyncio.Task[None]) -> None: ...
 
+    def drain(self) -> None: ...
+
 
 class Remote:
     """Control messages between this node and the others."""
@@ -71,6 +73,9 @@ class Remote:
                 for run in self._runs.active(task_id):
                     if run_id is None or run.id == run_id:
                         run.stop(reason or "stopped from another node")
+            case DrainNode(to=to) if to == self._coordinator.name:
+                log.info("drain_requested", by="another node")
+                self._host.drain()
             case DropTask(task_id=task_id, definition_hash=definition_hash) if self._host.has_task(task_id):
                 stopped = self._host.drop(task_id, definition_hash)
                 log.info("task_deleted", task_id=task_id, stopped=[r.id for r in stopped], by="another node")
@@ -93,6 +98,10 @@ class Remote:
             if not self._store.owns(exc):
                 raise
             log.warning("stop_not_sent", task_id=task_id, error=f"{type(exc).__name__}: {exc}")
+
+    async def drain(self, node: str) -> None:
+        """Ask another node to drain."""
+        await self._coordinator.send(DrainNode(node))
 
     async def drop(self, task_id: str, definition_hash: str) -> None:
         await self._coordinator.send(DropTask(task_id, definition_hash))
@@ -133,6 +142,7 @@ class Remote:
             for node in await self._coordinator.nodes()
             if node.name != self._coordinator.name
             and alive(node, now)
+            and not node.draining
             and eligible(entry.config.placement, node.name, node.labels)
         ]
         if not nodes:

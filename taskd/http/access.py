@@ -44,10 +44,11 @@ ACTIONS: dict[tuple[str, str], Action] = {
     ("POST", "/run/{run_id}/_rerun"): Action("operator", "rerun", "running a run again"),
     ("DELETE", "/task/{id}"): Action("admin", "delete", "deleting a task"),
     ("POST", "/_reload"): Action("admin", "reload", "reloading the configuration"),
+    ("POST", "/nodes/{name}/_drain"): Action("admin", "drain", "draining a node"),
 }
 """Every route that is not a read. A read (GET, HEAD) needs the viewer role."""
 
-AUDIT_ACTIONS = ("start", "stop", "rerun", "delete", "reload", "sign_in_failed", "forbidden")
+AUDIT_ACTIONS = ("start", "stop", "rerun", "delete", "reload", "drain", "sign_in_failed", "forbidden")
 
 
 def action_of(method: str, route: str | None) -> Action | None:

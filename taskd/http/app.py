@@ -155,7 +155,8 @@ def _route(request: web.Request) -> str | None:
 
 
 def _audit(request: web.Request, action: str, caller: Caller | None, status: int, detail: str | None) -> None:
-    target = request.match_info.get("id") or request.match_info.get("run_id")
+    found = request.match_info
+    target = found.get("id") or found.get("run_id") or found.get("name")
     entry = AuditEntry(
         at=request.app[ENGINE].clock.time(),
         action=action,
@@ -269,6 +270,7 @@ def create_app(
     app.router.add_post("/run/{run_id}/_rerun", rerun)
     app.router.add_get("/audit", audit_trail)
     app.router.add_get("/whoami", whoami)
+    app.router.add_post("/nodes/{name}/_drain", drain_node)
     return app
 
 
@@ -796,7 +798,8 @@ async def health(request: web.Request) -> web.Response:
         "status": status,
         "faults": [{"kind": f.kind, "reason": f.reason, "since": iso(f.since)} for f in current],
         "store": "ok" if store_fault is None else store_fault.kind,
-        "scheduler": "running" if scheduler_ok else "stopped",
+        "scheduler": ("draining" if engine.draining else "running") if scheduler_ok else "stopped",
+        "draining": engine.draining,
         "version": __version__,
         "uptime_s": round(engine.clock.time() - engine.started_at, 3),
         "tasks": engine.task_count,
@@ -837,6 +840,16 @@ async def list_nodes(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     nodes = await engine.nodes()
     return _json({"nodes": node_views(nodes, engine.node_name, engine.clock.time())})
+
+
+async def drain_node(request: web.Request) -> web.Response:
+    """Drain a node (this one or another live one): it fires nothing more, finishes its runs and
+    exits 0; `GET /nodes` shows it draining meanwhile."""
+    engine = request.app[ENGINE]
+    name = request.match_info["name"]
+    if not await engine.drain_node(name):
+        raise ApiError(404, "not_found", f"no live node named {name!r}")
+    return _json({"node": name, "draining": True}, status=202)
 
 
 async def processors(request: web.Request) -> web.Response:

@@ -923,6 +923,23 @@ def document(secured: bool = True) -> dict[str, Any]:
                 },
             }
         },
+        "/nodes/{name}/_drain": {
+            "post": {
+                "operationId": "drainNode",
+                "summary": "Drain a node: it fires nothing more, finishes its runs and exits 0 (admin)",
+                "description": "The other nodes claim the fires and take the manual starts meanwhile; GET /nodes shows"
+                " the node draining until it has gone.",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "202": _json(
+                        _object(["node", "draining"], {"node": {"type": "string"}, "draining": {"const": True}}),
+                        "the node drains",
+                    ),
+                    **ERRORS,
+                    "404": _error("no live node by that name"),
+                },
+            }
+        },
         "/whoami": {
             "get": {
                 "operationId": "whoami",

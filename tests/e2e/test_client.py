@@ -331,3 +331,35 @@ def test_named_tokens_rerun_and_the_audit_trail(daemon_factory: Callable[..., Da
     assert [e["action"] for e in only["entries"]] == ["rerun", "start"]  # type: ignore[index]
     assert client("audit", "-c", c, "--action", "explode").code == 2
     assert daemon.stop() == 0
+
+
+def test_drain_lets_the_runs_finish_fires_nothing_more_and_exits_0(daemon_factory: Callable[..., Daemon]) -> None:
+    tasks = TASKS + "- {id: ticking, pipeline: hello, schedule: '* * * * * *'}\n- {id: pause, pipeline: pause}\n"
+    pipelines = PIPELINES + "- {name: pause, processors: [{shell: {command: 'sleep 2.5'}}]}\n"
+    daemon = daemon_factory(base_config(tasks, pipelines)).start()
+    env = {"TASKD_URL": f"http://127.0.0.1:{daemon.port}"}
+    wait_for(lambda: daemon.runs("ticking"), timeout=5, what="the per-second task firing")
+    long_run = daemon.start_task("pause")
+    daemon.wait_run(long_run, states=("running",))
+    asked = time.time()
+    drained = client("drain", "--wait", env=env)
+    assert drained.code == 0, drained.err
+    assert "is draining" in drained.err and "run(s) still running" in drained.err
+    assert "has drained and stopped" in drained.out
+    assert daemon.proc is not None and daemon.proc.wait(timeout=10) == 0
+    assert '"signal": "drain"' in daemon.output() or "signal=drain" in daemon.output()
+    restarted = time.time()
+    daemon.start()
+    assert daemon.run(long_run)["state"] == "completed"
+    assert time.time() - asked >= 2.0  # it waited for the run (2.5 s) before it stopped
+    window = (_iso_at(asked + 0.5), _iso_at(restarted))
+    fired = [r["queued_at"] for r in daemon.runs("ticking") if window[0] < r["queued_at"] < window[1]]
+    assert fired == []  # nothing fired between the drain and the restart
+    assert client("drain", "nobody", env=env).code == 3
+    assert daemon.stop() == 0
+
+
+def _iso_at(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -181,6 +181,50 @@ def test_kill_9_at_random_while_fires_go_on_loses_no_fire_and_runs_none_twice(
             assert fires[(task, _iso(second))] == 1, (task, _iso(second), kills)
 
 
+def test_a_rolling_restart_with_drain_misses_no_fire_and_runs_none_twice(
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+) -> None:
+    """Three nodes, three per-second tasks and a manual run that takes a few seconds; each node in
+    turn is drained (`taskd drain --wait` through its API), exits 0 once its runs have finished,
+    and starts again. Every fire of the window ran exactly once, the draining node's manual run
+    completed rather than being stopped, and a manual start asked of a draining node ran elsewhere."""
+    ledger = tmp_path / "ledger.txt"
+    nodes = {name: node(daemon_factory, url, name, ledger).start() for name in ("a", "b", "c")}
+    began = time.time()
+    time.sleep(2)
+    for name, daemon in nodes.items():
+        long_run = daemon.start_task("slow", {"seconds": "2.5"})
+        daemon.wait_run(long_run, states=("running",))
+        assert daemon.request("POST", f"/nodes/{name}/_drain").status == 202
+        wait_for(
+            lambda d=daemon, me=name: {n["name"]: n["draining"] for n in d.request("GET", "/nodes").json()["nodes"]}[
+                me
+            ],
+            timeout=5,
+            what=f"node {name} draining",
+        )
+        forwarded = daemon.start_task("t1")  # a manual start asked of the draining node
+        assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 0, daemon.output()[-2000:]
+        assert "drained" in daemon.output()
+        other = nodes["b" if name == "a" else "a"]
+        assert other.run(long_run)["state"] == "completed"  # finished, not stopped
+        assert other.wait_run(forwarded)["node"] != name
+        daemon.start()  # waits out its own lease before it joins again
+        time.sleep(1)
+    time.sleep(2)
+    ended = time.time()
+    runs = [r for task in ("t1", "t2", "t3") for r in nodes["a"].runs(task) if r["trigger"] == "schedule"]
+    for daemon in nodes.values():
+        assert daemon.stop() == 0
+    fires = collections.Counter((r["task_id"], r["scheduled_at"]) for r in runs)
+    assert max(fires.values()) == 1, [f for f, n in fires.items() if n > 1]
+    lines = ledger.read_text().split("\n")[:-1]
+    assert len(lines) == len(set(lines))
+    for second in range(int(began) + 2, int(ended) - 1):
+        for task in ("t1", "t2", "t3"):
+            assert fires[(task, _iso(second))] == 1, (task, _iso(second))
+
+
 def test_placement_picks_the_nodes(daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path) -> None:
     tasks = """
 - {id: everywhere, pipeline: note, schedule: '* * * * * *', placement: all}
