@@ -293,12 +293,34 @@ def cluster_section(c: dict[str, Any] | None) -> list[str]:
         f"- Lateness with 3 nodes, {f(la['tasks'])} per-second tasks (each fire claimed by one node; first step's "
         f"stamp - scheduled instant): p50 {f(la['p50_ms'])} ms, p99 {f(la['p99_ms'])} ms, max {f(la['max_ms'])} ms; "
         f"{f(la['missed'])} of {f(la['fires_expected'])} fires missed. Runs by node: {nodes}.",
+        *_sharing_lines(c.get("sharing"), c.get("capacity")),
         f"- Failover over {fo['kills']} kill -9 (one node at a time, started again after each): a surviving node "
         f"ran the next fire {f(fo['next_fire_s']['p50'], 2)} s after the kill (p50; max "
         f"{f(fo['next_fire_s']['max'], 2)} s), and marked the dead node's running run interrupted after "
         f"{f(fo['interrupted_s']['p50'], 2)} s (p50; max {f(fo['interrupted_s']['max'], 2)} s; the lease is 5 s).",
         "",
     ]
+
+
+def _sharing_lines(sh: dict[str, Any] | None, cap: dict[str, Any] | None) -> list[str]:
+    lines = []
+    if sh:
+        idle, busy = sh["idle"], sh["a_busy"]
+        mean = ", ".join(f"{name} {f(share * 100, 1)}%" for name, share in busy["mean_share"].items())
+        lines += [
+            f"- Sharing a fire ({f(sh['tasks'])} tasks every 5 s, runs of 1 s, {f(sh['slots_per_node'])} slots per "
+            f"node, {idle['fires']} fires): each node's share of each fire is off a third by "
+            f"{f(idle['max_off_share'] * 100, 1)}% at most (target 15%). With node a holding a third of its slots "
+            f"with long runs, the shares are {mean} (the less loaded nodes take more).",
+        ]
+    if cap:
+        lines += [
+            f"- Capacity with runs of 1 s ({f(cap['slots_per_node'])} slots per node, 4x as many per-second tasks): "
+            f"1 node completed {f(cap['nodes_1_runs_per_s'], 0)} runs/s (ceiling {f(cap['ceiling_1_runs_per_s'], 0)}), "
+            f"3 nodes {f(cap['nodes_3_runs_per_s'], 0)} (ceiling {f(cap['ceiling_3_runs_per_s'], 0)}): "
+            f"{f(cap['ratio_3_to_1'], 2)}x one node (target 2.6x).",
+        ]
+    return lines
 
 
 def search_section(s: dict[str, Any] | None) -> list[str]:

@@ -5,6 +5,10 @@
   (3 nodes; runs/s = all runs / the wall time of the slowest), beside SQLite in the same run.
 - Lateness with 3 nodes: 3 daemons, 300 per-second tasks (each fire claimed by one node), a `log`
   step whose stamp is read back: first-step start minus the scheduled instant, p50/p99, missed.
+- Sharing and capacity: per-second tasks whose runs sleep 1 s, the same `max_concurrent_tasks` on
+  every node. Each fire's runs per node (their share of 1/N, fire by fire), with one node already
+  holding long runs (the less loaded nodes should take more), and the completed runs per second of
+  1 node and of 3 nodes (the ceiling is N x the slots: a run holds a slot for a second).
 - Failover: 3 daemons, 3 per-second tasks and a long run on the victim; kill -9 one node at a time,
   20 times. Per kill: time until a surviving node runs the next fire of a task (the dead node's
   share of the work goes on), and until the dead node's active run is marked interrupted.
@@ -121,6 +125,108 @@ def _nodes(url: str, directory: Path, tasks: str) -> list[Daemon]:
         daemon.config = text.replace("{port}", str(daemon.port))
         daemons.append(daemon)
     return daemons
+
+
+async def _fetch(url: str, sql: str, *args: Any) -> list[Any]:
+    import asyncpg
+
+    db = await asyncpg.connect(url)
+    try:
+        return list(await db.fetch(sql, *args))
+    finally:
+        await db.close()
+
+
+SLEEPING = "[{sleep: {duration: 1s}}]"
+
+
+def _sleepers(url: str, tmp: Path, names: tuple[str, ...], tasks: int, slots: int, schedule: str) -> list[Daemon]:
+    config = tasks_config(0, tasks, schedule, slots=slots, pipeline=SLEEPING, log_level="warning")
+    config = config.replace("api: {listen: '127.0.0.1:0'", "api: {listen: '127.0.0.1:{port}'")
+    config += "  - {name: hold, processors: [{sleep: {duration: 600s}}]}\n"
+    config = config.replace("tasks:\n", "tasks:\n  - {id: holder, pipeline: hold, concurrency: allow}\n", 1)
+    return _nodes(url, tmp, config)[: len(names)]
+
+
+def sharing(tasks: int = 900, fires: int = 3, slots: int = 900) -> dict[str, Any]:
+    """Fires every 5 s of `tasks` tasks (1 s runs): each node's share of each fire, idle and with
+    node a holding a third of its slots with long runs."""
+    found: dict[str, Any] = {}
+    for case in ("idle", "a_busy"):
+        with schema() as url, tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp:
+            daemons = _sleepers(url, Path(tmp), ("a", "b", "c"), tasks, slots, "*/5 * * * * *")
+            for daemon in daemons:
+                daemon.start()
+            try:
+                if case == "a_busy":
+                    for _ in range(slots // 3):
+                        daemons[0].post("/task/holder/_start")
+                first = math.ceil((time.time() + 2) / 5) * 5
+                last = first + 5 * (fires - 1)
+                time.sleep(max(0.0, last + 3 - time.time()))
+            finally:
+                for daemon in daemons:
+                    daemon.stop()
+            rows = asyncio.run(
+                _fetch(
+                    url,
+                    "SELECT scheduled_at, node, count(*) AS n FROM runs WHERE trigger = 'schedule' "
+                    "AND scheduled_at BETWEEN $1 AND $2 GROUP BY 1, 2",
+                    float(first),
+                    float(last),
+                )
+            )
+        per_fire: dict[float, dict[str, int]] = {}
+        for r in rows:
+            per_fire.setdefault(r["scheduled_at"], {})[r["node"]] = r["n"]
+        shares = [{name: n / sum(nodes.values()) for name, n in nodes.items()} for nodes in per_fire.values()]
+        found[case] = {
+            "fires": len(per_fire),
+            "runs": sum(sum(nodes.values()) for nodes in per_fire.values()),
+            "per_fire": [dict(sorted(nodes.items())) for _, nodes in sorted(per_fire.items())],
+            "max_off_share": max((abs(v - 1 / 3) * 3 for share in shares for v in share.values()), default=math.nan),
+            "mean_share": {n: sum(s.get(n, 0.0) for s in shares) / max(len(shares), 1) for n in ("a", "b", "c")},
+        }
+    return {"tasks": tasks, "slots_per_node": slots, **found}
+
+
+def capacity(slots: int = 100, seconds: int = 10) -> dict[str, Any]:
+    """Completed runs per second with 1 and 3 nodes: 4 x `slots` per-second tasks whose runs take
+    1 s, so each node can complete at most `slots` runs a second, and more are due than 3 nodes
+    can run (capacity is what the cluster completes when work is waiting)."""
+    found: dict[str, float] = {}
+    for count in (1, 3):
+        with schema() as url, tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp:
+            names = ("a", "b", "c")[:count]
+            daemons = _sleepers(url, Path(tmp), names, 4 * slots, slots, "* * * * * *")
+            for daemon in daemons:
+                daemon.start()
+            try:
+                start = math.floor(time.time()) + 3
+                end = start + seconds
+                time.sleep(max(0.0, end + 2 - time.time()))
+            finally:
+                for daemon in daemons:
+                    daemon.stop()
+            rows = asyncio.run(
+                _fetch(
+                    url,
+                    "SELECT count(*) AS n FROM runs WHERE state = 'completed'"
+                    " AND finished_at >= $1 AND finished_at < $2",
+                    float(start),
+                    float(end),
+                )
+            )
+        found[f"nodes_{count}_runs_per_s"] = rows[0]["n"] / seconds
+    one, three = found["nodes_1_runs_per_s"], found["nodes_3_runs_per_s"]
+    return {
+        "slots_per_node": slots,
+        "seconds": seconds,
+        **found,
+        "ceiling_1_runs_per_s": float(slots),
+        "ceiling_3_runs_per_s": float(3 * slots),
+        "ratio_3_to_1": three / one if one else math.nan,
+    }
 
 
 def lateness(tasks: int = 300, seconds: int = 10) -> dict[str, Any]:
@@ -248,6 +354,8 @@ def measure(quick: bool = False) -> dict[str, Any]:
     return {
         "throughput": throughput(5_000 if quick else 20_000),
         "lateness": lateness(300, 4 if quick else 10),
+        "sharing": sharing(900, 2 if quick else 3),
+        "capacity": capacity(100, 5 if quick else 10),
         "failover": failover(3 if quick else 20),
     }
 

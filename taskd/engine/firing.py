@@ -14,7 +14,7 @@ import structlog
 
 from taskd.clock import Clock, utc
 from taskd.cluster import Coordinator
-from taskd.engine.policy import FirePlan, catch_up, claim_key, eligible, plan_fire
+from taskd.engine.policy import Claimant, FirePlan, catch_up, claim_key, eligible, owner, plan_fire
 from taskd.engine.registry import TaskEntry
 from taskd.engine.timer import FireCallback, Timer
 from taskd.errors import Conflict, Overloaded
@@ -25,6 +25,10 @@ from taskd.store.base import Fire, Store
 
 log = structlog.get_logger("taskd.engine")
 
+SHARE_WAIT_S = 0.2
+"""With other nodes alive, a node claims first the fires it owns (`policy.owner`), and the rest
+this much later: by then their owners have claimed them, and only those of a node that did not
+(dead, draining, behind) are left to take."""
 CLAIM_DELAY_S = 0.05
 """With other nodes alive, a node with every slot busy waits this long before claiming a fire (one
 half busy, half as long): the least loaded node tends to claim first."""
@@ -198,25 +202,68 @@ class Firing:
         self, ordered: list[str], keys: dict[str, str], claims: list[tuple[str, float]], fire: FirePlan
     ) -> None:
         """Each fire runs on the one node that claims it first (or, for `placement: all`, once on
-        every node). A busier node waits a little before claiming, so that the least loaded node
-        tends to win; so does a node where a task's request does not fit now."""
+        every node). The fires this node owns are claimed at once; the rest a moment later, a
+        busier node waiting a little longer, so that the least loaded node tends to win them; so
+        does a node where a task's request does not fit now."""
+        first, rest, shared = self._shares(ordered, keys, claims, fire)
+        if first:
+            await self._claim(ordered, keys, first, fire)
+        if not rest:
+            return
         busy = self._slots.held / self._slots.limit
         if self._sized and any(task_id in self._sized and not self._engine.fits_now(task_id) for task_id in ordered):
             busy = 1.0  # a request that does not fit here now: a node where it does claims first
-        if busy > 0 and not self._coordinator.alone:
-            await self._clock.sleep(CLAIM_DELAY_S * min(busy, 1.0))
+        wait = (SHARE_WAIT_S if shared else 0.0) + CLAIM_DELAY_S * min(busy, 1.0)
+        if wait > 0 and not self._coordinator.alone:
+            await self._clock.sleep(wait)
+        await self._claim(ordered, keys, rest, fire)
+
+    def _shares(
+        self, ordered: list[str], keys: dict[str, str], claims: list[tuple[str, float]], fire: FirePlan
+    ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], bool]:
+        """The claims this node makes at once (the fires it owns, and its own copies of
+        `placement: all` fires), those it leaves to their owners first, and whether there are
+        other owners (other live nodes that claim)."""
+        me, tasks = self._coordinator.name, self._engine.tasks
+        nodes = [
+            Claimant(node.name, node.labels, max(node.slots - node.slots_in_use, 0))
+            for node in self._coordinator.live_nodes
+            if node.name != me and not node.draining
+        ]
+        if not nodes:
+            return [], claims, False
+        nodes.append(Claimant(me, self._coordinator.labels, max(self._slots.limit - self._slots.held, 0)))
+        first: list[tuple[str, float]] = []
+        rest: list[tuple[str, float]] = []
+        for claim in claims:
+            task = tasks.get(keys[claim[0]])
+            placement = task.config.placement if task is not None else "any"
+            mine = placement == "all" or owner(claim[0], fire.instant, placement, nodes) == me
+            if mine and task is not None and task.id in self._sized and not self._engine.fits_now(task.id):
+                mine = False  # its request does not fit here now: a node where it does claims it first
+            (first if mine else rest).append(claim)
+        return first, rest, True
+
+    async def _claim(
+        self, ordered: list[str], keys: dict[str, str], claims: list[tuple[str, float]], fire: FirePlan
+    ) -> bool:
+        """Claim these fires and start the runs of those won; False when the store could not be
+        reached (the fires are recorded as skipped)."""
         try:
             async with self._clock.timeout(CLAIM_TIMEOUT_S):
                 won = await self._coordinator.claim_fires(claims)
         except Exception as exc:  # the store is unreachable: recorded (when it is back) and counted
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.warning("fire_claim_failed", tasks=len(ordered), error=error, action="skipped: store_unavailable")
+            log.warning("fire_claim_failed", tasks=len(claims), error=error, action="skipped: store_unavailable")
             now = self._clock.time()
             why = f"store_unavailable: this node could not reach the store to claim the fire ({error})"
+            asked = {keys[key] for key, _ in claims}
             for task_id in ordered:
-                self.skip(Fire(task_id, fire.instant, "skipped", why, now), "store_unavailable")
-            return
+                if task_id in asked:
+                    self.skip(Fire(task_id, fire.instant, "skipped", why, now), "store_unavailable")
+            return False
         self._fire_won(ordered, keys, won, fire)
+        return True
 
     def _fire_won(self, ordered: list[str], keys: dict[str, str], won: list[tuple[str, float]], fire: FirePlan) -> None:
         mine = {keys[key] for key, _ in won}

@@ -3,6 +3,8 @@ after downtime (misfire policy), and a task's status. Time is always passed in."
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -209,3 +211,30 @@ def requests_too_large(config: Config, capacity: Capacity) -> list[str]:
                 f" capacity ({has}, {where}); lower it, or set node.capacity"
             )
     return problems
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """A live node that may claim fires, as the last heartbeat showed it: `free` slots."""
+
+    name: str
+    labels: Mapping[str, str]
+    free: int
+
+
+def owner(key: str, instant: float, placement: Placement, nodes: Sequence[Claimant]) -> str | None:
+    """The node that claims a fire first: weighted rendezvous hashing over the nodes the task's
+    placement allows, each weighted by its free slots (plus one, so a full node still gets a small
+    share). Every node works out the same owner from the same view, so the fires of a burst are
+    shared out with no contention, about in proportion to free slots; the owners of a node that
+    stops claiming are left to the others, which claim whatever is left a moment later."""
+    best, best_score = None, -1.0
+    for node in nodes:
+        if placement != "any" and not eligible(placement, node.name, node.labels):
+            continue
+        digest = hashlib.blake2b(f"{key}\0{instant!r}\0{node.name}".encode(), digest_size=8).digest()
+        uniform = (int.from_bytes(digest, "big") + 1) / (2**64 + 2)  # in (0, 1)
+        score = (node.free + 1) / -math.log(uniform)
+        if score > best_score:
+            best, best_score = node.name, score
+    return best
