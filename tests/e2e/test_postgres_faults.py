@@ -106,6 +106,54 @@ def test_a_restart_and_a_20s_outage_are_survived_shown_and_every_fire_accounted_
     assert daemon.stop() == 0
 
 
+async def _terminate_others(url: str) -> int:
+    db = await asyncpg.connect(url)
+    try:
+        return len(
+            await db.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    finally:
+        await db.close()
+
+
+def test_killed_connections_and_a_run_that_ends_during_an_outage_lose_nothing(
+    daemon_factory: Callable[..., Daemon],
+    own_postgres: Server,  # noqa: F811
+) -> None:
+    """The daemon's connections are terminated by the server (an administrator, a failover
+    proxy); then a run ends while the server is down: its end is recorded once the server is back,
+    and no fire ran twice."""
+    config = (
+        on(own_postgres.url).replace("tasks:\n", "tasks:\n  - {id: pause, pipeline: pause}\n", 1)
+        + "  - {name: pause, processors: [{shell: {command: 'sleep 3'}}]}\n"
+    )
+    daemon = daemon_factory(config).start()
+    wait_for(lambda: len(daemon.runs("tick")) >= 2, timeout=15, what="a few scheduled runs")
+    assert asyncio.run(_terminate_others(own_postgres.url)) >= 1
+    killed_at = time.time()
+    wait_for(
+        lambda: any(epoch(r["queued_at"]) > killed_at + 1 for r in daemon.runs("tick")),
+        timeout=15,
+        what="fires recorded again after the connections were killed",
+    )
+    assert health(daemon)[0] == 200 and daemon.proc is not None and daemon.proc.poll() is None
+    long_run = daemon.start_task("pause")
+    daemon.wait_run(long_run, states=("running",))
+    own_postgres.stop()  # the run ends (about 3 s) while the server is down
+    wait_for(lambda: health(daemon)[0] == 503, timeout=10, what="/health degraded")
+    time.sleep(5)
+    own_postgres.start()
+    wait_for(lambda: health(daemon)[0] == 200, timeout=30, what="healthy again")
+    run = daemon.wait_run(long_run, timeout=20)
+    assert run["state"] == "completed" and run["duration"] >= 2.5, run
+    scheduled = [r["scheduled_at"] for r in daemon.runs("tick")]
+    assert len(scheduled) == len(set(scheduled)), "a fire ran twice"
+    assert daemon.stop() == 0
+
+
 def test_an_outage_longer_than_max_outage_exits_1(
     daemon_factory: Callable[..., Daemon],
     own_postgres: Server,  # noqa: F811
