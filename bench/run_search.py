@@ -155,7 +155,7 @@ def _parameters(spec: dict[str, Any], now: float) -> dict[str, Any]:
         if key in names:
             parameters[names[key]] = ",".join(value) if isinstance(value, tuple) else value
         elif key.endswith("_hours_ago"):
-            parameters[key.removesuffix("_hours_ago")] = now - 3600 * value
+            parameters[key.removesuffix("_hours_ago")] = round(now - 3600 * value, 3)
         elif key == "offset":
             parameters[key] = value
     if "sort" in spec:

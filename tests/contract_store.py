@@ -25,7 +25,7 @@ from taskd.models import (
     new_run_id,
 )
 from taskd.store import Fire, LogLine, MemoryStore, RunQuery, Store, StoreError, Transition
-from taskd.store.base import RUN_SORTS, AuditEntry, AuditQuery
+from taskd.store.base import EXACT_UP_TO, RUN_SORTS, AuditEntry, AuditQuery
 from taskd.store.buffer import Batch, BufferedStore
 
 Reopen = Callable[[], Awaitable[Store]]
@@ -265,6 +265,13 @@ async def test_run_search_answers_as_the_reference_store_page_by_page(store: Sto
                         got, total = await store.list_runs(query)
                         want, expected = await reference.list_runs(query)
                         assert ([r.id for r in got], total) == ([r.id for r in want], expected), query
+                        # What the API answers: the same page, and (this few runs) the exact total.
+                        searched = await store.search_runs(query)
+                        assert ([r.id for r in searched.runs], searched.total, searched.exact) == (
+                            [r.id for r in want],
+                            expected,
+                            True,
+                        ), query
     finally:
         await reference.close()
 
@@ -425,6 +432,21 @@ async def test_stats(store: Store) -> None:
     assert stats["mean_duration"] == 2.5 and stats["p95_duration"] == 4 and stats["p50_duration"] == 2
     empty = await store.task_stats("nobody")
     assert empty["runs"] == 0 and empty["success_rate"] is None and empty["p95_duration"] is None
+
+
+async def test_a_search_total_is_exact_up_to_its_limit_and_a_fair_estimate_past_it(store: Store) -> None:
+    for i in range(EXACT_UP_TO + 2000):
+        run = _record("many" if i % 10 else "few", queued_at=10_000.0 + i, state=RunState.COMPLETED)
+        run.started_at, run.finished_at = run.queued_at, run.queued_at + 1
+        store.save_run(run)
+    await store.flush()
+    everything = await store.search_runs(RunQuery(limit=5))
+    assert len(everything.runs) == 5 and everything.total > EXACT_UP_TO
+    if not everything.exact:  # a database's estimate: labelled, and near the truth
+        assert abs(everything.total - (EXACT_UP_TO + 2000)) <= 0.2 * (EXACT_UP_TO + 2000)
+    few = await store.search_runs(RunQuery(task_ids=("few",), limit=5))
+    assert few.exact and few.total == (EXACT_UP_TO + 2000 + 9) // 10
+    assert (await store.list_runs(RunQuery(limit=1)))[1] == EXACT_UP_TO + 2000  # list_runs counts exactly
 
 
 async def test_runs_are_counted_by_the_minute_they_finished_and_their_state(store: Store) -> None:

@@ -40,7 +40,7 @@ from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import FINAL_STATES, ReloadOutcome, RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
 from taskd.recorder import MAX_LOG_LINES
-from taskd.store.base import RUN_SORTS, AuditEntry, AuditQuery, RunQuery, Store
+from taskd.store.base import RUN_SORTS, AuditEntry, AuditQuery, RunPage, RunQuery, Store
 
 log = structlog.get_logger("taskd.api")
 
@@ -596,14 +596,14 @@ async def _runs_answer(request: web.Request, task_ids: tuple[str, ...]) -> web.R
     engine = request.app[ENGINE]
     query = _run_query(request, task_ids)
     if any(_unstorable(text) for text in (*task_ids, query.text or "")):
-        runs: list[RunRecord] = []  # no stored text holds a NUL (PostgreSQL refuses one in a query)
-        total = 0
+        page = RunPage([], 0, True)  # no stored text holds a NUL (PostgreSQL refuses one in a query)
     else:
-        runs, total = await request.app[STORE].list_runs(query)
+        page = await request.app[STORE].search_runs(query)
+    runs, total = page.runs, page.total
     if total == 0 and task_ids and not any(engine.knows(task_id) for task_id in task_ids):
         raise ApiError(404, "not_found", f"task {task_ids[0]!r} does not exist")
     now = engine.clock.time()
-    return _json({"runs": [r.to_json(now) for r in runs], "total": total})
+    return _json({"runs": [r.to_json(now) for r in runs], "total": total, "total_exact": page.exact})
 
 
 async def task_runs(request: web.Request) -> web.Response:

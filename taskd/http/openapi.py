@@ -17,7 +17,7 @@ from taskd.http.access import AUDIT_ACTIONS
 from taskd.http.selection import TASK_SORTS
 from taskd.models import FINAL_STATES, USAGE_SOURCES, RunState, Trigger
 from taskd.recorder import MAX_LOG_LINES
-from taskd.store.base import RUN_SORTS
+from taskd.store.base import EXACT_UP_TO, RUN_SORTS
 
 
 def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
@@ -429,7 +429,17 @@ RUN_FILTERS = [
     *PAGING,
 ]
 RUN_LIST = _json(
-    _object(["runs", "total"], {"runs": {"type": "array", "items": _ref("Run")}, "total": {"type": "integer"}}),
+    _object(
+        ["runs", "total", "total_exact"],
+        {
+            "runs": {"type": "array", "items": _ref("Run")},
+            "total": {"type": "integer"},
+            "total_exact": {
+                "type": "boolean",
+                "description": f"false: more than {EXACT_UP_TO:,} runs match, and total is the database's estimate",
+            },
+        },
+    ),
     "runs, newest first unless sorted otherwise",
 )
 

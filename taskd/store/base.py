@@ -145,6 +145,16 @@ class RunQuery:
             raise ValueError(f"sort must be one of {', '.join(RUN_SORTS)}")
 
 
+EXACT_UP_TO = 10_000
+"""A search's total is exact up to this many runs; past it a store may estimate it."""
+
+
+class RunPage(NamedTuple):
+    runs: list[RunRecord]
+    total: int
+    exact: bool
+
+
 class Store(ABC):
     """Run history, fire events, tombstones and scheduler state."""
 
@@ -262,7 +272,15 @@ class Store(ABC):
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     @abstractmethod
-    async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]: ...
+    async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
+        """A page of runs and how many match in all, exactly."""
+
+    async def search_runs(self, query: RunQuery) -> RunPage:
+        """What the API answers: a page of runs and how many match, which a store may estimate
+        when counting them exactly would cost more than the page (`exact` False); an estimate is
+        never below EXACT_UP_TO."""
+        runs, total = await self.list_runs(query)
+        return RunPage(runs, total, True)
 
     @abstractmethod
     async def attempts(self, run_id: str) -> list[AttemptRecord]: ...

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
+import structlog
 
 from taskd.clock import Clock
 from taskd.faults import STORE_UNREACHABLE
 from taskd.models import RunRecord, RunState
-from taskd.store.base import RunQuery, StoreError, redacted
+from taskd.store.base import EXACT_UP_TO, RunPage, RunQuery, StoreError, redacted
 from taskd.store.rows import PARTIAL_STATE_INDEXES, Row, run_from_row
 from taskd.store.sql import ACTIVE, FINISHED, SORT_COLUMNS, STATEMENTS, SQLStore, Tx, migrations, numbered
+
+log = structlog.get_logger("taskd.store")
 
 MIGRATION_LOCK = 0x7461736B64  # "taskd": the advisory lock held while the schema is migrated
 
@@ -97,6 +101,10 @@ class PostgresStore(SQLStore):
         self.where = redacted(url)
         self.schema = schema
         self.pool: asyncpg.Pool | None = None
+        self._indexing: asyncio.Task[None] | None = None
+        self.text_index: str | None = None
+        """How a text search (`q`) finds its runs: "pg_trgm" once the trigram index is there, else
+        why not (the runs are scanned)."""
 
     @property
     def server_settings(self) -> dict[str, str] | None:
@@ -118,10 +126,15 @@ class PostgresStore(SQLStore):
             self.pool = None
             raise
         self._start_writer()
+        self._indexing = asyncio.get_running_loop().create_task(self._index_text())
 
     async def close(self) -> None:
         if self.pool is None:
             return
+        indexing, self._indexing = self._indexing, None
+        if indexing is not None:
+            indexing.cancel()
+            await asyncio.gather(indexing, return_exceptions=True)
         try:
             await self._stop_writer()
         finally:
@@ -130,6 +143,39 @@ class PostgresStore(SQLStore):
                 await asyncio.wait_for(pool.close(), POOL_CLOSE_S)
             except Exception:
                 pool.terminate()
+
+    async def _index_text(self) -> None:
+        """The trigram index a text search (`ILIKE`) uses: pg_trgm's, built without blocking the
+        writers (CONCURRENTLY), by one node at a time. Where the extension cannot be had (not
+        installed, no privilege), a text search scans the runs, and the log says so once."""
+        try:
+            async with self.require().acquire() as db:
+                if not await db.fetchval("SELECT pg_try_advisory_lock($1)", TEXT_INDEX_LOCK):
+                    self.text_index = "being built by another node"
+                    return
+                try:
+                    where = await _trigram_schema(db)
+                    if where is None:
+                        self.text_index = "pg_trgm is not available"
+                        log.warning("text_search_unindexed", store=self.where, reason=self.text_index)
+                        return
+                    exists = await db.fetchval("SELECT to_regclass('runs_text_trgm') IS NOT NULL")
+                    if not exists:
+                        log.info("text_index_building", store=self.where)
+                    await db.execute(
+                        "CREATE INDEX CONCURRENTLY IF NOT EXISTS runs_text_trgm ON runs"
+                        f" USING gin ((coalesce(error, '') || ' ' || params) \"{where}\".gin_trgm_ops)"
+                    )
+                    self.text_index = "pg_trgm"
+                    if not exists:
+                        log.info("text_index_built", store=self.where)
+                finally:
+                    await db.execute("SELECT pg_advisory_unlock($1)", TEXT_INDEX_LOCK)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never fatal: the searches scan meanwhile
+            self.text_index = f"{type(exc).__name__}: {exc}"
+            log.warning("text_search_unindexed", store=self.where, reason=self.text_index)
 
     def require(self) -> asyncpg.Pool:
         if self.pool is None:
@@ -191,10 +237,18 @@ class PostgresStore(SQLStore):
     async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
         if query.fresh:
             await self.flush()
+        clause, args = self._where(query)
+        page = f"SELECT * FROM runs {clause} {self._order_by(query, ' NULLS LAST', ' NULLS FIRST')} LIMIT ? OFFSET ?"
+        rows = await self._fetch_sql(numbered(page), [*args, query.limit, query.offset])
+        return [run_from_row(r) for r in rows], await self._count(query, clause, args)
+
+    def _where(self, query: RunQuery, partial: bool = True) -> tuple[str, list[Any]]:
+        """The search's WHERE clause and its arguments; with `partial`, the condition of the
+        partial index by state that covers the states asked for, spelled out."""
         filters = self._filters(query)
         where = [sql.format(column) for column, sql, _ in filters]
         args = [arg for _, _, values in filters for arg in values]
-        for states, term in PARTIAL_STATE_INDEXES:
+        for states, term in PARTIAL_STATE_INDEXES if partial else ():
             if query.states and set(query.states) <= states:
                 where.append(term)  # implied already; spelled as the partial index's condition
                 break
@@ -206,10 +260,31 @@ class PostgresStore(SQLStore):
                 matches, more = f"{matches} OR {tasks}", [*more, *ids]
             where.append(f"({matches})")
             args += more
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        page = f"SELECT * FROM runs {clause} {self._order_by(query, ' NULLS LAST', ' NULLS FIRST')} LIMIT ? OFFSET ?"
-        rows = await self._fetch_sql(numbered(page), [*args, query.limit, query.offset])
-        return [run_from_row(r) for r in rows], await self._count(query, clause, args)
+        return (f"WHERE {' AND '.join(where)}" if where else ""), args
+
+    async def search_runs(self, query: RunQuery) -> RunPage:
+        """As `list_runs`, but a total past EXACT_UP_TO is the planner's estimate: counting a
+        million rows exactly costs far more than the page (the API says which it is). The page
+        and the count are asked at once, on two connections."""
+        if query.fresh:
+            await self.flush()
+        # The sort's and the filters' own indexes serve; with a text search, the partial index's
+        # condition spelled out makes the planner combine the trigram index with the state's
+        # (a bitmap of both) rather than read every run of the state through the sort's index.
+        clause, args = self._where(query, partial=bool(query.text))
+        order = self._order_by(query, " NULLS LAST", " NULLS FIRST")
+        page = numbered(f"SELECT * FROM runs {clause} {order} LIMIT ? OFFSET ?")
+        capped = numbered(f"SELECT count(*) FROM (SELECT 1 FROM runs {clause} LIMIT {EXACT_UP_TO + 1}) AS found")
+        rows, counted = await asyncio.gather(
+            self._fetch_sql(page, [*args, query.limit, query.offset]), self._number(capped, args)
+        )
+        runs = [run_from_row(r) for r in rows]
+        if counted <= EXACT_UP_TO:
+            return RunPage(runs, counted, True)
+        unhinted, args = self._where(query, partial=False)  # the estimate is better without it
+        plan = await self._fetch_sql(numbered(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM runs {unhinted}"), args)
+        estimate = int(json.loads(plan[0][0])[0]["Plan"]["Plan Rows"])
+        return RunPage(runs, max(estimate, EXACT_UP_TO + 1), False)
 
     async def _count(self, query: RunQuery, clause: str, args: list[Any]) -> int:
         narrowed = query.task_ids or query.triggers or query.since is not None or query.until is not None
@@ -224,3 +299,23 @@ class PostgresStore(SQLStore):
                     )
             return total
         return await self._number(numbered(f"SELECT count(*) FROM runs {clause}"), args)
+
+
+TEXT_INDEX_LOCK = 0x74657874  # "text": held while one node builds the trigram index
+
+
+async def _trigram_schema(db: asyncpg.Connection) -> str | None:
+    """Where pg_trgm is installed, installing it if it is not and this role may (in `public`,
+    else the store's own schema); None when it cannot be had."""
+    found = await db.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'")
+    if found is not None:
+        return str(found).strip('"')
+    for target in ("public", None):
+        try:
+            async with db.transaction():
+                await db.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm" + (f" SCHEMA {target}" if target else ""))
+        except asyncpg.PostgresError:
+            continue
+        found = await db.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'")
+        return None if found is None else str(found).strip('"')
+    return None

@@ -10,8 +10,9 @@ from conftest import POSTGRES_URL, postgres_schema
 from contract_store import *  # noqa: F403  # the contract's tests, run here
 from contract_store import Reopen, opened
 
-from taskd.store import Store
+from taskd.store import RunQuery, Store
 from taskd.store.postgres import PostgresStore
+from taskd.store.sql import numbered
 
 
 @pytest.fixture
@@ -19,3 +20,16 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, 
     schema = await postgres_schema(request)
     async for made in opened(lambda: PostgresStore(POSTGRES_URL, schema=schema)):
         yield made
+
+
+async def test_a_text_search_goes_through_the_trigram_index(store: Store) -> None:
+    """pg_trgm's index is built in the background at open (one node at a time) and a text search
+    of three characters or more reads it instead of every run."""
+    assert isinstance(store, PostgresStore) and store._indexing is not None
+    await store._indexing
+    assert store.text_index == "pg_trgm"
+    clause, args = store._where(RunQuery(text="disk full"))
+    async with store.transaction() as tx:
+        await tx.execute("SET LOCAL enable_seqscan = off", ())  # a tiny table: ask for the index's plan
+        plan = await tx.execute_fetchall(numbered(f"EXPLAIN SELECT * FROM runs {clause}"), args)
+    assert "runs_text_trgm" in "\n".join(row[0] for row in plan)
