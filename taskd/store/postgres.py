@@ -159,7 +159,13 @@ class PostgresStore(SQLStore):
                         self.text_index = "pg_trgm is not available"
                         log.warning("text_search_unindexed", store=self.where, reason=self.text_index)
                         return
-                    exists = await db.fetchval("SELECT to_regclass('runs_text_trgm') IS NOT NULL")
+                    # A build cut short (the process stopped meanwhile) leaves an invalid index: built again.
+                    valid = await db.fetchval(
+                        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('runs_text_trgm')"
+                    )
+                    if valid is False:
+                        await db.execute("DROP INDEX CONCURRENTLY runs_text_trgm")
+                    exists = bool(valid)
                     if not exists:
                         log.info("text_index_building", store=self.where)
                     await db.execute(

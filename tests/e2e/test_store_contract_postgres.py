@@ -33,3 +33,21 @@ async def test_a_text_search_goes_through_the_trigram_index(store: Store) -> Non
         await tx.execute("SET LOCAL enable_seqscan = off", ())  # a tiny table: ask for the index's plan
         plan = await tx.execute_fetchall(numbered(f"EXPLAIN SELECT * FROM runs {clause}"), args)
     assert "runs_text_trgm" in "\n".join(row[0] for row in plan)
+
+
+async def test_a_trigram_index_left_invalid_is_built_again(backend: tuple[Store, Reopen]) -> None:
+    """A build cut short (the process stopped during CREATE INDEX CONCURRENTLY) leaves an invalid
+    index, which IF NOT EXISTS would keep for good: the next open builds it again."""
+    store, reopen = backend
+    assert isinstance(store, PostgresStore) and store._indexing is not None
+    await store._indexing
+    async with store.transaction() as tx:  # as a superuser: mark it as a build cut short leaves it
+        await tx.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass('runs_text_trgm')", ())
+    store = await reopen()
+    assert isinstance(store, PostgresStore) and store._indexing is not None
+    await store._indexing
+    async with store.transaction() as tx:
+        [row] = await tx.execute_fetchall(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('runs_text_trgm')", ()
+        )
+    assert row[0] is True and store.text_index == "pg_trgm"
