@@ -9,6 +9,7 @@ import asyncio
 import http.client
 import json
 import random
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -81,7 +82,7 @@ async def _text_index(url: str) -> None:
     try:
         if store._indexing is not None:
             await store._indexing
-        print(f"text index: {store.text_index}", flush=True)
+        print(f"text index: {store.text_index}", file=sys.stderr, flush=True)
     finally:
         await store.close()
 

@@ -380,7 +380,14 @@ export function stopRun(runId) {
   return /** @type {Promise<{ run_id: string, stopped: boolean, stopping: boolean }>} */ (api(`/run/${encodeURIComponent(runId)}/_stop`, { method: "POST" }));
 }
 
-/** A new run of the same task with the same params. @param {string} runId @returns {Promise<{ run_id: string, task_id: string }>} */
+/**
+ * @typedef {object} Rerun  the run started again
+ * @property {string} run_id
+ * @property {string | null} task_id
+ * @property {string[]} [params_not_repeated]  secret params, never stored: the new run has their defaults
+ */
+
+/** A new run of the same task with the same params. @param {string} runId @returns {Promise<Rerun>} */
 export function rerun(runId) {
-  return /** @type {Promise<{ run_id: string, task_id: string }>} */ (api(`/run/${encodeURIComponent(runId)}/_rerun`, { method: "POST" }));
+  return /** @type {Promise<Rerun>} */ (api(`/run/${encodeURIComponent(runId)}/_rerun`, { method: "POST" }));
 }

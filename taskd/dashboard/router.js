@@ -87,7 +87,8 @@ function login(problem) {
   );
   render(
     h("h1", {}, "Sign in"),
-    h("p", {}, "This taskd asks for its API token (", h("code", {}, "api.token"), "). It is kept for this browser tab only."),
+    h("p", {}, "This taskd asks for an API token (", h("code", {}, "api.token"), " or one of ", h("code", {}, "api.tokens"),
+      "); its role says what you may do. It is kept for this browser tab only."),
     problem ? h("p", { class: "error", role: "alert" }, problem) : null,
     form,
   );

@@ -103,7 +103,8 @@ function runControls(id, ctx, redraw) {
   }) }, "Stop");
   const rerun = h("button", { type: "button", title: "A new run of its task, with the same params", onclick: act(async () => {
     const body = await API.rerun(id);
-    notice("Re-ran as ", runLink({ id: body.run_id }), ".");
+    const dropped = body.params_not_repeated ?? [];
+    notice("Re-ran as ", runLink({ id: body.run_id }), dropped.length ? `; secret params take their defaults: ${dropped.join(", ")}.` : ".");
     location.hash = `#/run/${encodeURIComponent(body.run_id)}`;
   }) }, "Re-run");
   const buttons = [may("stop") ? stop : null, may("rerun") ? rerun : null].filter((button) => button !== null);

@@ -1,24 +1,20 @@
 """The web dashboard in a real browser: Playwright driving Debian's chromium against the real daemon
 with a token. Every console error and every request to another origin fails the test; each view
-is saved as a screenshot (set TASKD_SCREENSHOTS=DIR to keep them)."""
+is saved as a screenshot (set TASKD_SCREENSHOTS=DIR to keep them). The browser, the watched page
+and the daemon behind it are in support/browser.py."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from conftest import Daemon, base_config, wait_for
+from conftest import Daemon, wait_for
+from support.browser import TOKEN, Watched, chromium, expect, fact, served, task_row  # noqa: F401  # chromium: the browser fixture
 
-CHROMIUM = "/usr/bin/chromium"
-TOKEN = "s3cret-dashboard-token"
 TASKS = """
 - {id: hello, name: Say hello, schedule: '30 1 * * 1-5', time_zone: Asia/Tokyo, pipeline: talk}
 - {id: failing, pipeline: bad}
@@ -56,97 +52,16 @@ POOLED_PIPELINES = f"""{PIPELINES}
 - {{name: inside, processors: [{{python: {{function: "builtins:id"}}}}]}}
 """
 
-try:
-    from playwright import sync_api as playwright_api
-except ImportError:
-    if os.environ.get("TASKD_REQUIRE_BROWSER"):  # CI: never skip these
-        raise
-    pytest.skip("playwright is missing (pip install -e '.[test]')", allow_module_level=True)
-expect = playwright_api.expect
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("TASKD_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-class Watched:
-    """A page whose console errors and foreign requests are collected."""
-
-    def __init__(self, browser: Any, origin: str, shots: Path) -> None:
-        self.page = browser.new_page(viewport={"width": 1400, "height": 900})
-        self.origin = origin
-        self.shots = shots
-        self.problems: list[str] = []
-        self.page.on("console", self._console)
-        self.page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
-        self.page.on("request", self._request)
-
-    def _console(self, message: Any) -> None:
-        if message.type == "error":
-            self.problems.append(f"console error: {message.text}")
-
-    def _request(self, request: Any) -> None:
-        parts = urlsplit(request.url)
-        if f"{parts.scheme}://{parts.netloc}" != self.origin and parts.scheme not in ("data", "blob"):
-            self.problems.append(f"request to another origin: {request.url}")
-
-    def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
-
-
-@contextmanager
-def served(
-    daemon_factory: Callable[..., Daemon],
-    browser: Any,
-    tmp_path: Path,
-    tasks: str,
-    slots: int,
-    pipelines: str = PIPELINES,
-    extra: str = "",
-) -> Iterator[tuple[Daemon, Watched]]:
-    """A daemon with a token running `tasks` (with `extra` top-level sections), and a watched page on it."""
-    api = f"api: {{listen: '127.0.0.1:{{port}}', token: {TOKEN}}}\n"
-    config = base_config(tasks, pipelines, slots=slots, extra=extra).replace("api: {listen: '127.0.0.1:{port}'}\n", api)
-    daemon = daemon_factory(config)
-    daemon.token = TOKEN
-    daemon.start()
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    watched = Watched(browser, f"http://127.0.0.1:{daemon.port}", shots)
-    try:
-        yield daemon, watched
-    finally:
-        keep = os.environ.get("TASKD_SCREENSHOTS")
-        if keep:
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            for shot in shots.iterdir():
-                shutil.copy(shot, Path(keep) / f"dashboard-{shot.name}")
-        watched.page.close()
-        daemon.stop()
-
 
 @pytest.fixture
 def dashboard(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
-    with served(daemon_factory, browser, tmp_path, TASKS, slots=4) as opened:
+    with served(daemon_factory, browser, tmp_path, TASKS, 4, PIPELINES) as opened:
         yield opened
 
 
 @pytest.fixture
 def chained(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
-    with served(daemon_factory, browser, tmp_path, CHAINED, slots=2) as opened:
+    with served(daemon_factory, browser, tmp_path, CHAINED, 2, PIPELINES) as opened:
         yield opened
 
 
@@ -157,6 +72,7 @@ def pooled(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) 
 
 
 def sign_in(watched: Watched) -> None:
+    """A wrong token is refused, and the form asks again; the right one opens the overview."""
     page = watched.page
     page.goto(watched.origin + "/")
     token = page.get_by_label("Token")
@@ -166,10 +82,6 @@ def sign_in(watched: Watched) -> None:
     page.get_by_label("Token").fill(TOKEN)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
-
-
-def task_row(page: Any, task_id: str) -> Any:
-    return page.locator(f'tr[data-task="{task_id}"]')
 
 
 def test_an_operator_signs_in_runs_a_task_and_follows_it(dashboard: tuple[Daemon, Watched]) -> None:
@@ -401,11 +313,6 @@ def test_dependencies_spread_and_the_forecast(chained: tuple[Daemon, Watched]) -
     watched.shot("overview-no-plan")
     # The browser reports the refused request, and nothing else.
     assert [p for p in watched.problems if "status of 500" not in p] == []
-
-
-def fact(page: Any, label: str) -> Any:
-    """The value of a run's or a task's fact."""
-    return page.locator(f"dl.facts dt:text-is('{label}') + dd")
 
 
 def test_capacity_pools_and_what_runs_used(pooled: tuple[Daemon, Watched]) -> None:
