@@ -119,7 +119,7 @@ import { getToken } from "./state.js";
  *
  * @typedef {Run & RunDetailFields} RunDetail
  * @typedef {{ tasks: Task[], total: number }} TaskPage
- * @typedef {{ runs: Run[], total: number }} RunPage
+ * @typedef {{ runs: Run[], total: number, total_exact?: boolean }} RunPage  total_exact false: an estimate
  *
  * @typedef {object} Held  one of this node's capacities: memory in bytes, cpu in millicores
  * @property {number} size

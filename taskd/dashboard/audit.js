@@ -4,10 +4,9 @@
 
 import * as API from "./api.js";
 import { h, PAGE, pages, render, scroller } from "./dom.js";
+import { vocabulary } from "./schema.js";
 import { when, zoneFor } from "./times.js";
 
-/** The actions the trail records. */
-const ACTIONS = ["start", "stop", "rerun", "delete", "reload", "sign_in_failed", "forbidden"];
 const COLUMNS = ["When", "Action", "Actor", "Target", "Status", "From", "Detail"];
 
 /**
@@ -17,8 +16,9 @@ const COLUMNS = ["When", "Action", "Actor", "Target", "Status", "From", "Detail"
 export async function auditView(ctx, query) {
   const offset = Number(query.get("offset") || 0);
   const zone = zoneFor(null);
+  const { actions } = await vocabulary();
   const action = h("select", { id: "f-action", name: "action" },
-    h("option", { value: "" }, "any"), ACTIONS.map((name) => h("option", { value: name, selected: query.get("action") === name }, name.replaceAll("_", " "))));
+    h("option", { value: "" }, "any"), actions.map((name) => h("option", { value: name, selected: query.get("action") === name }, name.replaceAll("_", " "))));
   const actor = h("input", { id: "f-actor", name: "actor", value: query.get("actor") || "", size: 16 });
   const form = h("form", {
     class: "filters",

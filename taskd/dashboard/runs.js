@@ -90,7 +90,9 @@ export async function runsView(ctx, query) {
   async function draw() {
     const body = await API.runs(params);
     rows.draw(body.runs);
-    summary.textContent = `${body.total.toLocaleString()} ${body.total === 1 ? "run matches" : "runs match"}.`;
+    // Past 10,000 matches a PostgreSQL store estimates the total, and says so.
+    const about = body.total_exact === false ? "about " : "";
+    summary.textContent = `${about}${body.total.toLocaleString()} ${body.total === 1 ? "run matches" : "runs match"}.`;
     const base = new URLSearchParams(query);
     base.delete("offset");
     pager.replaceChildren(...pages(body.total, offset, "#/runs", base));

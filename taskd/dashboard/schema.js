@@ -1,10 +1,11 @@
 // @ts-check
-// The API's own lists of run states and triggers, read once per page load from GET /openapi.json
-// (which needs no token), so that the page never holds a copy that could fall behind the server.
+// The API's own lists of run states, triggers and audit actions, read once per page load from
+// GET /openapi.json (which needs no token), so that the page never holds a copy that could fall
+// behind the server.
 
 import { api } from "./api.js";
 
-/** @typedef {{ states: string[], triggers: string[] }} Vocabulary */
+/** @typedef {{ states: string[], triggers: string[], actions: string[] }} Vocabulary */
 
 /** @type {Promise<Vocabulary> | null} */
 let loading = null;
@@ -24,6 +25,7 @@ async function load() {
   return {
     states: strings(schemas?.Run?.properties?.state?.enum, "run states"),
     triggers: strings(schemas?.Run?.properties?.trigger?.enum, "triggers"),
+    actions: strings(schemas?.AuditEntry?.properties?.action?.enum, "audit actions"),
   };
 }
 
