@@ -25,7 +25,7 @@ from taskd.models import (
     new_run_id,
 )
 from taskd.store import Fire, LogLine, MemoryStore, RunQuery, Store, StoreError, Transition
-from taskd.store.base import EXACT_UP_TO, RUN_SORTS, AuditEntry, AuditQuery
+from taskd.store.base import EXACT_TEXT_UP_TO, EXACT_UP_TO, RUN_SORTS, AuditEntry, AuditQuery
 from taskd.store.buffer import Batch, BufferedStore
 
 Reopen = Callable[[], Awaitable[Store]]
@@ -438,6 +438,7 @@ async def test_a_search_total_is_exact_up_to_its_limit_and_a_fair_estimate_past_
     for i in range(EXACT_UP_TO + 2000):
         run = _record("many" if i % 10 else "few", queued_at=10_000.0 + i, state=RunState.COMPLETED)
         run.started_at, run.finished_at = run.queued_at, run.queued_at + 1
+        run.params = {"target": "/srv/disk"} if i % 10 else {}
         store.save_run(run)
     await store.flush()
     everything = await store.search_runs(RunQuery(limit=5))
@@ -447,6 +448,10 @@ async def test_a_search_total_is_exact_up_to_its_limit_and_a_fair_estimate_past_
     few = await store.search_runs(RunQuery(task_ids=("few",), limit=5))
     assert few.exact and few.total == (EXACT_UP_TO + 2000 + 9) // 10
     assert (await store.list_runs(RunQuery(limit=1)))[1] == EXACT_UP_TO + 2000  # list_runs counts exactly
+    text = await store.search_runs(RunQuery(text="srv/disk", limit=5))
+    assert len(text.runs) == 5 and (text.exact or text.total > EXACT_TEXT_UP_TO)
+    if text.exact:
+        assert text.total == (EXACT_UP_TO + 2000) * 9 // 10
 
 
 async def test_runs_are_counted_by_the_minute_they_finished_and_their_state(store: Store) -> None:

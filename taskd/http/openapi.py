@@ -17,7 +17,7 @@ from taskd.http.access import AUDIT_ACTIONS
 from taskd.http.selection import TASK_SORTS
 from taskd.models import FINAL_STATES, USAGE_SOURCES, RunState, Trigger
 from taskd.recorder import MAX_LOG_LINES
-from taskd.store.base import EXACT_UP_TO, RUN_SORTS
+from taskd.store.base import EXACT_TEXT_UP_TO, EXACT_UP_TO, RUN_SORTS
 
 
 def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
@@ -436,7 +436,8 @@ RUN_LIST = _json(
             "total": {"type": "integer"},
             "total_exact": {
                 "type": "boolean",
-                "description": f"false: more than {EXACT_UP_TO:,} runs match, and total is the database's estimate",
+                "description": f"false: more than {EXACT_UP_TO:,} runs match ({EXACT_TEXT_UP_TO:,} for a text"
+                " search), and total is the database's estimate",
             },
         },
     ),

@@ -147,6 +147,8 @@ class RunQuery:
 
 EXACT_UP_TO = 10_000
 """A search's total is exact up to this many runs; past it a store may estimate it."""
+EXACT_TEXT_UP_TO = 1_000
+"""The same for a text search, each of whose matches costs a check of its text."""
 
 
 class RunPage(NamedTuple):
@@ -278,7 +280,7 @@ class Store(ABC):
     async def search_runs(self, query: RunQuery) -> RunPage:
         """What the API answers: a page of runs and how many match, which a store may estimate
         when counting them exactly would cost more than the page (`exact` False); an estimate is
-        never below EXACT_UP_TO."""
+        never below EXACT_UP_TO (EXACT_TEXT_UP_TO for a text search)."""
         runs, total = await self.list_runs(query)
         return RunPage(runs, total, True)
 

@@ -23,7 +23,7 @@ import structlog
 from taskd.clock import Clock
 from taskd.faults import STORE_UNREACHABLE
 from taskd.models import RunRecord, RunState
-from taskd.store.base import EXACT_UP_TO, RunPage, RunQuery, StoreError, redacted
+from taskd.store.base import EXACT_TEXT_UP_TO, EXACT_UP_TO, RunPage, RunQuery, StoreError, redacted
 from taskd.store.rows import PARTIAL_STATE_INDEXES, Row, run_from_row
 from taskd.store.sql import ACTIVE, FINISHED, SORT_COLUMNS, STATEMENTS, SQLStore, Tx, migrations, numbered
 
@@ -269,9 +269,9 @@ class PostgresStore(SQLStore):
         return (f"WHERE {' AND '.join(where)}" if where else ""), args
 
     async def search_runs(self, query: RunQuery) -> RunPage:
-        """As `list_runs`, but a total past EXACT_UP_TO is the planner's estimate: counting a
-        million rows exactly costs far more than the page (the API says which it is). The page
-        and the count are asked at once, on two connections."""
+        """As `list_runs`, but a total past EXACT_UP_TO (EXACT_TEXT_UP_TO for a text search) is
+        the planner's estimate: counting a million rows exactly costs far more than the page (the
+        API says which it is). The page and the count are asked at once, on two connections."""
         if query.fresh:
             await self.flush()
         # The sort's and the filters' own indexes serve; with a text search, the partial index's
@@ -280,17 +280,18 @@ class PostgresStore(SQLStore):
         clause, args = self._where(query, partial=bool(query.text))
         order = self._order_by(query, " NULLS LAST", " NULLS FIRST")
         page = numbered(f"SELECT * FROM runs {clause} {order} LIMIT ? OFFSET ?")
-        capped = numbered(f"SELECT count(*) FROM (SELECT 1 FROM runs {clause} LIMIT {EXACT_UP_TO + 1}) AS found")
+        cap = EXACT_TEXT_UP_TO if query.text else EXACT_UP_TO
+        capped = numbered(f"SELECT count(*) FROM (SELECT 1 FROM runs {clause} LIMIT {cap + 1}) AS found")
         rows, counted = await asyncio.gather(
             self._fetch_sql(page, [*args, query.limit, query.offset]), self._number(capped, args)
         )
         runs = [run_from_row(r) for r in rows]
-        if counted <= EXACT_UP_TO:
+        if counted <= cap:
             return RunPage(runs, counted, True)
         unhinted, args = self._where(query, partial=False)  # the estimate is better without it
         plan = await self._fetch_sql(numbered(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM runs {unhinted}"), args)
         estimate = int(json.loads(plan[0][0])[0]["Plan"]["Plan Rows"])
-        return RunPage(runs, max(estimate, EXACT_UP_TO + 1), False)
+        return RunPage(runs, max(estimate, cap + 1), False)
 
     async def _count(self, query: RunQuery, clause: str, args: list[Any]) -> int:
         narrowed = query.task_ids or query.triggers or query.since is not None or query.until is not None
