@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -135,7 +136,8 @@ def add_commands(sub: Any, config_help: str, default_config: str) -> None:
     audit.add_argument("--actor", default=None, help="the token's name")
     audit.add_argument("--since", default=None, help="at or after: ISO-8601, epoch seconds, or a time ago (1h, 2d)")
     audit.add_argument("--until", default=None, help="before: ISO-8601, epoch seconds, or a time ago")
-    audit.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    audit.add_argument("--limit", type=int, default=20, help="how many (default 20, at most 1000)")
+    audit.add_argument("--offset", type=int, default=0, help="skip this many of the newest first")
     rerun = command(
         "rerun",
         "run a run's task again with the same params",
@@ -561,7 +563,10 @@ async def _runs(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _audit(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
-    query = {"action": args.action, "actor": args.actor, "since": args.since, "until": args.until, "limit": args.limit}
+    if not 1 <= args.limit <= 1000 or args.offset < 0:
+        raise ClientError("--limit must be 1 to 1000 and --offset 0 or more", EXIT_USAGE)
+    query = {"action": args.action, "actor": args.actor, "since": args.since, "until": args.until}
+    query |= {"limit": args.limit, "offset": args.offset}
     body = await api.call("GET", "/audit?" + "&".join(f"{k}={_quote(str(v))}" for k, v in query.items() if v))
     if args.json:
         return _print_json(body, out)
@@ -599,30 +604,55 @@ async def _drain(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
     name = args.node or this
     if name is None:
         raise ClientError("the daemon names no node of its own; give the node's name", EXIT_USAGE)
-    body = await api.call("POST", f"/nodes/{_quote(name)}/_drain")
-    if args.json and not args.wait:
-        return _print_json(body, out)
-    print(f"node {name} is draining", file=sys.stderr)
+    path = f"/nodes/{_quote(name)}/_drain"
     if not args.wait:
+        body = await api.call("POST", path)
+        if args.json:
+            return _print_json(body, out)
+        print(f"node {name} is draining", file=sys.stderr)
         return EXIT_OK
+    if name == this:
+        return await _drain_here(api, path, name, args.timeout, out)
+    await api.call("POST", path)
+    print(f"node {name} is draining", file=sys.stderr)
     deadline, told = time.monotonic() + args.timeout, None
     while time.monotonic() < deadline:
         await asyncio.sleep(DRAIN_POLL_S)
-        try:
-            nodes = (await api.call("GET", "/nodes"))["nodes"]
-        except ClientError as exc:
-            if exc.code == EXIT_UNREACHABLE and name == this:  # the daemon asked has drained and exited
-                print(f"node {name} has drained and stopped", file=out)
-                return EXIT_OK
-            raise
-        row = next((node for node in nodes if node["name"] == name), None)
+        row = next((node for node in (await api.call("GET", "/nodes"))["nodes"] if node["name"] == name), None)
         if row is None or not row["alive"]:
-            print(f"node {name} has drained and stopped", file=out)
+            print(f"node {name} has stopped", file=out)
             return EXIT_OK
         if row["slots_in_use"] != told:
             told = row["slots_in_use"]
-            print(f"node {name}: {told} run(s) still running", file=sys.stderr)
+            print(f"node {name}: {told} run(s) holding a slot", file=sys.stderr)
     raise ClientError(f"node {name} has not stopped within {args.timeout:g} s", EXIT_FAILED)
+
+
+async def _drain_here(api: _Api, path: str, name: str, limit_s: float, out: TextIO) -> int:
+    """Drain the daemon asked: its answer comes when the drain has ended (or was cut short);
+    meanwhile its health tells how many runs it still has."""
+    waiting = asyncio.ensure_future(api.call("POST", f"{path}?wait=1"))
+    print(f"node {name} is draining", file=sys.stderr)
+    told = None
+    try:
+        async with asyncio.timeout(limit_s):
+            while not waiting.done():
+                await asyncio.wait([waiting], timeout=DRAIN_POLL_S)
+                if waiting.done():
+                    break
+                with contextlib.suppress(ClientError):
+                    active = (await api.call("GET", "/health", answers=(503,))).get("active_runs")
+                    if active != told:
+                        told = active
+                        print(f"node {name}: {told} run(s) still active", file=sys.stderr)
+            await waiting
+    except TimeoutError:
+        waiting.cancel()
+        raise ClientError(
+            f"node {name} has not drained within {limit_s:g} s (it goes on draining)", EXIT_FAILED
+        ) from None
+    print(f"node {name} has drained and stopped", file=out)
+    return EXIT_OK
 
 
 async def _show(api: _Api, args: argparse.Namespace, out: TextIO) -> int:

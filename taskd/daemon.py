@@ -23,6 +23,7 @@ from taskd import __version__, cgroups, logs, reaper
 from taskd.clock import Clock, SystemClock
 from taskd.cluster import Coordinator, coordinator_for
 from taskd.config import Config, load_config, parse_listen
+from taskd.config.schema import ApiSection
 from taskd.engine import Engine
 from taskd.errors import ConfigError, TaskdError
 from taskd.faults import RELOAD, RETENTION, STORE_KINDS, STORE_UNREACHABLE
@@ -113,6 +114,8 @@ class Daemon:
         self._reloading = asyncio.Lock()
         self.engine: Engine | None = None
         self.store: Store | None = None
+        self.access = Access.of(config.api)
+        """The API's tokens: a reload swaps them."""
 
     async def run(self) -> int:
         config = self.config
@@ -145,9 +148,8 @@ class Daemon:
             engine.on_drained = lambda: self.request_stop("drain")
             tune_gc()
             quiet_loop_errors(asyncio.get_running_loop())
-            app = create_app(
-                engine, store, Access.of(config.api), config.api.max_body_bytes, metrics, reload=self.reload
-            )
+            self.access = Access.of(config.api)
+            app = create_app(engine, store, self.access, config.api.max_body_bytes, metrics, reload=self.reload)
             api = config.api
             runner = GuardedRunner(app, Limits(api.header_timeout, api.idle_timeout, api.max_connections))
             await runner.setup()
@@ -290,8 +292,15 @@ class Daemon:
             return self._refused(list(exc.problems))
         except Exception as exc:  # a bug, or the file unreadable in a way load_config missed
             return self._refused([describe(exc)], crashed=True)
-        if config.api != self.started.api or config.store != self.started.store:
-            log.warning("restart_needed", reason="api: and store: changes take effect at the next start")
+        if _without_tokens(config.api) != _without_tokens(self.started.api) or config.store != self.started.store:
+            log.warning(
+                "restart_needed", reason="api: (but its tokens) and store: changes take effect at the next start"
+            )
+        fresh = Access.of(config.api)
+        if fresh.enabled != self.access.enabled:
+            return self._refused(
+                ["api: turning tokens on or off needs a restart (the running tokens are kept until then)"]
+            )
         try:
             changes = self.engine.reload(config)
         except ConfigError as exc:  # what only the engine can tell: a request larger than this node
@@ -299,6 +308,10 @@ class Daemon:
         except Exception as exc:  # a bug, not a config error: still no reason to stop the daemon
             return self._refused([describe(exc)], crashed=True)
         self.engine.faults.clear(RELOAD)
+        tokens = self.access.replace(fresh)
+        if tokens:
+            log.info("tokens_reloaded", changed=tokens)
+            changes = {**changes, "tokens": tokens}
         logs.set_level(config.log.level, config.task.debug, config.task.log_task_execution)
         logs.set_access(config.log.access)
         logs.set_secrets(Redactor(config.secrets | self.started.secrets))
@@ -426,3 +439,8 @@ def run_daemon(config_path: str, config: Config, env: Mapping[str, str]) -> int:
         else:
             log.exception("taskd_crashed", error=f"{type(exc).__name__}: {exc}", exit_code=EXIT_FAILURE)
         return EXIT_FAILURE
+
+
+def _without_tokens(api: ApiSection) -> ApiSection:
+    """The api section but its tokens, which a reload applies."""
+    return api.model_copy(update={"token": None, "token_file": None, "tokens": ()})

@@ -197,19 +197,30 @@ class Upcoming:
 
 def upcoming(schedules: Iterable[tuple[str, Schedule]], start: datetime, hours: int, per_task: int) -> list[Upcoming]:
     """Each task's fires in the next `hours` after `start`, the tasks that fire soonest first
-    (ties by id); tasks that do not fire in the window are left out."""
+    (ties by id); tasks that do not fire in the window are left out. Tasks sharing a schedule
+    share its instants, worked out once."""
     until = start + timedelta(hours=hours)
     found: list[Upcoming] = []
+    worked_out: dict[int, tuple[Schedule, list[datetime]]] = {}
     for task_id, schedule in schedules:
-        fires: list[datetime] = []
-        current: datetime | None = start
-        while current is not None and len(fires) <= per_task:
-            current = schedule.next_after(current)
-            if current is not None and current <= until:
-                fires.append(current)
-            else:
-                current = None
+        known = worked_out.get(id(schedule))
+        if known is None or known[0] is not schedule:
+            known = (schedule, _instants(schedule, start, until, per_task + 1))
+            worked_out[id(schedule)] = known
+        fires = known[1]
         if fires:
             found.append(Upcoming(task_id, fires[:per_task], len(fires) > per_task))
     found.sort(key=lambda item: (item.fires[0], item.task_id))
     return found
+
+
+def _instants(schedule: Schedule, start: datetime, until: datetime, most: int) -> list[datetime]:
+    """The schedule's first `most` instants after `start`, up to `until`."""
+    fires: list[datetime] = []
+    current: datetime | None = start
+    while len(fires) < most:
+        current = schedule.next_after(current) if current is not None else None
+        if current is None or current > until:
+            break
+        fires.append(current)
+    return fires

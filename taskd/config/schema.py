@@ -68,6 +68,21 @@ def _empty_is_none(value: object) -> object:
     return None if value == "" else value
 
 
+def _token_text(value: object) -> object:
+    """A token is text; a number (an environment variable of digits, unquoted) is taken as its
+    digits. Any other value is refused without being quoted: it may be the secret."""
+    if value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is not None and not isinstance(value, str):
+        raise ValueError("a token must be text: quote it")
+    return value
+
+
+Token = Annotated[StrictStr | None, BeforeValidator(_token_text)]
+
+
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -160,7 +175,7 @@ class TokenEntry(Section):
     """A named bearer token and its role."""
 
     name: Identifier = Field(description="who holds it: the audit trail and the dashboard say this name")
-    token: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(None, description="the token itself")
+    token: Token = Field(None, description="the token itself")
     token_file: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
         None, description="file holding the token (relative to the config file)"
     )
@@ -181,9 +196,7 @@ class ApiSection(Section):
     """The REST API listener and its protection."""
 
     listen: StrictStr = Field("127.0.0.1:8080", description="host:port, [v6]:port or unix:/path")
-    token: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
-        None, description="bearer token required on every request when set"
-    )
+    token: Token = Field(None, description="bearer token required on every request when set")
     token_file: Annotated[StrictStr | None, BeforeValidator(_empty_is_none)] = Field(
         None,
         description="file holding the bearer token (relative to the config file); by default the"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -134,6 +135,8 @@ class Engine:
         self._accepting = False
         self._draining: asyncio.Task[None] | None = None
         self.on_drained: Callable[[], None] | None = None
+        self.drain_outcome: asyncio.Future[str] | None = None
+        """Set once a drain ends: "drained", or why it was cut short."""
         """Called once a drain has nothing left to run (the daemon stops, exit 0)."""
         self._hurry = asyncio.Event()
         self._digest = config_digest(config)
@@ -191,13 +194,17 @@ class Engine:
         log.info("draining", active_runs=len(self.runs), action="no new fires here; exit once the runs end")
         self.coordinator.draining = True  # the other nodes see it at the next heartbeat
         self.firing.pause()
-        self._draining = asyncio.get_running_loop().create_task(self._drained())
+        loop = asyncio.get_running_loop()
+        self.drain_outcome = loop.create_future()
+        self._draining = loop.create_task(self._drained())
 
     async def _drained(self) -> None:
         await self.downstream.close()
         while len(self.runs) or self.firing.in_flight:
             await self.clock.sleep(DRAIN_POLL_S)
         log.info("drained", action="stopping")
+        if self.drain_outcome is not None and not self.drain_outcome.done():
+            self.drain_outcome.set_result("drained")
         if self.on_drained is not None:
             self.on_drained()
 
@@ -208,6 +215,11 @@ class Engine:
         self.firing.stop()
         if self._draining is not None:
             self._draining.cancel()
+        if self.drain_outcome is not None and not self.drain_outcome.done():
+            left = len(self.runs)
+            self.drain_outcome.set_result(
+                f"the daemon was stopped before the drain ended ({left} run(s) left, stopped after the grace period)"
+            )
         await self.downstream.close()
         if len(self.runs):
             log.info("draining_runs", count=len(self.runs), grace_s=grace_s)
@@ -342,6 +354,8 @@ class Engine:
         entry = self.entry(task_id)
         me = self.coordinator.name
         if self.draining and trigger is Trigger.MANUAL:
+            if self.coordinator.alone:
+                raise Conflict(f"node {me} is draining, and no other node is alive to take the run", "draining")
             raise Conflict(f"node {me} is draining: a manual run starts on another node", "placement")
         if entry.config.placement != "any" and not eligible(entry.config.placement, me, self.coordinator.labels):
             raise Conflict(f"task {task_id!r} may not run on this node ({me}): see its placement", "placement")
@@ -556,14 +570,15 @@ class Engine:
     async def rerun(self, run_id: str) -> tuple[str, str, list[str]]:
         """Start the run's task again, manually, with the params the run was given; answers the
         new run's id and state, and the params not repeated: a secret is never stored, so a
-        secret param (or a value masked as one) takes the task's default."""
+        secret param, or a param whose stored value had a secret masked in it, takes the task's
+        default rather than the mask."""
         record = self.runs.get(run_id)
         known = record.record if record is not None else await self.store.get_run(run_id)
         if known is None:
             raise UnknownRun(run_id)
         entry = self.entry(known.task_id)
         secret = set(entry.config.secret_params)
-        dropped = sorted(k for k, v in known.params.items() if k in secret or v == MASK)
+        dropped = sorted(k for k, v in known.params.items() if k in secret or MASK in json.dumps(v, default=str))
         params = {k: v for k, v in known.params.items() if k not in dropped}
         started, state = await self.start_manual(known.task_id, params)
         return started, state, dropped

@@ -78,6 +78,15 @@ class Access:
     def enabled(self) -> bool:
         return bool(self._tokens)
 
+    def replace(self, other: Access) -> list[str]:
+        """Take `other`'s tokens (a reload: a removed token stops working at once); answer the
+        names whose token or role changed, came or went. Turning tokens on or off altogether
+        needs a restart (the listener's safety check and the OpenAPI document depend on it)."""
+        before = {name: (token, role) for name, token, role in self._tokens}
+        after = {name: (token, role) for name, token, role in other._tokens}
+        self._tokens = list(other._tokens)
+        return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+
     def caller(self, authorization: str) -> Caller | None:
         """The caller a header names, or None when it names no token. Every token is compared,
         in constant time, whichever matches: the time taken tells nothing of which or how close."""

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -39,7 +39,7 @@ from taskd.http.views import (
 from taskd.metrics import CONTENT_TYPE, Metrics
 from taskd.models import FINAL_STATES, ReloadOutcome, RunRecord, RunState, Trigger, iso
 from taskd.processor import COMMON_OPTIONS, describe_types
-from taskd.recorder import MAX_LOG_LINES
+from taskd.recorder import MAX_LOG_LINES, escape_line
 from taskd.store.base import RUN_SORTS, AuditEntry, AuditQuery, RunPage, RunQuery, Store
 
 log = structlog.get_logger("taskd.api")
@@ -54,9 +54,9 @@ RELOAD: web.AppKey[Callable[[], Awaitable[ReloadOutcome]]] = web.AppKey("reload"
 
 
 class PlanCache:
-    """One forecast worked out at a time (seconds of CPU for thousands of tasks), and kept for the
-    rest of its minute for the same configuration and span: a dashboard opened by ten people
-    costs one."""
+    """One forecast (or list of upcoming fires) worked out at a time (seconds of CPU for thousands
+    of tasks), and kept for the rest of its minute for the same configuration and span: a
+    dashboard opened by ten people costs one."""
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
@@ -64,6 +64,7 @@ class PlanCache:
 
 
 PLANS: web.AppKey[PlanCache] = web.AppKey("plans", PlanCache)
+UPCOMING: web.AppKey[PlanCache] = web.AppKey("upcoming", PlanCache)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 1000
@@ -157,18 +158,24 @@ def _route(request: web.Request) -> str | None:
 def _audit(request: web.Request, action: str, caller: Caller | None, status: int, detail: str | None) -> None:
     found = request.match_info
     target = found.get("id") or found.get("run_id") or found.get("name")
+    # What a client sent is written escaped and cut: an entry stays one line in `taskd audit`
+    # and in the log, and cannot forge another or drive a terminal.
     entry = AuditEntry(
         at=request.app[ENGINE].clock.time(),
         action=action,
         actor=None if caller is None else caller.name,
         role=None if caller is None else caller.role,
         remote=request.remote,
-        target=target,
+        target=None if target is None else escape_line(target)[:MAX_TARGET],
         status=status,
-        detail=detail,
+        detail=None if detail is None else escape_line(detail)[:MAX_DETAIL],
     )
     request.app[STORE].record_audit(entry)
     log.info("api_audit", **entry._asdict())
+
+
+MAX_TARGET = 200
+MAX_DETAIL = 1000
 
 
 def _refuse_sign_in(request: web.Request) -> ApiError:
@@ -178,7 +185,7 @@ def _refuse_sign_in(request: web.Request) -> ApiError:
     folded = request.app[THROTTLE].admit(request.remote or "", request.app[ENGINE].clock.time())
     if folded is not None:
         more = f"; {folded} more refused from this address in the minute before" if folded else ""
-        _audit(request, "sign_in_failed", None, 401, f"{why} for {request.method} {request.path}"[:300] + more)
+        _audit(request, "sign_in_failed", None, 401, f"{why} for {request.method} {request.path[:200]}{more}")
     return ApiError(401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="taskd"'})
 
 
@@ -203,7 +210,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if action is None:
         return await handler(request)
     if not caller.may(action.role):
-        _audit(request, "forbidden", caller, 403, f"{action.name}: needs the {action.role} role")
+        # Recorded once a minute per token, address and action; the refusals between are counted.
+        key = f"{caller.name}\0{request.remote}\0{action.name}"
+        folded = request.app[THROTTLE].admit(key, request.app[ENGINE].clock.time())
+        if folded is not None:
+            more = f"; {folded} more refused in the minute before" if folded else ""
+            _audit(request, "forbidden", caller, 403, f"{action.name}: needs the {action.role} role{more}")
         raise ApiError(
             403,
             "forbidden",
@@ -240,6 +252,7 @@ def create_app(
     app[THROTTLE] = Throttle()
     app[VIEWS] = TaskViews(engine)
     app[PLANS] = PlanCache()
+    app[UPCOMING] = PlanCache()
     events.setup(app, heartbeat_s)
     dashboard.setup(app)
     app.router.add_get("/events", run_events)
@@ -657,26 +670,40 @@ UPCOMING_PER_TASK = 100
 
 
 async def upcoming_fires(request: web.Request) -> web.Response:
-    """Each enabled task's fires in the next `hours` (24 by default), soonest first."""
-    engine = request.app[ENGINE]
+    """Each enabled task's fires in the next `hours` (24 by default), soonest first. Worked out
+    one request at a time, and kept for the rest of the minute (as the forecast is)."""
+    _only(request, ("hours", "limit"))
+    engine, kept = request.app[ENGINE], request.app[UPCOMING]
     hours = _int_arg(request, "hours", 24, 1, MAX_UPCOMING_HOURS)
     limit = _int_arg(request, "limit", 500, 1, 10_000)
-    now = _now(engine)
-    entries = {e.id: e for e in engine.entries() if e.schedule is not None and e.config.enabled}
-    scheduled = [(task_id, e.schedule) for task_id, e in entries.items() if e.schedule is not None]
-    # Thousands of tasks take a while: in a thread, so the API keeps answering meanwhile.
-    found = await asyncio.to_thread(upcoming, scheduled, now, hours, UPCOMING_PER_TASK)
-    tasks = [
-        {
-            "task_id": item.task_id,
-            "time_zone": entries[item.task_id].time_zone,
-            "fires": [t.isoformat() for t in item.fires],
-            "more": item.more,
-        }
-        for item in found[:limit]
-    ]
-    until = now + timedelta(hours=hours)
-    return _json({"from": now.isoformat(), "until": until.isoformat(), "tasks": tasks, "truncated": len(found) > limit})
+    async with kept.lock:
+        minute = int(engine.clock.time() // 60)
+        key = (config_digest(engine.config), hours * 100_000 + limit, minute)
+        if kept.kept is None or kept.kept[0] != key:
+            now = _now(engine)
+            entries = {e.id: e for e in engine.entries() if e.schedule is not None and e.config.enabled}
+            scheduled = [(task_id, e.schedule) for task_id, e in entries.items() if e.schedule is not None]
+            # Thousands of tasks take a while: in a thread, so the API keeps answering meanwhile.
+            found = await asyncio.to_thread(upcoming, scheduled, now, hours, UPCOMING_PER_TASK)
+            tasks = [
+                {
+                    "task_id": item.task_id,
+                    "time_zone": entries[item.task_id].time_zone,
+                    "fires": [t.isoformat() for t in item.fires],
+                    "more": item.more,
+                }
+                for item in found[:limit]
+            ]
+            window = {"from": iso(now.timestamp()), "until": iso(now.timestamp() + hours * 3600)}
+            kept.kept = (key, {**window, "tasks": tasks, "truncated": len(found) > limit})
+        return _json(kept.kept[1])
+
+
+def _only(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """A 400 for a query parameter the endpoint does not take."""
+    unknown = sorted(set(request.query) - set(allowed))
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(allowed)}")
 
 
 MAX_STATS_MINUTES = 24 * 60
@@ -684,6 +711,7 @@ MAX_STATS_MINUTES = 24 * 60
 
 async def runs_per_minute(request: web.Request) -> web.Response:
     """Runs that finished in each of the last `minutes` minutes (60 by default), by final state."""
+    _only(request, ("minutes",))
     engine = request.app[ENGINE]
     minutes = _int_arg(request, "minutes", 60, 1, MAX_STATS_MINUTES)
     now = engine.clock.time()
@@ -847,9 +875,19 @@ async def drain_node(request: web.Request) -> web.Response:
     exits 0; `GET /nodes` shows it draining meanwhile."""
     engine = request.app[ENGINE]
     name = request.match_info["name"]
+    _only(request, ("wait",))
+    wait = _given(request, "wait")
+    if wait not in (None, "0", "1"):
+        raise ApiError(400, "bad_request", "wait must be 0 or 1")
     if not await engine.drain_node(name):
         raise ApiError(404, "not_found", f"no live node named {name!r}")
-    return _json({"node": name, "draining": True}, status=202)
+    if wait != "1" or name != engine.node_name or engine.drain_outcome is None:
+        return _json({"node": name, "draining": True}, status=202)
+    # Answered when the drain ends: it has drained (the daemon then exits 0), or was cut short.
+    outcome = await asyncio.shield(engine.drain_outcome)
+    if outcome != "drained":
+        raise ApiError(409, "conflict", f"node {name} did not drain: {outcome}")
+    return _json({"node": name, "drained": True})
 
 
 async def processors(request: web.Request) -> web.Response:

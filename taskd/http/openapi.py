@@ -940,12 +940,24 @@ def document(secured: bool = True) -> dict[str, Any]:
                 "summary": "Drain a node: it fires nothing more, finishes its runs and exits 0 (admin)",
                 "description": "The other nodes claim the fires and take the manual starts meanwhile; GET /nodes shows"
                 " the node draining until it has gone.",
-                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _query(
+                        "wait",
+                        {"type": "string", "enum": ["0", "1"]},
+                        "1 (this node only): answer once the drain has ended",
+                    ),
+                ],
                 "responses": {
+                    "200": _json(
+                        _object(["node", "drained"], {"node": {"type": "string"}, "drained": {"const": True}}),
+                        "with wait=1: the node has drained, and exits 0",
+                    ),
                     "202": _json(
                         _object(["node", "draining"], {"node": {"type": "string"}, "draining": {"const": True}}),
                         "the node drains",
                     ),
+                    "409": _error("with wait=1: the daemon was stopped before the drain ended"),
                     **ERRORS,
                     "404": _error("no live node by that name"),
                 },

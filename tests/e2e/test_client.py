@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -344,7 +345,7 @@ def test_drain_lets_the_runs_finish_fires_nothing_more_and_exits_0(daemon_factor
     asked = time.time()
     drained = client("drain", "--wait", env=env)
     assert drained.code == 0, drained.err
-    assert "is draining" in drained.err and "run(s) still running" in drained.err
+    assert "is draining" in drained.err and "1 run(s) still active" in drained.err
     assert "has drained and stopped" in drained.out
     assert daemon.proc is not None and daemon.proc.wait(timeout=10) == 0
     assert '"signal": "drain"' in daemon.output() or "signal=drain" in daemon.output()
@@ -356,10 +357,52 @@ def test_drain_lets_the_runs_finish_fires_nothing_more_and_exits_0(daemon_factor
     fired = [r["queued_at"] for r in daemon.runs("ticking") if window[0] < r["queued_at"] < window[1]]
     assert fired == []  # nothing fired between the drain and the restart
     assert client("drain", "nobody", env=env).code == 3
-    assert daemon.stop() == 0
+    # Stopped (SIGTERM) before its runs end, a drain says it did not drain: exit 1.
+    daemon.start_task("slow")  # sleep 30, longer than shutdown_timeout (5 s)
+    wait_for(lambda: processes_matching("sleep 30"), timeout=5, what="the slow run's process")
+    result: list[Result] = []
+    waiting = threading.Thread(target=lambda: result.append(client("drain", "--wait", env=env)))
+    waiting.start()
+    wait_for(lambda: daemon.request("GET", "/health").json()["scheduler"] == "draining", timeout=5, what="draining")
+    alone = daemon.request("POST", "/task/hello/_start")
+    assert alone.status == 409 and "no other node is alive" in alone.text
+    daemon.send(signal.SIGTERM)
+    waiting.join(timeout=30)
+    assert result and result[0].code == 1 and "did not drain" in result[0].err, result
+    assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 0
 
 
 def _iso_at(epoch: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_a_token_removed_by_a_reload_stops_working_at_once(daemon_factory: Callable[..., Daemon]) -> None:
+    tokens = (
+        "api:\n  listen: '127.0.0.1:{port}'\n  tokens:\n"
+        "    - {name: oncall, token: oncall-token-1234, role: operator}\n"
+        "    - {name: boss, token: boss-token-123456, role: admin}\n"
+    )
+    daemon = daemon_factory(base_config(TASKS, PIPELINES).replace("api: {listen: '127.0.0.1:{port}'}\n", tokens))
+    daemon.token = "boss-token-123456"
+    daemon.start()
+    c = str(daemon.config_path)
+    oncall = {"Authorization": "Bearer oncall-token-1234"}
+    assert daemon.request("GET", "/whoami", headers=oncall).status == 200
+    text = daemon.config_path.read_text()
+    daemon.config_path.write_text(text.replace("    - {name: oncall, token: oncall-token-1234, role: operator}\n", ""))
+    reloaded = client("reload", "-c", c)
+    assert reloaded.code == 0 and "tokens oncall" in reloaded.out + reloaded.err, reloaded
+    assert daemon.request("GET", "/whoami", headers=oncall).status == 401  # revoked, no restart needed
+    assert daemon.request("GET", "/whoami").json()["name"] == "boss"
+    # Turning tokens off altogether is refused (it needs a restart): the tokens in force stay.
+    remaining = daemon.config_path.read_text()
+    daemon.config_path.write_text(
+        remaining.replace("  tokens:\n    - {name: boss, token: boss-token-123456, role: admin}\n", "")
+    )
+    refused = client("reload", "-c", c, "--token", "boss-token-123456")
+    assert refused.code == 2 and "turning tokens on or off needs a restart" in refused.err, refused
+    assert daemon.request("GET", "/tasks", headers={}).status == 200  # with boss's token, as before
+    assert daemon.request("GET", "/tasks", headers={"Authorization": "Bearer nothing"}).status == 401
+    assert daemon.stop() == 0

@@ -272,3 +272,55 @@ async def test_the_task_page_reads_its_history_and_percentiles(api: Api) -> None
     stats = detail["stats"]
     assert stats["success_rate"] == 1.0 and stats["p50_duration"] is not None
     assert stats["p50_duration"] <= stats["p95_duration"]
+
+
+async def test_what_a_client_sends_is_written_escaped_and_refusals_are_throttled(api: Api) -> None:
+    forged = "/task/x%0A2026-12-01T17:00:00Z%20%20delete%20%20carol%1b%5b2J"
+    assert (await call(api, "DELETE", forged, "no-such-token")).status == 401
+    for _ in range(20):  # a viewer hammering an action it may not do: one entry, the rest counted
+        assert (await call(api, "POST", "/task/quick/_start", VIEWER)).status == 403
+    entries = (await call(api, "GET", "/audit", VIEWER)).json()["entries"]
+    refused = [e for e in entries if e["action"] == "forbidden"]
+    assert len(refused) == 1 and refused[0]["actor"] == "alice"
+    [signed] = [e for e in entries if e["action"] == "sign_in_failed"]
+    assert "\n" not in signed["target"] and "\x1b" not in signed["target"]
+    assert signed["target"] == "x\\n2026-12-01T17:00:00Z  delete  carol\\x1b[2J"
+    assert "\\n" in signed["detail"] and "\n" not in signed["detail"]
+
+
+async def test_a_rerun_never_sends_a_masked_value(api_factory: Callable[..., Awaitable[Api]]) -> None:
+    tasks = (
+        "- {id: sec, pipeline: quick, params: {url: 'https://user:hunter2hunter2@example.com/x',"
+        " password: hunter2hunter2, label: plain}, secret_params: [password]}"
+    )
+    api = await api_factory(base_config(tasks, PIPELINES))
+    first = await api.start_task("sec")
+    await api.wait_run(first)
+    body = (await api.request("POST", f"/run/{first}/_rerun")).json()
+    assert body["params_not_repeated"] == ["password", "url"]  # the url held the password, masked
+    again = await api.wait_run(body["run_id"])
+    assert again["params"]["label"] == "plain"
+    live = api.engine.entry("sec").params  # the rerun took the task's own values for those
+    assert live["url"].startswith("https://user:") and "***" not in live["url"]
+
+
+def test_a_token_given_as_digits_is_text_and_any_other_value_is_refused_unquoted(tmp_path: Path) -> None:
+    text = base_config(TASKS, PIPELINES).replace(
+        "api: {listen: '127.0.0.1:{port}'}\n", "api:\n  listen: '127.0.0.1:8080'\n  token: TOKEN\n"
+    )
+    (tmp_path / "taskd.yml").write_text(text.replace("TOKEN", "${TOK}"))
+    loaded = load_config(tmp_path / "taskd.yml", {"TOK": "918273645501"})
+    assert loaded.api.token == "918273645501" and "918273645501" in loaded.secrets
+    (tmp_path / "taskd.yml").write_text(text.replace("TOKEN", "3.14159"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "taskd.yml", {})
+    assert list(caught.value.problems) == [f"{tmp_path / 'taskd.yml'}:4: api.token: a token must be text: quote it"]
+
+
+async def test_upcoming_and_runs_per_minute_refuse_parameters_they_do_not_take(api: Api) -> None:
+    for path in ("/upcoming?foo=1", "/stats/runs?hours=2", "/nodes/x/_drain?wait=2"):
+        method = "POST" if "_drain" in path else "GET"
+        answer = await call(api, method, path, ADMIN)
+        assert answer.status == 400, (path, answer.text)
+    ahead = (await call(api, "GET", "/upcoming", VIEWER)).json()
+    assert ahead["from"].endswith("Z") and ahead["until"].endswith("Z")
