@@ -415,6 +415,8 @@ def test_each_role_sees_what_it_may_do_and_a_refusal_names_the_role_needed(conso
     expect(trail.locator("tbody tr td").first).to_have_text(re.compile(rf"^{ISO} UTC$"))
     expect(trail).to_contain_text("403")
     page.get_by_role("button", name="Clear").click()
+    expect(page).to_have_url(re.compile(r"#/audit$"))
+    expect(page.get_by_label("Action")).to_have_value("")  # the view drawn again, its filters cleared
     page.get_by_label("Actor").fill("bob")
     page.get_by_role("button", name="Apply").click()
     bobs = daemon.request("GET", "/audit?actor=bob").json()["total"]
