@@ -66,6 +66,7 @@ RETRYABLE = (
     asyncpg.exceptions.LockNotAvailableError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InternalClientError,  # a connection terminated in the middle of an operation
 )
 """Failures a later commit may get past: the server gone or restarting, the disk full, a conflict."""
 
@@ -232,7 +233,10 @@ class PostgresStore(SQLStore):
             return False
 
     def owns(self, exc: BaseException) -> bool:
-        return isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)) or super().owns(exc)
+        # asyncpg raises InternalClientError ("cannot switch to state ...") on a connection the
+        # server terminated in the middle of an operation: the store's failure, not the request's.
+        owned = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError)
+        return isinstance(exc, owned) or super().owns(exc)
 
     async def problem(self) -> tuple[str, str] | None:
         if await self.ping():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from conftest import POSTGRES_URL, postgres_schema
 from contract_store import *  # noqa: F403  # the contract's tests, run here
@@ -51,3 +52,10 @@ async def test_a_trigram_index_left_invalid_is_built_again(backend: tuple[Store,
             "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('runs_text_trgm')", ()
         )
     assert row[0] is True and store.text_index == "pg_trgm"
+
+
+async def test_a_connection_terminated_in_the_middle_of_an_operation_is_the_stores_failure(store: Store) -> None:
+    """asyncpg's InternalClientError on a connection the server terminated mid-operation: a read
+    answers 503 (the store's failure), a commit is tried again, never dropped row by row."""
+    failure = asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+    assert isinstance(store, PostgresStore) and store.owns(failure) and store._retryable(failure)
