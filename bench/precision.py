@@ -4,7 +4,8 @@ Lateness is measured where the work starts: the pipeline's only step is `log`, a
 stamps on its line (read back from the store) is the moment the step's code ran. Lateness is that
 time minus the scheduled instant. A missed fire is an instant in the window for which a task has
 no run that reached its step. The peer is APScheduler 3's AsyncIOScheduler with N coroutine jobs
-on CronTrigger(second='*') whose body stamps `time.time()`, measured the same way in the same run.
+on CronTrigger(second='*') whose body stamps `time.time()`, measured the same way in the same run;
+the ceiling, a bare asyncio loop that starts N coroutines at each second, each stamping its start.
 """
 
 from __future__ import annotations
@@ -69,6 +70,32 @@ def measure_taskd(count: int, seconds: float = 10.0, schedules: int = 1) -> dict
             ).fetchall()
     expected = count * (last - first + 1)
     return _summary(rows, expected) | {"rss_mb": rss, "ready_s": daemon.ready_after, "schedules": schedules}
+
+
+def measure_bare_loop(count: int, seconds: float = 10.0) -> dict[str, Any]:
+    """The ceiling: a bare asyncio loop that wakes at each second and starts `count` coroutines,
+    each stamping `time.time()` as it begins; nothing recorded, nothing checked."""
+    return asyncio.run(_bare_loop(count, seconds))
+
+
+async def _bare_loop(count: int, seconds: float) -> dict[str, Any]:
+    first = math.floor(time.time()) + 2
+    last = first + int(seconds) - 1
+    rows: list[tuple[float, float]] = []
+
+    async def body(scheduled: float) -> None:
+        rows.append((scheduled, time.time()))
+
+    loop = asyncio.get_running_loop()
+    started: set[asyncio.Task[None]] = set()
+    for second in range(first, last + 1):
+        await asyncio.sleep(max(0.0, second - time.time()))
+        for _ in range(count):
+            task = loop.create_task(body(float(second)))
+            started.add(task)
+            task.add_done_callback(started.discard)
+    await asyncio.sleep(max(0.0, last + 1.5 - time.time()))
+    return _summary(rows, count * (last - first + 1))
 
 
 def measure_apscheduler(count: int, seconds: float = 10.0) -> dict[str, Any]:
