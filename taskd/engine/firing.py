@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -29,6 +29,8 @@ SHARE_WAIT_S = 0.2
 """With other nodes alive, a node claims first the fires it owns (`policy.owner`), and the rest
 this much later: by then their owners have claimed them, and only those of a node that did not
 (dead, draining, behind) are left to take."""
+CATCH_UP_LEAVES_S = 1.0
+"""With other nodes alive, a node starting up leaves the fires of this last second to them."""
 CLAIM_DELAY_S = 0.05
 """With other nodes alive, a node with every slot busy waits this long before claiming a fire (one
 half busy, half as long): the least loaded node tends to claim first."""
@@ -356,6 +358,10 @@ class Firing:
         self._at_start()
         last_fires = await self._store.last_fires()
         now = utc(self._clock)
+        if not self._coordinator.alone:
+            # The fires of the last moment belong to the live nodes' timers, which may be leaving
+            # them to their owner for SHARE_WAIT_S: claimed here, they would count as missed.
+            now -= timedelta(seconds=CATCH_UP_LEAVES_S)
         due = []
         me, labels = self._coordinator.name, self._coordinator.labels
         for entry in list(self._engine.tasks.values()):

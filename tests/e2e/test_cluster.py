@@ -189,7 +189,8 @@ def test_a_rolling_restart_with_drain_misses_no_fire_and_runs_none_twice(
     and starts again. Every fire of the window ran exactly once, the draining node's manual run
     completed rather than being stopped, and a manual start asked of a draining node ran elsewhere."""
     ledger = tmp_path / "ledger.txt"
-    nodes = {name: node(daemon_factory, url, name, ledger).start() for name in ("a", "b", "c")}
+    tasks = TASKS + "- {id: poke, pipeline: note}\n"
+    nodes = {name: node(daemon_factory, url, name, ledger, tasks).start() for name in ("a", "b", "c")}
     began = time.time()
     time.sleep(2)
     for name, daemon in nodes.items():
@@ -203,7 +204,7 @@ def test_a_rolling_restart_with_drain_misses_no_fire_and_runs_none_twice(
             timeout=5,
             what=f"node {name} draining",
         )
-        forwarded = daemon.start_task("t1")  # a manual start asked of the draining node
+        forwarded = daemon.start_task("poke")  # a manual start asked of the draining node
         assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 0, daemon.output()[-2000:]
         assert "drained" in daemon.output()
         other = nodes["b" if name == "a" else "a"]
