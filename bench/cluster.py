@@ -230,7 +230,6 @@ def capacity(slots: int = 100, seconds: int = 10) -> dict[str, Any]:
 
 
 def lateness(tasks: int = 300, seconds: int = 10) -> dict[str, Any]:
-    import asyncpg
 
     with schema() as url, tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp:
         config = tasks_config(0, tasks, "* * * * * *", slots=tasks, pipeline="[{log: {message: started}}]")
@@ -246,21 +245,15 @@ def lateness(tasks: int = 300, seconds: int = 10) -> dict[str, Any]:
             for daemon in daemons:
                 daemon.stop()
 
-        async def read() -> list[Any]:
-            db = await asyncpg.connect(url)
-            try:
-                return list(
-                    await db.fetch(
-                        "SELECT r.scheduled_at, l.ts, r.node FROM runs r JOIN run_logs l ON l.run_id = r.id "
-                        "AND l.seq = 1 WHERE r.trigger = 'schedule' AND r.scheduled_at BETWEEN $1 AND $2",
-                        float(first),
-                        float(last),
-                    )
-                )
-            finally:
-                await db.close()
-
-        rows = asyncio.run(read())
+        rows = asyncio.run(
+            _fetch(
+                url,
+                "SELECT r.scheduled_at, l.ts, r.node FROM runs r JOIN run_logs l ON l.run_id = r.id "
+                "AND l.seq = 1 WHERE r.trigger = 'schedule' AND r.scheduled_at BETWEEN $1 AND $2",
+                float(first),
+                float(last),
+            )
+        )
     ms = [(r["ts"] - r["scheduled_at"]) * 1000 for r in rows]
     by_node: dict[str, int] = {}
     for r in rows:

@@ -7,6 +7,7 @@ Set TASKD_README_SCREENSHOTS=1 to write the README's screenshots to docs/screens
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -63,8 +64,11 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 UTC_BROWSER = {"timezone_id": "UTC"}
 
 
-@pytest.fixture
-def console(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+@contextlib.contextmanager
+def opened_console(
+    daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path, prefix: str, viewport: Any, context: Any
+) -> Iterator[tuple[Daemon, Watched]]:
+    """The console's daemon (TASKS, 4 slots, the named tokens) and a browser page on it."""
     with served(
         daemon_factory,
         browser,
@@ -73,46 +77,31 @@ def console(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path)
         4,
         PIPELINES,
         api=API,
-        prefix="console",
-        viewport=DESKTOP,
-        context=UTC_BROWSER,
-    ) as opened:
-        yield opened
-
-
-@pytest.fixture
-def new_york(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
-    """The console in a browser whose own zone is America/New_York."""
-    context = {"timezone_id": "America/New_York"}
-    with served(
-        daemon_factory,
-        browser,
-        tmp_path,
-        TASKS,
-        4,
-        PIPELINES,
-        api=API,
-        prefix="zones",
-        viewport=DESKTOP,
+        prefix=prefix,
+        viewport=viewport,
         context=context,
     ) as opened:
         yield opened
 
 
 @pytest.fixture
-def phone(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
-    with served(
-        daemon_factory,
-        browser,
-        tmp_path,
-        TASKS,
-        4,
-        PIPELINES,
-        api=API,
-        prefix="phone",
-        viewport=PHONE,
-        context=UTC_BROWSER,
+def console(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+    with opened_console(daemon_factory, browser, tmp_path, "console", DESKTOP, UTC_BROWSER) as opened:
+        yield opened
+
+
+@pytest.fixture
+def new_york(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+    """The console in a browser whose own zone is America/New_York."""
+    with opened_console(
+        daemon_factory, browser, tmp_path, "zones", DESKTOP, {"timezone_id": "America/New_York"}
     ) as opened:
+        yield opened
+
+
+@pytest.fixture
+def phone(daemon_factory: Callable[..., Daemon], browser: Any, tmp_path: Path) -> Iterator[tuple[Daemon, Watched]]:
+    with opened_console(daemon_factory, browser, tmp_path, "phone", PHONE, UTC_BROWSER) as opened:
         yield opened
 
 
