@@ -151,9 +151,10 @@ class PostgresStore(SQLStore):
         installed, no privilege), a text search scans the runs, and the log says so once."""
         try:
             async with self.require().acquire() as db:
-                if not await db.fetchval("SELECT pg_try_advisory_lock($1)", TEXT_INDEX_LOCK):
-                    self.text_index = "being built by another node"
-                    return
+                # One build per schema at a time: a node that finds another building waits for it,
+                # then finds the index there.
+                self.text_index = "being built"
+                await db.execute("SELECT pg_advisory_lock($1, hashtext(current_schema()))", TEXT_INDEX_LOCK)
                 try:
                     where = await _trigram_schema(db)
                     if where is None:
@@ -177,7 +178,7 @@ class PostgresStore(SQLStore):
                     if not exists:
                         log.info("text_index_built", store=self.where)
                 finally:
-                    await db.execute("SELECT pg_advisory_unlock($1)", TEXT_INDEX_LOCK)
+                    await db.execute("SELECT pg_advisory_unlock($1, hashtext(current_schema()))", TEXT_INDEX_LOCK)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never fatal: the searches scan meanwhile
@@ -312,7 +313,7 @@ class PostgresStore(SQLStore):
         return await self._number(numbered(f"SELECT count(*) FROM runs {clause}"), args)
 
 
-TEXT_INDEX_LOCK = 0x74657874  # "text": held while one node builds the trigram index
+TEXT_INDEX_LOCK = 0x74657874  # "text", with the schema: held while one node builds the trigram index
 
 
 async def _trigram_schema(db: asyncpg.Connection) -> str | None:
