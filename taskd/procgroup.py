@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
+
+_MARK = b"TASKD_RUN_ID="
 
 KILL_WAIT_S = 5.0
 """After SIGKILL, how long to wait for the group leader to be reaped."""
@@ -23,7 +26,7 @@ def kill_run_processes(run_ids: Iterable[str], proc_root: Path = Path("/proc"), 
     reused pid. Scans again while the last scan found something, so a process forked during a
     scan is caught by the next one. Returns the process groups that were killed.
     """
-    wanted = {f"TASKD_RUN_ID={run_id}".encode() for run_id in run_ids}
+    wanted = {_MARK + run_id.encode() for run_id in run_ids}
     if not wanted:
         return []
     own = os.getpgid(0)
@@ -35,6 +38,73 @@ def kill_run_processes(run_ids: Iterable[str], proc_root: Path = Path("/proc"), 
         if not hit:
             break
     return killed
+
+
+class Sweeps:
+    """`kill_run_processes` off the event loop, shared by the steps that end at about the same time.
+
+    A step asks once its main process has exited; the scan that serves it begins after it asked.
+    Steps that ask while a scan is under way are all served by the next one, so a burst of N steps
+    ending together costs a few scans of /proc rather than N (each reads every process on the host).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self._worker: asyncio.Task[None] | None = None
+
+    async def kill(self, run_id: str) -> None:
+        """Kill what the run started (see `kill_run_processes`); the scan finishes even if the
+        caller is cancelled meanwhile."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.setdefault(run_id, []).append(done)
+        if self._worker is None:
+            self._worker = loop.create_task(self._work(), name="kill-run-processes")
+        await asyncio.shield(done)
+
+    async def _work(self) -> None:
+        batch: dict[str, list[asyncio.Future[None]]] = {}
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                try:
+                    await asyncio.to_thread(kill_run_processes, sorted(batch))
+                except Exception as exc:
+                    _settle(batch, exc)
+                else:
+                    _settle(batch, None)
+        except BaseException:  # the loop is going away: nobody is left hanging
+            _settle(batch, asyncio.CancelledError())
+            _settle(self._waiting, asyncio.CancelledError())
+            self._waiting = {}
+            raise
+        finally:
+            self._worker = None
+
+
+def _settle(batch: dict[str, list[asyncio.Future[None]]], error: BaseException | None) -> None:
+    for futures in batch.values():
+        for future in futures:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            elif isinstance(error, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(error)
+
+
+_SWEEPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Sweeps] = weakref.WeakKeyDictionary()
+
+
+async def kill_run_processes_soon(run_id: str) -> None:
+    """Kill what the run started, off the event loop, in a scan shared with other runs (`Sweeps`)."""
+    loop = asyncio.get_running_loop()
+    sweeps = _SWEEPS.get(loop)
+    if sweeps is None:
+        sweeps = _SWEEPS[loop] = Sweeps()
+    await sweeps.kill(run_id)
 
 
 def runs_with_processes(proc_root: Path = Path("/proc")) -> set[str]:
@@ -55,17 +125,34 @@ def runs_with_processes(proc_root: Path = Path("/proc")) -> set[str]:
 def _groups_with(wanted: set[bytes], proc_root: Path) -> set[int]:
     """The process groups of the processes whose environment holds one of `wanted`."""
     groups: set[int] = set()
-    for entry in proc_root.iterdir():
-        if not entry.name.isdigit():
+    root = str(proc_root)
+    for name in os.listdir(root):
+        if not name.isdigit():
             continue
-        try:
-            environ = set((entry / "environ").read_bytes().split(b"\0"))
-        except OSError:
+        environ = _read(f"{root}/{name}/environ")
+        # Every entry wanted starts with the marker: a process without it is none of them.
+        if environ is None or _MARK not in environ or wanted.isdisjoint(environ.split(b"\0")):
             continue
-        if environ & wanted:
-            with contextlib.suppress(OSError):
-                groups.add(os.getpgid(int(entry.name)))
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(int(name)))
     return groups
+
+
+def _read(path: str) -> bytes | None:
+    """A /proc file's bytes (None: gone, or not readable); os calls, as a scan reads every process's."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:

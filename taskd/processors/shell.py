@@ -23,7 +23,7 @@ from taskd import cgroups
 from taskd.durations import format_size
 from taskd.environment import env_name
 from taskd.processor import Context, Duration, ProcessorOptions, ProcessorType, StepFailed
-from taskd.procgroup import KILL_WAIT_S, kill_run_processes, signal_group, terminate_group
+from taskd.procgroup import KILL_WAIT_S, kill_run_processes_soon, signal_group, terminate_group
 from taskd.reaper import Reaper, own_peak_memory
 from taskd.reaper import current as current_reaper
 
@@ -245,9 +245,9 @@ def _count(ctx: Context, reaper: Reaper | None, pid: int, floor: int, figures: c
 
 
 async def _kill_run_processes(run_id: str) -> None:
-    """Kill what the run started, off the event loop (it reads /proc); finishes even if the step
-    is cancelled again meanwhile."""
-    await asyncio.shield(asyncio.to_thread(kill_run_processes, [run_id]))
+    """Kill what the run started, off the event loop (it reads /proc) in a scan shared with the
+    steps ending at the same time; finishes even if the step is cancelled again meanwhile."""
+    await kill_run_processes_soon(run_id)
 
 
 TYPE = ProcessorType(
