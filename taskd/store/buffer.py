@@ -27,6 +27,9 @@ from taskd.store.base import AuditEntry, Fire, LogLine, Store, StoreError, Trans
 log = structlog.get_logger("taskd.store")
 RETRY_PAUSE_S = 0.5
 MAX_RETRY_PAUSE_S = 5.0
+RELEASE_CHUNK = 64
+"""Waiters released per turn of the loop after a commit: a burst of runs waiting for their start
+to be committed resumes a slice at a time, and requests are answered between the slices."""
 
 
 @dataclass
@@ -314,6 +317,14 @@ class BufferedStore(Store):
                 self._in_flight = 0
             if recovered and self.fault_observer is not None:
                 self.fault_observer(None)
-        for waiter in (*barriers, *durables):  # committed (or dropped for good: logged above)
-            if not waiter.done():
-                waiter.set_result(None)
+        _release([*barriers, *durables])  # committed (or dropped for good: logged above)
+
+
+def _release(waiters: list[asyncio.Future[None]], start: int = 0) -> None:
+    """Resolve `waiters[start:]`, RELEASE_CHUNK now and the rest in later turns of the loop."""
+    end = start + RELEASE_CHUNK
+    for waiter in waiters[start:end]:
+        if not waiter.done():
+            waiter.set_result(None)
+    if end < len(waiters):
+        asyncio.get_running_loop().call_soon(_release, waiters, end)

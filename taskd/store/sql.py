@@ -7,12 +7,13 @@ Statements are written once with `?` placeholders; PostgreSQL numbers them (`num
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.resources import files
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import structlog
 
@@ -190,6 +191,23 @@ PRUNE_CHUNK = 1000
 """Retention deletes runs this many at a time."""
 
 
+ROWS_PER_TURN = 200
+"""A commit turns at most this many records into rows per turn of the event loop."""
+
+_Record = TypeVar("_Record")
+
+
+async def _sliced(to_row: Callable[[_Record], Sequence[Any]], records: Iterable[_Record]) -> list[Sequence[Any]]:
+    """`records` as rows, ROWS_PER_TURN at a time, letting the loop serve others in between: a
+    burst's batch of thousands of runs does not hold the loop while it becomes rows."""
+    rows: list[Sequence[Any]] = []
+    for record in records:
+        rows.append(to_row(record))
+        if len(rows) % ROWS_PER_TURN == 0:
+            await asyncio.sleep(0)
+    return rows
+
+
 def migrations(dialect: str) -> list[str]:
     """The dialect's schema migrations in order: the scripts `migrations/<dialect>/NNNN.sql`."""
     folder = files("taskd.store") / "migrations" / dialect
@@ -328,10 +346,10 @@ class SQLStore(BufferedStore):
     # -- writes ------------------------------------------------------------------------------------
     async def _commit(self, batch: Batch) -> None:
         rows: list[tuple[str, Sequence[Sequence[Any]]]] = [
-            ("save_run", [run_params(r) for r in batch.runs.values()]),
+            ("save_run", await _sliced(run_params, batch.runs.values())),
             *self._text_rows(batch),
-            ("save_attempt", [attempt_params(a) for a in batch.attempts.values()]),
-            ("save_step", [step_params(s) for s in batch.steps.values()]),
+            ("save_attempt", await _sliced(attempt_params, batch.attempts.values())),
+            ("save_step", await _sliced(step_params, batch.steps.values())),
             ("append_log", batch.logs),
             ("record_transition", batch.transitions),
             (
