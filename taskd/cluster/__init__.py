@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 from taskd.clock import Clock
@@ -15,12 +16,12 @@ from taskd.store.base import Store
 def coordinator_for(store: Store, name: str, labels: Mapping[str, str], clock: Clock) -> Coordinator:
     """The coordinator of this node on `store`: PostgreSQL's for a PostgreSQL store (other nodes may
     share it), the local one for any other."""
-    try:  # asyncpg is optional (the `postgres` extra): without it there is no PostgreSQL store either
+    # A PostgreSQL store's module is imported by whoever made the store: when it is not imported,
+    # the store is another kind, and asyncpg (the `postgres` extra, 3 MB) is left unimported.
+    postgres = sys.modules.get("taskd.store.postgres")
+    if postgres is not None and isinstance(store, postgres.PostgresStore):
         from taskd.cluster.postgres import PostgresCoordinator
-        from taskd.store.postgres import PostgresStore
-    except ImportError:
-        return LocalCoordinator(store, name, labels, clock)
-    if isinstance(store, PostgresStore):
+
         return PostgresCoordinator(store, name, labels, clock)
     return LocalCoordinator(store, name, labels, clock)
 
