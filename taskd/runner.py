@@ -30,9 +30,10 @@ _DEBUG = logging.getLogger("taskd.run")  # isEnabledFor is cached by the logging
 _LOG = structlog.get_logger("taskd.run")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunPlan:
-    """Everything a run needs, frozen when it is created: later reloads do not change it."""
+    """Everything a run needs, frozen when it is created: later reloads do not change it. One per
+    task, kept for as long as the task is configured: slots, and shared mappings where tasks agree."""
 
     task: TaskConfig
     steps: tuple[Step, ...]
@@ -46,15 +47,13 @@ class RunPlan:
     """What each attempt holds besides a slot: pool units and requests (see taskd.resources)."""
     limits: RunLimits = field(default_factory=RunLimits)
     """What its step processes may not pass."""
+    has_final_phase: bool = field(init=False, repr=False, compare=False)
+    stop_grace_s: float = field(init=False, repr=False, compare=False)
+    """How long a stopped run may take to end: its slowest step to stop, plus a second."""
 
-    @functools.cached_property
-    def has_final_phase(self) -> bool:
-        return any(step.policy.when is not None for step in self.steps)
-
-    @functools.cached_property
-    def stop_grace_s(self) -> float:
-        """How long a stopped run may take to end: its slowest step to stop, plus a second."""
-        return 1.0 + max((step.stop_grace_s for step in self.steps), default=0.0)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "has_final_phase", any(step.policy.when is not None for step in self.steps))
+        object.__setattr__(self, "stop_grace_s", 1.0 + max((step.stop_grace_s for step in self.steps), default=0.0))
 
 
 CLAIM_POLL_S = 0.25

@@ -28,7 +28,7 @@ from taskd.processor import Processor, ProcessorOptions, StepPolicy
 from taskd.store.base import MEMORY
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
     """Where something was defined: file and 1-based line."""
 
@@ -172,7 +172,9 @@ class Config:
     def limits_for(self, task: TaskConfig) -> Limits:
         """The task's limits, key by key its own else the `task:` section's."""
         section = self.task.limits
-        own = task.limits or Limits()
+        if task.limits is None:
+            return section
+        own = task.limits
         return Limits(
             memory=own.memory if own.memory is not None else section.memory,
             cpu=own.cpu if own.cpu is not None else section.cpu,

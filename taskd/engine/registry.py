@@ -3,6 +3,7 @@ diff between the registry and a (re)loaded config, tombstones included."""
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from taskd.runner import RunPlan
 from taskd.schedule import Schedule, offset_of
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskEntry:
     """A task as the engine runs it: its config plus what was built from it."""
 
@@ -50,6 +51,7 @@ class StepBuilder:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = environ if environ is not None else {}
         self._built: dict[str, tuple[str, tuple[Step, ...]]] = {}  # pipeline -> (digest, steps)
+        self._shared = _Shared(None)
 
     def steps(self, pipeline: PipelineConfig) -> tuple[Step, ...]:
         cached = self._built.get(pipeline.name)
@@ -64,7 +66,10 @@ class StepBuilder:
         pipeline = config.pipelines[task.pipeline]
         steps = self.steps(pipeline)
         zone = config.zone_for(task)
-        params = thaw(task.params)
+        if self._shared.config is not config:  # a (re)load: the daemon's environment is read again
+            self._shared = _Shared(config, dict(self._environ))
+        shared = self._shared
+        params = thaw(task.params) if task.params else EMPTY
         return TaskEntry(
             config=task,
             pipeline=pipeline,
@@ -78,18 +83,44 @@ class StepBuilder:
                 steps=steps,
                 base_dir=pipeline.base_dir,
                 time_zone=zone,
-                environment=task_environment(self._environ, task.pass_env, task.env),
+                environment=shared.environment(task),
                 secrets=tuple(secret_values(params, task.secret_params)),
-                needs=config.needs_of(task),
-                limits=_limits(config, task),
+                needs=config.needs_of(task) or EMPTY,
+                limits=shared.limits(config, task),
             ),
             params=params,
         )
 
 
-def _limits(config: Config, task: TaskConfig) -> RunLimits:
-    limits = config.limits_for(task)
-    return RunLimits(limits.memory, limits.cpu, limits.processes)
+EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+"""The params, needs and such of every task that has none."""
+
+
+class _Shared:
+    """What the entries built from one config share when their tasks agree (most tasks have no
+    `env`, `pass_env` or `limits`): one environment and one RunLimits each, not one per task."""
+
+    def __init__(self, config: Config | None, environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self._environ = environ or {}
+        self._environments: dict[tuple[Any, ...], Mapping[str, str]] = {}
+        self._limits: dict[tuple[Any, ...], RunLimits] = {}
+
+    def environment(self, task: TaskConfig) -> Mapping[str, str]:
+        key = (task.pass_env, tuple(task.env.items()))
+        found = self._environments.get(key)
+        if found is None:
+            found = types.MappingProxyType(task_environment(self._environ, task.pass_env, task.env))
+            self._environments[key] = found
+        return found
+
+    def limits(self, config: Config, task: TaskConfig) -> RunLimits:
+        limits = config.limits_for(task)
+        key = (limits.memory, limits.cpu, limits.processes)
+        found = self._limits.get(key)
+        if found is None:
+            found = self._limits[key] = RunLimits(*key)
+        return found
 
 
 @dataclass(frozen=True)
