@@ -182,7 +182,20 @@ def measure_taskd(count: int, stamp: Path, form: str, hold_s: float = HOLD_S, cg
             time.sleep(0.5)  # the last runs' ends are committed
         finally:
             daemon.stop()
-        return summary(stamps, due, count, count) | {"cgroups": cgroups, "ready_s": daemon.ready_after}
+        return summary(stamps, due, count, count) | {
+            "cgroups": cgroups,
+            "ready_s": daemon.ready_after,
+            "runs": _runs_by_state(daemon),
+            **({"log_tail": (daemon.directory / "daemon.log").read_text()[-3000:]} if len(stamps) < count else {}),
+        }
+
+
+def _runs_by_state(daemon: Daemon) -> dict[str, int]:
+    """What the store holds of the burst: runs by state, and fires skipped by reason."""
+    with contextlib.closing(daemon.db()) as db:
+        runs = dict(db.execute("SELECT state, count(*) FROM runs GROUP BY state").fetchall())
+        skipped = db.execute("SELECT reason, count(*) FROM fires GROUP BY reason").fetchall()
+    return runs | {f"skipped: {reason}": n for reason, n in skipped}
 
 
 # -- the spawn loop --------------------------------------------------------------------------------
