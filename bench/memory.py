@@ -13,13 +13,43 @@ from typing import Any
 
 from bench.common import Daemon, rss_mb, spread, tasks_config
 
+FLOOR_IMPORTS = (
+    "asyncio",
+    "yaml",
+    "pydantic",
+    "structlog",
+    "aiohttp.web",
+    "aiosqlite",
+    "apscheduler.schedulers.asyncio",
+    "prometheus_client",
+    "ahocorasick",
+)
+"""The libraries the daemon runs on: a bare interpreter importing them is the floor of its RSS."""
+
+
+def floor(repeats: int = 3) -> dict[str, Any]:
+    """RSS of a bare interpreter that imports the daemon's libraries and nothing of taskd."""
+    code = (
+        f"import {', '.join(FLOOR_IMPORTS)}\n"
+        "for line in open('/proc/self/status'):\n"
+        "    if line.startswith('VmRSS:'): print(int(line.split()[1]) / 1024)\n"
+    )
+    runs = (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(repeats)
+    )
+    rss = [float(run.stdout) for run in runs]
+    return {"imports": list(FLOOR_IMPORTS), "rss_mb": spread(rss)}
+
 
 def idle(count: int, repeats: int = 3) -> dict[str, Any]:
+    """The daemon with `count` `@hourly` tasks (none: `tasks: []`), a second after it is ready."""
     ready, rss = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp:
             daemon = Daemon(Path(tmp), "")
             daemon.config = tasks_config(daemon.port, count, "@hourly", slots=100)
+            if not count:
+                daemon.config = daemon.config.replace("tasks:\n", "tasks: []\n")
             daemon.start()
             try:
                 time.sleep(1.0)
@@ -41,5 +71,7 @@ def leak(runs: int = 100_000) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    print(floor(1))
+    print(idle(0, 1))
     print(idle(1000, 1))
     print(leak(20_000))
