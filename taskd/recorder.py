@@ -62,8 +62,11 @@ class RunSink(Protocol):
 
     def record_transition(self, transition: Transition) -> None: ...
 
-    async def durable(self) -> None:
-        """Wait until what was recorded so far is committed."""
+    async def durable(self, mark: int | None = None) -> None:
+        """Wait until what was recorded so far (or before `mark`) is committed."""
+
+    def mark(self) -> int:
+        """A mark of what was recorded so far."""
 
 
 class RunObserver(Protocol):

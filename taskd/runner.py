@@ -120,6 +120,7 @@ class Run:
         self.on_finished: Callable[[Run], None] | None = None  # told once the final state is recorded
         self._begun = False
         self._slot_held = False
+        self._mark: int | None = None  # the store's mark once the run is recorded as queued
 
     @property
     def id(self) -> str:
@@ -141,6 +142,7 @@ class Run:
     def queue(self) -> None:
         """Record the run as queued (its first state)."""
         self.recorder.enter(RunState.QUEUED, f"trigger {self.record.trigger}", self.record.queued_at)
+        self._mark = self._sink.mark()
 
     def start(self, after: Sequence[Run] = ()) -> None:
         """Schedule execute() on the loop; with `after`, wait for those runs to end first.
@@ -178,7 +180,7 @@ class Run:
         try:
             # The run's start is committed before its first step can begin: after a crash, every
             # run that did anything is in the store (and is marked interrupted at the restart).
-            await self._sink.durable()
+            await self._sink.durable(self._mark)
             for previous in after:
                 await previous.done.wait()
             for attempt in range(1, total + 1):

@@ -578,6 +578,43 @@ async def test_durable_asked_while_a_commit_is_under_way_returns_when_it_is_done
     await asyncio.wait_for(asyncio.gather(flushing, waiting), timeout=10)
 
 
+async def test_durable_to_a_mark_waits_for_the_writes_before_it_only(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's first step waits for the commit of its own start: one whose start went out in an
+    earlier commit does not wait for the commit under way, one whose start is in it does, and one
+    staged since waits for the next."""
+    assert isinstance(store, BufferedStore)
+    entered, release = asyncio.Event(), asyncio.Event()
+    commit = type(store)._commit
+
+    async def slow(self: Any, batch: Batch) -> None:
+        if any(run.task_id == "slow" for run in batch.runs.values()):
+            entered.set()
+            await release.wait()
+        await commit(self, batch)
+
+    monkeypatch.setattr(type(store), "_commit", slow)
+    store.save_run(_record())
+    committed = store.mark()
+    await asyncio.wait_for(store.durable(committed), timeout=10)
+    store.save_run(_record("slow"))
+    in_flight = store.mark()
+    assert in_flight > committed
+    flushing = asyncio.create_task(store.flush())
+    await asyncio.wait_for(entered.wait(), timeout=10)
+    store.save_run(_record())
+    staged = store.mark()
+    assert staged > in_flight
+    await asyncio.wait_for(store.durable(committed), timeout=1)  # at once, the commit is still under way
+    waiting = [asyncio.create_task(store.durable(in_flight)), asyncio.create_task(store.durable(staged))]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in waiting)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(flushing, *waiting), timeout=10)
+    assert store.pending_writes == 0
+
+
 async def test_an_alert_state_is_stored_over_the_version_it_was_decided_from(
     backend: tuple[Store, Reopen],
 ) -> None:

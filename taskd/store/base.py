@@ -249,9 +249,15 @@ class Store(ABC):
         return False
 
     @abstractmethod
-    async def durable(self) -> None:
-        """Like `flush`, but through commit failures: returns once the writes staged so far are
-        committed (or dropped for good as unwritable), however long the store is down."""
+    async def durable(self, mark: int | None = None) -> None:
+        """Like `flush`, but through commit failures: returns once the writes staged so far (or,
+        with a `mark`, those staged before it was taken) are committed (or dropped for good as
+        unwritable), however long the store is down."""
+
+    def mark(self) -> int:
+        """A mark of the writes staged so far, for `durable`: a run takes one once its first
+        record is staged, and its first step waits for those writes only."""
+        return 0
 
     # -- reads -----------------------------------------------------------------------------------
     @abstractmethod

@@ -103,7 +103,10 @@ class BufferedStore(Store):
         self._clock: Clock = clock or SystemClock()
         self._batch = Batch()
         self._barriers: list[asyncio.Future[None]] = []
-        self._durables: list[asyncio.Future[None]] = []  # released by a successful commit only
+        # (mark, future): released once the batch of that mark is committed (or dropped for good)
+        self._durables: list[tuple[int, asyncio.Future[None]]] = []
+        self._staging = 1  # the mark of the batch being staged; each commit takes one
+        self._settled = 0  # every batch up to this mark is committed (or dropped for good)
         self._wakeup = asyncio.Event()
         self._urgent = asyncio.Event()
         self._closed = asyncio.Event()  # cuts a retry pause short
@@ -144,7 +147,7 @@ class BufferedStore(Store):
             await self._commit_pending()
         finally:
             durables, self._durables = self._durables, []
-            for future in durables:
+            for _, future in durables:
                 if not future.done():
                     future.set_exception(StoreError("the store closed before these writes could be committed"))
 
@@ -220,14 +223,24 @@ class BufferedStore(Store):
             return
         await self._next_commit(self._barriers)
 
-    async def durable(self) -> None:
-        """Wait until every write staged so far is committed, however long the store takes to come
-        back: a run's start is on disk before its first step begins. Runs starting together share
-        one commit (a group commit: the write window is cut short, and what is staged while a
-        commit is under way goes in the next one)."""
-        if self._writer is None or (not self._batch and not self._committing):
+    def mark(self) -> int:
+        return self._staging
+
+    async def durable(self, mark: int | None = None) -> None:
+        """Wait until every write staged so far (or before `mark` was taken) is committed, however
+        long the store takes to come back: a run's start is on disk before its first step begins.
+        Runs starting together share one commit (a group commit: the write window is cut short,
+        and what is staged while a commit is under way goes in the next one); a run whose start
+        went out in an earlier commit does not wait for the one under way."""
+        mark = self._staging if mark is None else mark
+        if self._writer is None or mark <= self._settled or (not self._batch and not self._committing):
             return
-        await self._next_commit(self._durables)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._durables.append((mark, future))
+        if mark == self._staging:  # its writes are still staged: commit them now
+            self._wakeup.set()
+            self._urgent.set()
+        await future
 
     async def _next_commit(self, waiters: list[asyncio.Future[None]]) -> None:
         """Wait among `waiters` for the commit of what is staged now, which starts at once."""
@@ -240,7 +253,7 @@ class BufferedStore(Store):
     async def settled(self, limit_s: float = 1.0) -> None:
         """Wait (at most `limit_s` of real time) until no `durable()` is waiting: tests on a fake
         clock let its time pass only once the store has caught up."""
-        waiting = [future for future in self._durables if not future.done()]
+        waiting = [future for _, future in self._durables if not future.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=limit_s)
 
@@ -274,8 +287,8 @@ class BufferedStore(Store):
     async def _commit_pending(self) -> None:
         """Commit everything staged so far, then release the flushes waiting for it."""
         barriers, self._barriers = self._barriers, []
-        durables, self._durables = self._durables, []
         batch, self._batch = self._batch, Batch()
+        mark, self._staging = self._staging, self._staging + 1
         if batch:
             self._committing = True
             self._in_flight = len(batch)
@@ -293,8 +306,8 @@ class BufferedStore(Store):
                 if kept:  # ahead of what was staged meanwhile, to be committed again
                     batch.absorb(self._batch)
                     self._batch = batch
-                    self._durables[:0] = durables
-                    durables = []
+                else:  # dropped for good (logged): waiting longer gains nothing
+                    self._settled = mark
                 if self.fault_observer is not None:
                     self.fault_observer(f"commits fail: {type(exc).__name__}: {exc}")
                 log.error(
@@ -308,16 +321,23 @@ class BufferedStore(Store):
                 for barrier in barriers:
                     if not barrier.done():
                         barrier.set_exception(StoreError("the store could not commit; see the daemon log"))
-                for future in durables:  # dropped for good (logged): waiting longer gains nothing
-                    if not future.done():
-                        future.set_result(None)
+                _release(self._settled_durables())
                 raise
             finally:
                 self._committing = False
                 self._in_flight = 0
             if recovered and self.fault_observer is not None:
                 self.fault_observer(None)
-        _release([*barriers, *durables])  # committed (or dropped for good: logged above)
+        self._settled = mark
+        _release([*barriers, *self._settled_durables()])
+
+    def _settled_durables(self) -> list[asyncio.Future[None]]:
+        """Take the `durable()` waiters whose writes are committed (or dropped for good)."""
+        settled = self._settled
+        ready = [future for mark, future in self._durables if mark <= settled]
+        if ready:
+            self._durables = [(mark, future) for mark, future in self._durables if mark > settled]
+        return ready
 
 
 def _release(waiters: list[asyncio.Future[None]], start: int = 0) -> None:
