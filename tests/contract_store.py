@@ -249,6 +249,8 @@ async def test_run_search_answers_as_the_reference_store_page_by_page(store: Sto
             {"states": ("completed",)},
             {"states": ("failed", "running")},
             {"task_ids": ("a", "b")},
+            {"task_ids": ("c",)},
+            {"task_ids": ("d",), "states": ("failed", "running")},
             {"triggers": ("manual",)},
             {"triggers": ("schedule",), "states": ("completed",)},
             {"since": 1050.0, "until": 1150.0},
@@ -272,6 +274,9 @@ async def test_run_search_answers_as_the_reference_store_page_by_page(store: Sto
                             expected,
                             True,
                         ), query
+                        # What a task's page asks: the page alone (a store may skip the count).
+                        paged, _ = await store.list_runs(dataclasses.replace(query, fresh=False, counted=False))
+                        assert [r.id for r in paged] == [r.id for r in want], query
     finally:
         await reference.close()
 
@@ -447,6 +452,9 @@ async def test_a_search_total_is_exact_up_to_its_limit_and_a_fair_estimate_past_
         assert abs(everything.total - (EXACT_UP_TO + 2000)) <= 0.2 * (EXACT_UP_TO + 2000)
     few = await store.search_runs(RunQuery(task_ids=("few",), limit=5))
     assert few.exact and few.total == (EXACT_UP_TO + 2000 + 9) // 10
+    # A task's stats count its runs exactly, below and past the count a quick read stops at.
+    assert (await store.task_stats("few"))["runs"] == few.total
+    assert (await store.task_stats("many"))["runs"] == EXACT_UP_TO + 2000 - few.total > EXACT_UP_TO
     assert (await store.list_runs(RunQuery(limit=1)))[1] == EXACT_UP_TO + 2000  # list_runs counts exactly
     text = await store.search_runs(RunQuery(text="srv/disk", limit=5))
     assert len(text.runs) == 5 and (text.exact or text.total > EXACT_TEXT_UP_TO)

@@ -398,10 +398,10 @@ async def get_task(request: web.Request) -> web.Response:
     states = await engine.task_states([entry])
     view = request.app[VIEWS].detail(entry, states[entry.id], _now(engine))
     # Asked together: the store answers them in turn, but the loop waits once, not three times.
-    finished = RunQuery(task_ids=(entry.id,), states=FINAL_STATES, limit=HISTORY, fresh=False)
+    finished = RunQuery(task_ids=(entry.id,), states=FINAL_STATES, limit=HISTORY, fresh=False, counted=False)
     stats, (recent, _), (history, _), fires = await asyncio.gather(
         store.task_stats(entry.id),
-        store.list_runs(RunQuery(task_ids=(entry.id,), limit=10, fresh=False)),
+        store.list_runs(RunQuery(task_ids=(entry.id,), limit=10, fresh=False, counted=False)),
         store.list_runs(finished),
         store.fires(entry.id, limit=10),
     )

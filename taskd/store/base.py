@@ -139,6 +139,7 @@ class RunQuery:
     limit: int = 50
     offset: int = 0
     fresh: bool = True  # False: may miss the last ~25 ms of writes, never waits for a commit
+    counted: bool = True  # False: the caller needs the page only; the total may be just its end
 
     def __post_init__(self) -> None:
         if self.sort not in RUN_SORTS:

@@ -52,6 +52,34 @@ SQL = {
 }
 
 
+SHORT_PAGE = 1000
+"""The largest page (offset + limit) of a task's latest runs read on the short path."""
+
+
+def _short(query: RunQuery) -> bool:
+    """Whether a search is a task's latest runs, the page alone, small: a bounded read. The states
+    it may leave out are active ones, at most the task's runs under way, so the read passes over
+    few runs it does not keep."""
+    return (
+        not query.counted
+        and len(query.task_ids) == 1
+        and not (query.triggers or query.text or query.since is not None or query.until is not None)
+        and (not query.states or ACTIVE_STATES.union(query.states) >= set(RunState))
+        and query.sort == "queued_at"
+        and query.offset + query.limit <= SHORT_PAGE
+    )
+
+
+def _short_reads(path: Path) -> sqlite3.Connection:
+    """A read-only connection for short reads on the event loop's own thread: it never waits for
+    a lock (busy_timeout 0: a busy database sends the read to the reader's thread instead)."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA query_only = 1")
+    connection.execute("PRAGMA busy_timeout = 0")
+    return connection
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         found = path.stat()
@@ -157,6 +185,7 @@ class SQLiteStore(SQLStore):
         self._busy_timeout_ms = int(busy_timeout_s * 1000)  # how long a commit waits for a lock
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._now: sqlite3.Connection | None = None  # short reads, on the loop's thread (see _rows_now)
         self._lock = asyncio.Lock()  # one transaction at a time on the writing connection
         self._texts: dict[str, _Text] = {}  # of each active run written
         self._lock_fd: int | None = None
@@ -239,6 +268,7 @@ class SQLiteStore(SQLStore):
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             self._reader.row_factory = aiosqlite.Row
             await self._reader.execute("PRAGMA query_only = 1")
+            self._now = _short_reads(self.path)
         except (aiosqlite.Error, StoreError) as exc:
             await db.close()
             self._db = None
@@ -262,7 +292,9 @@ class SQLiteStore(SQLStore):
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         await connection.close()
-            self._reader = self._db = None
+            if self._now is not None:
+                self._now.close()
+            self._reader = self._db = self._now = None
             self._release_lock()
 
     def _retryable(self, exc: Exception) -> bool:
@@ -307,6 +339,14 @@ class SQLiteStore(SQLStore):
 
     async def _fetch_sql(self, sql: str, args: Sequence[Any]) -> list[Row]:
         return list(await self._read().execute_fetchall(sql, args))
+
+    def _rows_now(self, sql: str, args: Sequence[Any]) -> list[Row] | None:
+        if self._now is None:
+            return None
+        try:
+            return self._now.execute(sql, args).fetchall()
+        except sqlite3.Error:  # busy (it never waits), or failing: the reader answers, or says why
+            return None
 
     def _any(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} IN ({', '.join('?' * len(values))})", list(values)
@@ -368,6 +408,8 @@ class SQLiteStore(SQLStore):
     async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
         if query.fresh:
             await self.flush()
+        elif _short(query):
+            return await self._latest_of_task(query)
         terms = [_Term(column, sql, tuple(args)) for column, sql, args in self._filters(query)]
         if query.text:
             terms.append(_text_term(query.text, query.text_task_ids))
@@ -386,6 +428,17 @@ class SQLiteStore(SQLStore):
         sql = f"SELECT * FROM runs {clause} {self._order_by(query)} LIMIT ? OFFSET ?"
         rows = await self._fetch_sql(sql, [*params, query.limit, query.offset])
         return [run_from_row(r) for r in rows], total
+
+    async def _latest_of_task(self, query: RunQuery) -> tuple[list[RunRecord], int]:
+        """A task's latest runs (in some states), the page alone: read through the index of the
+        task's runs by queued time, a bounded read."""
+        conditions, params = ["task_id = ?"], [query.task_ids[0]]
+        if query.states:  # checked run by run (+): the task's index gives them in order
+            conditions.append(f"+state IN ({', '.join('?' * len(query.states))})")
+            params += query.states
+        sql = f"SELECT * FROM runs WHERE {' AND '.join(conditions)} {self._order_by(query)} LIMIT ? OFFSET ?"
+        rows = await self._short_read(sql, [*params, query.limit, query.offset])
+        return [run_from_row(r) for r in rows], query.offset + len(rows)
 
     async def _size(self) -> int:
         """About how many runs there are (at least as many): the largest rowid, read off the end of

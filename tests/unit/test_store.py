@@ -147,6 +147,54 @@ async def test_every_run_search_reads_through_an_index_and_sorts_only_a_few_runs
                 assert total <= few, (total, sql, plan)
 
 
+async def test_a_tasks_page_reads_at_once_through_its_index_and_falls_back_to_the_reader(tmp_path: Path) -> None:
+    """What GET /task/{id} reads (the stats, the latest runs, the history, the fires) is answered on
+    the loop's own thread, through the task's index; when that connection cannot answer, the
+    reader's thread does, with the same answers."""
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        for i in range(300):
+            state = RunState.RUNNING if i == 299 else RunState.FAILED if i % 7 == 0 else RunState.COMPLETED
+            run = RunRecord(id=new_run_id(100.0 + i), task_id="ab"[i % 2], trigger=Trigger.SCHEDULE,
+                            queued_at=100.0 + i, state=state, started_at=100.0 + i,
+                            finished_at=None if i == 299 else 101.0 + i)  # fmt: skip
+            store.save_run(run)
+        await store.flush()
+        finished = RunQuery(task_ids=("b",), states=("completed", "failed", "stopped", "interrupted"),
+                            limit=200, fresh=False, counted=False)  # fmt: skip
+        latest = RunQuery(task_ids=("b",), limit=10, fresh=False, counted=False)
+
+        async def page() -> tuple[Any, ...]:
+            return (await store.task_stats("b"), [r.id for r in (await store.list_runs(finished))[0]],
+                    [r.id for r in (await store.list_runs(latest))[0]], await store.fires("b", 10))  # fmt: skip
+
+        captured: list[str] = []
+        reader = store._read()
+        original = reader.execute_fetchall
+
+        async def spy(sql: str, parameters: Any = ()) -> Any:
+            captured.append(sql)
+            return await original(sql, parameters)
+
+        reader.execute_fetchall = spy  # type: ignore[method-assign]
+        at_once = await page()
+        assert captured == []  # nothing went through the reader's thread
+        stats, history, recent, _ = at_once
+        assert stats["runs"] == 150 and len(history) == 149 and len(recent) == 10
+        newest = await store.get_run(recent[0])
+        assert newest is not None and newest.state is RunState.RUNNING  # the latest runs include the active
+        with sqlite3.connect(tmp_path / "t.db") as db:
+            sql = "SELECT * FROM runs WHERE task_id = ? AND +state IN (?, ?) ORDER BY queued_at DESC, id DESC LIMIT 9"
+            plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", ("b", "failed", "completed")))
+            assert "SEARCH runs USING INDEX runs_by_task (task_id=?)" in plan, plan
+        store._now.close()  # type: ignore[union-attr]  # as if it could not answer: the reader does
+        assert await page() == at_once and captured
+    finally:
+        reader.execute_fetchall = original  # type: ignore[method-assign]
+        await store.close()
+
+
 def test_the_partial_state_indexes_cover_every_state_but_completed() -> None:
     """A search for completed runs is counted as all runs minus those in these indexes."""
     covered = set().union(*(states for states, _ in PARTIAL_STATE_INDEXES))
