@@ -34,7 +34,7 @@ CATCH_UP_LEAVES_S = 1.0
 CLAIM_DELAY_S = 0.05
 """With other nodes alive, a node with every slot busy waits this long before claiming a fire (one
 half busy, half as long): the least loaded node tends to claim first."""
-FIRE_CHUNK = 100
+FIRE_CHUNK = 25
 """A fire starts its tasks' runs this many at a time, letting the event loop serve the API and
 begin the runs already started in between, so a fire of thousands of tasks does not hold the
 loop for the whole burst."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import time
 from abc import abstractmethod
@@ -27,7 +28,7 @@ from taskd.store.base import AuditEntry, Fire, LogLine, Store, StoreError, Trans
 log = structlog.get_logger("taskd.store")
 RETRY_PAUSE_S = 0.5
 MAX_RETRY_PAUSE_S = 5.0
-RELEASE_CHUNK = 64
+RELEASE_CHUNK = 16
 """Waiters released per turn of the loop after a commit: a burst of runs waiting for their start
 to be committed resumes a slice at a time, and requests are answered between the slices."""
 
@@ -75,6 +76,21 @@ class Batch:
         self.given_back.extend(newer.given_back)
         self.audit.extend(newer.audit)
 
+    def __bool__(self) -> bool:  # asked at every run's start: stops at the first kind of write found
+        return bool(
+            self.runs
+            or self.transitions
+            or self.attempts
+            or self.steps
+            or self.logs
+            or self.fires
+            or self.last_fires
+            or self.tombstones
+            or self.upstreams
+            or self.given_back
+            or self.audit
+        )
+
     def __len__(self) -> int:
         return (
             len(self.runs)
@@ -103,8 +119,8 @@ class BufferedStore(Store):
         self._clock: Clock = clock or SystemClock()
         self._batch = Batch()
         self._barriers: list[asyncio.Future[None]] = []
-        # (mark, future): released once the batch of that mark is committed (or dropped for good)
-        self._durables: list[tuple[int, asyncio.Future[None]]] = []
+        # mark -> futures: released once the batch of that mark is committed (or dropped for good)
+        self._durables: dict[int, list[asyncio.Future[None]]] = {}
         self._staging = 1  # the mark of the batch being staged; each commit takes one
         self._settled = 0  # every batch up to this mark is committed (or dropped for good)
         self._wakeup = asyncio.Event()
@@ -146,8 +162,8 @@ class BufferedStore(Store):
         try:
             await self._commit_pending()
         finally:
-            durables, self._durables = self._durables, []
-            for _, future in durables:
+            durables, self._durables = self._durables, {}
+            for future in itertools.chain.from_iterable(durables.values()):
                 if not future.done():
                     future.set_exception(StoreError("the store closed before these writes could be committed"))
 
@@ -236,7 +252,7 @@ class BufferedStore(Store):
         if self._writer is None or mark <= self._settled or (not self._batch and not self._committing):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._durables.append((mark, future))
+        self._durables.setdefault(mark, []).append(future)
         if mark == self._staging:  # its writes are still staged: commit them now
             self._wakeup.set()
             self._urgent.set()
@@ -253,7 +269,7 @@ class BufferedStore(Store):
     async def settled(self, limit_s: float = 1.0) -> None:
         """Wait (at most `limit_s` of real time) until no `durable()` is waiting: tests on a fake
         clock let its time pass only once the store has caught up."""
-        waiting = [future for _, future in self._durables if not future.done()]
+        waiting = [future for futures in self._durables.values() for future in futures if not future.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=limit_s)
 
@@ -333,11 +349,8 @@ class BufferedStore(Store):
 
     def _settled_durables(self) -> list[asyncio.Future[None]]:
         """Take the `durable()` waiters whose writes are committed (or dropped for good)."""
-        settled = self._settled
-        ready = [future for mark, future in self._durables if mark <= settled]
-        if ready:
-            self._durables = [(mark, future) for mark, future in self._durables if mark > settled]
-        return ready
+        marks = sorted(mark for mark in self._durables if mark <= self._settled)
+        return [future for mark in marks for future in self._durables.pop(mark)]
 
 
 def _release(waiters: list[asyncio.Future[None]], start: int = 0) -> None:

@@ -40,7 +40,7 @@ def run_params(run: RunRecord) -> tuple[Any, ...]:
         run.finished_at,
         run.attempts,
         run.error,
-        json.dumps(run.params, default=str),
+        json.dumps(run.params, default=str) if run.params else "{}",
         run.priority,
         run.node,
         *usage_params(run.usage),

@@ -203,9 +203,9 @@ async def _sliced(to_row: Callable[[_Record], Sequence[Any]], records: Iterable[
     """`records` as rows, ROWS_PER_TURN at a time, letting the loop serve others in between: a
     burst's batch of thousands of runs does not hold the loop while it becomes rows."""
     rows: list[Sequence[Any]] = []
-    for record in records:
+    for count, record in enumerate(records, start=1):
         rows.append(to_row(record))
-        if len(rows) % ROWS_PER_TURN == 0:
+        if count % ROWS_PER_TURN == 0:
             await asyncio.sleep(0)
     return rows
 
