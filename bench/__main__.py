@@ -36,6 +36,7 @@ from bench import (
     throughput,
 )
 from bench.common import machine, spread, versions
+from taskd.daemon import tune_gc
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = (
@@ -102,15 +103,19 @@ def main() -> None:
     if "throughput" in only:
         count = 5_000 if quick else 20_000
         repeats = 1 if quick else 3
-        say(f"throughput: {count} runs x {repeats}")
-        taskd_rates = [asyncio.run(throughput.taskd_runs(count))["runs_per_s"] for _ in range(repeats)]
-        bare_rates = [asyncio.run(throughput.bare_asyncio(count))["runs_per_s"] for _ in range(repeats)]
+        say(f"throughput: {count} runs x {repeats}, taskd and bare asyncio in turn")
+        tune_gc()  # as the daemon runs: both the engine and the ceiling under its collector settings
+        taskd_rates, bare_rates = [], []
+        for _ in range(repeats):
+            taskd_rates.append(asyncio.run(throughput.taskd_runs(count))["runs_per_s"])
+            bare_rates.append(asyncio.run(throughput.bare_asyncio(count))["runs_per_s"])
         say("throughput: Celery + Redis")
         celery = throughput.celery_runs(2_000 if quick else count)
         results["throughput"] = {
             "runs": count,
             "taskd": spread(taskd_rates),
             "bare_asyncio": spread(bare_rates),
+            "ratios": spread([t / b for t, b in zip(taskd_rates, bare_rates, strict=True)]),
             "celery": celery,
         }
 
@@ -136,8 +141,9 @@ def main() -> None:
         results["leak"] = memory.leak(20_000 if quick else 100_000)
 
     if "stop" in only:
-        say("stop latency")
+        say("stop latency, then the same process group stopped with a bare killpg")
         results["stop"] = stop_latency.measure(10 if quick else 50)
+        results["stop"]["bare"] = stop_latency.bare(10 if quick else 50)
 
     if "shell" in only:
         count = 200 if quick else 1000
@@ -493,6 +499,32 @@ def accounting_section(a: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def throughput_target(t: dict[str, Any]) -> str:
+    ratios = t.get("ratios")
+    if not ratios:  # figures from before the ratio was recorded
+        ratios = {"median": t["taskd"]["median"] / t["bare_asyncio"]["median"]}
+    return f"{f(ratios['median'], 3)}x bare asyncio, >= 0.2x: {verdict(ratios['median'] >= 0.2)}"
+
+
+def stop_lines(stop: dict[str, Any]) -> list[str]:
+    """Stop latency beside a bare killpg of the same process group."""
+    lines = [
+        "`POST /task/{id}/_stop` on a running `shell` task (`sleep & sleep`) until the run is `stopped` and",
+        f"its process group has no live member, over {stop['runs']} runs: p50 {f(stop['p50_ms'])} ms, "
+        f"p99 {f(stop['p99_ms'])} ms, max {f(stop['max_ms'])} ms.",
+    ]
+    bare = stop.get("bare")
+    if not bare:
+        return [*lines[:-1], lines[-1][:-1] + f"; target p99 <= 200 ms: {verdict(stop['p99_ms'] <= 200)}."]
+    ratio = stop["p99_ms"] / bare["p99_ms"]
+    return [
+        *lines,
+        "Ceiling, in the same run: the same group started by a plain `Popen` in its own session, stopped",
+        f"with `killpg(SIGTERM)` and watched the same way: p50 {f(bare['p50_ms'])} ms, p99 {f(bare['p99_ms'])} ms.",
+        f"Target: p99 at most 4x the bare stop's: {f(ratio, 1)}x, {verdict(ratio <= 4)}.",
+    ]
+
+
 def render(r: dict[str, Any]) -> str:
     m, v = r["machine"], r["versions"]
     lines = [
@@ -555,9 +587,12 @@ def render(r: dict[str, Any]) -> str:
         f"{t['runs']:,} manual runs of a no-op pipeline, `max_concurrent_tasks: 100`, every run persisted",
         "(runs/s from the first queued to the last committed; engine and SQLite store in-process).",
         "",
+        "Both run under the daemon's garbage-collector settings (`tune_gc`), in turn, in the same process;",
+        "the target is the ratio of each taskd figure to the bare figure measured right after it.",
+        "",
         "| system | runs/s (min / median / max) | target |",
         "|---|---|---|",
-        f"| taskd | {mmm(t['taskd'], 0)} | >= 5,000: {verdict(t['taskd']['median'] >= 5000)} |",
+        f"| taskd | {mmm(t['taskd'], 0)} | {throughput_target(t)} |",
         f"| bare asyncio (semaphore, nothing persisted: the ceiling) | {mmm(t['bare_asyncio'], 0)} | |",
         f"| Celery + Redis broker, 1 worker (results stored in Redis) | {celery_text} | |",
         *accounting_section(r.get("accounting")),
@@ -566,7 +601,9 @@ def render(r: dict[str, Any]) -> str:
         "",
         "10,000 tasks defined (1,000 in --quick), 1,000 of them firing every second (100), while a",
         "separate process sends requests at 200 per second for 10 s (2 s), open loop: latency counts",
-        "from each request's due time. Reference: an aiohttp hello-world handler.",
+        "from each request's due time. Ceiling: an aiohttp hello-world handler, measured the same way",
+        "in the same run (alone on the machine); the target for each read is its p99 at most 5x the",
+        "hello world's.",
         "",
         "| endpoint | requests/s | p50 | p99 | max | errors | target |",
         "|---|---|---|---|---|---|---|",
@@ -575,8 +612,10 @@ def render(r: dict[str, Any]) -> str:
         if not isinstance(x, dict):
             continue
         target = ""
-        if name.startswith("GET"):
-            target = f"p99 <= 25 ms: {verdict(x['p99_ms'] <= 25)}"
+        hello = r["api"].get("hello_world")
+        if name.startswith("GET") and hello:
+            ratio = x["p99_ms"] / hello["p99_ms"]
+            target = f"{f(ratio, 1)}x the hello world: {verdict(ratio <= 5)}"
         lines.append(
             f"| {name} | {f(x['rps'], 0)} | {f(x['p50_ms'])} | {f(x['p99_ms'])} | {f(x['max_ms'])} | "
             f"{sum(x['errors'].values()) if x['errors'] else 0} | {target} |"
@@ -597,10 +636,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         "## Stop latency",
         "",
-        "`POST /task/{id}/_stop` on a running `shell` task (`sleep & sleep`) until the run is `stopped` and",
-        f"its process group has no live member, over {stop['runs']} runs: p50 {f(stop['p50_ms'])} ms, "
-        f"p99 {f(stop['p99_ms'])} ms, max {f(stop['max_ms'])} ms; "
-        f"target p99 <= 200 ms: {verdict(stop['p99_ms'] <= 200)}.",
+        *stop_lines(stop),
         "",
         *shell_section(r.get("shell")),
         *overload_section(r.get("overload")),

@@ -1,9 +1,12 @@
 """Stop latency: POST /task/{id}/_stop on a running `shell` task, until the run is `stopped` and
-its process group is gone."""
+its process group is gone; beside the ceiling, the same process group stopped with a bare
+killpg and waited for the same way."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -64,8 +67,31 @@ def measure(count: int = 50) -> dict[str, Any]:
                 samples.append((time.perf_counter() - began) * 1000)
         finally:
             daemon.stop()
-    return {"runs": count, "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99), "max_ms": max(samples)}
+    return _figures(samples)
+
+
+def bare(count: int = 50) -> dict[str, Any]:
+    """The ceiling: the same `sleep & sleep` group, started by a plain Popen in its own session,
+    stopped with killpg(SIGTERM) and watched until no member is left (and the shell reaped)."""
+    marker = f"8{os.getpid() % 1000}.{free_port()}"
+    samples: list[float] = []
+    for _ in range(count):
+        child = subprocess.Popen(["/bin/sh", "-c", f"sleep {marker} & sleep {marker}"], start_new_session=True)
+        deadline = time.monotonic() + 10
+        while _find_group(f"sleep {marker}") is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        began = time.perf_counter()
+        os.killpg(child.pid, signal.SIGTERM)
+        while child.poll() is None or _group_alive(child.pid):
+            time.sleep(0.001)
+        samples.append((time.perf_counter() - began) * 1000)
+    return _figures(samples)
+
+
+def _figures(samples: list[float]) -> dict[str, Any]:
+    return {"runs": len(samples), "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99),
+            "max_ms": max(samples)}  # fmt: skip
 
 
 if __name__ == "__main__":
-    print(measure(10))
+    print(measure(10), bare(10))
