@@ -89,6 +89,8 @@ class Firing:
         self._clock = clock
         self._metrics = metrics
         self._groups: dict[str, dict[str, None]] = {}  # timer job -> task ids, in order
+        # timer job -> its task ids by priority, and whether all of them may run on any node
+        self._orders: dict[str, tuple[list[str], bool]] = {}
         self._claims: set[asyncio.Task[None]] = set()
         self._adopted: list[tuple[str, float]] = []  # adopted before the engine accepted runs
         # task id -> reason -> the summary of its fires refused since its last run began
@@ -99,6 +101,7 @@ class Firing:
     # -- the timer's jobs --------------------------------------------------------------------------
     def schedule(self, entry: TaskEntry) -> None:
         self.unschedule(entry.id)
+        self._orders.clear()
         if "memory" in entry.plan.needs or "cpu" in entry.plan.needs:
             self._sized.add(entry.id)
         group = entry.group
@@ -111,6 +114,7 @@ class Firing:
         members[entry.id] = None
 
     def unschedule(self, task_id: str) -> None:
+        self._orders.clear()
         self._refused.pop(task_id, None)
         self._sized.discard(task_id)
         for group, members in list(self._groups.items()):
@@ -153,19 +157,34 @@ class Firing:
             return
         tasks = self._engine.tasks
         fire = plan_fire([t.timestamp() for t in run_times])
-        ordered = sorted(members, key=lambda task_id: -tasks[task_id].config.priority)
-        if any(tasks[task_id].config.placement != "any" for task_id in ordered):
+        ordered, anywhere = self._ordered(group, members)
+        if not anywhere:
             ordered = self._placed(ordered, fire)
         if self._sized and not self._sized.isdisjoint(members):
             ordered = self._fitting(ordered, fire)
         me = self._coordinator.name
-        keys = {claim_key(task_id, tasks[task_id].config.placement, me): task_id for task_id in ordered}
-        claims = [(key, fire.instant) for key in keys]
+        if anywhere:  # each task is claimed under its own id
+            keys = dict(zip(ordered, ordered, strict=True))
+        else:
+            keys = {claim_key(task_id, tasks[task_id].config.placement, me): task_id for task_id in ordered}
+        instant = fire.instant
+        claims = [(key, instant) for key in keys]
         won = self._coordinator.claim_at_once(claims)
         if won is not None:  # nobody to compete with: the fire starts now, on this turn of the loop
             self._fire_won(ordered, keys, won, fire)
         else:
             self.track(asyncio.get_running_loop().create_task(self._claimed_fire(ordered, keys, claims, fire)))
+
+    def _ordered(self, group: str, members: Mapping[str, None]) -> tuple[list[str], bool]:
+        """The group's tasks, higher priority first, and whether every one may run on any node:
+        worked out once until a task is scheduled or unscheduled again (never changed in place)."""
+        found = self._orders.get(group)
+        if found is None:
+            tasks = self._engine.tasks
+            ordered = sorted(members, key=lambda task_id: -tasks[task_id].config.priority)
+            anywhere = all(tasks[task_id].config.placement == "any" for task_id in ordered)
+            found = self._orders[group] = (ordered, anywhere)
+        return found
 
     def _placed(self, ordered: list[str], fire: FirePlan) -> list[str]:
         """The tasks of a fire that may run on this node. With no other node alive, the node records
@@ -268,10 +287,13 @@ class Firing:
         return True
 
     def _fire_won(self, ordered: list[str], keys: dict[str, str], won: list[tuple[str, float]], fire: FirePlan) -> None:
+        if not won or not self._engine.accepting:
+            return
+        if len(won) == len(keys):  # every claim won (alone, say): all of them, in order
+            self._fire_from(ordered, 0, fire)
+            return
         mine = {keys[key] for key, _ in won}
-        if mine and self._engine.accepting:
-            tasks = self._engine.tasks
-            self._fire_from([task_id for task_id in ordered if task_id in mine and task_id in tasks], 0, fire)
+        self._fire_from([task_id for task_id in ordered if task_id in mine], 0, fire)
 
     def _fire_from(self, ordered: list[str], start: int, fire: FirePlan) -> None:
         """Fire `ordered[start:]`, FIRE_CHUNK tasks now and the rest in later turns of the loop."""

@@ -376,7 +376,7 @@ class SQLStore(BufferedStore):
             async with self.transaction() as tx:
                 for name, params in rows:
                     if params:
-                        await tx.executemany(self.SQL[name], params)
+                        await self._write_many(tx, self.SQL[name], params)
                 for name, args in tombstones:
                     await tx.execute(self.SQL[name], args)
         except Exception as exc:
@@ -469,6 +469,10 @@ class SQLStore(BufferedStore):
         if fresh:
             await self.flush()
         return await self._fetch_sql(self.SQL[name], args)
+
+    async def _write_many(self, tx: Tx, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a write statement once per row, in the open transaction."""
+        await tx.executemany(sql, rows)
 
     def _rows_now(self, sql: str, args: Sequence[Any]) -> list[Row] | None:
         """A short read answered at once, on the loop's own thread, or None where the backend has
