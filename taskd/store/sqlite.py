@@ -53,8 +53,11 @@ SQL = {
 }
 
 
-ROWS_PER_STATEMENT = 500
-"""Rows of a batch written by one INSERT (at most 19 values a row: far below SQLite's 32,766)."""
+STATEMENT_ROWS = (512, 64, 8, 1)
+"""How many rows one INSERT of a batch writes: a batch is cut into statements of these sizes,
+largest first, so that each table has four shapes of statement at most (each prepared statement
+is kept in the connection's cache: with a shape for every size, the cache held 8 MB). At most 19
+values a row: far below SQLite's 32,766 a statement."""
 _ONE_ROW = re.compile(r"\bVALUES\s*(\((?:\?,\s*)*\?\))", re.IGNORECASE)
 """The VALUES row of an INSERT of one row of parameters (the group is the row)."""
 
@@ -347,17 +350,22 @@ class SQLiteStore(SQLStore):
         return list(await self._read().execute_fetchall(sql, args))
 
     async def _write_many(self, tx: Tx, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """An INSERT of one VALUES row is sent as INSERTs of up to ROWS_PER_STATEMENT rows: SQLite
+        """An INSERT of one VALUES row is sent as INSERTs of many rows (STATEMENT_ROWS): SQLite
         writes them in one step, and the writer's thread needs the GIL once per statement rather
         than once per row (it waits for it while the event loop is busy)."""
         found = _ONE_ROW.search(sql)
         if found is None or len(rows) < 2:
             await super()._write_many(tx, sql, rows)
             return
-        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[start : start + ROWS_PER_STATEMENT]
-            values = ", ".join([found.group(1)] * len(chunk))
-            await tx.execute(f"{sql[: found.start(1)]}{values}{sql[found.end(1) :]}", [v for row in chunk for v in row])
+        start = 0
+        for size in STATEMENT_ROWS:
+            if len(rows) - start < size:
+                continue
+            statement = f"{sql[: found.start(1)]}{', '.join([found.group(1)] * size)}{sql[found.end(1) :]}"
+            while len(rows) - start >= size:
+                chunk = rows[start : start + size]
+                await tx.execute(statement, [value for row in chunk for value in row])
+                start += size
 
     def _rows_now(self, sql: str, args: Sequence[Any]) -> list[Row] | None:
         if self._now is None:
