@@ -244,7 +244,7 @@ def critical_path_section(c: dict[str, Any] | None) -> list[str]:
         "In-process (real engine and SQLite store, metrics on, logging at info): N tasks on one schedule,",
         "one fire handed to the engine as the timer hands it; each pipeline is one Python step that stamps",
         "the time its code begins. Median of 5 bursts. *Runs created* is the time from the fire until the",
-        "last run exists, per run (a fire creates its runs 250 at a time; the runs of a chunk begin before",
+        "last run exists, per run (a fire creates its runs 25 at a time; the runs of a chunk begin before",
         "the next chunk is made); *whole run* is loop time from the fire until every run has ended, per",
         "run, then until every row is committed.",
         "",
@@ -672,17 +672,37 @@ Profiled with py-spy on the daemon and cProfile in-process ("The critical path o
   daemon freezes its start-up heap and now collects the youngest generation every 300,000
   allocations instead of 50,000.
 
-What is left is CPython's cost per object on one event loop: about 16-25 us per no-op run in all,
-to create it when the fire comes, begin it, end it and stage its rows, every run persisted. The
-runs of one instant are created and begun one after another, so the last of N starts about N
-times that after the first: p99 lateness is close to 24 us x N. The peer, APScheduler without any persistence, is
-later at every size from 1,000 tasks up.
+What is left is CPython's cost per object on one event loop, and SQLite's cost per row: about
+50 us of the loop per no-op run (create it when the fire comes, begin it, end it, stage its rows)
+and about as much again of SQLite's own work on the writer's thread (each run's row is written as
+it starts and again as it ends, through eleven indexes that run search needs). The runs of one
+instant are created and begun one after another, so the last of N starts about N times that
+after the first. The bare loop beside it starts a coroutine in about 5 us and records nothing:
+taskd stays within 4x of it only while the burst is small (see "Schedule precision"), and
+APScheduler, with no persistence at all, is about as late as taskd from 1,000 tasks up.
 
-- **API under load.** The API shares the event loop with the once-a-second burst. A fire creates
-  its runs 250 at a time and lets the loop turn in between (serving requests, and beginning the
-  runs just created), so a request waits for a chunk rather than for the whole burst; `GET
-  /task/{id}` asks the store its three questions at once. This is what brought the GET p99 under
-  25 ms at 200 requests a second; the API does not have its own thread or loop.
+- **The GIL and the store's threads.** aiosqlite runs each connection on a thread, and a thread
+  needs the GIL to start each call and, within an `executemany`, to go on after each row. An
+  event loop that is busy polls for I/O without waiting many times a millisecond; each poll drops
+  the GIL and takes it straight back, and CPython then hands it to a waiting thread only when the
+  loop blocks. Measured in a burst of 10,000 runs: a `BEGIN` waited 130-510 ms for the writer's
+  thread to start it, an `executemany` of 50 rows ran 150 ms; in a two-thread test, a hand-off
+  that takes 5 ms took up to 990 ms once the main thread polled every few hundred operations.
+  What was done about it: the writer sends a batch as INSERTs of up to 500 rows (the thread needs
+  the GIL once a statement, not once a row: +10% persisted runs/s), and the reads of a task's page
+  (its stats, latest runs, history, fires) are answered on the loop's own thread from a second
+  read-only connection that never waits for a lock; the reader's thread is left the searches.
+  Tried and left out: yielding the processor after each poll that did not wait (`time.sleep(0)`
+  in the selector): the threads got the GIL at once, but the loop lost as much as they gained
+  (throughput 14,000 against 17,000 runs/s, 10,000-task lateness worse); a shorter switch interval
+  (0.5 ms) changed nothing, since the poll resets the wait. uvloop: +3% runs/s for taskd (+40% for
+  bare asyncio), so it is not used.
+- **API under load.** The API shares the event loop with the once-a-second burst, so a request
+  waits for the turns of the loop ahead of it. A fire creates its runs 25 at a time, a commit
+  resumes the runs that waited for it 16 at a time, and a batch becomes rows 100 at a time, each
+  slice a turn of the loop (the longest turn of a burst of 1,000 runs went from about 14 ms of CPU
+  to under 4), and `GET /task/{id}` reads on the loop's thread (above), where its four reads had
+  waited up to 20 ms for the reader's thread.
 - **Overload.** Bounded by `task.max_waiting_runs` and `store.max_pending`; past either, fires are
   skipped as `overloaded` and manual starts get 503 until the figure is down to half its limit.
   Memory stays flat once the bound is reached (see "Overload").
