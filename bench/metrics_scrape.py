@@ -1,5 +1,7 @@
 """GET /metrics with N tasks that have all run: how long a scrape takes (request sent to last byte
-received) and how large it is, with per-task series and with `metrics: {per_task: false}`."""
+received) and how large it is, with per-task series and with `metrics: {per_task: false}`; beside
+the ceiling, in the same run: prometheus-client's own `generate_latest` writing the same samples
+(parsed back from the answer) in-process, and the same bytes served by a bare aiohttp handler."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Daemon, percentile, tasks_config
 
@@ -47,11 +52,65 @@ async def _scrape(port: int, count: int, scrapes: int) -> dict[str, Any]:
                 if (await response.json())["active_runs"] == 0:
                     break
             await asyncio.sleep(0.1)
-        timings, size, lines = [], 0, 0
-        for _ in range(scrapes):
-            started = time.perf_counter()
-            async with session.get(f"{base}/metrics") as response:
-                body = await response.read()
-            timings.append((time.perf_counter() - started) * 1000)
-            size, lines = len(body), body.count(b"\n")
-    return {"p50_ms": percentile(timings, 50), "max_ms": max(timings), "bytes": size, "lines": lines}
+        timings, body = await _timed(session, f"{base}/metrics", scrapes)
+    return {
+        "p50_ms": percentile(timings, 50),
+        "max_ms": max(timings),
+        "bytes": len(body),
+        "lines": body.count(b"\n"),
+        "library_ms": _library(body, scrapes),
+        "static_ms": await _static(body, scrapes),
+    }
+
+
+async def _timed(session: aiohttp.ClientSession, url: str, scrapes: int) -> tuple[list[float], bytes]:
+    timings, body = [], b""
+    for _ in range(scrapes):
+        started = time.perf_counter()
+        async with session.get(url) as response:
+            body = await response.read()
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings, body
+
+
+class _Replay:
+    """A collector that yields the families parsed from a scrape."""
+
+    def __init__(self, body: bytes) -> None:
+        self.families = list(text_string_to_metric_families(body.decode()))
+
+    def collect(self) -> Any:
+        return iter(self.families)
+
+
+def _library(body: bytes, scrapes: int) -> float:
+    """p50 ms of prometheus-client writing the same samples (nothing else to gather)."""
+    registry = CollectorRegistry()
+    registry.register(_Replay(body))
+    timings = []
+    for _ in range(scrapes):
+        started = time.perf_counter()
+        generate_latest(registry)
+        timings.append((time.perf_counter() - started) * 1000)
+    return percentile(timings, 50)
+
+
+async def _static(body: bytes, scrapes: int) -> float:
+    """p50 ms of the same bytes served by a bare aiohttp handler on loopback."""
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            timings, _ = await _timed(session, f"http://127.0.0.1:{port}/metrics", scrapes)
+    finally:
+        await runner.cleanup()
+    return percentile(timings, 50)
