@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -288,6 +289,17 @@ def processes_matching(marker: str) -> list[int]:
         if marker in cmdline and "pytest" not in cmdline:
             found.append(int(entry.name))
     return found
+
+
+@pytest.fixture
+def hold_s() -> Iterator[str]:
+    """How long a test's step `sleep`s, as a value no other test uses (and no other test's marker
+    contains): a node killed by the test leaves its step's sleep, and that sleep alone (or any
+    whose seconds begin with it) is killed after the test, while other tests' sleeps may be
+    running beside it in other workers."""
+    seconds = f"61.{random.randrange(10**6):06d}"
+    yield seconds
+    kill_matching(f"sleep {seconds}")
 
 
 def kill_matching(marker: str) -> None:

@@ -8,11 +8,11 @@ import collections
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_URL, Daemon, base_config, kill_matching, postgres_schema, processes_matching, wait_for
+from conftest import POSTGRES_URL, Daemon, base_config, postgres_schema, processes_matching, wait_for
 
 TASKS = """
 - {id: t1, pipeline: note, schedule: '* * * * * *'}
@@ -27,13 +27,6 @@ PIPELINES = """
 - {name: note, processors: [{shell: {command: 'echo "$TASKD_TASK_ID $TASKD_RUN_ID" >> "${LEDGER}"'}}]}
 - {name: wait, processors: [{shell: {command: 'sleep "$TASKD_PARAM_SECONDS"'}}]}
 """
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers() -> Iterator[None]:
-    """A node killed by the test (or by the fixture after a failure) leaves its step's `sleep`."""
-    yield
-    kill_matching("sleep 60.")
 
 
 @pytest.fixture
@@ -87,7 +80,7 @@ def test_three_nodes_run_each_fire_once_and_see_each_other(
 
 
 def test_a_killed_node_has_its_runs_interrupted_and_a_differing_node_is_flagged(
-    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path, hold_s: str
 ) -> None:
     ledger = tmp_path / "ledger.txt"
     a = node(daemon_factory, url, "a", ledger).start()
@@ -95,7 +88,7 @@ def test_a_killed_node_has_its_runs_interrupted_and_a_differing_node_is_flagged(
     listed = {n["name"]: n for n in a.request("GET", "/nodes").json()["nodes"]}
     assert listed["a"]["config_digest"] != listed["b"]["config_digest"]
     assert [listed[name]["config_differs"] for name in "ab"].count(True) == 1  # two nodes, two configs
-    run_id = a.start_task("slow", {"seconds": "60.25"})
+    run_id = a.start_task("slow", {"seconds": hold_s})
     a.wait_run(run_id, states=("running",))
     assert a.run(run_id)["node"] == "a"
     a.stop(signal.SIGKILL)  # its step's process outlives it, until node a starts again
@@ -108,9 +101,10 @@ def test_a_killed_node_has_its_runs_interrupted_and_a_differing_node_is_flagged(
         timeout=5,
         what="node a shown dead",
     )
-    assert processes_matching("sleep 60.25")
+    assert processes_matching(f"sleep {hold_s} ")
     a.start()  # its run was interrupted by b already: the restart still kills what it left running
-    wait_for(lambda: not processes_matching("sleep 60.25"), timeout=10, what="node a's orphan killed at its restart")
+    orphan = f"sleep {hold_s} "
+    wait_for(lambda: not processes_matching(orphan), timeout=10, what="node a's orphan killed at its restart")
     assert a.stop() == 0 and b.stop() == 0
 
 
@@ -121,20 +115,20 @@ def _iso(epoch: float) -> str:
 
 
 def test_a_node_back_after_losing_its_lease_stops_what_it_no_longer_owns(
-    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path, hold_s: str
 ) -> None:
     ledger = tmp_path / "ledger.txt"
     a = node(daemon_factory, url, "a", ledger).start()
     b = node(daemon_factory, url, "b", ledger).start()
-    run_id = a.start_task("slow", {"seconds": "60.5"})
+    run_id = a.start_task("slow", {"seconds": hold_s})
     a.wait_run(run_id, states=("running",))
-    wait_for(lambda: processes_matching("sleep 60.5"), what="the run's process")  # running comes first
+    wait_for(lambda: processes_matching(f"sleep {hold_s} "), what="the run's process")  # running comes first
     a.send(signal.SIGSTOP)  # paused: it cannot renew its lease
     try:
         b.wait_run(run_id, states=("interrupted",), timeout=15)
     finally:
         a.send(signal.SIGCONT)
-    wait_for(lambda: not processes_matching("sleep 60.5"), timeout=10, what="the run's process gone on node a")
+    wait_for(lambda: not processes_matching(f"sleep {hold_s} "), timeout=10, what="the run's process gone on node a")
     time.sleep(1.5)  # a's own record of the run must not overwrite the cluster's verdict
     assert b.run(run_id)["state"] == "interrupted"
     wait_for(
@@ -254,12 +248,12 @@ def test_placement_picks_the_nodes(daemon_factory: Callable[..., Daemon], url: s
 
 
 def test_stop_and_delete_reach_the_node_that_holds_the_run(
-    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path, hold_s: str
 ) -> None:
     ledger = tmp_path / "ledger.txt"
     a = node(daemon_factory, url, "a", ledger).start()
     b = node(daemon_factory, url, "b", ledger).start()
-    run_id = b.start_task("slow", {"seconds": "60.75"})
+    run_id = b.start_task("slow", {"seconds": hold_s})
     b.wait_run(run_id, states=("running",))
     # Node a shows the task as the cluster sees it: running, on b.
     seen = a.request("GET", "/task/slow").json()
@@ -276,17 +270,17 @@ def test_stop_and_delete_reach_the_node_that_holds_the_run(
     resp = a.request("POST", "/task/slow/_stop")  # asked of the node that does not hold it
     assert resp.status == 200 and resp.json()["stopped"] == [run_id] and resp.json()["stopping"] == [], resp.text
     assert a.run(run_id)["state"] == "stopped"
-    wait_for(lambda: not processes_matching("sleep 60.75"), timeout=5, what="the run's process gone")
+    wait_for(lambda: not processes_matching(f"sleep {hold_s} "), timeout=5, what="the run's process gone")
     assert time.monotonic() - asked <= 5.0
     assert a.request("POST", "/task/slow/_stop").status == 409  # nothing active anywhere now
     assert a.request("GET", "/task/slow").json()["status"] == "stopped"
-    second = b.start_task("slow", {"seconds": "60.8"})
+    second = b.start_task("slow", {"seconds": f"{hold_s}1"})
     b.wait_run(second, states=("running",))
     resp = a.request("DELETE", "/task/slow")
     assert resp.status == 200 and resp.json()["stopped"] == [second], resp.text
     assert b.run(second)["state"] == "stopped"
     wait_for(lambda: b.request("GET", "/task/slow").status == 404, timeout=5, what="the task gone from node b")
-    assert not processes_matching("sleep 60.8")
+    assert not processes_matching(f"sleep {hold_s}1 ")
     assert a.stop() == 0 and b.stop() == 0
 
 

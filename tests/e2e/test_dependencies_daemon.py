@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_URL, Daemon, base_config, kill_matching, postgres_schema, wait_for
+from conftest import POSTGRES_URL, Daemon, base_config, postgres_schema, wait_for
 
 PIPELINES = """
 - {name: extract, processors: [{shell: {command: 'echo "extract $TASKD_RUN_ID" >> "${LEDGER}"'}}]}
@@ -32,13 +32,6 @@ TASKS = """
 - {id: transform, pipeline: transform, after: {tasks: [extract], when: success}}
 - {id: hog, pipeline: hold, params: {seconds: "3"}, priority: 1, concurrency: allow}
 """
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers() -> Iterator[None]:
-    """A daemon killed by a test leaves its hog's `sleep` until it starts again."""
-    yield
-    kill_matching("sleep 60.")
 
 
 def ledger_lines(ledger: Path, word: str) -> list[str]:
@@ -104,7 +97,7 @@ def test_a_downstream_run_gets_its_upstream_and_the_api_and_check_show_the_graph
 
 
 def test_kill_9_while_the_downstream_run_waits_for_a_slot_runs_it_after_the_restart(
-    daemon_factory: Callable[..., Daemon], tmp_path: Path
+    daemon_factory: Callable[..., Daemon], tmp_path: Path, hold_s: str
 ) -> None:
     """One slot: extract runs, hog waits for the slot and takes it when extract ends (its priority
     comes before transform's), so transform waits; the daemon is killed; after the restart transform
@@ -113,7 +106,7 @@ def test_kill_9_while_the_downstream_run_waits_for_a_slot_runs_it_after_the_rest
     daemon = daemon_factory(base_config(TASKS, PIPELINES, slots=1), env={"LEDGER": str(ledger)}).start()
     hog = daemon.start_task("hog", {"seconds": "1"})  # extract (priority 5) waits behind it, then hog2
     upstream = daemon.start_task("extract")
-    held = daemon.start_task("hog", {"seconds": "60.5"})
+    held = daemon.start_task("hog", {"seconds": hold_s})
     daemon.wait_run(upstream, states=("completed",), timeout=15)
     daemon.wait_run(held, states=("running",), timeout=15)
     waiting = wait_for(lambda: daemon.runs("transform"), timeout=10, what="the downstream run, queued")
@@ -194,7 +187,7 @@ def test_two_nodes_run_a_downstream_task_once_per_upstream_run_and_a_killed_node
 
 
 def test_a_node_killed_while_its_downstream_run_waits_gives_the_upstream_run_back_to_run_after_its_restart(
-    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path
+    daemon_factory: Callable[..., Daemon], url: str, tmp_path: Path, hold_s: str
 ) -> None:
     """extract ends on a; only-b (placed on b) is taken by b and queued behind b's hog (one slot);
     b is killed with kill -9; a finds b's lease expired and interrupts b's runs, which gives the
@@ -211,7 +204,7 @@ def test_a_node_killed_while_its_downstream_run_waits_gives_the_upstream_run_bac
         text = config.replace("store: {path: ./var/taskd.db}", f"store: {{url: '{url}'}}\nnode: {{name: {name}}}")
         nodes[name] = daemon_factory(text, env={"LEDGER": str(ledger)}, subdir=name).start()
     a, b = nodes["a"], nodes["b"]
-    hog = b.start_task("hog", {"seconds": "60.75"})
+    hog = b.start_task("hog", {"seconds": hold_s})
     b.wait_run(hog, states=("running",))
     upstream = a.start_task("extract")
     a.wait_run(upstream, states=("completed",))
