@@ -139,7 +139,7 @@ def test_stop_waits_for_runs_still_stopping_and_fails_at_its_deadline(
     daemon answers that the run is still stopping (202), `taskd stop` polls it and exits 1 at its
     deadline, naming it; asked again, the stop kills the group at once and `taskd stop` exits 0."""
     marker = f"{800 + (os.getpid() % 50)}.{abs(hash(request.node.name)) % 10**6:06d}"
-    command = f"trap '' TERM; sleep {marker}"
+    command = f"trap '' TERM; echo listening; sleep {marker}"
     daemon = daemon_factory(
         base_config(
             "- {id: deaf, pipeline: deaf}",
@@ -149,10 +149,14 @@ def test_stop_waits_for_runs_still_stopping_and_fails_at_its_deadline(
     try:
         env = {"TASKD_URL": f"http://127.0.0.1:{daemon.port}"}
         run_id = daemon.start_task("deaf")
+        # Its output read back: the step holds its process (a stop while the process is still
+        # being started kills it at once, with no grace).
         wait_for(lambda: processes_matching(f"sleep {marker}"), what="the child to start")
+        wait_for(lambda: "listening" in daemon.request("GET", f"/run/{run_id}/log").text, what="its first line")
         began = time.monotonic()
         first = client("stop", "deaf", "--timeout", "1", env=env)
-        assert time.monotonic() - began >= STOP_WAIT_S - 0.1  # the daemon waited its bound, then said 202
+        waited = time.monotonic() - began
+        assert waited >= STOP_WAIT_S - 0.1, (first, waited)  # the daemon waited its bound, then said 202
         assert first.code == 1 and first.out == "", first.err
         assert f"still stopping: {run_id}" in first.err
         assert "not stopped 1s after the daemon answered" in first.err and f"s in all: {run_id} (running)" in first.err
