@@ -103,9 +103,10 @@ class PostgresStore(SQLStore):
         self.schema = schema
         self.pool: asyncpg.Pool | None = None
         self._indexing: asyncio.Task[None] | None = None
+        self._abandoned: set[asyncio.Future[list[Row]]] = set()  # the slower of two plans, cancelled
         self.text_index: str | None = None
-        """How a text search (`q`) finds its runs: "pg_trgm" once the trigram index is there, else
-        why not (the runs are scanned)."""
+        """How a text search (`q`) finds its runs: "pg_trgm" or "trigrams" (taskd's own index)
+        once that index is there, else why not (the runs are scanned)."""
 
     @property
     def server_settings(self) -> dict[str, str] | None:
@@ -146,9 +147,12 @@ class PostgresStore(SQLStore):
                 pool.terminate()
 
     async def _index_text(self) -> None:
-        """The trigram index a text search (`ILIKE`) uses: pg_trgm's, built without blocking the
-        writers (CONCURRENTLY), by one node at a time. Where the extension cannot be had (not
-        installed, no privilege), a text search scans the runs, and the log says so once."""
+        """The index a text search (`ILIKE`) reads, built without blocking the writers
+        (CONCURRENTLY), by one node at a time: pg_trgm's where the extension is there or this
+        role may create it; else taskd's own, a GIN index of each run's trigrams (`taskd_trigrams`,
+        built in), which finds the candidates of a text of three characters or more. Only the
+        one in use is kept. If neither can be built, a text search scans the runs, and the log
+        says so once."""
         try:
             async with self.require().acquire() as db:
                 # One build per schema at a time: a node that finds another building waits for it,
@@ -158,25 +162,15 @@ class PostgresStore(SQLStore):
                 try:
                     where = await _trigram_schema(db)
                     if where is None:
-                        self.text_index = "pg_trgm is not available"
-                        log.warning("text_search_unindexed", store=self.where, reason=self.text_index)
-                        return
-                    # A build cut short (the process stopped meanwhile) leaves an invalid index: built again.
-                    valid = await db.fetchval(
-                        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('runs_text_trgm')"
-                    )
-                    if valid is False:
-                        await db.execute("DROP INDEX CONCURRENTLY runs_text_trgm")
-                    exists = bool(valid)
-                    if not exists:
-                        log.info("text_index_building", store=self.where)
-                    await db.execute(
-                        "CREATE INDEX CONCURRENTLY IF NOT EXISTS runs_text_trgm ON runs"
-                        f" USING gin ((coalesce(error, '') || ' ' || params) \"{where}\".gin_trgm_ops)"
-                    )
-                    self.text_index = "pg_trgm"
-                    if not exists:
-                        log.info("text_index_built", store=self.where)
+                        log.warning("text_search_without_pg_trgm", store=self.where, index=OWN_TEXT_INDEX)
+                        await _build(db, self.where, OWN_TEXT_INDEX, f"USING gin ({OWN_TRIGRAMS})")
+                        await _text_statistics(db, self.where)
+                        self.text_index = "trigrams"
+                    else:
+                        await _build(db, self.where, TRGM_TEXT_INDEX, f'USING gin ({TEXT} "{where}".gin_trgm_ops)')
+                        await db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {OWN_TEXT_INDEX}")
+                        await db.execute(f"DROP STATISTICS IF EXISTS {TEXT_STATISTICS}")
+                        self.text_index = "pg_trgm"
                 finally:
                     await db.execute("SELECT pg_advisory_unlock($1, hashtext(current_schema()))", TEXT_INDEX_LOCK)
         except asyncio.CancelledError:
@@ -204,7 +198,11 @@ class PostgresStore(SQLStore):
     async def _schema(self) -> AsyncIterator[_Tx]:
         """Every migration runs in the one transaction that holds the advisory lock."""
         async with self.transaction() as tx:
-            if self.schema:
+            # A role may own its schema without the right to create schemas in the database,
+            # which CREATE SCHEMA IF NOT EXISTS asks for even when the schema is there.
+            if self.schema and not await tx.execute_fetchall(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", (self.schema,)
+            ):
                 await tx.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"', ())
             await tx.execute("SELECT pg_advisory_xact_lock($1)", (MIGRATION_LOCK,))
             await tx.execute("CREATE TABLE IF NOT EXISTS taskd_schema (version INTEGER NOT NULL)", ())
@@ -253,9 +251,10 @@ class PostgresStore(SQLStore):
         rows = await self._fetch_sql(numbered(page), [*args, query.limit, query.offset])
         return [run_from_row(r) for r in rows], await self._count(query, clause, args)
 
-    def _where(self, query: RunQuery, partial: bool = True) -> tuple[str, list[Any]]:
+    def _where(self, query: RunQuery, partial: bool = True, trigrams: bool = True) -> tuple[str, list[Any]]:
         """The search's WHERE clause and its arguments; with `partial`, the condition of the
-        partial index by state that covers the states asked for, spelled out."""
+        partial index by state that covers the states asked for, spelled out; with `trigrams`,
+        the condition that reads the store's own trigram index, when that is the text index."""
         filters = self._filters(query)
         where = [sql.format(column) for column, sql, _ in filters]
         args = [arg for _, _, values in filters for arg in values]
@@ -265,7 +264,12 @@ class PostgresStore(SQLStore):
                 break
         if query.text:
             escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            matches, more = "(coalesce(error, '') || ' ' || params) ILIKE ?", [f"%{escaped}%"]
+            matches, more = f"{TEXT} ILIKE ?", [f"%{escaped}%"]
+            if trigrams and self.text_index == "trigrams" and len(query.text) >= 3:
+                # What ILIKE matches holds the text lowered, so every trigram of it: the index's
+                # candidates, each then checked by ILIKE.
+                matches = f"({OWN_TRIGRAMS} @> taskd_trigrams(lower(?::text)) AND {matches})"
+                more = [query.text, *more]
             if query.text_task_ids:
                 tasks, ids = self._any("task_id", query.text_task_ids)
                 matches, more = f"{matches} OR {tasks}", [*more, *ids]
@@ -276,7 +280,15 @@ class PostgresStore(SQLStore):
     async def search_runs(self, query: RunQuery) -> RunPage:
         """As `list_runs`, but a total past EXACT_UP_TO (EXACT_TEXT_UP_TO for a text search) is
         the planner's estimate: counting a million rows exactly costs far more than the page (the
-        API says which it is). The page and the count are asked at once, on two connections."""
+        API says which it is). The page and the count are asked at once, on two connections.
+
+        The planner cannot tell how many runs a filter keeps when its columns go together (an
+        error's text is only ever on a failed run) or when it is a text search, and it guesses
+        few: it then reads every match and sorts them, which for thousands of matches spread over
+        the table means thousands of pages read. So when the count says the matches are many, the
+        page is asked a second time, read in the sort's order through its index (sorting
+        forbidden), which stops at the page; the first of the two answers is taken and the other
+        query cancelled. Both give the same rows: only the plan differs."""
         if query.fresh:
             await self.flush()
         # The sort's and the filters' own indexes serve; with a text search, the partial index's
@@ -285,18 +297,50 @@ class PostgresStore(SQLStore):
         clause, args = self._where(query, partial=bool(query.text))
         order = self._order_by(query, " NULLS LAST", " NULLS FIRST")
         page = numbered(f"SELECT * FROM runs {clause} {order} LIMIT ? OFFSET ?")
+        page_args = [*args, query.limit, query.offset]
         cap = EXACT_TEXT_UP_TO if query.text else EXACT_UP_TO
-        capped = numbered(f"SELECT count(*) FROM (SELECT 1 FROM runs {clause} LIMIT {cap + 1}) AS found")
-        rows, counted = await asyncio.gather(
-            self._fetch_sql(page, [*args, query.limit, query.offset]), self._number(capped, args)
-        )
+        # The count reads better without the hint: the planner walks the partial index and stops at the cap.
+        unhinted, unhinted_args = self._where(query, partial=False)
+        capped = numbered(f"SELECT count(*) FROM (SELECT 1 FROM runs {unhinted} LIMIT {cap + 1}) AS found")
+        planned = asyncio.ensure_future(self._search(page, page_args))
+        racing = [planned]
+        try:
+            counted = int((await self._search(capped, unhinted_args))[0][0])
+            if counted > cap and clause and not planned.done():
+                racing.append(asyncio.ensure_future(self._search(page, page_args, IN_SORT_ORDER)))
+            rows = await _first_answer(racing)
+        finally:
+            for loser in racing:
+                if not loser.done():  # cancelled on the server in the background, not waited for
+                    loser.cancel()
+                    self._abandoned.add(loser)
+                    loser.add_done_callback(self._forget)
         runs = [run_from_row(r) for r in rows]
         if counted <= cap:
             return RunPage(runs, counted, True)
-        unhinted, args = self._where(query, partial=False)  # the estimate is better without it
-        plan = await self._fetch_sql(numbered(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM runs {unhinted}"), args)
+        # The estimate without the trigrams' condition: the planner takes each trigram as
+        # independent of the others and expects next to nothing, where ILIKE alone it estimates
+        # from the text's statistics.
+        estimated, estimated_args = self._where(query, partial=False, trigrams=False)
+        plan = await self._search(numbered(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM runs {estimated}"), estimated_args)
         estimate = int(json.loads(plan[0][0])[0]["Plan"]["Plan Rows"])
         return RunPage(runs, max(estimate, cap + 1), False)
+
+    def _forget(self, search: asyncio.Future[list[Row]]) -> None:
+        self._abandoned.discard(search)
+        if not search.cancelled():
+            search.exception()  # retrieved: a query that failed as it was being cancelled is no news
+
+    async def _search(self, sql: str, args: Sequence[Any], settings: str = "") -> list[Row]:
+        """A query of a search, planned for its own values every time: a prepared statement's
+        generic plan cannot see what a text search looks for (its trigrams are computed from the
+        value), and after a few runs of the same statement PostgreSQL may switch to it (a word in
+        a third of the runs took 500 ms that way, against 2 ms planned for its value). `settings`
+        are more SET LOCAL statements for this query alone. No JIT: compiling a search's
+        expressions takes longer than the search (5 ms against 3 for a page read in order)."""
+        async with self.require().acquire() as db, db.transaction():
+            await db.execute(f"SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off; {settings}")
+            return list(await db.fetch(sql, *args))
 
     async def _count(self, query: RunQuery, clause: str, args: list[Any]) -> int:
         narrowed = query.task_ids or query.triggers or query.since is not None or query.until is not None
@@ -315,6 +359,51 @@ class PostgresStore(SQLStore):
 
 TEXT_INDEX_LOCK = 0x74657874  # "text", with the schema: held while one node builds the trigram index
 
+IN_SORT_ORDER = "SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0"
+"""A page read in its sort's order: with sorting forbidden to the planner, it walks the sort key's
+index and stops at the page (alone: parallel workers take longer to start than that)."""
+
+TEXT = "(coalesce(error, '') || ' ' || params)"
+"""What a text search (`q`) looks in: a run's error and params, as both text indexes hold it."""
+TRGM_TEXT_INDEX = "runs_text_trgm"
+OWN_TEXT_INDEX = "runs_text_trigrams"
+OWN_TRIGRAMS = f"taskd_trigrams(lower{TEXT})"
+TEXT_STATISTICS = "runs_text_statistics"
+"""The own index's expression, word for word as a search must spell it to be read through it."""
+
+
+async def _text_statistics(db: asyncpg.Connection, where: str) -> None:
+    """Statistics on the text a search looks in, which pg_trgm's index gives the planner and the
+    own index (on the text's trigrams) does not: without them ILIKE is guessed to keep 0.5% of the
+    runs, and a word found in a third of them is counted through its whole posting list (25 ms at
+    a million runs) rather than by reading runs until the count's cap (2 ms). Gathered once here,
+    then by autovacuum. PostgreSQL 14 or later; older servers search without them."""
+    made = await db.fetchval(
+        "SELECT 1 FROM pg_statistic_ext WHERE stxname = $1 AND stxnamespace = current_schema()::regnamespace",
+        TEXT_STATISTICS,
+    )
+    if made:
+        return
+    try:
+        await db.execute(f"CREATE STATISTICS IF NOT EXISTS {TEXT_STATISTICS} ON ({TEXT}) FROM runs")
+        await db.execute("ANALYZE runs")
+    except asyncpg.PostgresError as exc:
+        log.warning("text_statistics_missing", store=where, reason=str(exc))
+
+
+async def _build(db: asyncpg.Connection, where: str, name: str, how: str) -> None:
+    """Index `name` on runs, built without blocking the writers; a build cut short (the process
+    stopped meanwhile) leaves an invalid index, which IF NOT EXISTS would keep for good: it is
+    built again."""
+    valid = await db.fetchval(f"SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('{name}')")
+    if valid is False:
+        await db.execute(f"DROP INDEX CONCURRENTLY {name}")
+    if not valid:
+        log.info("text_index_building", store=where, index=name)
+    await db.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON runs {how}")
+    if not valid:
+        log.info("text_index_built", store=where, index=name)
+
 
 async def _trigram_schema(db: asyncpg.Connection) -> str | None:
     """Where pg_trgm is installed, installing it if it is not and this role may (in `public`,
@@ -331,3 +420,17 @@ async def _trigram_schema(db: asyncpg.Connection) -> str | None:
         found = await db.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'")
         return None if found is None else str(found).strip('"')
     return None
+
+
+async def _first_answer(racing: Sequence[asyncio.Future[list[Row]]]) -> list[Row]:
+    """The rows of whichever query answers first; a failure counts only when none answers."""
+    pending = set(racing)
+    failure: BaseException | None = None
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for future in done:
+            if future.exception() is None:
+                return future.result()
+            failure = failure or future.exception()
+    assert failure is not None
+    raise failure
