@@ -1,11 +1,13 @@
 """Run search on a large history: N runs in a real SQLite store (the daemon's schema, migrations and
 text index), then a `taskd run` on that store and the `GET /runs` queries timed over HTTP, to the
 reply's last byte. The same history is then written to the PostgreSQL store, if the server is
-reachable, and the same queries timed against a daemon on it."""
+reachable, and the same queries timed against a daemon on it; then once more in a database where
+pg_trgm cannot be had (the store's own trigram index)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import random
@@ -13,6 +15,8 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +53,7 @@ QUERIES: dict[str, dict[str, Any]] = {
 ERRORS = ["copy: disk full on /srv", "exit code 2", "timed out after 30s", "HTTP 503 from upstream"]
 
 
-def measure(runs: int = 1_000_000, repeats: int = 20, postgres_repeats: int = 5) -> dict[str, Any]:
+def measure(runs: int = 1_000_000, repeats: int = 20) -> dict[str, Any]:
     from taskd.store.postgres import PostgresStore
     from taskd.store.sqlite import SQLiteStore
 
@@ -59,17 +63,80 @@ def measure(runs: int = 1_000_000, repeats: int = 20, postgres_repeats: int = 5)
         now = asyncio.run(_fill(SQLiteStore(directory / "var" / "taskd.db"), runs))
         fill_s = time.perf_counter() - began
         results = _time(directory, "{path: ./var/taskd.db, retention: {days: 0, max_runs_per_task: 0}}", now, repeats)
-    out: dict[str, Any] = {"runs": runs, "fill_s": round(fill_s, 1), "queries": results}
+    out: dict[str, Any] = {"runs": runs, "repeats": repeats, "fill_s": round(fill_s, 1), "queries": results}
     try:
         with schema() as url, tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp:
             now = asyncio.run(_fill(PostgresStore(url), runs))
             asyncio.run(_text_index(url))
             asyncio.run(_vacuum(url))
             store = f"{{url: '{url}', retention: {{days: 0, max_runs_per_task: 0}}}}"
-            out["postgres"] = _time(Path(tmp), store, now, postgres_repeats)
+            out["postgres"] = _time(Path(tmp), store, now, repeats)
+            with _without_pg_trgm() as plain:
+                asyncio.run(_copy(url, plain))
+                plain_store = f"{{url: '{plain}', retention: {{days: 0, max_runs_per_task: 0}}}}"
+                out["postgres_plain"] = _time(Path(tmp), plain_store, now, repeats)
     except OSError as exc:  # no PostgreSQL server here: the section says so
         out["postgres"] = {"skipped": f"PostgreSQL at {POSTGRES} is not reachable: {exc}"}
     return out
+
+
+@contextlib.contextmanager
+def _without_pg_trgm() -> Iterator[str]:
+    """A database of its own without pg_trgm, and a role that owns its schema there but may not
+    create extensions: the store falls back on its own trigram index. Yields the store URL (the
+    schema on its search path); the database and the role are dropped afterwards."""
+    import asyncpg
+
+    name = f"taskd_bench_plain_{uuid.uuid4().hex[:8]}"
+    server = POSTGRES.rsplit("/", 1)[0]
+
+    async def admin(database: str, *statements: str) -> None:
+        db = await asyncpg.connect(f"{server}/{database}")
+        try:
+            for sql in statements:
+                await db.execute(sql)
+        finally:
+            await db.close()
+
+    test = POSTGRES.rsplit("/", 1)[1]
+    asyncio.run(admin(test, f'CREATE ROLE "{name}" LOGIN', f'CREATE DATABASE "{name}"'))
+    try:
+        asyncio.run(admin(name, f'CREATE SCHEMA taskd AUTHORIZATION "{name}"'))
+        user = server.split("//", 1)[1].split("@", 1)[0]
+        yield f"{server.replace(f'//{user}@', f'//{name}@')}/{name}?search_path=taskd"
+    finally:
+        asyncio.run(admin(test, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'DROP ROLE IF EXISTS "{name}"'))
+
+
+async def _copy(source: str, target: str) -> None:
+    """The history of `source` copied into `target` (COPY, both stores' schema made by the store),
+    then what a daemon does at its first start there (the text index, its statistics) and what
+    autovacuum would do."""
+    import io
+
+    import asyncpg
+
+    from taskd.store.postgres import PostgresStore
+
+    store = PostgresStore(target)
+    await store.open()  # the schema, and the own trigram index (on no runs yet)
+    await store.close()
+    buffer = io.BytesIO()
+    reader = await asyncpg.connect(source)
+    try:
+        await reader.copy_from_table("runs", output=buffer, format="binary")
+    finally:
+        await reader.close()
+    buffer.seek(0)
+    schema = target.rsplit("search_path=", 1)[1]
+    database = target.split("?", 1)[0].rsplit("/", 1)[1]
+    writer = await asyncpg.connect(f"{POSTGRES.rsplit('/', 1)[0]}/{database}")  # as the server's admin
+    try:
+        await writer.copy_to_table("runs", source=buffer, schema_name=schema, format="binary")
+    finally:
+        await writer.close()
+    await _text_index(target)
+    await _vacuum(target, database)
 
 
 async def _text_index(url: str) -> None:
@@ -87,11 +154,11 @@ async def _text_index(url: str) -> None:
         await store.close()
 
 
-async def _vacuum(url: str) -> None:
+async def _vacuum(url: str, database: str | None = None) -> None:
     """What autovacuum does to a table that has grown for a while: statistics and the visibility map."""
     import asyncpg
 
-    db = await asyncpg.connect(POSTGRES)
+    db = await asyncpg.connect(POSTGRES if database is None else f"{POSTGRES.rsplit('/', 1)[0]}/{database}")
     try:
         await db.execute(f'VACUUM ANALYZE "{url.rsplit("search_path=", 1)[1]}".runs')
     finally:
