@@ -52,6 +52,11 @@ SQL = {
     }.items()
 }
 
+POOL_SIZE = 4
+SEARCH_CONNECTIONS = 2
+"""Of the pool's connections, how many run searches may hold at once: a burst of searches queues
+here rather than for the pool, where the writer, the cluster's lease and /health's ping would
+wait behind it (50 searches at once made /health say the store did not answer)."""
 PING_TIMEOUT_S = 2.0
 POOL_CLOSE_S = 10.0
 
@@ -102,8 +107,10 @@ class PostgresStore(SQLStore):
         self.where = redacted(url)
         self.schema = schema
         self.pool: asyncpg.Pool | None = None
-        self._indexing: asyncio.Task[None] | None = None
+        self._indexing: asyncio.Task[None] | None = None  # the text index's first build
+        self._watching: asyncio.Task[None] | None = None  # and what follows it
         self._abandoned: set[asyncio.Future[list[Row]]] = set()  # the slower of two plans, cancelled
+        self._search_turns = asyncio.Semaphore(SEARCH_CONNECTIONS)
         self.text_index: str | None = None
         """How a text search (`q`) finds its runs: "pg_trgm" or "trigrams" (taskd's own index)
         once that index is there, else why not (the runs are scanned)."""
@@ -117,7 +124,7 @@ class PostgresStore(SQLStore):
     async def open(self) -> None:
         try:
             self.pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=4, server_settings=self.server_settings, command_timeout=60
+                self.url, min_size=1, max_size=POOL_SIZE, server_settings=self.server_settings, command_timeout=60
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             raise StoreError(f"cannot open the store at {self.where}: {exc}") from exc
@@ -128,15 +135,18 @@ class PostgresStore(SQLStore):
             self.pool = None
             raise
         self._start_writer()
-        self._indexing = asyncio.get_running_loop().create_task(self._index_text())
+        loop = asyncio.get_running_loop()
+        self._indexing = loop.create_task(self._index_text())
+        self._watching = loop.create_task(self._watch_text_index())
 
     async def close(self) -> None:
         if self.pool is None:
             return
-        indexing, self._indexing = self._indexing, None
-        if indexing is not None:
-            indexing.cancel()
-            await asyncio.gather(indexing, return_exceptions=True)
+        background = [task for task in (self._indexing, self._watching) if task is not None]
+        self._indexing = self._watching = None
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         try:
             await self._stop_writer()
         finally:
@@ -151,14 +161,12 @@ class PostgresStore(SQLStore):
         (CONCURRENTLY), by one node at a time: pg_trgm's where the extension is there or this
         role may create it; else taskd's own, a GIN index of each run's trigrams (`taskd_trigrams`,
         built in), which finds the candidates of a text of three characters or more. Only the
-        one in use is kept. If neither can be built, a text search scans the runs, and the log
-        says so once."""
+        one in use is kept. If neither can be built, a text search scans the runs meanwhile, the
+        log says why, and the build is tried again (`_watch_text_index`)."""
         try:
             async with self.require().acquire() as db:
-                # One build per schema at a time: a node that finds another building waits for it,
-                # then finds the index there.
                 self.text_index = "being built"
-                await db.execute("SELECT pg_advisory_lock($1, hashtext(current_schema()))", TEXT_INDEX_LOCK)
+                await _text_index_turn(db)
                 try:
                     where = await _trigram_schema(db)
                     if where is None:
@@ -167,9 +175,12 @@ class PostgresStore(SQLStore):
                         await _text_statistics(db, self.where)
                         self.text_index = "trigrams"
                     else:
-                        await _build(db, self.where, TRGM_TEXT_INDEX, f'USING gin ({TEXT} "{where}".gin_trgm_ops)')
-                        await db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {OWN_TEXT_INDEX}")
-                        await db.execute(f"DROP STATISTICS IF EXISTS {TEXT_STATISTICS}")
+                        built = await _build(
+                            db, self.where, TRGM_TEXT_INDEX, f'USING gin ({TEXT} "{where}".gin_trgm_ops)'
+                        )
+                        await _drop_own_text_index(db, self.where)
+                        if built:  # its expression's statistics, which ILIKE's estimates read
+                            await db.execute("ANALYZE runs")
                         self.text_index = "pg_trgm"
                 finally:
                     await db.execute("SELECT pg_advisory_unlock($1, hashtext(current_schema()))", TEXT_INDEX_LOCK)
@@ -177,7 +188,25 @@ class PostgresStore(SQLStore):
             raise
         except Exception as exc:  # never fatal: the searches scan meanwhile
             self.text_index = f"{type(exc).__name__}: {exc}"
-            log.warning("text_search_unindexed", store=self.where, reason=self.text_index)
+            log.warning("text_search_unindexed", store=self.where, reason=self.text_index, retry_s=TEXT_INDEX_CHECK_S)
+
+    async def _watch_text_index(self) -> None:
+        """After the first build, every TEXT_INDEX_CHECK_S: a build that failed is tried again,
+        and a node on the store's own index notices when another node, started since with
+        pg_trgm to hand, has moved the store to pg_trgm's index (and dropped the own one, whose
+        condition would then only cost)."""
+        if self._indexing is not None:
+            await asyncio.wait([self._indexing])
+        while True:
+            await asyncio.sleep(TEXT_INDEX_CHECK_S)
+            if self.text_index == "trigrams":
+                with contextlib.suppress(*RETRYABLE, asyncpg.PostgresError, StoreError):
+                    valid = await self.require().fetchval(INDEX_VALID, TRGM_TEXT_INDEX)
+                    if valid:
+                        self.text_index = "pg_trgm"
+                        log.info("text_index_switched", store=self.where, index=TRGM_TEXT_INDEX)
+            elif self.text_index != "pg_trgm":
+                await self._index_text()
 
     def require(self) -> asyncpg.Pool:
         if self.pool is None:
@@ -338,7 +367,7 @@ class PostgresStore(SQLStore):
         a third of the runs took 500 ms that way, against 2 ms planned for its value). `settings`
         are more SET LOCAL statements for this query alone. No JIT: compiling a search's
         expressions takes longer than the search (5 ms against 3 for a page read in order)."""
-        async with self.require().acquire() as db, db.transaction():
+        async with self._search_turns, self.require().acquire() as db, db.transaction():
             await db.execute(f"SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off; {settings}")
             return list(await db.fetch(sql, *args))
 
@@ -362,6 +391,12 @@ TEXT_INDEX_LOCK = 0x74657874  # "text", with the schema: held while one node bui
 IN_SORT_ORDER = "SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0"
 """A page read in its sort's order: with sorting forbidden to the planner, it walks the sort key's
 index and stops at the page (alone: parallel workers take longer to start than that)."""
+
+TEXT_INDEX_POLL_S = 0.25
+"""How often a node waiting for another's text index build asks for its turn."""
+TEXT_INDEX_CHECK_S = 60.0
+"""How often a failed text index build is tried again, and a node on the own index checks for pg_trgm's."""
+INDEX_VALID = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)"
 
 TEXT = "(coalesce(error, '') || ' ' || params)"
 """What a text search (`q`) looks in: a run's error and params, as both text indexes hold it."""
@@ -391,18 +426,38 @@ async def _text_statistics(db: asyncpg.Connection, where: str) -> None:
         log.warning("text_statistics_missing", store=where, reason=str(exc))
 
 
-async def _build(db: asyncpg.Connection, where: str, name: str, how: str) -> None:
+async def _build(db: asyncpg.Connection, where: str, name: str, how: str) -> bool:
     """Index `name` on runs, built without blocking the writers; a build cut short (the process
     stopped meanwhile) leaves an invalid index, which IF NOT EXISTS would keep for good: it is
-    built again."""
-    valid = await db.fetchval(f"SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('{name}')")
+    built again. True when it was built here."""
+    valid = await db.fetchval(INDEX_VALID, name)
+    if valid:
+        return False
     if valid is False:
         await db.execute(f"DROP INDEX CONCURRENTLY {name}")
-    if not valid:
-        log.info("text_index_building", store=where, index=name)
+    log.info("text_index_building", store=where, index=name)
     await db.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON runs {how}")
-    if not valid:
-        log.info("text_index_built", store=where, index=name)
+    log.info("text_index_built", store=where, index=name)
+    return True
+
+
+async def _drop_own_text_index(db: asyncpg.Connection, where: str) -> None:
+    """The store's own trigram index and its statistics, once pg_trgm's index serves."""
+    if await db.fetchval("SELECT to_regclass($1) IS NOT NULL", OWN_TEXT_INDEX):
+        await db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {OWN_TEXT_INDEX}")
+        log.info("text_index_dropped", store=where, index=OWN_TEXT_INDEX, replaced_by=TRGM_TEXT_INDEX)
+    await db.execute(f"DROP STATISTICS IF EXISTS {TEXT_STATISTICS}")
+
+
+async def _text_index_turn(db: asyncpg.Connection) -> None:
+    """The advisory lock that lets one node at a time build the text index (per schema): asked
+    for again and again rather than waited on. A node blocked in `pg_advisory_lock` is a
+    transaction that began before the other node's CREATE INDEX CONCURRENTLY, which waits for
+    every such transaction to end: PostgreSQL then fails one of the two (deadlock)."""
+    while True:  # the other node is another process: nothing here to wait on but the lock itself
+        if await db.fetchval("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", TEXT_INDEX_LOCK):
+            return
+        await asyncio.sleep(TEXT_INDEX_POLL_S)
 
 
 async def _trigram_schema(db: asyncpg.Connection) -> str | None:

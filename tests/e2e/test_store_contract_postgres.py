@@ -3,6 +3,7 @@ dropped afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -10,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import POSTGRES_URL, postgres_schema
+from conftest import POSTGRES_URL, postgres_schema, until
 from contract_store import *  # noqa: F403  # the contract's tests, run here
 from contract_store import Reopen, opened, test_run_search_answers_as_the_reference_store_page_by_page
 
@@ -165,25 +166,110 @@ async def test_without_pg_trgm_run_search_answers_as_the_reference_store(without
         await store.close()
 
 
-async def test_once_pg_trgm_can_be_had_its_index_replaces_the_own_one(without_pg_trgm: str) -> None:
-    """An operator who installs pg_trgm later gets its index at the next start, and the store's
-    own index is dropped (only the index in use is kept up to date)."""
+async def test_a_node_waiting_to_build_the_text_index_leaves_anothers_build_alone(without_pg_trgm: str) -> None:
+    """While one node builds the text index (CREATE INDEX CONCURRENTLY, under the advisory lock),
+    a node that starts meanwhile waits its turn without holding a snapshot: CONCURRENTLY waits for
+    every transaction that began before it, a node blocked in `pg_advisory_lock` is one, and
+    PostgreSQL broke that deadlock by failing one of the two (a node left searching with no
+    index until its restart, or a build thrown away)."""
     store = await _opened_without_pg_trgm(without_pg_trgm)
     await store.close()
-    name = without_pg_trgm.rsplit("/", 1)[1]
-    admin = await asyncpg.connect(POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        await admin.execute("CREATE EXTENSION pg_trgm")
+    other = await asyncpg.connect(without_pg_trgm, server_settings={"search_path": "taskd"})
+    try:  # the other node, building
+        await other.execute("SELECT pg_advisory_lock($1, hashtext(current_schema()))", postgres_store.TEXT_INDEX_LOCK)
+        store = PostgresStore(without_pg_trgm, schema="taskd")
+        await store.open()
+        assert store._indexing is not None
+        await asyncio.sleep(0.5)  # waiting for its turn
+        assert not store._indexing.done() and store.text_index == "being built"
+        await asyncio.wait_for(other.execute("CREATE INDEX CONCURRENTLY built_meanwhile ON runs (id)"), 10)
+        await other.execute("SELECT pg_advisory_unlock($1, hashtext(current_schema()))", postgres_store.TEXT_INDEX_LOCK)
     finally:
-        await admin.close()
-    store = await _opened_without_pg_trgm(without_pg_trgm)
+        await other.close()
     try:
-        assert store.text_index == "pg_trgm"
-        async with store.transaction() as tx:
-            indexes = {row[0] for row in await tx.execute_fetchall("SELECT indexname FROM pg_indexes", ())}
-        assert "runs_text_trgm" in indexes and "runs_text_trigrams" not in indexes
+        await store._indexing
+        assert store.text_index == "trigrams"
     finally:
         await store.close()
+
+
+async def test_once_pg_trgm_can_be_had_its_index_replaces_the_own_one(
+    without_pg_trgm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator who installs pg_trgm later gets its index at the next start of a node, which
+    drops the store's own index and statistics (only the index in use is kept up to date) and
+    analyzes the runs (ILIKE's estimates read the new index's statistics); a node not restarted
+    notices and stops asking for the own index's condition."""
+    monkeypatch.setattr(postgres_store, "TEXT_INDEX_CHECK_S", 0.1)
+    staying = await _opened_without_pg_trgm(without_pg_trgm)
+    try:
+        run = RunRecord(id=new_run_id(1000.0), task_id="t", trigger=Trigger.MANUAL, queued_at=1000.0)
+        run.state, run.error = RunState.FAILED, "copy: Disk FULL on /srv"
+        staying.save_run(run)
+        await staying.flush()
+        name = without_pg_trgm.rsplit("/", 1)[1]
+        admin = await asyncpg.connect(POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            await admin.execute("CREATE EXTENSION pg_trgm")
+        finally:
+            await admin.close()
+        restarted = await _opened_without_pg_trgm(without_pg_trgm)
+        try:
+            assert restarted.text_index == "pg_trgm"
+            async with restarted.transaction() as tx:
+                indexes = {row[0] for row in await tx.execute_fetchall("SELECT indexname FROM pg_indexes", ())}
+                statistics = await tx.execute_fetchall("SELECT stxname FROM pg_statistic_ext", ())
+                analyzed = await tx.execute_fetchall("SELECT 1 FROM pg_stats WHERE tablename = 'runs_text_trgm'", ())
+            assert "runs_text_trgm" in indexes and "runs_text_trigrams" not in indexes
+            assert statistics == [] and analyzed
+        finally:
+            await restarted.close()
+        await until(lambda: staying.text_index == "pg_trgm", "the node not restarted to move to pg_trgm")
+        assert [r.id for r in (await staying.search_runs(RunQuery(text="disk full"))).runs] == [run.id]
+    finally:
+        await staying.close()
+
+
+async def test_a_text_index_build_that_failed_is_tried_again(
+    without_pg_trgm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build that fails (the server restarting, a lock, a full disk) leaves text searches to
+    scan, says why in the log, and is tried again: the node gets its index without a restart."""
+    monkeypatch.setattr(postgres_store, "TEXT_INDEX_CHECK_S", 0.1)
+    build = postgres_store._build
+    failures = [asyncpg.exceptions.DiskFullError("could not extend file: No space left on device")]
+
+    async def failing_once(*args: Any) -> bool:
+        if failures:
+            raise failures.pop()
+        return await build(*args)
+
+    monkeypatch.setattr(postgres_store, "_build", failing_once)
+    store = PostgresStore(without_pg_trgm, schema="taskd")
+    await store.open()
+    try:
+        assert store._indexing is not None
+        await store._indexing
+        assert store.text_index is not None and store.text_index.startswith("DiskFullError")
+        await until(lambda: store.text_index == "trigrams", "the build to be tried again")
+    finally:
+        await store.close()
+
+
+async def test_a_burst_of_searches_leaves_connections_to_the_rest_of_the_store(store: Store) -> None:
+    """Searches hold at most SEARCH_CONNECTIONS of the pool's connections: ten searches stuck
+    behind a lock on `runs` leave the ping (/health) and the cluster's lease a connection."""
+    assert isinstance(store, PostgresStore) and store.pool is not None and store._indexing is not None
+    assert postgres_store.SEARCH_CONNECTIONS < postgres_store.POOL_SIZE
+    await store._indexing  # its CREATE INDEX CONCURRENTLY would wait for the lock below
+    async with store.transaction() as tx:  # an ALTER TABLE's lock, say: every search waits for it
+        await tx.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE", ())
+        searches = [asyncio.ensure_future(store.search_runs(RunQuery(states=("failed",)))) for _ in range(10)]
+        await asyncio.sleep(0.5)
+        assert not any(search.done() for search in searches)
+        assert await store.ping()
+    pages = await asyncio.gather(*searches)
+    assert [page.total for page in pages] == [0] * 10
 
 
 async def test_many_matches_are_read_in_the_sorts_order_with_the_same_answer(
