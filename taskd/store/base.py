@@ -180,6 +180,11 @@ class Store(ABC):
         """The background task committing staged writes (None before open and after close); the
         daemon watches it and stops if it dies."""
 
+    def staged_run(self, run_id: str) -> RunRecord | None:
+        """The run's latest state as written and not yet committed (to be read, never changed);
+        None when nothing of it is waiting for the writer."""
+        return None
+
     @property
     @abstractmethod
     def pending_writes(self) -> int:

@@ -130,6 +130,7 @@ class BufferedStore(Store):
         self._committing = False
         self._writer: asyncio.Task[None] | None = None
         self._in_flight = 0  # writes in the batch being committed
+        self._committed_batch: Batch | None = None  # that batch
         self.commits = 0
         self.failed_commits = 0
         self._failing = False
@@ -175,6 +176,12 @@ class BufferedStore(Store):
     def failing(self) -> bool:
         """Whether the last commit failed."""
         return self._failing
+
+    def staged_run(self, run_id: str) -> RunRecord | None:
+        found = self._batch.runs.get(run_id)
+        if found is None and self._committed_batch is not None:
+            found = self._committed_batch.runs.get(run_id)
+        return found
 
     @property
     def pending_writes(self) -> int:
@@ -308,6 +315,7 @@ class BufferedStore(Store):
         if batch:
             self._committing = True
             self._in_flight = len(batch)
+            self._committed_batch = batch
             started = time.perf_counter()
             try:
                 await self._commit(batch)
@@ -342,6 +350,7 @@ class BufferedStore(Store):
             finally:
                 self._committing = False
                 self._in_flight = 0
+                self._committed_batch = None
             if recovered and self.fault_observer is not None:
                 self.fault_observer(None)
         self._settled = mark
